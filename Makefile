@@ -1,0 +1,42 @@
+# make demo: set up .venv and run the whole pipeline (on SYNTHETIC demo flowers when no real data set is there)
+# make test: set up .venv and run the tests (CPU only, no network)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA ?= data_set/flower_data
+DEMO_OUT ?= runs/demo
+DEMO_ARGS ?= --model resnet18 --weights none --img-size 96 --epochs 6 --batch-size 32 --lr 1e-3
+MODEL_ARGS = --model resnet18 --img-size 96 --weights $(DEMO_OUT)/resNet18.pth --class-indices $(DEMO_OUT)/class_indices.json
+
+.PHONY: demo test venv clean-demo
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.run-deps: requirements.txt | $(BIN)/python
+	$(BIN)/python -m pip install -r requirements.txt
+	touch $@
+
+$(VENV)/.test-deps: requirements-test.txt $(VENV)/.run-deps
+	$(BIN)/python -m pip install -r requirements-test.txt
+	touch $@
+
+venv: $(VENV)/.run-deps
+
+demo: $(VENV)/.run-deps
+	@if [ -d $(DATA)/flower_photos ] && [ ! -f $(DATA)/flower_photos/SYNTHETIC_DEMO_DATA.txt ]; then \
+	  echo "== real data set found in $(DATA)/flower_photos"; \
+	  [ -d $(DATA)/train ] || $(BIN)/python split_data.py --data-root $(DATA); \
+	else \
+	  $(BIN)/python split_data.py --demo --data-root $(DATA) --force; \
+	fi
+	$(BIN)/python train.py --data-path $(DATA) $(DEMO_ARGS) --save-path $(DEMO_OUT)/resNet18.pth \
+	  --class-indices $(DEMO_OUT)/class_indices.json --overwrite
+	$(BIN)/python predict.py data/imgs/daisy.jpg $(MODEL_ARGS) --save-fig $(DEMO_OUT)/predict.png
+	$(BIN)/python batch_predict.py data/imgs $(MODEL_ARGS) --csv $(DEMO_OUT)/predictions.csv
+
+test: $(VENV)/.test-deps
+	$(BIN)/python -m pytest -q tests
+
+clean-demo:
+	rm -rf $(DEMO_OUT)

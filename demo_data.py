@@ -1,0 +1,134 @@
+"""A SYNTHETIC stand-in for the flower photos: five classes of flowers drawn with Pillow.
+
+It lets the whole pipeline run on a machine that cannot download the real data set. The pictures
+are cartoons, not photos: accuracy on them says the code works, not how a model does on flowers.
+Each class keeps the look of its real namesake (petal count, shape, colour, centre) while size,
+position, rotation, colours, background and the number of flowers vary at random from a seed.
+"""
+import math
+import random
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFilter
+
+CLASSES = ("daisy", "dandelion", "roses", "sunflowers", "tulips")
+NOTE = ("SYNTHETIC DEMO DATA drawn by demo_data.py, not photographs. "
+        "Replace this folder with the real flower_photos (split_data.py --download) for real results.\n")
+
+
+def _jitter(rng, rgb, amount=25):
+    return tuple(max(0, min(255, c + rng.randint(-amount, amount))) for c in rgb)
+
+
+def _background(rng, size):
+    top = _jitter(rng, rng.choice([(110, 160, 220), (90, 140, 70), (60, 100, 50), (150, 130, 100)]), 30)
+    bottom = _jitter(rng, rng.choice([(60, 120, 50), (40, 90, 40), (120, 100, 70), (80, 130, 90)]), 30)
+    img = Image.new("RGB", (size, size))
+    draw = ImageDraw.Draw(img)
+    for y in range(size):
+        t = y / (size - 1)
+        draw.line([(0, y), (size, y)], fill=tuple(int(a + (b - a) * t) for a, b in zip(top, bottom)))
+    for _ in range(rng.randint(5, 25)):  # leaves and grass blades as clutter
+        x, y = rng.randrange(size), rng.randrange(size)
+        r = rng.randint(2, max(3, size // 10))
+        draw.ellipse([x - r, y - r // 2, x + r, y + r // 2], fill=_jitter(rng, (50, 110, 40), 35))
+    return img
+
+
+def _petal(draw, cx, cy, angle, length, width, fill, round_tip=True):
+    """An ellipse-like petal from the centre outwards, as a polygon so it can be rotated."""
+    pts = []
+    for i in range(16):
+        t = 2 * math.pi * i / 16
+        px = (math.cos(t) + 1) / 2 * length
+        py = math.sin(t) * width / 2 * (1 if round_tip else (1 - px / length))
+        pts.append((cx + px * math.cos(angle) - py * math.sin(angle),
+                    cy + px * math.sin(angle) + py * math.cos(angle)))
+    draw.polygon(pts, fill=fill)
+
+
+def _flower(draw, rng, kind, cx, cy, r):
+    rot = rng.uniform(0, 2 * math.pi)
+    if kind == "daisy":  # many thin white petals, small yellow centre
+        n = rng.randint(14, 22)
+        for i in range(n):
+            _petal(draw, cx, cy, rot + 2 * math.pi * i / n, r, r * 0.22, _jitter(rng, (245, 245, 240), 10))
+        c = r * rng.uniform(0.22, 0.3)
+        draw.ellipse([cx - c, cy - c, cx + c, cy + c], fill=_jitter(rng, (240, 200, 30), 20))
+    elif kind == "dandelion":  # dense fringe of narrow yellow rays, no visible centre
+        for layer, scale in ((0, 1.0), (1, 0.75), (2, 0.5)):
+            n = rng.randint(28, 40)
+            for i in range(n):
+                _petal(draw, cx, cy, rot + layer * 0.1 + 2 * math.pi * i / n, r * scale, r * 0.1,
+                       _jitter(rng, (250, 215 - 25 * layer, 20), 15), round_tip=False)
+    elif kind == "roses":  # red/pink cup of overlapping round petals, spiralling in
+        base = rng.choice([(200, 20, 40), (230, 80, 120), (170, 10, 30), (240, 150, 170)])
+        for i in range(5):
+            s = r * (1 - i * 0.17)
+            shade = _jitter(rng, tuple(int(c * (1 - 0.08 * i)) for c in base), 12)
+            for j in range(5):
+                a = rot + j * 2 * math.pi / 5 + i * 0.6
+                ox, oy = math.cos(a) * s * 0.25, math.sin(a) * s * 0.25
+                draw.ellipse([cx + ox - s * 0.6, cy + oy - s * 0.6, cx + ox + s * 0.6, cy + oy + s * 0.6],
+                             fill=shade, outline=tuple(int(c * 0.7) for c in shade))
+    elif kind == "sunflowers":  # yellow pointed petals around a large dark-brown disc
+        n = rng.randint(16, 24)
+        for i in range(n):
+            _petal(draw, cx, cy, rot + 2 * math.pi * i / n, r, r * 0.28, _jitter(rng, (250, 190, 10), 15),
+                   round_tip=False)
+        c = r * rng.uniform(0.45, 0.55)
+        draw.ellipse([cx - c, cy - c, cx + c, cy + c], fill=_jitter(rng, (90, 50, 20), 15))
+        for _ in range(int(c)):
+            x, y = cx + rng.uniform(-c, c) * 0.7, cy + rng.uniform(-c, c) * 0.7
+            draw.point((x, y), fill=(50, 30, 10))
+    elif kind == "tulips":  # upright cup of 3 tall petals on a green stem
+        colour = _jitter(rng, rng.choice([(220, 30, 60), (240, 120, 180), (150, 40, 160),
+                                          (250, 200, 40), (245, 100, 30)]), 15)
+        draw.line([(cx, cy), (cx + rng.uniform(-r, r) * 0.3, cy + r * 2.2)], fill=(40, 120, 40),
+                  width=max(2, int(r * 0.15)))
+        draw.ellipse([cx - r * 0.55, cy - r * 0.9, cx + r * 0.55, cy + r * 0.6], fill=colour)
+        for dx in (-0.35, 0.35):
+            _petal(draw, cx + dx * r, cy + r * 0.5, -math.pi / 2 + dx * 0.6, r * 1.2, r * 0.5,
+                   _jitter(rng, colour, 10))
+        darker = tuple(int(c * 0.85) for c in colour)
+        _petal(draw, cx, cy + r * 0.5, -math.pi / 2, r * 1.25, r * 0.45, darker)
+
+
+def draw_image(kind, rng, size):
+    img = _background(rng, size)
+    draw = ImageDraw.Draw(img)
+    for _ in range(rng.choice([1, 1, 1, 2, 3])):
+        r = size * rng.uniform(0.15, 0.33)
+        cx, cy = rng.uniform(r * 0.6, size - r * 0.6), rng.uniform(r * 0.6, size - r * 0.6)
+        _flower(draw, rng, kind, cx, cy, r)
+    if rng.random() < 0.5:
+        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
+    return img
+
+
+def make_demo_dataset(root, per_class=120, seed=0, size_range=(96, 160)):
+    """Write <root>/<class>/<n>.jpg for the five classes and a note saying the data is synthetic."""
+    root = Path(root)
+    rng = random.Random(seed)
+    for kind in CLASSES:
+        (root / kind).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            size = rng.randint(*size_range)
+            draw_image(kind, rng, size).save(root / kind / f"{kind}_{i:04d}.jpg", quality=90)
+    (root / "SYNTHETIC_DEMO_DATA.txt").write_text(NOTE)
+    return root
+
+
+def make_demo_images(folder, seed=1234, size=200):
+    """One picture per class for predict.py / batch_predict.py; existing files are left alone."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    written = []
+    for kind in CLASSES:
+        path = folder / f"{kind}.jpg"
+        img = draw_image(kind, rng, size)
+        if not path.exists():
+            img.save(path, quality=92)
+            written.append(path)
+    return written

@@ -1,0 +1,79 @@
+"""Load ImageNet weights into a model of model.py and adapt it to your class count.
+
+Shows the tutorial's two ways:
+  1. build the 1000-class model, load the file, then replace fc by Linear(in_features, num_classes);
+  2. build the model with num_classes, drop the file's fc.* keys, load with strict=False.
+Both give the same backbone; --out saves the adapted weights for train.py --weights.
+
+    python load_weights.py --download --model resnet34 --num-classes 5 --out resnet34-pre.pth
+"""
+import argparse
+
+import torch
+import torch.nn as nn
+
+from common import (UserError, build_model, check_architecture, imagenet_weights, need_file,
+                    num_classes_of, read_state_dict, run_cli)
+from model import MODELS
+
+
+def get_args_parser(add_help=True):
+    p = argparse.ArgumentParser(description="Load ImageNet weights and adapt the classifier",
+                                add_help=add_help)
+    p.add_argument("--model", default="resnet34", choices=list(MODELS), help="architecture (default: %(default)s)")
+    p.add_argument("--weights", default=None,
+                   help="ImageNet weights file (default: ./<model>-pre.pth, e.g. ./resnet34-pre.pth)")
+    p.add_argument("--num-classes", type=int, default=5, help="classes of your data set (default: %(default)s)")
+    p.add_argument("--download", action="store_true",
+                   help="fetch torchvision's ImageNet file for --model into the torch hub cache (hash checked)")
+    p.add_argument("--url", default=None, help="with --download: another address for the file")
+    p.add_argument("--way", type=int, choices=(1, 2), default=2,
+                   help="1: load then replace fc; 2: drop fc.* and load with strict=False (default: %(default)s)")
+    p.add_argument("--out", default=None, help="save the adapted state_dict here for train.py --weights")
+    return p
+
+
+def load_way1(model_name, state_dict, num_classes):
+    """Way 1: the 1000-class model takes the whole file, then fc is replaced."""
+    net = build_model(model_name)  # num_classes=1000, as the file
+    if num_classes_of(state_dict) != net.fc.out_features:
+        raise UserError(f"way 1 needs a {net.fc.out_features}-class ImageNet file; this one has "
+                        f"{num_classes_of(state_dict)} classes: use --way 2")
+    net.load_state_dict(state_dict)
+    net.fc = nn.Linear(net.fc.in_features, num_classes)
+    return net
+
+
+def load_way2(model_name, state_dict, num_classes):
+    """Way 2: the num_classes model loads everything but fc (strict=False)."""
+    net = build_model(model_name, num_classes=num_classes)
+    backbone = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+    missing, unexpected = net.load_state_dict(backbone, strict=False)
+    print(f"missing keys: {missing}")
+    print(f"unexpected keys: {unexpected}")
+    return net
+
+
+def main(args):
+    if args.num_classes < 1:
+        raise UserError(f"--num-classes must be at least 1, got {args.num_classes}")
+    if args.download:
+        path = imagenet_weights(args.model, url=args.url)
+    else:
+        path = need_file(args.weights or f"./{args.model}-pre.pth", "weights file",
+                         f"run with --download to fetch torchvision's ImageNet {args.model} file, "
+                         "or pass --weights PATH")
+    state_dict = read_state_dict(path)
+    check_architecture(args.model, state_dict, path)
+    net = (load_way1 if args.way == 1 else load_way2)(args.model, state_dict, args.num_classes)
+    print(f"{args.model} from {path}: fc is now Linear({net.fc.in_features}, {net.fc.out_features}) "
+          f"(way {args.way})")
+    if args.out:
+        torch.save(net.state_dict(), args.out)
+        print(f"saved adapted weights to {args.out}; train with: python train.py --model {args.model} "
+              f"--weights {args.out}")
+    return net
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args_parser())
