@@ -125,6 +125,7 @@ def eval_transform(img_size=224):
 # ---------------------------------------------------------------- class-index file
 
 def write_class_indices(path, classes):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         json.dump({str(i): c for i, c in enumerate(classes)}, f, indent=4)
 

@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny generated data sets and one tiny trained model, all on the CPU."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import demo_data  # noqa: E402
+import split_data  # noqa: E402
+import train  # noqa: E402
+
+torch.set_num_threads(2)
+
+# Small and fast: resnet18 at 32 px. TINY_TRAIN is what a test adds its own paths to.
+TINY_TRAIN = ["--model", "resnet18", "--weights", "none", "--img-size", "32", "--epochs", "1",
+              "--batch-size", "8", "--workers", "0", "--lr", "1e-3"]
+
+
+def parse(module, argv):
+    return module.get_args_parser().parse_args([str(a) for a in argv])
+
+
+def run_script(script, *argv, cwd=None):
+    """Run a script as a user would; returns the CompletedProcess (text)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", MPLBACKEND="Agg")
+    env.pop("DISPLAY", None)
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, argv)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def make_class_folders(root, per_class=6, size=40, classes=("daisy", "roses", "tulips")):
+    """<root>/<class>/*.jpg of synthetic flowers."""
+    import random
+    rng = random.Random(0)
+    for c in classes:
+        (Path(root) / c).mkdir(parents=True, exist_ok=True)
+        kind = c if c in demo_data.CLASSES else demo_data.CLASSES[hash(c) % 5]
+        for i in range(per_class):
+            demo_data.draw_image(kind, rng, size).save(Path(root) / c / f"{c}_{i}.jpg")
+    return Path(root)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """split_data + one epoch of train.py on 3 tiny classes; what predict tests start from."""
+    base = tmp_path_factory.mktemp("tiny")
+    data_root = base / "flower_data"
+    make_class_folders(data_root / "flower_photos", per_class=8)
+    split_data.main(parse(split_data, ["--data-root", data_root]))
+    out = base / "run"
+    result = train.main(parse(train, TINY_TRAIN + ["--data-path", data_root, "--save-path", out / "resNet18.pth",
+                                                   "--class-indices", out / "class_indices.json"]))
+    return {"base": base, "data": data_root, "weights": out / "resNet18.pth",
+            "classes": out / "class_indices.json", "result": result}

@@ -1,0 +1,111 @@
+"""Download code against a local http.server on 127.0.0.1, with checksums checked."""
+import functools
+import hashlib
+import http.server
+import io
+import tarfile
+import threading
+
+import pytest
+import torch
+
+import common
+import load_weights
+import split_data
+from common import UserError
+from conftest import make_class_folders, parse
+
+
+@pytest.fixture
+def server(tmp_path):
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def sha256(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_download_checks_sha256_and_leaves_no_partial_file(server, tmp_path):
+    root, url = server
+    (root / "f.bin").write_bytes(b"hello" * 1000)
+    good = common.download(f"{url}/f.bin", tmp_path / "out" / "f.bin", sha256=sha256(root / "f.bin"), progress=False)
+    assert good.read_bytes() == b"hello" * 1000
+    with pytest.raises(UserError, match="checksum mismatch"):
+        common.download(f"{url}/f.bin", tmp_path / "bad" / "f.bin", sha256="0" * 64, progress=False)
+    assert list((tmp_path / "bad").iterdir()) == []
+    with pytest.raises(UserError, match="could not download"):
+        common.download(f"{url}/missing.bin", tmp_path / "m" / "x", progress=False)
+    assert list((tmp_path / "m").iterdir()) == []
+
+
+def make_flowers_tgz(path, tmp_path):
+    src = make_class_folders(tmp_path / "src" / "flower_photos", per_class=5, classes=("daisy", "roses"))
+    (src / "LICENSE.txt").write_text("licence")
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(src, arcname="flower_photos")
+
+
+def test_download_flowers_unpacks_and_splits(server, tmp_path, capsys):
+    root, url = server
+    make_flowers_tgz(root / "flower_photos.tgz", tmp_path)
+    data = tmp_path / "data"
+    args = ["--data-root", data, "--download", "--url", f"{url}/flower_photos.tgz"]
+    with pytest.raises(UserError, match="checksum mismatch"):
+        split_data.main(parse(split_data, args + ["--sha256", "ab" * 32]))
+    assert not (data / "flower_photos").exists() and not list(data.glob("*.tgz*"))
+    split_data.main(parse(split_data, args + ["--sha256", sha256(root / "flower_photos.tgz")]))
+    assert (data / "flower_photos" / "LICENSE.txt").exists()
+    assert len(list((data / "train" / "daisy").iterdir())) + len(list((data / "val" / "daisy").iterdir())) == 5
+    assert not list(data.glob("*.tgz")) and not list(data.glob(".unpack-*"))
+
+
+def test_archive_member_outside_target_is_refused(server, tmp_path):
+    root, url = server
+    evil = root / "evil.tgz"
+    with tarfile.open(evil, "w:gz") as tar:
+        for name in ("flower_photos/daisy/ok.jpg", "../escaped.txt"):
+            info = tarfile.TarInfo(name)
+            info.size = 3
+            tar.addfile(info, io.BytesIO(b"bad"))
+    data = tmp_path / "data"
+    with pytest.raises(UserError, match="outside"):
+        split_data.main(parse(split_data, ["--data-root", data, "--download", "--url", f"{url}/evil.tgz",
+                                           "--sha256", sha256(evil)]))
+    assert not (tmp_path / "escaped.txt").exists() and not (data / "flower_photos").exists()
+    assert not list(data.glob(".unpack-*"))
+
+
+def test_imagenet_weights_download_into_hub_cache_with_hash_prefix(server, tmp_path, monkeypatch, capsys):
+    root, url = server
+    import model
+    state = model.resnet18().state_dict()
+    tmp = root / "tmp.pth"
+    torch.save(state, tmp)
+    digest = sha256(tmp)
+    good, bad = root / f"resnet18-{digest[:8]}.pth", root / "resnet18-00000000.pth"
+    tmp.rename(good)
+    bad.write_bytes(good.read_bytes())
+    hub = tmp_path / "hub"
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(hub))
+    try:
+        with pytest.raises(UserError, match="checksum mismatch.*Offline"):
+            load_weights.main(parse(load_weights, ["--model", "resnet18", "--download", "--url", f"{url}/{bad.name}"]))
+        net = load_weights.main(parse(load_weights, ["--model", "resnet18", "--download", "--url", f"{url}/{good.name}",
+                                                     "--num-classes", "3", "--out", tmp_path / "adapted.pth"]))
+        assert (hub / "checkpoints" / good.name).exists()
+        assert not (hub / "checkpoints" / bad.name).exists()
+        assert net.fc.out_features == 3
+        torch.testing.assert_close(net.state_dict()["conv1.weight"], state["conv1.weight"])
+        # offline: one line saying where to put the file
+        with pytest.raises(UserError, match=r"Offline\? Fetch .* put it at .*resnet34"):
+            common.imagenet_weights("resnet34", url="http://127.0.0.1:9/resnet34-b627a593.pth", progress=False)
+    finally:
+        torch.hub.set_dir(old)

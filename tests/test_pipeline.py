@@ -1,0 +1,84 @@
+"""One run on tiny generated data: split, train, predict and batch predict."""
+import csv
+import json
+import shutil
+
+import numpy as np
+import torch
+from PIL import Image
+
+import batch_predict
+import model
+import predict
+from conftest import parse, run_script
+
+
+def model_args(tiny_run):
+    return ["--model", "resnet18", "--img-size", "32", "--weights", tiny_run["weights"],
+            "--class-indices", tiny_run["classes"], "--workers", "0"]
+
+
+def test_training_writes_tutorial_files(tiny_run):
+    assert json.loads(tiny_run["classes"].read_text()) == {"0": "daisy", "1": "roses", "2": "tulips"}
+    # the tutorial's own predict code: a plain state_dict into resnet(num_classes), strict
+    net = model.resnet18(num_classes=3)
+    net.load_state_dict(torch.load(tiny_run["weights"], map_location="cpu", weights_only=True))
+    assert len(tiny_run["result"]["history"]) == 1
+
+
+def make_predict_folder(tiny_run, folder):
+    folder.mkdir()
+    src = sorted((tiny_run["data"] / "val").rglob("*.jpg"))
+    for i, p in enumerate(src[:3]):
+        shutil.copy(p, folder / f"photo_{i}.JPG")  # upper-case extension
+    rgb = Image.open(src[0]).convert("RGB")
+    rgba = rgb.convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(folder / "alpha.png")
+    rgb.convert("L").save(folder / "gray.jpg")
+    rgb.convert("CMYK").save(folder / "cmyk.jpg")
+    Image.fromarray((np.asarray(rgb.convert("L"), dtype=np.uint16) * 257)).save(folder / "deep16.png")
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8 definitely not a jpeg")
+    (folder / "readme.txt").write_text("not an image")
+    return folder
+
+
+def test_batch_predict_every_image_once_sorted_with_csv(tiny_run, tmp_path, capsys):
+    folder = make_predict_folder(tiny_run, tmp_path / "imgs")  # 7 readable images, batch 3: partial last batch
+    rows, skipped = batch_predict.main(parse(batch_predict, [folder, "--batch-size", "3", "--topk", "2",
+                                                             "--csv", tmp_path / "p.csv"] + model_args(tiny_run)))
+    out, err = capsys.readouterr()
+    readable = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".png") and p.name != "corrupt.jpg")
+    assert [r[0] for r in rows] == readable
+    lines = [line for line in out.splitlines() if line.startswith("image: ")]
+    assert len(lines) == 7 and lines[0].startswith(f"image: {readable[0]}  class: ")
+    assert "corrupt.jpg" in err and [str(p) for p, _ in skipped] == [str(folder / "corrupt.jpg")]
+    assert "predicted 7 images, skipped 1" in out
+    with open(tmp_path / "p.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["path"] for r in table] == readable
+    assert all(r["class"] in ("daisy", "roses", "tulips") and 0 <= float(r["prob"]) <= 1 for r in table)
+    assert set(table[0]) == {"path", "class", "prob", "class_2", "prob_2"}
+
+
+def test_predict_prints_every_class_and_saves_figure_headless(tiny_run, tmp_path):
+    img = sorted((tiny_run["data"] / "val" / "roses").iterdir())[0]
+    res = run_script("predict.py", img, "--save-fig", tmp_path / "fig.png", *model_args(tiny_run), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    lines = [line for line in res.stdout.splitlines() if line.startswith("class: ")]
+    assert [line.split()[1] for line in lines] == ["daisy", "roses", "tulips"]
+    assert lines[0].startswith("class: daisy        prob: ")
+    assert abs(sum(float(line.split("prob:")[1]) for line in lines) - 1) < 0.01
+    assert Image.open(tmp_path / "fig.png").size[0] > 100
+    # no display and no --save-fig: written to predict.png, never a crash
+    res = run_script("predict.py", img, *model_args(tiny_run), cwd=tmp_path)
+    assert res.returncode == 0 and (tmp_path / "predict.png").exists(), res.stderr
+
+
+def test_predict_several_images_in_one_batch(tiny_run, tmp_path, capsys):
+    folder = make_predict_folder(tiny_run, tmp_path / "imgs")
+    paths = [folder / "alpha.png", folder / "gray.jpg", folder / "corrupt.jpg"]
+    results = predict.main(parse(predict, paths + ["--save-fig", tmp_path / "f.png"] + model_args(tiny_run)))
+    out, err = capsys.readouterr()
+    assert [r[0] for r in results] == [str(p) for p in paths[:2]] and "corrupt.jpg" in err
+    assert out.count("class: daisy") == 2

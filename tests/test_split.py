@@ -1,0 +1,101 @@
+import os
+from pathlib import Path
+
+import pytest
+
+import split_data
+from common import UserError
+from conftest import make_class_folders, parse
+
+TUTORIAL_COUNTS = {"daisy": 633, "dandelion": 898, "roses": 641, "sunflowers": 699, "tulips": 799}
+
+
+def test_flower_counts_give_the_tutorials_3306_364(tmp_path):
+    src = tmp_path / "flower_photos"
+    for cla, n in TUTORIAL_COUNTS.items():
+        (src / cla).mkdir(parents=True)
+        for i in range(n):
+            (src / cla / f"{i:05d}.jpg").touch()
+    (src / "LICENSE.txt").touch()
+    split = split_data.select_val(src, 0.1, 0)
+    assert sum(len(t) for t, v in split.values()) == 3306
+    assert sum(len(v) for t, v in split.values()) == 364
+
+
+def test_split_is_deterministic_and_complete(tmp_path):
+    src = make_class_folders(tmp_path / "flower_photos", per_class=10)
+    a = split_data.select_val(src, 0.2, seed=0)
+    b = split_data.select_val(src, 0.2, seed=0)
+    c = split_data.select_val(src, 0.2, seed=1)
+    assert a == b and a != c
+    for cla, (train, val) in a.items():
+        assert len(val) == 2 and not set(train) & set(val)
+        assert sorted(train + val) == sorted(os.listdir(src / cla))
+
+
+def test_only_images_of_any_case_are_split(tmp_path):
+    src = tmp_path / "flower_photos"
+    make_class_folders(src, per_class=4, classes=("a", "b"))
+    (src / "a" / "UPPER.JPG").write_bytes((src / "a" / "a_0.jpg").read_bytes())
+    (src / "a" / "notes.txt").write_text("not an image")
+    (src / "a" / "Thumbs.db").write_bytes(b"\0")
+    split_data.main(parse(split_data, ["--data-root", tmp_path, "--val-rate", "0.25"]))
+    train_files = sorted(os.listdir(tmp_path / "train" / "a")) + sorted(os.listdir(tmp_path / "val" / "a"))
+    assert "UPPER.JPG" in train_files and "notes.txt" not in train_files and "Thumbs.db" not in train_files
+    assert len(train_files) == 5
+
+
+def test_existing_split_is_refused_then_replaced_with_force_and_nothing_else_removed(tmp_path, capsys):
+    make_class_folders(tmp_path / "flower_photos", per_class=5)
+    keep = tmp_path / "my_notes.txt"
+    keep.write_text("mine")
+    args = ["--data-root", tmp_path]
+    split_data.main(parse(split_data, args))
+    assert "processing done!" in capsys.readouterr().out
+    stray = tmp_path / "train" / "daisy" / "stray.jpg"
+    stray.write_bytes(b"x")
+    with pytest.raises(UserError, match="already exists.*--force"):
+        split_data.main(parse(split_data, args))
+    assert stray.exists()  # refusing touched nothing
+    split_data.main(parse(split_data, args + ["--force"]))
+    assert not stray.exists() and keep.read_text() == "mine"
+    assert len(list((tmp_path / "flower_photos" / "daisy").iterdir())) == 5  # sources untouched
+
+
+def test_progress_lines_and_links(tmp_path, capsys):
+    make_class_folders(tmp_path / "flower_photos", per_class=10, classes=("roses",))
+    split_data.main(parse(split_data, ["--data-root", tmp_path]))
+    out = capsys.readouterr().out
+    assert "[roses] processing [10/10]" in out and out.rstrip().splitlines()[-2] == "processing done!"
+    linked = next((tmp_path / "train" / "roses").iterdir())
+    assert os.stat(linked).st_nlink == 2  # hard link: no copy of the data set
+
+
+def test_empty_class_folder_and_missing_source_are_one_line_errors(tmp_path):
+    make_class_folders(tmp_path / "flower_photos", per_class=3, classes=("a",))
+    (tmp_path / "flower_photos" / "empty").mkdir()
+    with pytest.raises(UserError, match="empty has no images"):
+        split_data.main(parse(split_data, ["--data-root", tmp_path]))
+    assert not (tmp_path / "train").exists()
+    with pytest.raises(UserError, match="not found.*--download.*--demo"):
+        split_data.main(parse(split_data, ["--data-root", tmp_path / "nothing"]))
+
+
+def test_demo_makes_labelled_synthetic_data_and_example_images(tmp_path, capsys):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    (imgs / "daisy.jpg").write_bytes(b"user's own file")
+    split_data.main(parse(split_data, ["--data-root", tmp_path / "d", "--demo", "--demo-per-class", "10",
+                                       "--demo-imgs", imgs]))
+    out = capsys.readouterr().out
+    assert "SYNTHETIC" in out
+    assert (tmp_path / "d" / "flower_photos" / "SYNTHETIC_DEMO_DATA.txt").exists()
+    assert sorted(p.name for p in (tmp_path / "d" / "train").iterdir()) == sorted(
+        ["daisy", "dandelion", "roses", "sunflowers", "tulips"])
+    assert (imgs / "daisy.jpg").read_bytes() == b"user's own file"  # never overwritten
+    assert (imgs / "tulips.jpg").stat().st_size > 1000
+    # --demo never writes into a real data set
+    real = tmp_path / "real"
+    make_class_folders(real / "flower_photos", per_class=2, classes=("x",))
+    with pytest.raises(UserError, match="already holds a data set"):
+        split_data.main(parse(split_data, ["--data-root", real, "--demo", "--demo-imgs", imgs]))
