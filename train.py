@@ -413,7 +413,8 @@ def initial_weights(model, args):
     if args.weights is None:
         args.weights = f"./{args.model}-pre.pth"
     if args.weights.lower() == "none":
-        print("training from scratch (use more than 20 epochs)")
+        if args.is_main:
+            print("training from scratch (use more than 20 epochs)")
         return
     if args.weights.lower() == "imagenet":
         path = imagenet_weights(args.model, progress=args.is_main)
@@ -492,8 +493,10 @@ def _main(args):
     net.to(device, memory_format=torch.preserve_format if args.no_channels_last else torch.channels_last)
     model = net
     if args.distributed:
-        if args.sync_bn:
+        if args.sync_bn and device.type == "cuda":
             net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        elif args.sync_bn and args.is_main:
+            print("note: --sync-bn works on CUDA only; ignored on this device")
         model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
 
     optimizer = build_optimizer(net, args)

@@ -1,0 +1,103 @@
+"""Bad input ends in one clear line and a non-zero exit, never a traceback."""
+import json
+
+import pytest
+import torch
+
+import batch_predict
+import load_weights
+import model
+import predict
+import train
+from common import UserError
+from conftest import TINY_TRAIN, make_class_folders, parse, run_script
+
+
+def assert_one_line_error(res, *words):
+    assert res.returncode != 0
+    assert "Traceback" not in res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_missing_image_file_and_folder(tmp_path):
+    assert_one_line_error(run_script("predict.py", tmp_path / "nope.jpg"), "image not found", "nope.jpg")
+    assert_one_line_error(run_script("batch_predict.py", tmp_path / "nodir"), "image folder not found")
+    assert_one_line_error(run_script("train.py", "--data-path", tmp_path / "nodata"), "not found", "split_data.py")
+    assert_one_line_error(run_script("split_data.py", "--data-root", tmp_path / "x"), "--download", "--demo")
+
+
+def test_missing_weights_and_class_file_say_what_to_do(tiny_run, tmp_path):
+    img = next((tiny_run["data"] / "val" / "daisy").iterdir())
+    assert_one_line_error(run_script("predict.py", img, "--class-indices", tmp_path / "none.json"),
+                          "class-index file not found", "train.py writes it")
+    assert_one_line_error(run_script("predict.py", img, "--class-indices", tiny_run["classes"],
+                                     "--weights", tmp_path / "none.pth"), "trained weights not found")
+    # train.py's default ImageNet file is missing: how to get it, or how to train without it
+    res = run_script("train.py", "--data-path", tiny_run["data"], "--save-path", tmp_path / "w.pth", cwd=tmp_path)
+    assert_one_line_error(res, "resnet34-pre.pth", "--weights imagenet", "--weights none")
+
+
+def test_empty_folder_and_empty_class_folder(tiny_run, tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(run_script("batch_predict.py", tmp_path / "empty"), "no images in")
+    data = tmp_path / "data"
+    make_class_folders(data / "train", per_class=2, classes=("a", "b"))
+    make_class_folders(data / "val", per_class=1, classes=("a", "b"))
+    (data / "train" / "c").mkdir()
+    (data / "val" / "c").mkdir()
+    with pytest.raises(UserError, match="no images in the class folder"):
+        train.main(parse(train, TINY_TRAIN + ["--data-path", data, "--save-path", tmp_path / "w.pth"]))
+
+
+def test_weights_with_another_class_count(tiny_run, tmp_path):
+    five = tmp_path / "five.json"
+    five.write_text(json.dumps({str(i): f"c{i}" for i in range(5)}))
+    img = next((tiny_run["data"] / "val" / "daisy").iterdir())
+    res = run_script("predict.py", img, "--model", "resnet18", "--weights", tiny_run["weights"],
+                     "--class-indices", five)
+    assert_one_line_error(res, "trained for 3 classes", "lists 5")
+
+
+def test_weights_of_another_architecture(tiny_run, tmp_path):
+    r34 = tmp_path / "r34.pth"
+    torch.save(model.resnet34(num_classes=3).state_dict(), r34)
+    with pytest.raises(UserError, match="holds resnet34 weights, but --model is resnet18; pass --model resnet34"):
+        batch_predict.main(parse(batch_predict, [tiny_run["data"] / "val" / "daisy", "--model", "resnet18",
+                                                 "--weights", r34, "--class-indices", tiny_run["classes"]]))
+    res = run_script("load_weights.py", "--model", "resnet50", "--weights", r34)
+    assert_one_line_error(res, "resnet34 weights", "--model is resnet50")
+    junk = tmp_path / "junk.pth"
+    junk.write_text("this is not a weights file")
+    assert_one_line_error(run_script("load_weights.py", "--weights", junk), "not a PyTorch weights file")
+
+
+def test_load_weights_both_ways_agree(tmp_path, capsys):
+    src = tmp_path / "resnet18-pre.pth"
+    torch.save(model.resnet18().state_dict(), src)
+    nets = [load_weights.main(parse(load_weights, ["--model", "resnet18", "--weights", src, "--way", w,
+                                                   "--num-classes", "4"])) for w in ("1", "2")]
+    assert "missing keys: ['fc.weight', 'fc.bias']" in capsys.readouterr().out
+    for net in nets:
+        assert net.fc.out_features == 4
+        torch.testing.assert_close(net.layer4[1].conv2.weight, nets[0].layer4[1].conv2.weight)
+
+
+def test_resume_from_plain_weights_file_explains(tiny_run):
+    with pytest.raises(UserError, match="plain weights file, not a training checkpoint"):
+        train.main(parse(train, ["--resume", tiny_run["weights"]]))
+
+
+def test_refuses_to_overwrite_an_earlier_run(tiny_run):
+    with pytest.raises(UserError, match="earlier run.*--resume.*--overwrite"):
+        train.main(parse(train, TINY_TRAIN + ["--data-path", tiny_run["data"], "--save-path", tiny_run["weights"]]))
+
+
+def test_predict_corrupt_single_image(tiny_run, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(UserError, match="cannot read image"):
+        predict.main(parse(predict, [bad, "--model", "resnet18", "--weights", tiny_run["weights"],
+                                     "--class-indices", tiny_run["classes"]]))
