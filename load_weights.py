@@ -64,7 +64,7 @@ def main(args):
                          f"run with --download to fetch torchvision's ImageNet {args.model} file, "
                          "or pass --weights PATH")
     state_dict = read_state_dict(path)
-    check_architecture(args.model, state_dict, path)
+    check_architecture(build_model(args.model), args.model, state_dict, path)
     net = (load_way1 if args.way == 1 else load_way2)(args.model, state_dict, args.num_classes)
     print(f"{args.model} from {path}: fc is now Linear({net.fc.in_features}, {net.fc.out_features}) "
           f"(way {args.way})")

@@ -48,3 +48,15 @@ def test_corrupt_and_truncated_files_give_one_line_errors(tmp_path):
     (tmp_path / "cut.png").write_bytes(good.read_bytes()[:200])
     with pytest.raises(UserError, match="cannot read image .*cut.png"):
         load_rgb(tmp_path / "cut.png")
+
+
+@pytest.mark.parametrize("size,img_size", [((500, 333), 224), ((240, 320), 224), ((256, 300), 224), ((90, 70), 64)])
+def test_eval_transform_equals_torchvision(size, img_size):
+    from torchvision import transforms
+    from common import MEAN, STD, eval_transform
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    ref = transforms.Compose([transforms.Resize(int(round(img_size / 0.875))), transforms.CenterCrop(img_size),
+                              transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
+    import torch
+    torch.testing.assert_close(eval_transform(img_size)(img), ref(img), rtol=0, atol=1e-5)

@@ -1,0 +1,221 @@
+"""Measure training and inference images/s: the plain fp32 path against each fast path, in one run.
+
+    python benchmark.py                                   # resnet34, batch 16, 224 px, auto device
+    python benchmark.py --device cpu --steps 5 --json
+    python benchmark.py --predict-folder bench/imgs       # whole-process batch_predict.py vs the tutorial's loop
+
+Figures come after warm-up; the ratio column is against the plain fp32 (NCHW) path of the same run.
+"""
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from common import amp_dtype, autocast, build_model, eval_transform, list_images, load_rgb, select_device
+from model import MODELS
+
+
+def get_args_parser(add_help=True):
+    p = argparse.ArgumentParser(description="Benchmark the plain and fast paths", add_help=add_help)
+    p.add_argument("--model", default="resnet34", choices=list(MODELS), help="(default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=16, help="(default: %(default)s)")
+    p.add_argument("--img-size", type=int, default=224, help="(default: %(default)s)")
+    p.add_argument("--device", default="auto", help="(default: %(default)s)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per path, after --warmup (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=2, help="(default: %(default)s)")
+    p.add_argument("--no-train", action="store_true", help="inference only")
+    p.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--predict-folder", default=None,
+                   help="instead: time `batch_predict.py FOLDER` against the tutorial's one-by-one fp32 loop, "
+                        "both as whole processes (made with 100 images of 320-500 px if missing)")
+    p.add_argument("--tutorial-predict", default=None, help=argparse.SUPPRESS)  # the baseline's own process
+    p.add_argument("--weights", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_steps(step, device, steps, warmup):
+    for _ in range(warmup):
+        step()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def bench_train(args, device, channels_last, amp):
+    torch.manual_seed(0)
+    net = build_model(args.model, num_classes=5).to(device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    net = net.to(memory_format=fmt).train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device).to(memory_format=fmt)
+    y = torch.randint(0, 5, (args.batch_size,), device=device)
+
+    def step():
+        with autocast(device, amp):
+            loss = nn.functional.cross_entropy(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+
+    return args.batch_size / time_steps(step, device, args.steps, args.warmup)
+
+
+def bench_infer(args, device, channels_last, amp):
+    net = build_model(args.model, num_classes=5).to(device).eval()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    net = net.to(memory_format=fmt)
+    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device).to(memory_format=fmt)
+
+    @torch.inference_mode()
+    def step():
+        with autocast(device, amp):
+            net(x)
+
+    return args.batch_size / time_steps(step, device, args.steps * 2, args.warmup)
+
+
+def bench_onnx(args):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    from export_onnx import export
+    net = build_model(args.model, num_classes=5).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.onnx"
+        export(net, path, args.img_size, 17, "logits")
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size).numpy()
+    return args.batch_size / time_steps(lambda: session.run(None, {"input": x}), torch.device("cpu"),
+                                        args.steps * 2, args.warmup)
+
+
+def run_paths(args):
+    device = select_device(args.device)
+    amp = amp_dtype(device)
+    paths = [("fp32", False, None), ("channels-last", True, None)]
+    if amp is not None:
+        amp_name = str(amp).replace("torch.", "")
+        paths += [(amp_name, False, amp), (f"{amp_name} + channels-last", True, amp)]
+    results = []
+    for task, fn in ((("train", bench_train),) if not args.no_train else ()) + (("inference", bench_infer),):
+        for name, cl, dt in paths:
+            results.append({"task": task, "path": name, "images_per_s": fn(args, device, cl, dt)})
+            print(f"  {task:9} {name:26} {results[-1]['images_per_s']:8.1f} images/s", file=sys.stderr)
+    if not args.no_onnx:
+        ips = bench_onnx(args)
+        if ips:
+            results.append({"task": "inference", "path": "onnxruntime (CPU)", "images_per_s": ips})
+    for r in results:
+        base = next(b for b in results if b["task"] == r["task"] and b["path"] == "fp32")
+        r["ratio"] = r["images_per_s"] / base["images_per_s"]
+    return {"model": args.model, "batch_size": args.batch_size, "img_size": args.img_size, "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "results": results}
+
+
+def cpu_name():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return f"CPU ({os.cpu_count()} cores)"
+
+
+# ---------------------------------------------------------------- whole-process prediction
+
+def tutorial_predict(args):
+    """The tutorial's batch_predict loop, as the baseline: decode one by one in the main process,
+    fp32, NCHW, batches of 5. (Run in its own process by --predict-folder.)"""
+    import json as js
+    device = select_device(args.device)
+    net = build_model(args.model, num_classes=5)
+    net.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
+    net.to(device).eval()
+    tf = eval_transform(args.img_size)
+    paths = list_images(args.tutorial_predict)
+    classes = js.loads((Path(args.weights).parent / "class_indices.json").read_text())
+    bs = 5
+    with torch.no_grad():
+        for ids in range(len(paths) // bs):
+            batch = torch.stack([tf(load_rgb(p)) for p in paths[ids * bs:(ids + 1) * bs]])
+            probs = torch.softmax(net(batch.to(device)).cpu(), dim=1)
+            for idx, (pro, cla) in enumerate(zip(*torch.max(probs, dim=1))):
+                print(f"image: {paths[ids * bs + idx]}  class: {classes[str(int(cla))]}  prob: {float(pro):.3}")
+
+
+def make_images(folder, n=100):
+    import demo_data
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    for i in range(n):
+        img = demo_data.draw_image(demo_data.CLASSES[i % 5], rng, rng.randint(320, 500))
+        img.resize((img.width, rng.randint(320, 500))).save(folder / f"img_{i:03d}.jpg", quality=90)
+
+
+def predict_folder(args):
+    folder = Path(args.predict_folder)
+    if not folder.is_dir():
+        make_images(folder)
+    n = len(list_images(folder))
+    tmp = Path(tempfile.mkdtemp())
+    torch.save(build_model(args.model, num_classes=5).state_dict(), tmp / "w.pth")
+    (tmp / "class_indices.json").write_text(json.dumps({str(i): f"class{i}" for i in range(5)}))
+    here = Path(__file__).resolve().parent
+    runs = {
+        "tutorial loop (fp32, one by one, batch 5)": [str(here / "benchmark.py"), "--tutorial-predict", str(folder),
+                                                       "--weights", str(tmp / "w.pth")],
+        "batch_predict.py (workers, amp, channels-last, batch 16)": [
+            str(here / "batch_predict.py"), str(folder), "--batch-size", "16", "--weights", str(tmp / "w.pth"),
+            "--class-indices", str(tmp / "class_indices.json")],
+    }
+    results = []
+    for name, cmd in runs.items():
+        cmd += ["--model", args.model, "--device", args.device]
+        start = time.perf_counter()
+        subprocess.run([sys.executable] + cmd, check=True, stdout=subprocess.DEVNULL)
+        seconds = time.perf_counter() - start
+        results.append({"path": name, "seconds": seconds, "images_per_s": n / seconds})
+    for r in results:
+        r["ratio"] = r["images_per_s"] / results[0]["images_per_s"]
+    return {"task": f"whole process, {n} images of {folder}", "model": args.model, "device": args.device,
+            "device_name": cpu_name(), "date": time.strftime("%Y-%m-%d"), "results": results}
+
+
+def main(args):
+    if args.tutorial_predict:
+        return tutorial_predict(args)
+    report = predict_folder(args) if args.predict_folder else run_paths(args)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return report
+    print(f"{report['model']} on {report['device_name']} ({report['date']}):")
+    print(f"{'task':10} {'path':58} {'images/s':>9} {'ratio':>7}")
+    for r in report["results"]:
+        print(f"{r.get('task', 'predict'):10} {r['path']:58} {r['images_per_s']:9.1f} {r['ratio']:6.2f}x")
+    return report
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
