@@ -9,7 +9,7 @@ import math
 import random
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 CLASSES = ("daisy", "dandelion", "roses", "sunflowers", "tulips")
 NOTE = ("SYNTHETIC DEMO DATA drawn by demo_data.py, not photographs. "
@@ -94,16 +94,25 @@ def _flower(draw, rng, kind, cx, cy, r):
         _petal(draw, cx, cy + r * 0.5, -math.pi / 2, r * 1.25, r * 0.45, darker)
 
 
+def _distractors(draw, rng, size):
+    """Petal-coloured blobs in the background, so colour alone does not give the class away."""
+    for _ in range(rng.randint(0, 6)):
+        x, y, r = rng.randrange(size), rng.randrange(size), rng.randint(2, max(3, size // 12))
+        colour = rng.choice([(245, 245, 240), (250, 200, 20), (200, 20, 40), (240, 120, 180), (90, 50, 20)])
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=_jitter(rng, colour, 30))
+
+
 def draw_image(kind, rng, size):
     img = _background(rng, size)
     draw = ImageDraw.Draw(img)
+    _distractors(draw, rng, size)
     for _ in range(rng.choice([1, 1, 1, 2, 3])):
-        r = size * rng.uniform(0.15, 0.33)
+        r = size * rng.uniform(0.1, 0.33)
         cx, cy = rng.uniform(r * 0.6, size - r * 0.6), rng.uniform(r * 0.6, size - r * 0.6)
         _flower(draw, rng, kind, cx, cy, r)
     if rng.random() < 0.5:
-        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
-    return img
+        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.5)))
+    return ImageEnhance.Brightness(img).enhance(rng.uniform(0.6, 1.3))
 
 
 def make_demo_dataset(root, per_class=120, seed=0, size_range=(96, 160)):

@@ -30,7 +30,7 @@ from model import MODELS
 
 # Settings a resumed run takes from its checkpoint; the rest (paths of devices, workers) may change.
 RESUMED_ARGS = ("data_path", "model", "weights", "batch_size", "lr", "img_size", "freeze_backbone",
-                "save_path", "class_indices", "seed", "checkpoint", "output_dir", "no_amp",
+                "save_path", "class_indices", "seed", "checkpoint", "output_dir", "no_amp", "amp_dtype",
                 "no_channels_last", "opt", "momentum", "weight_decay", "lr_scheduler", "warmup_epochs",
                 "lr_step_size", "lr_gamma", "label_smoothing", "auto_augment", "backbone_lr_scale",
                 "sync_bn")
@@ -62,6 +62,8 @@ def get_args_parser(add_help=True):
     p.add_argument("--resume", default=None, metavar="PATH", help="continue the run saved in this checkpoint")
     # speed
     p.add_argument("--no-amp", action="store_true", help="train in fp32 (default: bf16/fp16 where the hardware has it)")
+    p.add_argument("--amp-dtype", default="auto", choices=("auto", "bf16", "fp16"),
+                   help="mixed-precision type: auto picks bf16 where supported, else fp16 on CUDA (default: %(default)s)")
     p.add_argument("--no-channels-last", action="store_true", help="keep the NCHW memory format")
     # recipes
     p.add_argument("--opt", default="adam", choices=("adam", "adamw", "sgd"), help="optimizer (default: %(default)s)")
@@ -395,7 +397,7 @@ def resolve_args(args):
     if args.resume:
         ckpt = read_checkpoint(args.resume)
         for k in RESUMED_ARGS:
-            setattr(args, k, ckpt["args"][k])
+            setattr(args, k, ckpt["args"].get(k, getattr(args, k)))
         args.epochs = args.epochs or ckpt["args"]["epochs"]
     args.epochs = args.epochs or 3
     args.save_path = args.save_path or default_save_path(args.model)
@@ -466,7 +468,8 @@ def _main(args):
     val_loader = make_loader(val_set, val_sampler, args, device)
     args.steps_per_epoch = len(train_loader)
 
-    amp = None if args.no_amp else amp_dtype(device)
+    amp = None if args.no_amp else {"auto": amp_dtype(device), "bf16": torch.bfloat16,
+                                     "fp16": torch.float16}[args.amp_dtype]
     net = build_model(args.model, num_classes=len(classes))
     out_dir = Path(args.output_dir)
 

@@ -26,8 +26,8 @@ run scratch-recommended "$OUT/demo0" --weights none --epochs 10 --opt adamw --lr
 # a backbone for fine-tuning, trained on the other demo set
 [ -f "$OUT/backbone/best.pth" ] || run backbone "$OUT/demo1" --weights none --epochs 10 --opt adamw --lr 2e-3 \
   --weight-decay 0.05 --lr-scheduler cosine --warmup-epochs 1 --label-smoothing 0.1
-# fine-tuning, 3 epochs each
-run finetune-tutorial "$OUT/demo0" --weights "$OUT/backbone/best.pth" --epochs 3
-run finetune-recommended "$OUT/demo0" --weights "$OUT/backbone/best.pth" --epochs 3 --opt adamw --lr 1e-3 \
+# fine-tuning, 2 epochs each
+run finetune-tutorial "$OUT/demo0" --weights "$OUT/backbone/best.pth" --epochs 2
+run finetune-recommended "$OUT/demo0" --weights "$OUT/backbone/best.pth" --epochs 2 --opt adamw --lr 1e-3 \
   --backbone-lr-scale 0.1 --lr-scheduler cosine --warmup-epochs 0.5 --label-smoothing 0.1
-run finetune-frozen "$OUT/demo0" --weights "$OUT/backbone/best.pth" --epochs 3 --lr 1e-3 --freeze-backbone
+run finetune-frozen "$OUT/demo0" --weights "$OUT/backbone/best.pth" --epochs 2 --lr 1e-3 --freeze-backbone

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The CUDA paths on a GPU machine, in one short run: AMP (bf16 and fp16 + grad scaler), channels-last,
+# cudnn.benchmark, pinned memory, resume, prediction, ONNX export, and the benchmark table.
+# Usage: bash bench/gpu_check.sh OUTDIR
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-bench/out/gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+PY=${PY:-python3}
+W=/tmp/gpucheck
+rm -rf $W; mkdir -p $W
+step() { echo; echo "=== $*"; }
+step versions
+nvidia-smi -L; $PY -c "import torch, torchvision; print(torch.__version__, torchvision.__version__, torch.cuda.get_device_name(0))"
+step demo data
+$PY split_data.py --demo --data-root $W/data --demo-per-class 200 --demo-imgs $W/imgs | tail -2
+T="--data-path $W/data --model resnet34 --weights none --img-size 224 --batch-size 64 --lr 1e-3 --class-indices $W/ci.json --workers 8"
+step train bf16 auto, 3 epochs
+$PY train.py $T --epochs 3 --save-path $W/bf16/w.pth 2>&1 | grep -vE 'it/s|s/it'
+step train fp16 + grad scaler, 2 epochs
+$PY train.py $T --epochs 2 --amp-dtype fp16 --save-path $W/fp16/w.pth 2>&1 | grep -vE 'it/s|s/it'
+step train fp32 baseline, 2 epochs
+$PY train.py $T --epochs 2 --no-amp --no-channels-last --save-path $W/fp32/w.pth 2>&1 | grep -vE 'it/s|s/it'
+step resume: extend the bf16 run to 4 epochs
+$PY train.py --resume $W/bf16/last.pth --epochs 4 2>&1 | grep -vE 'it/s|s/it'
+cp $W/bf16/history.csv $OUT/history_bf16.csv; cp $W/fp16/history.csv $OUT/history_fp16.csv; cp $W/fp32/history.csv $OUT/history_fp32.csv
+step predict and batch predict on cuda
+M="--model resnet34 --weights $W/bf16/w.pth --class-indices $W/ci.json"
+$PY predict.py $W/imgs/daisy.jpg $M --save-fig $OUT/predict.png
+$PY benchmark.py --predict-folder $W/imgs100 --device cuda 2>&1 | tail -4
+$PY batch_predict.py $W/imgs100 $M --batch-size 64 | tail -1
+step onnx export
+$PY export_onnx.py $M --out $W/m.onnx --check-images $W/imgs 2>&1 | tail -3
+step benchmark batch 16 and 64
+$PY benchmark.py --device cuda --steps 30 --warmup 5 --no-onnx --json > $OUT/bench_b16.json && $PY -c "import json;r=json.load(open('$OUT/bench_b16.json'));[print(x) for x in r['results']]"
+$PY benchmark.py --device cuda --steps 30 --warmup 5 --batch-size 64 --no-onnx
