@@ -5,7 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= data_set/flower_data
 DEMO_OUT ?= runs/demo
-DEMO_ARGS ?= --model resnet18 --weights none --img-size 96 --epochs 6 --batch-size 32 --lr 1e-3
+DEMO_ARGS ?= --model resnet18 --weights none --img-size 96 --epochs 8 --batch-size 32 --opt adamw --lr 2e-3 \
+  --weight-decay 0.05 --lr-scheduler cosine --warmup-epochs 1 --label-smoothing 0.1
 MODEL_ARGS = --model resnet18 --img-size 96 --weights $(DEMO_OUT)/resNet18.pth --class-indices $(DEMO_OUT)/class_indices.json
 
 .PHONY: demo test venv clean-demo

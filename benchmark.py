@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from common import amp_dtype, autocast, build_model, eval_transform, list_images, load_rgb, select_device
+from common import amp_dtype, autocast, build_model, list_images, load_rgb, select_device
 from model import MODELS
 
 
@@ -149,11 +149,14 @@ def tutorial_predict(args):
     """The tutorial's batch_predict loop, as the baseline: decode one by one in the main process,
     fp32, NCHW, batches of 5. (Run in its own process by --predict-folder.)"""
     import json as js
+
+    from torchvision import transforms  # the tutorial's preprocessing, and its import cost
     device = select_device(args.device)
     net = build_model(args.model, num_classes=5)
     net.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
     net.to(device).eval()
-    tf = eval_transform(args.img_size)
+    tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+                             transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
     paths = list_images(args.tutorial_predict)
     classes = js.loads((Path(args.weights).parent / "class_indices.json").read_text())
     bs = 5

@@ -143,7 +143,8 @@ def download_flowers(data_root, url=FLOWERS_URL, sha256=FLOWERS_SHA256):
         print(f"{photos} is already there; not downloading")
         return photos
     archive = data_root / url.rsplit("/", 1)[-1]
-    if not archive.is_file():
+    downloaded = not archive.is_file()  # an archive the user put there is theirs: it stays
+    if downloaded:
         print(f"downloading {url}")
         download(url, archive, sha256=sha256)
     # Unpack into a temporary folder, then move: a failure never leaves a half-filled flower_photos.
@@ -155,7 +156,8 @@ def download_flowers(data_root, url=FLOWERS_URL, sha256=FLOWERS_SHA256):
         os.replace(top, photos)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    archive.unlink()
+    if downloaded:
+        archive.unlink()
     print(f"unpacked to {photos}")
     return photos
 

@@ -109,3 +109,12 @@ def test_imagenet_weights_download_into_hub_cache_with_hash_prefix(server, tmp_p
             common.imagenet_weights("resnet34", url="http://127.0.0.1:9/resnet34-b627a593.pth", progress=False)
     finally:
         torch.hub.set_dir(old)
+
+
+def test_an_archive_the_user_put_there_is_unpacked_and_kept(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    make_flowers_tgz(data / "flower_photos.tgz", tmp_path)
+    split_data.main(parse(split_data, ["--data-root", data, "--download", "--url",
+                                       (data / "flower_photos.tgz").as_uri(), "--sha256", "none"]))
+    assert (data / "flower_photos.tgz").exists() and (data / "train" / "roses").is_dir()
