@@ -182,24 +182,25 @@ def predict_folder(args):
     if not folder.is_dir():
         make_images(folder)
     n = len(list_images(folder))
-    tmp = Path(tempfile.mkdtemp())
-    torch.save(build_model(args.model, num_classes=5).state_dict(), tmp / "w.pth")
-    (tmp / "class_indices.json").write_text(json.dumps({str(i): f"class{i}" for i in range(5)}))
-    here = Path(__file__).resolve().parent
-    runs = {
-        "tutorial loop (fp32, one by one, batch 5)": [str(here / "benchmark.py"), "--tutorial-predict", str(folder),
-                                                       "--weights", str(tmp / "w.pth")],
-        "batch_predict.py (workers, amp, channels-last, batch 16)": [
-            str(here / "batch_predict.py"), str(folder), "--batch-size", "16", "--weights", str(tmp / "w.pth"),
-            "--class-indices", str(tmp / "class_indices.json")],
-    }
-    results = []
-    for name, cmd in runs.items():
-        cmd += ["--model", args.model, "--device", args.device]
-        start = time.perf_counter()
-        subprocess.run([sys.executable] + cmd, check=True, stdout=subprocess.DEVNULL)
-        seconds = time.perf_counter() - start
-        results.append({"path": name, "seconds": seconds, "images_per_s": n / seconds})
+    with tempfile.TemporaryDirectory() as tmp_dir:  # throwaway weights, removed afterwards
+        tmp = Path(tmp_dir)
+        torch.save(build_model(args.model, num_classes=5).state_dict(), tmp / "w.pth")
+        (tmp / "class_indices.json").write_text(json.dumps({str(i): f"class{i}" for i in range(5)}))
+        here = Path(__file__).resolve().parent
+        runs = {
+            "tutorial loop (fp32, one by one, batch 5)": [str(here / "benchmark.py"), "--tutorial-predict", str(folder),
+                                                           "--weights", str(tmp / "w.pth")],
+            "batch_predict.py (workers, amp, channels-last, batch 16)": [
+                str(here / "batch_predict.py"), str(folder), "--batch-size", "16", "--weights", str(tmp / "w.pth"),
+                "--class-indices", str(tmp / "class_indices.json")],
+        }
+        results = []
+        for name, cmd in runs.items():
+            cmd += ["--model", args.model, "--device", args.device]
+            start = time.perf_counter()
+            subprocess.run([sys.executable] + cmd, check=True, stdout=subprocess.DEVNULL)
+            seconds = time.perf_counter() - start
+            results.append({"path": name, "seconds": seconds, "images_per_s": n / seconds})
     for r in results:
         r["ratio"] = r["images_per_s"] / results[0]["images_per_s"]
     return {"task": f"whole process, {n} images of {folder}", "model": args.model, "device": args.device,

@@ -33,9 +33,10 @@ def get_args_parser(add_help=True):
     return p
 
 
-def load_way1(model_name, state_dict, num_classes):
+def load_way1(model_name, state_dict, num_classes, path):
     """Way 1: the 1000-class model takes the whole file, then fc is replaced."""
     net = build_model(model_name)  # num_classes=1000, as the file
+    check_architecture(net, model_name, state_dict, path)
     if num_classes_of(state_dict) != net.fc.out_features:
         raise UserError(f"way 1 needs a {net.fc.out_features}-class ImageNet file; this one has "
                         f"{num_classes_of(state_dict)} classes: use --way 2")
@@ -44,9 +45,10 @@ def load_way1(model_name, state_dict, num_classes):
     return net
 
 
-def load_way2(model_name, state_dict, num_classes):
+def load_way2(model_name, state_dict, num_classes, path):
     """Way 2: the num_classes model loads everything but fc (strict=False)."""
     net = build_model(model_name, num_classes=num_classes)
+    check_architecture(net, model_name, state_dict, path)
     backbone = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
     missing, unexpected = net.load_state_dict(backbone, strict=False)
     print(f"missing keys: {missing}")
@@ -64,8 +66,7 @@ def main(args):
                          f"run with --download to fetch torchvision's ImageNet {args.model} file, "
                          "or pass --weights PATH")
     state_dict = read_state_dict(path)
-    check_architecture(build_model(args.model), args.model, state_dict, path)
-    net = (load_way1 if args.way == 1 else load_way2)(args.model, state_dict, args.num_classes)
+    net = (load_way1 if args.way == 1 else load_way2)(args.model, state_dict, args.num_classes, path)
     print(f"{args.model} from {path}: fc is now Linear({net.fc.in_features}, {net.fc.out_features}) "
           f"(way {args.way})")
     if args.out:
