@@ -19,8 +19,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from common import amp_dtype, autocast, build_model, list_images, load_rgb, select_device
+from device import amp_dtype, autocast, grad_scaler, select_device
+from images import list_images, load_rgb
+from inference import export_onnx
 from model import MODELS
+from weights import build_model
 
 
 def get_args_parser(add_help=True):
@@ -64,7 +67,7 @@ def bench_train(args, device, channels_last, amp):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     net = net.to(memory_format=fmt).train()
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    scaler = grad_scaler(device, amp)
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device).to(memory_format=fmt)
     y = torch.randint(0, 5, (args.batch_size,), device=device)
 
@@ -98,11 +101,10 @@ def bench_onnx(args):
         import onnxruntime as ort
     except ImportError:
         return None
-    from export_onnx import export
     net = build_model(args.model, num_classes=5).eval()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.onnx"
-        export(net, path, args.img_size, 17, "logits")
+        export_onnx(net, path, args.img_size, 17, "logits")
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size).numpy()
     return args.batch_size / time_steps(lambda: session.run(None, {"input": x}), torch.device("cpu"),

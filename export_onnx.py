@@ -1,34 +1,34 @@
-"""Export trained weights to ONNX (dynamic batch), check it against PyTorch with ONNX Runtime.
+"""Export trained weights to ONNX (dynamic batch) and check the file against PyTorch with ONNX Runtime.
 
     python export_onnx.py --model resnet34 --weights resNet34.pth --out resNet34.onnx
     trtexec --onnx=resNet34.onnx --fp16 --saveEngine=resNet34.engine     # on a Jetson / TensorRT
 
 Input `input` (N, 3, H, W), normalised as in training; output `logits`, or `probs` with --softmax.
-labels.txt beside the file holds the class names, one per line, in output order.
+labels.txt beside the file holds the class names, one per line, in output order. The file is kept
+only when ONNX Runtime's output matches PyTorch's.
 """
-import argparse
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from common import (UserError, build_model, default_save_path, eval_transform, list_images, load_rgb,
-                    load_trained_weights, read_class_indices, read_state_dict, run_cli)
-from model import MODELS
+from cli import (ArgumentParser, UserError, atomic_path, atomic_write_bytes, check_output, float_in, int_at_least,
+                 read_class_indices, run_cli)
+from images import EvalTransform, list_images, load_rgb
+from inference import add_model_args, default_weights, export_onnx
+from weights import build_model, load_trained_weights, read_state_dict
 
 
 def get_args_parser(add_help=True):
-    p = argparse.ArgumentParser(description="Export trained weights to ONNX and check the result", add_help=add_help)
-    p.add_argument("--model", default="resnet34", choices=list(MODELS), help="architecture (default: %(default)s)")
-    p.add_argument("--weights", default=None, help="trained weights (default: ./resNet34.pth, after the model)")
-    p.add_argument("--class-indices", default="./class_indices.json", help="(default: %(default)s)")
-    p.add_argument("--img-size", type=int, default=224, help="input size of the check and the example shape (default: %(default)s)")
+    p = ArgumentParser(description="Export trained weights to ONNX and check the result", add_help=add_help)
+    add_model_args(p)
     p.add_argument("--out", default=None, help="ONNX file (default: the weights' name with .onnx)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing ONNX file and labels.txt")
+    p.add_argument("--opset", type=int_at_least(11), default=17, help="ONNX opset, 11 or more (default: %(default)s)")
     p.add_argument("--softmax", action="store_true", help="put the softmax in the graph: output probabilities")
     p.add_argument("--check-images", default="data/imgs", help="real images for the check, when there (default: %(default)s)")
-    p.add_argument("--atol", type=float, default=1e-3, help="largest difference allowed (default: %(default)s)")
+    p.add_argument("--atol", type=float_in(0, None, low_open=True), default=1e-3,
+                   help="largest difference allowed (default: %(default)s)")
     return p
 
 
@@ -50,22 +50,27 @@ def import_onnx():
     return onnx, onnxruntime
 
 
-def export(net, out, img_size, opset, output_name):
-    net.eval()
-    example = torch.randn(1, 3, img_size, img_size)
-    # The TorchScript exporter: it needs no onnxscript and gives the plain graph TensorRT expects.
-    kwargs = {"dynamo": False} if "dynamo" in torch.onnx.export.__code__.co_varnames else {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(net, example, str(out), input_names=["input"], output_names=[output_name],
-                          dynamic_axes={"input": {0: "batch"}, output_name: {0: "batch"}},
-                          opset_version=opset, do_constant_folding=True, **kwargs)
+def check_inputs(img_size, folder):
+    """Random inputs, and up to 8 real images of `folder` when there, for the comparison."""
+    g = torch.Generator().manual_seed(0)
+    inputs = [("random", torch.randn(3, 3, img_size, img_size, generator=g))]
+    transform, real = EvalTransform(img_size), []
+    for p in list_images(folder) if Path(folder).is_dir() else []:
+        try:
+            real.append(torch.from_numpy(transform(load_rgb(p))))
+        except UserError:
+            continue  # an unreadable file is no reason to fail the export
+        if len(real) == 8:
+            break
+    if real:
+        inputs.append((f"{len(real)} images of {folder}", torch.stack(real)))
+    return inputs
 
 
-def check(net, out, inputs, atol):
+def compare_with_pytorch(net, onnx_path, inputs, atol):
     """Largest |ONNX Runtime - PyTorch| over the inputs; raises if beyond atol."""
     _, ort = import_onnx()
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     worst = 0.0
     for name, x in inputs:
         with torch.inference_mode():
@@ -75,37 +80,36 @@ def check(net, out, inputs, atol):
         worst = max(worst, diff)
         print(f"check {name}: batch {x.shape[0]}, largest difference {diff:.2e}")
     if worst > atol:
-        raise UserError(f"ONNX output differs from PyTorch by {worst:.2e} (> --atol {atol}); the export is wrong")
+        raise UserError(f"ONNX output differs from PyTorch by {worst:.2e} (> --atol {atol}); the export is wrong "
+                        "and was not kept")
     return worst
 
 
 def main(args):
     onnx, _ = import_onnx()
-    weights = args.weights or default_save_path(args.model)
-    classes = read_class_indices(args.class_indices)
-    net = build_model(args.model, num_classes=len(classes))
-    load_trained_weights(net, args.model, read_state_dict(weights, "trained weights"), weights, args.class_indices)
-    net = (WithSoftmax(net) if args.softmax else net).eval()
+    # Settle everything first: weights, classes, both outputs.
+    weights = default_weights(args)
+    classes = read_class_indices(args.class_indices or "./class_indices.json")
+    state_dict = read_state_dict(weights, "trained weights")
     out = Path(args.out or Path(weights).with_suffix(".onnx"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    export(net, out, args.img_size, args.opset, "probs" if args.softmax else "logits")
-    onnx.checker.check_model(onnx.load(str(out)))
-    (out.parent / "labels.txt").write_text("\n".join(classes) + "\n")
-    print(f"exported {out} (opset {args.opset}, dynamic batch) and {out.parent / 'labels.txt'}")
+    if out.suffix.lower() != ".onnx":
+        raise UserError(f"--out {out}: give a file name ending in .onnx")
+    labels = out.parent / "labels.txt"
+    labels_text = ("\n".join(classes) + "\n").encode()
+    check_output(out, "ONNX file", overwrite=args.overwrite)
+    check_output(labels, "labels file", overwrite=args.overwrite, same_content=labels_text)
+    net = build_model(args.model, num_classes=len(classes))
+    load_trained_weights(net, args.model, state_dict, weights, args.class_indices or "./class_indices.json")
+    net = (WithSoftmax(net) if args.softmax else net).eval()
+    inputs = check_inputs(args.img_size, args.check_images)
 
-    torch.manual_seed(0)
-    inputs = [("random", torch.randn(3, 3, args.img_size, args.img_size))]
-    tf, real = eval_transform(args.img_size), []
-    for p in list_images(args.check_images) if Path(args.check_images).is_dir() else []:
-        try:
-            real.append(tf(load_rgb(p)))
-        except UserError:
-            continue  # an unreadable file is no reason to fail the export
-        if len(real) == 8:
-            break
-    if real:
-        inputs.append((f"{len(real)} images of {args.check_images}", torch.stack(real)))
-    worst = check(net, out, inputs, args.atol)
+    # Export to a temporary file; it becomes `out` only once ONNX Runtime agrees with PyTorch.
+    with atomic_path(out) as tmp:
+        export_onnx(net, tmp, args.img_size, args.opset, "probs" if args.softmax else "logits")
+        onnx.checker.check_model(onnx.load(str(tmp)))
+        worst = compare_with_pytorch(net, tmp, inputs, args.atol)
+    atomic_write_bytes(labels, labels_text)
+    print(f"exported {out} (opset {args.opset}, dynamic batch) and {labels}")
     print(f"ONNX Runtime matches PyTorch (largest difference {worst:.2e})")
     return out, worst
 

@@ -7,33 +7,32 @@ Both give the same backbone; --out saves the adapted weights for train.py --weig
 
     python load_weights.py --download --model resnet34 --num-classes 5 --out resnet34-pre.pth
 """
-import argparse
-
 import torch
 import torch.nn as nn
 
-from common import (UserError, build_model, check_architecture, imagenet_weights, need_file,
-                    num_classes_of, read_state_dict, run_cli)
+from cli import ArgumentParser, UserError, as_url, atomic_path, check_output, need_file, positive_int, run_cli
 from model import MODELS
+from weights import (build_model, check_architecture, imagenet_cache_path, imagenet_url, imagenet_weights,
+                     num_classes_of, read_state_dict)
 
 
 def get_args_parser(add_help=True):
-    p = argparse.ArgumentParser(description="Load ImageNet weights and adapt the classifier",
-                                add_help=add_help)
+    p = ArgumentParser(description="Load ImageNet weights and adapt the classifier", add_help=add_help)
     p.add_argument("--model", default="resnet34", choices=list(MODELS), help="architecture (default: %(default)s)")
     p.add_argument("--weights", default=None,
                    help="ImageNet weights file (default: ./<model>-pre.pth, e.g. ./resnet34-pre.pth)")
-    p.add_argument("--num-classes", type=int, default=5, help="classes of your data set (default: %(default)s)")
+    p.add_argument("--num-classes", type=positive_int, default=5, help="classes of your data set (default: %(default)s)")
     p.add_argument("--download", action="store_true",
                    help="fetch torchvision's ImageNet file for --model into the torch hub cache (hash checked)")
-    p.add_argument("--url", default=None, help="with --download: another address for the file")
+    p.add_argument("--url", default=None, help="with --download: another address (or a local file) for the file")
     p.add_argument("--way", type=int, choices=(1, 2), default=2,
                    help="1: load then replace fc; 2: drop fc.* and load with strict=False (default: %(default)s)")
     p.add_argument("--out", default=None, help="save the adapted state_dict here for train.py --weights")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     return p
 
 
-def load_way1(model_name, state_dict, num_classes, path):
+def replace_fc_after_loading(model_name, state_dict, num_classes, path):
     """Way 1: the 1000-class model takes the whole file, then fc is replaced."""
     net = build_model(model_name)  # num_classes=1000, as the file
     check_architecture(net, model_name, state_dict, path)
@@ -45,7 +44,7 @@ def load_way1(model_name, state_dict, num_classes, path):
     return net
 
 
-def load_way2(model_name, state_dict, num_classes, path):
+def load_without_fc(model_name, state_dict, num_classes, path):
     """Way 2: the num_classes model loads everything but fc (strict=False)."""
     net = build_model(model_name, num_classes=num_classes)
     check_architecture(net, model_name, state_dict, path)
@@ -57,20 +56,27 @@ def load_way2(model_name, state_dict, num_classes, path):
 
 
 def main(args):
-    if args.num_classes < 1:
-        raise UserError(f"--num-classes must be at least 1, got {args.num_classes}")
+    if args.url and not args.download:
+        raise UserError("--url only applies with --download")
+    if args.out:
+        check_output(args.out, "adapted weights", overwrite=args.overwrite)
     if args.download:
-        path = imagenet_weights(args.model, url=args.url)
+        url = as_url(args.url) if args.url else imagenet_url(args.model)
+        cached = imagenet_cache_path(url)
+        if cached.exists() and not cached.is_file():
+            raise UserError(f"{cached} is in the way of the download: it is not a file")
+        path = imagenet_weights(args.model, url=url)
     else:
         path = need_file(args.weights or f"./{args.model}-pre.pth", "weights file",
                          f"run with --download to fetch torchvision's ImageNet {args.model} file, "
                          "or pass --weights PATH")
     state_dict = read_state_dict(path)
-    net = (load_way1 if args.way == 1 else load_way2)(args.model, state_dict, args.num_classes, path)
-    print(f"{args.model} from {path}: fc is now Linear({net.fc.in_features}, {net.fc.out_features}) "
-          f"(way {args.way})")
+    adapt = replace_fc_after_loading if args.way == 1 else load_without_fc
+    net = adapt(args.model, state_dict, args.num_classes, path)
+    print(f"{args.model} from {path}: fc is now Linear({net.fc.in_features}, {net.fc.out_features}) (way {args.way})")
     if args.out:
-        torch.save(net.state_dict(), args.out)
+        with atomic_path(args.out) as tmp:
+            torch.save(net.state_dict(), tmp)
         print(f"saved adapted weights to {args.out}; train with: python train.py --model {args.model} "
               f"--weights {args.out}")
     return net

@@ -2,64 +2,41 @@
 
     python predict.py                         # data/imgs/daisy.jpg, as in the tutorial
     python predict.py a.jpg b.png --save-fig result.png
+    python predict.py photo.jpg --onnx resNet34.onnx      # ONNX Runtime; PyTorch is not imported
 Without a display the figure is written as a PNG (predict.png unless --save-fig says otherwise).
 """
-import argparse
-import math
-import os
 import sys
+from pathlib import Path
 
-from batch_predict import add_model_args, classes_for, load_predictor, predict_paths
-from common import UserError, load_rgb, need_file, run_cli
+from cli import ArgumentParser, UserError, check_output, need_file, positive_int, run_cli
+from images import load_rgb
+from inference import add_model_args, add_runtime_args, load_predictor, predict_paths, resolve_classes
+from plots import has_display, show_or_save
 
 
 def get_args_parser(add_help=True):
-    p = argparse.ArgumentParser(description="Predict the class of images", add_help=add_help)
+    p = ArgumentParser(description="Predict the class of images", add_help=add_help)
     p.add_argument("images", nargs="*", default=["data/imgs/daisy.jpg"], help="image files (default: data/imgs/daisy.jpg)")
-    p.add_argument("--save-fig", default=None, metavar="PATH", help="write the figure here instead of showing it")
-    p.add_argument("--batch-size", type=int, default=16, help="images per batch (default: %(default)s)")
-    return add_model_args(p)
-
-
-def has_display():
-    if sys.platform in ("win32", "darwin"):
-        return True
-    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-
-
-def show_or_save(images, titles, save_path):
-    """One panel per image, titled with its top class; shown on a display, else written as PNG."""
-    import matplotlib
-    if save_path or not has_display():
-        matplotlib.use("Agg")  # no window, no crash without a display
-    import matplotlib.pyplot as plt
-
-    cols = min(len(images), 4)
-    rows = math.ceil(len(images) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, img, title in zip(axes.flat, images, titles):
-        ax.imshow(img)
-        ax.set_title(title)
-    fig.tight_layout()
-    if save_path or not has_display():
-        path = save_path or "predict.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        print(f"figure saved to {path}")
-        return path
-    plt.show()
-    return None
+    p.add_argument("--save-fig", default=None, metavar="PATH",
+                   help="write the figure here instead of showing it (default without a display: predict.png)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images per batch (default: %(default)s)")
+    add_model_args(p)
+    return add_runtime_args(p)
 
 
 def main(args):
     for path in args.images:
+        if Path(path).is_dir():
+            raise UserError(f"{path} is a folder; batch_predict.py {path} predicts every image in it")
         need_file(path, "image", "pass the image to predict, e.g. python predict.py photo.jpg")
-    classes = classes_for(args)
-    predict = load_predictor(args, len(classes))
+    figure = args.save_fig or (None if has_display() else "predict.png")
+    if figure:
+        check_output(figure, "figure")
+    classes, class_source = resolve_classes(args)
+    predictor, _ = load_predictor(args, len(classes), class_source)
+
     shown, titles, results = [], [], []
-    for path, probs, error in predict_paths(list(args.images), predict, args.img_size, args.batch_size, args.workers):
+    for path, probs, error in predict_paths(list(args.images), predictor, args.img_size, args.batch_size, args.workers):
         if probs is None:
             if len(args.images) == 1:
                 raise UserError(error)
@@ -67,14 +44,16 @@ def main(args):
             continue
         if len(args.images) > 1:
             print(f"image: {path}")
-        for i, p in enumerate(probs.tolist()):
-            print(f"class: {classes[i]:10}   prob: {p:.3}")
+        for name, p in zip(classes, probs.tolist()):
+            print(f"class: {name:10}   prob: {p:.3}")
         best = int(probs.argmax())
-        titles.append(f"class: {classes[best]}   prob: {probs[best].item():.3}")
-        shown.append(load_rgb(path))
+        titles.append(f"class: {classes[best]}   prob: {probs[best]:.3}")
+        shown.append(load_rgb(path, min_side=800))  # a figure panel needs no more pixels than this
         results.append((path, classes[best], probs))
     if shown:
-        show_or_save(shown, titles, args.save_fig)
+        written = show_or_save(shown, titles, figure)
+        if written:
+            print(f"figure saved to {written}")
     return results
 
 

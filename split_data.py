@@ -3,70 +3,214 @@
     python split_data.py                 # the tutorial's split: 10% of each class to val, seed 0
     python split_data.py --download      # fetch and unpack the flower photos first
     python split_data.py --demo          # synthetic demo flowers, when there is no real data
+    python split_data.py --max-size 320  # resized copies instead of links, for slow storage
+
+What it promises about your files: the source folder is only read. An existing train/ and val/ are
+replaced only with --overwrite, and then only the files an earlier split put there are removed;
+any other file found in them stops the run, named, before anything changes. The new split is built
+in a temporary folder and moved into place once complete.
 """
-import argparse
+import hashlib
+import json
+import multiprocessing
 import os
 import random
 import shutil
 import tarfile
 import tempfile
+from collections import defaultdict
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
+from PIL import Image
+
 import demo_data
-from common import UserError, download, is_image_file, need_dir, run_cli
+from cli import (ArgumentParser, UserError, as_url, atomic_write_text, check_writable_dir, download, float_in,
+                 int_at_least, need_dir, positive_int, run_cli)
+from images import list_images, load_rgb
+from plots import plot_split
 
 FLOWERS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
 FLOWERS_SHA256 = "4c54ace7911aaffe13a365c34f650e71dd5bf1be0a58b464e5a7183e3e595d9c"
+MANIFEST = ".split.json"  # beside train/ and val/: what the split put there, with sizes and times
+JUNK = {".DS_Store", "Thumbs.db", "desktop.ini"}  # made by file browsers: not the user's work
 
 
 def get_args_parser(add_help=True):
-    p = argparse.ArgumentParser(description="Split a <class>/<images> folder into train/ and val/",
-                                add_help=add_help)
+    p = ArgumentParser(description="Split a <class>/<images> folder into train/ and val/", add_help=add_help)
     p.add_argument("--data-root", default="data_set/flower_data",
-                   help="folder holding flower_photos/<class>/ (default: %(default)s)")
+                   help="folder holding flower_photos/<class>/, where train/ and val/ go (default: %(default)s)")
     p.add_argument("--source", default=None,
                    help="the <class>/<images> folder to split (default: <data-root>/flower_photos)")
-    p.add_argument("--val-rate", type=float, default=0.1, help="share of each class for val (default: %(default)s)")
+    p.add_argument("--val-rate", type=float_in(0, 1, high_open=True), default=0.1,
+                   help="share of each class for val (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the selection (default: %(default)s)")
-    p.add_argument("--force", action="store_true", help="replace existing train/ and val/ (nothing else is removed)")
+    p.add_argument("--overwrite", "--force", action="store_true",
+                   help="replace an earlier split's train/ and val/ (only the files it put there are removed)")
     p.add_argument("--mode", choices=("link", "copy", "symlink"), default="link",
                    help="how images reach train/ and val/: hard link (no extra disk; falls back to copy "
                         "across file systems), copy, or symlink (default: %(default)s)")
+    p.add_argument("--max-size", type=int_at_least(32), default=None, metavar="N",
+                   help="write resized copies whose shorter side is at most N px (EXIF rotation applied), "
+                        "instead of links: for slow storage and large phone photos (default: off)")
     p.add_argument("--download", action="store_true", help="download and unpack the flower photos first")
-    p.add_argument("--url", default=FLOWERS_URL, help="archive to download (default: the TensorFlow flowers)")
+    p.add_argument("--url", default=FLOWERS_URL, help="archive to download, or a local archive (default: the TensorFlow flowers)")
     p.add_argument("--sha256", default=None,
                    help="expected SHA-256 of the archive (default: the flowers' own; 'none' skips the check)")
     p.add_argument("--demo", action="store_true",
                    help="generate SYNTHETIC demo flowers (and data/imgs examples) when there is no real data")
-    p.add_argument("--demo-per-class", type=int, default=120, help="demo images per class (default: %(default)s)")
+    p.add_argument("--demo-per-class", type=positive_int, default=120, help="demo images per class (default: %(default)s)")
     p.add_argument("--demo-imgs", default="data/imgs", help="where --demo puts example images (default: %(default)s)")
     return p
 
 
-def select_val(source, val_rate=0.1, seed=0):
-    """The tutorial's selection: one random.seed, then random.sample of each class in turn.
+# ---------------------------------------------------------------- the selection
 
-    Classes and files are sorted first, so the split is the same on every machine.
-    Returns {class: (train_files, val_files)}.
-    """
+def class_images(source):
+    """{class: sorted image paths relative to the class folder}, sub-folders included, hidden
+    files and folders left out."""
     source = Path(source)
-    rng = random.Random(seed)
     classes = sorted(d.name for d in source.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise UserError(f"{source} has no class folders; it must hold <class>/<images>")
-    split = {}
+    found = {}
     for cla in classes:
-        images = sorted(f.name for f in (source / cla).iterdir() if f.is_file() and is_image_file(f.name))
+        images = [p.relative_to(source / cla).as_posix() for p in list_images(source / cla, recursive=True)]
         if not images:
-            raise UserError(f"class folder {source / cla} has no images "
-                            f"(looked for {', '.join(e[1:] for e in ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.gif', '.tif'))}); "
-                            "add images or remove the folder")
+            raise UserError(f"class folder {source / cla} has no images (looked for .jpg .jpeg .png .bmp .webp .gif "
+                            ".tif, sub-folders included); add images or remove the folder")
+        found[cla] = images
+    return found
+
+
+def select_val(source, val_rate=0.1, seed=0):
+    """The tutorial's selection: one random.seed, then random.sample of each class in turn. Classes
+    and files are sorted first, so the split is the same on every machine.
+    Returns {class: (train_files, val_files)}."""
+    rng = random.Random(seed)
+    split = {}
+    for cla, images in class_images(source).items():
         k = int(len(images) * val_rate)
         if k == 0 and val_rate > 0 and len(images) > 1:
             k = 1  # every class must be in val, or validation cannot see it
         val = set(rng.sample(images, k=k))
         split[cla] = ([f for f in images if f not in val], [f for f in images if f in val])
     return split
+
+
+def file_digest(path, chunk=1 << 20):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def find_duplicates(source, split):
+    """Groups of byte-identical images, as lists of (class, file). Only files of a size seen twice
+    are hashed, so a folder without duplicates costs one stat per file."""
+    by_size = defaultdict(list)
+    for cla, (train, val) in split.items():
+        for f in train + val:
+            size = (Path(source) / cla / f).stat().st_size
+            if size:
+                by_size[size].append((cla, f))
+    by_digest = defaultdict(list)
+    for members in by_size.values():
+        if len(members) > 1:
+            for cla, f in members:
+                by_digest[file_digest(Path(source) / cla / f)].append((cla, f))
+    return [sorted(g) for g in by_digest.values() if len(g) > 1]
+
+
+def keep_duplicates_together(split, groups):
+    """Copies of one image never straddle train and val (val would grade the model on a photo it
+    trained on): a group with a copy in train goes to train whole. Returns the files moved."""
+    moved = []
+    for group in groups:
+        if any(f in split[cla][0] for cla, f in group):
+            for cla, f in group:
+                train, val = split[cla]
+                if f in val:
+                    val.remove(f)
+                    train.append(f)
+                    moved.append((cla, f))
+    for train, _ in split.values():
+        train.sort()
+    return moved
+
+
+# ---------------------------------------------------------------- the old split and the new
+
+def read_manifest(out_root):
+    try:
+        return json.loads((Path(out_root) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def earlier_split_files(target, source):
+    """(files an earlier split put in `target`, files it did not). A file is the split's when it is
+    its source image itself (a hard link or symlink to it), or when the split's manifest lists it
+    with its size and time unchanged (copies and resized copies)."""
+    target, manifest = Path(target), read_manifest(Path(target).parent)
+    ours, foreign = [], []
+    for root, _, files in os.walk(target):
+        for name in files:
+            f = Path(root) / name
+            rel = f.relative_to(target).as_posix()
+            if name in JUNK:
+                ours.append(f)
+                continue
+            src = Path(source) / rel
+            st = os.lstat(f)
+            try:
+                same = src.exists() and os.path.samefile(src, f)
+            except OSError:
+                same = False
+            if same or manifest.get(f"{target.name}/{rel}") == [st.st_size, st.st_mtime_ns]:
+                ours.append(f)
+            else:
+                foreign.append(f)
+    return ours, foreign
+
+
+def check_targets(targets, source, overwrite):
+    """Before any work: train/ and val/ do not overlap the source, are not links, and an earlier
+    split there is replaced only with --overwrite and only when it holds nothing else.
+    Returns the files to remove."""
+    src = Path(source).resolve()
+    to_remove = []
+    for t in targets:
+        if t.is_symlink():
+            raise UserError(f"{t} is a symbolic link; remove the link yourself or choose another --data-root")
+        r = t.resolve()
+        if r == src or src in r.parents or r in src.parents:
+            raise UserError(f"{t} and the source folder {source} overlap; the split would overwrite its own "
+                            "source: choose another --data-root or --source")
+        if t.exists() and not t.is_dir():
+            raise UserError(f"{t} is a file; the split needs that name for a folder")
+    existing = [t for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise UserError(f"{existing[0]} already exists; pass --overwrite to replace train/ and val/ "
+                        "(only the files an earlier split put there are removed)")
+    for t in existing:
+        ours, foreign = earlier_split_files(t, source)
+        if foreign:
+            names = ", ".join(str(f) for f in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise UserError(f"{t} holds {len(foreign)} file(s) that no split put there ({names}); move them out "
+                            "and run again: nothing was changed")
+        to_remove += ours
+    return to_remove
+
+
+def remove_earlier_split(targets, files):
+    for f in files:
+        os.remove(f)
+    for t in targets:
+        for root, _, _ in os.walk(t, topdown=False):  # the deepest folders first
+            os.rmdir(root)  # empty now: its files were all the split's
 
 
 def _place(src, dst, mode):
@@ -82,58 +226,154 @@ def _place(src, dst, mode):
     shutil.copy2(src, dst)
 
 
-def split_dataset(source, out_root, val_rate=0.1, seed=0, force=False, mode="link"):
+def resized_copy(job):
+    """(src, dst, max_size): a copy whose shorter side is at most max_size, upright; an image already
+    small enough is copied as it is. Returns an error text or ''."""
+    src, dst, max_size = job
+    try:
+        img = load_rgb(src, min_side=max_size)  # a large JPEG is decoded at reduced scale already
+        if min(img.size) > max_size:
+            scale = max_size / min(img.size)
+            img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.LANCZOS)
+        fmt = "JPEG" if Path(dst).suffix.lower() in (".jpg", ".jpeg") else None
+        img.save(dst, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+        return ""
+    except (UserError, OSError, ValueError) as e:
+        shutil.copy2(src, dst)  # unreadable or unsavable here: copied as it is; training will name it
+        return str(e)
+
+
+def write_split(source, out_root, split, mode="link", max_size=None, workers=None):
+    """train/ and val/ built in a temporary folder under out_root, then moved into place."""
+    source, out_root = Path(source), Path(out_root)
+    tmp = Path(tempfile.mkdtemp(prefix=".split-", dir=out_root))
+    try:
+        jobs = []
+        for cla, (train_files, val_files) in split.items():
+            num, val_set = len(train_files) + len(val_files), set(val_files)
+            for index, name in enumerate(sorted(train_files + val_files)):
+                side = "val" if name in val_set else "train"
+                dst = tmp / side / cla / name
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                if max_size:
+                    jobs.append((source / cla / name, dst, max_size))
+                else:
+                    _place(source / cla / name, dst, mode)
+                print(f"\r[{cla}] processing [{index + 1}/{num}]", end="", flush=True)
+            print()
+        if jobs:
+            print(f"resizing {len(jobs)} images to a shorter side of at most {max_size} px")
+            with multiprocessing.Pool(workers or os.cpu_count() or 1) as pool:
+                for (src, _, _), error in zip(jobs, pool.imap(resized_copy, jobs, chunksize=8)):
+                    if error:
+                        print(f"warning: copied as it is: {error}")
+        for side in ("train", "val"):
+            for cla in split:
+                (tmp / side / cla).mkdir(parents=True, exist_ok=True)  # a class with no val image too
+        return tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def balance_table(split):
+    lines = [f"{'class':<20}{'train':>8}{'val':>8}"]
+    for cla, (train, val) in split.items():
+        lines.append(f"{cla:<20}{len(train):>8}{len(val):>8}")
+    lines.append(f"{'total':<20}{sum(len(t) for t, _ in split.values()):>8}{sum(len(v) for _, v in split.values()):>8}")
+    return "\n".join(lines)
+
+
+def split_dataset(source, out_root, val_rate=0.1, seed=0, overwrite=False, mode="link", max_size=None,
+                  to_remove=None, split=None):
+    """Select (unless `split` is given), keep duplicates together, build the new split beside the
+    old, then swap them."""
     source = need_dir(source, "image folder",
                       "put <class>/<images> there, or run with --download (flowers) or --demo (synthetic)")
     out_root = Path(out_root)
     targets = [out_root / "train", out_root / "val"]
-    for t in targets:
-        if t.resolve() == source.resolve() or source.resolve() in t.resolve().parents:
-            raise UserError(f"{t} would overwrite the source folder {source}")
-    existing = [t for t in targets if t.exists()]
-    if existing and not force:
-        raise UserError(f"{existing[0]} already exists; pass --force to replace train/ and val/ "
-                        "(nothing else is removed)")
-    split = select_val(source, val_rate, seed)
-    for t in existing:
-        shutil.rmtree(t)
-    n_train = n_val = 0
-    for cla, (train_files, val_files) in split.items():
+    if to_remove is None:
+        to_remove = check_targets(targets, source, overwrite)
+    split = split or select_val(source, val_rate, seed)
+    check_writable_dir(out_root, "split")
+    groups = find_duplicates(source, split)
+    moved = keep_duplicates_together(split, groups)
+
+    out_root.mkdir(parents=True, exist_ok=True)
+    tmp = write_split(source, out_root, split, mode, max_size)
+    try:
+        remove_earlier_split([t for t in targets if t.exists()], to_remove)
         for t in targets:
-            (t / cla).mkdir(parents=True)
-        num = len(train_files) + len(val_files)
-        val_set = set(val_files)
-        for index, name in enumerate(sorted(train_files + val_files)):
-            _place(source / cla / name, targets[name in val_set] / cla / name, mode)
-            print(f"\r[{cla}] processing [{index + 1}/{num}]", end="")
-        print()
-        n_train += len(train_files)
-        n_val += len(val_files)
-    print("processing done!")
-    print(f"{n_train} images in {targets[0]}, {n_val} in {targets[1]}, {len(split)} classes")
+            os.replace(tmp / t.name, t)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    write_manifest(out_root, split)
+    report(split, groups, moved, out_root)
     return split
 
 
+def write_manifest(out_root, split):
+    """Size and time of every file placed, so a later --overwrite knows them for the split's own."""
+    entries = {}
+    for cla, (train, val) in split.items():
+        for side, names in (("train", train), ("val", val)):
+            for name in names:
+                st = os.lstat(Path(out_root) / side / cla / name)
+                entries[f"{side}/{cla}/{name}"] = [st.st_size, st.st_mtime_ns]
+    atomic_write_text(Path(out_root) / MANIFEST, json.dumps(entries))
+
+
+def report(split, groups, moved, out_root):
+    """Duplicates, classes without val images, the balance table and split.png; then the
+    tutorial's last line and the counts."""
+    if groups:
+        print(f"found {sum(len(g) for g in groups)} byte-identical images in {len(groups)} groups; each group is kept "
+              f"on one side of the split ({len(moved)} moved from val to train)")
+        for g in groups:
+            if len({cla for cla, _ in g}) > 1:
+                print("warning: the same image is in several classes (a labelling error?): "
+                      + " = ".join(f"{cla}/{f}" for cla, f in g))
+    for cla, (train, val) in split.items():
+        if not val:
+            print(f"warning: class {cla} has {len(train)} image(s) and none in val/: its accuracy cannot be measured")
+    print(balance_table(split))
+    print(f"wrote {plot_split(split, out_root / 'split.png')}")
+    print("processing done!")
+    n_train = sum(len(t) for t, _ in split.values())
+    n_val = sum(len(v) for _, v in split.values())
+    print(f"{n_train} images in {out_root / 'train'}, {n_val} in {out_root / 'val'}, {len(split)} classes")
+
+
+# ---------------------------------------------------------------- getting the data
+
 def safe_extract(archive, dest):
     """Unpack a tar archive, refusing any member that would land outside dest (../, absolute
-    paths, links pointing out, devices)."""
+    paths, links pointing out, devices). A truncated or corrupt archive is refused too: reading
+    every member header reads the whole compressed stream."""
     dest = Path(dest).resolve()
     try:
-        tar = tarfile.open(archive)
-    except (tarfile.TarError, OSError) as e:
-        raise UserError(f"{archive} is not a readable tar archive: {e}") from None
-    with tar:
-        for m in tar.getmembers():
-            target = (dest / m.name).resolve()
-            bad = (os.path.isabs(m.name) or (target != dest and dest not in target.parents)
-                   or m.isdev() or (m.issym() and os.path.isabs(m.linkname)))
-            if m.issym() or m.islnk():
-                link_target = (target.parent / m.linkname).resolve() if m.issym() else (dest / m.linkname).resolve()
-                bad = bad or dest not in link_target.parents
-            if bad:
-                raise UserError(f"{archive}: member {m.name!r} would land outside {dest}; nothing was unpacked")
-        kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-        tar.extractall(dest, **kwargs)
+        with tarfile.open(archive) as tar:
+            members = tar.getmembers()
+            for m in members:
+                target = (dest / m.name).resolve()
+                bad = (os.path.isabs(m.name) or (target != dest and dest not in target.parents)
+                       or m.isdev() or (m.issym() and os.path.isabs(m.linkname)))
+                if m.issym() or m.islnk():
+                    link_target = (target.parent / m.linkname).resolve() if m.issym() else (dest / m.linkname).resolve()
+                    bad = bad or dest not in link_target.parents
+                if bad:
+                    raise UserError(f"{archive}: member {m.name!r} would land outside {dest}; nothing was unpacked")
+            kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(dest, **kwargs)
+    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+        raise UserError(f"{archive} is not a complete tar archive ({e}); delete it and download again") from None
+
+
+def unpacked_root(folder):
+    """The data set's folder inside an unpacked archive: its one top-level folder (flower_photos/),
+    or the archive's top level itself when that holds several class folders."""
+    dirs = [e for e in folder.iterdir() if e.is_dir() and not e.name.startswith(".")]
+    return dirs[0] if len(dirs) == 1 else folder
 
 
 def download_flowers(data_root, url=FLOWERS_URL, sha256=FLOWERS_SHA256):
@@ -142,33 +382,41 @@ def download_flowers(data_root, url=FLOWERS_URL, sha256=FLOWERS_SHA256):
     if photos.is_dir():
         print(f"{photos} is already there; not downloading")
         return photos
-    archive = data_root / url.rsplit("/", 1)[-1]
-    downloaded = not archive.is_file()  # an archive the user put there is theirs: it stays
-    if downloaded:
-        print(f"downloading {url}")
-        download(url, archive, sha256=sha256)
-    # Unpack into a temporary folder, then move: a failure never leaves a half-filled flower_photos.
-    tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=data_root))
+    if url.startswith("file://"):
+        archive = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
+        downloaded = False  # a local archive: read where it is, and kept
+    else:
+        archive = data_root / url.rsplit("/", 1)[-1]
+        downloaded = not archive.is_file()  # an archive the user put there is theirs: it stays
     try:
-        safe_extract(archive, tmp)
-        entries = [e for e in tmp.iterdir() if not e.name.startswith(".")]
-        top = entries[0] if len(entries) == 1 and entries[0].is_dir() else tmp
-        os.replace(top, photos)
+        if downloaded:
+            print(f"downloading {url}")
+            download(url, archive, sha256=sha256)
+        # Unpacked into a temporary folder, then moved: a failure never leaves a half-filled flower_photos.
+        tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=data_root))
+        try:
+            safe_extract(archive, tmp)
+            os.replace(unpacked_root(tmp), photos)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    if downloaded:
-        archive.unlink()
+        if downloaded and archive.exists():
+            archive.unlink()  # ours: unpacked, or broken (never reused as "the user's own" later)
     print(f"unpacked to {photos}")
     return photos
 
 
-def make_demo(source, per_class, seed, imgs_dir):
-    source = Path(source)
-    marker = source / "SYNTHETIC_DEMO_DATA.txt"
-    if source.exists() and not marker.exists():
+def check_demo(source, imgs_dir):
+    marker = Path(source) / "SYNTHETIC_DEMO_DATA.txt"
+    if Path(source).exists() and not marker.exists():
         raise UserError(f"{source} already holds a data set; --demo will not write into it "
                         "(use --data-root for another folder)")
-    if not marker.exists():
+    check_writable_dir(imgs_dir, "demo images")
+
+
+def make_demo(source, per_class, seed, imgs_dir):
+    source = Path(source)
+    if not (source / "SYNTHETIC_DEMO_DATA.txt").exists():
         print(f"generating SYNTHETIC demo flowers ({per_class} per class) in {source}")
         demo_data.make_demo_dataset(source, per_class=per_class, seed=seed)
     else:
@@ -179,20 +427,35 @@ def make_demo(source, per_class, seed, imgs_dir):
 
 
 def main(args):
+    # Settle everything first: flags, paths, what an earlier split left, the archive's address.
     data_root = Path(args.data_root)
     source = Path(args.source) if args.source else data_root / "flower_photos"
-    if not 0 <= args.val_rate < 1:
-        raise UserError(f"--val-rate must be in [0, 1), got {args.val_rate}")
     if args.download and args.demo:
         raise UserError("--download and --demo exclude each other")
+    if args.download and args.source:
+        raise UserError("--download unpacks into <data-root>/flower_photos; leave out --source")
+    targets = [data_root / "train", data_root / "val"]
+    to_remove = check_targets(targets, source, args.overwrite)
+    check_writable_dir(data_root, "split")
+    url = sha = None
     if args.download:
-        data_root.mkdir(parents=True, exist_ok=True)
+        url = as_url(args.url)
         sha = None if (args.sha256 or "").lower() == "none" else (
             args.sha256 or (FLOWERS_SHA256 if args.url == FLOWERS_URL else None))
-        download_flowers(data_root, args.url, sha)
+    if args.demo:
+        check_demo(source, args.demo_imgs)
+    split = None  # with --download or --demo, the images are not there yet
+    if not (args.download or args.demo):
+        split = select_val(need_dir(source, "image folder", "put <class>/<images> there, or run with --download "
+                                                            "(flowers) or --demo (synthetic)"), args.val_rate, args.seed)
+    # Then act.
+    if args.download:
+        data_root.mkdir(parents=True, exist_ok=True)
+        download_flowers(data_root, url, sha)
     if args.demo:
         make_demo(source, args.demo_per_class, args.seed, args.demo_imgs)
-    return split_dataset(source, data_root, args.val_rate, args.seed, args.force, args.mode)
+    return split_dataset(source, data_root, args.val_rate, args.seed, args.overwrite, args.mode, args.max_size,
+                         to_remove=to_remove, split=split)
 
 
 if __name__ == "__main__":

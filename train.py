@@ -4,12 +4,15 @@
     python train.py --weights none --epochs 30    # from scratch
     python train.py --resume ./last.pth           # continue an interrupted run
     torchrun --nproc_per_node=2 train.py ...      # several GPUs (or CPU processes)
+
+main() reads top to bottom: settle the settings and check every input and output, then build the
+data, the model and the optimiser, restore a checkpoint, run the epochs (each ends in a save), and
+report on the best weights.
 """
 import argparse
-import csv
+import contextlib
 import math
 import os
-import random
 import signal
 import sys
 import time
@@ -18,189 +21,259 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision.datasets.folder import find_classes, make_dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from common import (UserError, amp_dtype, autocast, build_model, default_save_path, eval_transform,
-                    imagenet_weights, is_image_file, load_pretrained, load_rgb, load_trained_weights,
-                    need_dir, read_state_dict, run_cli, select_device, train_transform,
-                    write_class_indices)
+from cli import (ArgumentParser, UserError, atomic_path, atomic_write_bytes, check_output, check_writable_dir,
+                 class_indices_bytes, float_in, need_dir, non_negative_float, non_negative_int, positive_float,
+                 positive_int, run_cli)
+from device import (amp_dtype, autocast, compile_supported, dtype_name, grad_scaler, memory_format,
+                    peak_memory_mb, reset_peak_memory, select_device)
+from images import EvalTransform, TrainTransform
 from model import MODELS
+from plots import plot_confusion, plot_curves, plot_errors
+from training import (ResumableSampler, RunState, TrainFolder, World, batch_mixer, build_optimizer, build_scheduler,
+                      collate_skip_none, ema_model, ignore_sigint, lr_factor, mixup_available)
+from weights import (build_model, default_save_path, imagenet_cache_path, imagenet_url, imagenet_weights,
+                     load_pretrained, load_trained_weights, read_state_dict, torch_load)
 
-# Settings a resumed run takes from its checkpoint; the rest (paths of devices, workers) may change.
-RESUMED_ARGS = ("data_path", "model", "weights", "batch_size", "lr", "img_size", "freeze_backbone",
-                "save_path", "class_indices", "seed", "checkpoint", "output_dir", "no_amp", "amp_dtype",
-                "no_channels_last", "opt", "momentum", "weight_decay", "lr_scheduler", "warmup_epochs",
-                "lr_step_size", "lr_gamma", "label_smoothing", "auto_augment", "backbone_lr_scale",
-                "sync_bn")
+# Every flag's default. The parser's defaults are None, so that a value the user gave can be told
+# from a default: a resumed run keeps its own settings and refuses a flag that contradicts them.
+DEFAULTS = {
+    "data_path": "data_set/flower_data", "model": "resnet34", "weights": None, "epochs": 3, "batch_size": 16,
+    "lr": 1e-4, "img_size": 224, "workers": None, "device": "auto", "freeze_backbone": False, "save_path": None,
+    "class_indices": "./class_indices.json", "seed": 0, "output_dir": None, "checkpoint": None,
+    "amp_dtype": "auto", "channels_last": True, "compile": False,
+    "opt": "adam", "momentum": 0.9, "weight_decay": 0.0, "norm_weight_decay": None, "lr_scheduler": "none",
+    "warmup_epochs": 0.0, "lr_step_size": None, "lr_gamma": 0.1, "label_smoothing": 0.0, "auto_augment": None,
+    "random_erase": 0.0, "mixup_alpha": 0.0, "cutmix_alpha": 0.0, "backbone_lr_scale": 1.0, "accum_steps": 1,
+    "clip_grad_norm": None, "model_ema": False, "model_ema_decay": 0.998, "sync_bn": False,
+}
+# What a resumed run keeps from its checkpoint; a flag giving another value is refused.
+FIXED_ON_RESUME = ("data_path", "model", "batch_size", "lr", "img_size", "freeze_backbone", "seed", "opt", "momentum",
+                   "weight_decay", "norm_weight_decay", "lr_scheduler", "warmup_epochs", "lr_step_size", "lr_gamma",
+                   "label_smoothing", "auto_augment", "random_erase", "mixup_alpha", "cutmix_alpha",
+                   "backbone_lr_scale", "accum_steps", "clip_grad_norm", "model_ema", "model_ema_decay", "sync_bn")
+# Where a resumed run writes: its own files, unless a flag points elsewhere.
+RUN_FILES = ("save_path", "checkpoint", "output_dir", "class_indices")
+PATH_SETTINGS = ("data_path", "weights") + RUN_FILES
 
 
 def get_args_parser(add_help=True):
-    p = argparse.ArgumentParser(description="Train a ResNet classifier (the flower tutorial's train.py)",
-                                add_help=add_help)
-    p.add_argument("--data-path", default="data_set/flower_data", help="folder with train/ and val/ (default: %(default)s)")
-    p.add_argument("--model", default="resnet34", choices=list(MODELS), help="architecture (default: %(default)s)")
-    p.add_argument("--weights", default=None,
+    p = ArgumentParser(description="Train a ResNet classifier (the flower tutorial's train.py)", add_help=add_help)
+    p.add_argument("--data-path", help="folder with train/ and val/ (default: data_set/flower_data)")
+    p.add_argument("--model", choices=list(MODELS), help="architecture (default: resnet34)")
+    p.add_argument("--weights",
                    help="starting weights: a file (default: ./<model>-pre.pth), 'imagenet' to download "
                         "torchvision's, or 'none' to train from scratch")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default: 3; a resumed run keeps its own)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per step, per process (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=1e-4, help="learning rate (default: %(default)s)")
-    p.add_argument("--img-size", type=int, default=224, help="train crop; val resizes to img-size/0.875 (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=None, help="data loader processes (default: min(cpus, batch, 8))")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
-    p.add_argument("--freeze-backbone", action="store_true", help="train only the new fc layer")
-    p.add_argument("--save-path", default=None, help="best weights, a plain state_dict (default: ./resNet34.pth, after the model)")
-    p.add_argument("--class-indices", default="./class_indices.json", help="class-index file to write (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--overwrite", action="store_true", help="replace the weights and checkpoint of an earlier run")
-    p.add_argument("--output-dir", default=None,
-                   help="history.csv, curves.png, confusion_matrix.png (default: beside --save-path)")
+    p.add_argument("--epochs", type=positive_int, help="epochs in all (default: 3; a resumed run keeps its own "
+                                                       "unless given: then the run is extended or shortened)")
+    p.add_argument("--batch-size", type=positive_int, help="images per step, per process (default: 16)")
+    p.add_argument("--lr", type=non_negative_float, help="learning rate (default: 1e-4)")
+    p.add_argument("--img-size", type=positive_int, help="train crop; val resizes to img-size/0.875 (default: 224)")
+    p.add_argument("--workers", type=non_negative_int, help="data loader processes (default: min(cpus, batch, 8))")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    p.add_argument("--freeze-backbone", action="store_true", default=None, help="train only the new fc layer")
+    p.add_argument("--save-path", help="best weights, a plain state_dict (default: ./resNet34.pth, after the model)")
+    p.add_argument("--class-indices", help="class-index file to write (default: ./class_indices.json)")
+    p.add_argument("--seed", type=int, help="random seed (default: 0)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the weights, checkpoint and class-index file of an earlier run")
+    p.add_argument("--output-dir", help="history.csv, curves.png, confusion_matrix.png, val_errors.png, "
+                                        "val_predictions.csv (default: beside --save-path)")
     # resume
-    p.add_argument("--checkpoint", default=None, help="checkpoint written every epoch (default: last.pth beside --save-path)")
-    p.add_argument("--resume", default=None, metavar="PATH", help="continue the run saved in this checkpoint")
+    p.add_argument("--checkpoint", help="checkpoint written every epoch (default: last.pth beside --save-path)")
+    p.add_argument("--resume", metavar="PATH", help="continue the run saved in this checkpoint")
     # speed
-    p.add_argument("--no-amp", action="store_true", help="train in fp32 (default: bf16/fp16 where the hardware has it)")
-    p.add_argument("--amp-dtype", default="auto", choices=("auto", "bf16", "fp16"),
-                   help="mixed-precision type: auto picks bf16 where supported, else fp16 on CUDA (default: %(default)s)")
-    p.add_argument("--no-channels-last", action="store_true", help="keep the NCHW memory format")
+    p.add_argument("--amp-dtype", choices=("auto", "bf16", "fp16", "none"),
+                   help="mixed precision: auto picks bf16 where supported, else fp16 on CUDA (default: auto)")
+    p.add_argument("--no-amp", dest="amp_dtype", action="store_const", const="none", help="train in fp32")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False,
+                   help="keep the NCHW memory format")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (torch 2.0+, "
+                                                                        "not on Python 3.11 with torch 2.0)")
     # recipes
-    p.add_argument("--opt", default="adam", choices=("adam", "adamw", "sgd"), help="optimizer (default: %(default)s)")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: %(default)s)")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="weight decay (default: %(default)s)")
-    p.add_argument("--lr-scheduler", default="none", choices=("none", "cosine", "step"), help="(default: %(default)s)")
-    p.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warm-up epochs (default: %(default)s)")
-    p.add_argument("--lr-step-size", type=int, default=None, help="step scheduler: epochs per decay (default: epochs/3)")
-    p.add_argument("--lr-gamma", type=float, default=0.1, help="step scheduler: decay factor (default: %(default)s)")
-    p.add_argument("--label-smoothing", type=float, default=0.0, help="(default: %(default)s)")
-    p.add_argument("--auto-augment", action="store_true", help="add TrivialAugmentWide to the train transform")
-    p.add_argument("--backbone-lr-scale", type=float, default=1.0,
-                   help="learning rate of the pretrained layers relative to the new fc (default: %(default)s)")
+    p.add_argument("--opt", choices=("adam", "adamw", "sgd"), help="optimizer (default: adam)")
+    p.add_argument("--momentum", type=float_in(0, 1, high_open=True), help="SGD momentum (default: 0.9)")
+    p.add_argument("--weight-decay", type=non_negative_float, help="weight decay (default: 0)")
+    p.add_argument("--norm-weight-decay", type=non_negative_float,
+                   help="weight decay of norm layers and biases (default: as --weight-decay; 0 is usual)")
+    p.add_argument("--lr-scheduler", choices=("none", "cosine", "step"), help="(default: none)")
+    p.add_argument("--warmup-epochs", type=non_negative_float, help="linear warm-up epochs (default: 0)")
+    p.add_argument("--lr-step-size", type=positive_int, help="step scheduler: epochs per decay (default: epochs/3)")
+    p.add_argument("--lr-gamma", type=float_in(0, 1, low_open=True), help="step scheduler: decay factor (default: 0.1)")
+    p.add_argument("--label-smoothing", type=float_in(0, 1, high_open=True), help="(default: 0)")
+    p.add_argument("--auto-augment", nargs="?", const="ta", choices=TrainTransform.AUTO_AUGMENT,
+                   help="ta: TrivialAugmentWide (what the bare flag picks), ra: RandAugment, aa: AutoAugment "
+                        "(ImageNet policy) (default: off)")
+    p.add_argument("--random-erase", type=float_in(0, 1), help="probability of RandomErasing (default: 0)")
+    p.add_argument("--mixup-alpha", type=non_negative_float, help="mixup's Beta(alpha, alpha); 0 is off (default: 0)")
+    p.add_argument("--cutmix-alpha", type=non_negative_float, help="cutmix's Beta(alpha, alpha); 0 is off (default: 0)")
+    p.add_argument("--backbone-lr-scale", type=non_negative_float,
+                   help="learning rate of the pretrained layers relative to the new fc (default: 1)")
+    p.add_argument("--accum-steps", type=positive_int,
+                   help="batches per optimizer step: the gradient of accum-steps x batch-size images at the memory "
+                        "of one batch (default: 1)")
+    p.add_argument("--clip-grad-norm", type=positive_float, help="clip the gradient norm to this (default: off)")
+    p.add_argument("--model-ema", action="store_true", default=None,
+                   help="keep an exponential moving average of the weights; validate both, keep the better")
+    p.add_argument("--model-ema-decay", type=float_in(0, 1, high_open=True),
+                   help="EMA decay per optimizer step, warmed up as min(decay, (1+n)/(10+n)) (default: 0.998)")
     # evaluation, multi-GPU
     p.add_argument("--eval-only", action="store_true", help="only evaluate --weights (default: --save-path) on val/")
-    p.add_argument("--sync-bn", action="store_true", help="synchronised BatchNorm across processes (torchrun)")
+    p.add_argument("--sync-bn", action="store_true", default=None, help="synchronised BatchNorm across GPUs (torchrun)")
     return p
+
+
+# ---------------------------------------------------------------- settings
+
+def init_distributed(device_name):
+    """The World from torchrun's environment, with its process group started; and the device name
+    each process uses (its own GPU under torchrun)."""
+    world = World(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
+                  int(os.environ.get("LOCAL_RANK", "0")))
+    if world.distributed:
+        use_cuda = torch.cuda.is_available() and device_name in (None, "auto", "cuda")
+        if use_cuda:
+            device_name = f"cuda:{world.local_rank}"
+            torch.cuda.set_device(world.local_rank)
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return world, device_name
+
+
+def flag(name):
+    return "--" + name.replace("_", "-")
+
+
+def read_checkpoint(path):
+    ckpt = torch_load(path, "checkpoint")
+    if not isinstance(ckpt, dict):
+        raise UserError(f"{path} is not a training checkpoint")
+    if "optimizer" not in ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.get("model", ckpt).values()):
+        raise UserError(f"{path} is a plain weights file, not a training checkpoint: resume from the "
+                        "last.pth written beside it, or start a new run from it with --weights")
+    needed = ("model", "optimizer", "scheduler", "scaler", "epoch", "step", "sums", "seconds", "best_acc", "history", "classes")
+    missing = [k for k in needed if k not in ckpt] + ([] if "settings" in ckpt or "args" in ckpt else ["settings"])
+    if missing:
+        raise UserError(f"{path} is an incomplete checkpoint (no {', '.join(missing)}); it cannot be resumed")
+    return ckpt
+
+
+def settings_of(ckpt):
+    """A checkpoint's settings; those of the previous version ('args') are translated."""
+    if "settings" in ckpt:
+        return ckpt["settings"]
+    old = dict(ckpt["args"])
+    old["auto_augment"] = "ta" if old.pop("auto_augment", False) else None
+    old["amp_dtype"] = "none" if old.pop("no_amp", False) else old.get("amp_dtype", "auto")
+    old["channels_last"] = not old.pop("no_channels_last", False)
+    return {k: v for k, v in old.items() if k in DEFAULTS}
+
+
+def same_setting(name, a, b):
+    if name in PATH_SETTINGS and a is not None and b is not None:
+        return Path(a).resolve() == Path(b).resolve()
+    return a == b
+
+
+def resolve_settings(args, ckpt=None):
+    """The run's settings, settled once: the defaults, under what a resumed run saved, under what the
+    user gave. A given value that contradicts the resumed run is refused, naming both."""
+    given = {k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None}
+    base = dict(DEFAULTS)
+    if ckpt:
+        saved = settings_of(ckpt)
+        for k in FIXED_ON_RESUME:
+            if k in given and k in saved and not same_setting(k, given[k], saved[k]):
+                raise UserError(f"{flag(k)} {given[k]} contradicts the resumed run's {saved[k]} ({args.resume}); "
+                                f"a resumed run keeps its settings: leave {flag(k)} out, or start a new run")
+        base.update({k: saved[k] for k in FIXED_ON_RESUME + RUN_FILES + ("epochs", "weights") if k in saved})
+    s = argparse.Namespace(**{**base, **given})
+    s.resume, s.overwrite, s.eval_only = args.resume, args.overwrite, args.eval_only
+    s.weights_given = "weights" in given
+    s.weights = s.weights or f"./{s.model}-pre.pth"
+    s.save_path = s.save_path or default_save_path(s.model)
+    s.output_dir = s.output_dir or str(Path(s.save_path).parent)
+    s.checkpoint = s.checkpoint or str(Path(s.save_path).parent / "last.pth")
+    if s.workers is None:
+        s.workers = min(os.cpu_count() or 1, s.batch_size if s.batch_size > 1 else 0, 8)
+    if s.lr_step_size is None:
+        s.lr_step_size = max(1, s.epochs // 3)
+    if ckpt and s.epochs < ckpt["epoch"] + (ckpt["step"] > 0):
+        raise UserError(f"--epochs {s.epochs}: the resumed run has already done {ckpt['epoch']} epochs")
+    if (s.mixup_alpha or s.cutmix_alpha) and not mixup_available():
+        import torchvision
+        raise UserError(f"--mixup-alpha/--cutmix-alpha need torchvision 0.16 or later (transforms.v2.MixUp); "
+                        f"this is {torchvision.__version__}")
+    if s.compile and compile_supported():
+        raise UserError(f"--compile: {compile_supported()}")
+    return s
 
 
 # ---------------------------------------------------------------- data
 
-class ImageFolderDataset(Dataset):
-    """torchvision's ImageFolder layout, read with load_rgb (RGB, EXIF orientation).
+def load_data(s, world, device):
+    """The train and val sets (checked: classes, images) and their samplers and loaders."""
+    root = need_dir(s.data_path, "data folder", "run split_data.py first")
+    train_set = TrainFolder(need_dir(root / "train", "train folder", "run split_data.py first"),
+                            TrainTransform(s.img_size, s.auto_augment, s.random_erase), replace_unreadable=True)
+    classes = train_set.classes
+    empty = [c for i, c in enumerate(classes) if i not in set(train_set.targets)]
+    if empty:
+        raise UserError(f"no images in the class folder(s) {', '.join(empty)} of {root / 'train'}; "
+                        "add images or remove the folder(s)")
+    val_dir = need_dir(root / "val", "val folder", "run split_data.py first")
+    extra = sorted(set(e.name for e in os.scandir(val_dir) if e.is_dir() and not e.name.startswith(".")) - set(classes))
+    if extra:
+        raise UserError(f"train/ and val/ under {root} hold different classes: {', '.join(extra)} only in val/")
+    val_set = TrainFolder(val_dir, EvalTransform(s.img_size), class_to_idx=train_set.class_to_idx)
+    if not len(val_set):
+        raise UserError(f"no images in {val_dir}; run split_data.py with a --val-rate above 0")
+    missing = [c for i, c in enumerate(classes) if i not in set(val_set.targets)]
+    if missing and world.is_main:
+        print(f"warning: val/ has no images of {', '.join(missing)}: their accuracy cannot be measured", file=sys.stderr)
 
-    Indices come as (index, seed) from EpochSampler: each sample's augmentation is seeded by its
-    own seed, so a resumed run draws exactly the augmentations the uninterrupted run would have.
-    An unreadable image is named on stderr and left out of its batch.
-    """
-
-    def __init__(self, root, transform):
-        root = need_dir(root, "image folder", "run split_data.py first")
-        try:
-            self.classes, self.class_to_idx = find_classes(root)
-            self.samples = make_dataset(root, self.class_to_idx, is_valid_file=lambda p: is_image_file(p))
-        except FileNotFoundError as e:
-            raise UserError(f"{root}: {e}".replace("Found no valid file for the classes",
-                                                   "no images in the class folder(s)")) from None
-        self.root, self.transform = root, transform
-
-    def __len__(self):
-        return len(self.samples)
-
-    def __getitem__(self, item):
-        index, seed = item
-        path, target = self.samples[index]
-        try:
-            img = load_rgb(path)
-        except UserError as e:
-            print(f"warning: skipped: {e}", file=sys.stderr)
-            return None
-        if seed is not None:
-            torch.manual_seed(seed)
-            random.seed(seed)
-        return self.transform(img), target
+    train_sampler = ResumableSampler(train_set, world, shuffle=True, seed=s.seed)
+    val_sampler = ResumableSampler(val_set, world, shuffle=False)
+    common = dict(batch_size=s.batch_size, num_workers=s.workers, pin_memory=device.type == "cuda",
+                  persistent_workers=s.workers > 0, worker_init_fn=ignore_sigint, collate_fn=collate_skip_none,
+                  prefetch_factor=4 if s.workers > 0 else None)
+    # A last batch of one image fails in BatchNorm at small sizes: it is left out of the epoch.
+    train_loader = DataLoader(train_set, sampler=train_sampler, drop_last=len(train_sampler) % s.batch_size == 1,
+                              **common)
+    val_loader = DataLoader(val_set, sampler=val_sampler, **common)
+    return train_set, val_set, train_sampler, train_loader, val_loader
 
 
-def collate_skip_none(batch):
-    batch = [b for b in batch if b is not None]
-    if not batch:
-        return torch.empty(0), torch.empty(0, dtype=torch.long)
-    return torch.utils.data.default_collate(batch)
+# ---------------------------------------------------------------- model and optimisation
+
+def initial_weights(net, s, world):
+    """ImageNet or a file's weights into the new model (or none: from scratch)."""
+    if s.weights.lower() == "none":
+        if world.is_main:
+            print("training from scratch (use more than 20 epochs)")
+        return
+    path = imagenet_weights(s.model, progress=world.is_main) if s.weights.lower() == "imagenet" else s.weights
+    load_pretrained(net, s.model, read_state_dict(path), path, verbose=world.is_main)
 
 
-class EpochSampler(Sampler):
-    """Shuffles with a generator seeded by (seed, epoch), shards across processes (padding as
-    DistributedSampler does when `pad`), and can skip the samples already seen in an epoch."""
-
-    def __init__(self, n, shuffle, seed=0, rank=0, world_size=1, pad=True):
-        self.n, self.shuffle, self.seed = n, shuffle, seed
-        self.rank, self.world_size, self.pad = rank, world_size, pad
-        self.epoch, self.skip = 0, 0
-
-    def set_epoch(self, epoch, skip=0):
-        self.epoch, self.skip = epoch, skip
-
-    def _indices(self):
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
-        else:
-            order = list(range(self.n))
-        if self.pad and self.world_size > 1:
-            order += order[: (-len(order)) % self.world_size]
-        return order[self.rank::self.world_size][self.skip:]
-
-    def __iter__(self):
-        base = (self.seed * 100_003 + self.epoch) * self.n
-        for i in self._indices():
-            yield i, (base + i if self.shuffle else None)
-
-    def __len__(self):
-        return len(self._indices())
+def check_initial_weights(s):
+    """Before any work: the starting weights file is there (or can be downloaded)."""
+    if s.weights.lower() in ("none", "imagenet"):
+        if s.weights.lower() == "imagenet":
+            imagenet_url(s.model)  # a model without ImageNet weights is refused here
+            cached = imagenet_cache_path(imagenet_url(s.model))
+            if not cached.is_file():
+                check_writable_dir(cached.parent, "ImageNet weights")
+        return
+    if not Path(s.weights).is_file():
+        raise UserError(f"weights file not found: {s.weights}; pass --weights imagenet to download "
+                        f"torchvision's ImageNet {s.model} file, --weights PATH for another file, "
+                        "or --weights none to train from scratch (then use more than 20 epochs)")
+    read_state_dict(s.weights)  # readable, a state_dict: checked now, not after the first writes
 
 
-def _ignore_sigint(_):
-    # Ctrl-C is the main process's to handle: it saves a checkpoint at the end of the step.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def make_loader(dataset, sampler, args, device):
-    return DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-                      pin_memory=device.type == "cuda", persistent_workers=args.workers > 0,
-                      worker_init_fn=_ignore_sigint, collate_fn=collate_skip_none,
-                      prefetch_factor=4 if args.workers > 0 else None)
-
-
-# ---------------------------------------------------------------- optimisation
-
-def build_optimizer(model, args):
-    head = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("fc.")]
-    body = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("fc.")]
-    groups = [{"params": head, "lr": args.lr}]
-    if body:
-        groups.append({"params": body, "lr": args.lr * args.backbone_lr_scale})
-    if args.opt == "sgd":
-        return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    cls = torch.optim.AdamW if args.opt == "adamw" else torch.optim.Adam
-    return cls(groups, lr=args.lr, weight_decay=args.weight_decay)
-
-
-def build_scheduler(optimizer, args, steps_per_epoch):
-    """Per-step factor: linear warm-up, then constant, cosine to zero, or step decay."""
-    total = args.epochs * steps_per_epoch
-    warmup = int(args.warmup_epochs * steps_per_epoch)
-    step_size = (args.lr_step_size or max(1, args.epochs // 3)) * steps_per_epoch
-
-    def factor(step):
-        if step < warmup:
-            return (step + 1) / warmup
-        if args.lr_scheduler == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-        if args.lr_scheduler == "step":
-            return args.lr_gamma ** (step // step_size)
-        return 1.0
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
+# ---------------------------------------------------------------- training and evaluation
 
 class Interrupted(Exception):
     pass
@@ -213,132 +286,137 @@ def _on_sigint(signum, frame):
     if STOP["requested"]:  # a second Ctrl-C stops at once
         raise KeyboardInterrupt
     STOP["requested"] = True
-    print("\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to quit now)",
-          file=sys.stderr)
+    print("\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to quit now)", file=sys.stderr)
 
 
-def train_one_epoch(model, loader, criterion, optimizer, scheduler, scaler, device, epoch, args, amp, progress):
-    """One pass over the (remaining) train batches. `progress` holds the step count and running
-    sums so that a Ctrl-C between steps can be saved and resumed exactly."""
+def stop_requested(world, device):
+    """Whether to stop now. Under torchrun every process gets its own Ctrl-C, at its own step: they
+    agree (any of them asked) so that none waits alone in an all-reduce."""
+    if not world.distributed:
+        return STOP["requested"]
+    flag_ = torch.tensor([float(STOP["requested"])], device=device)
+    dist.all_reduce(flag_, op=dist.ReduceOp.MAX)
+    return bool(flag_.item())
+
+
+def train_one_epoch(model, params, loader, criterion, optimizer, scheduler, scaler, ema, mixer, state, s, ctx):
+    """The epoch's remaining batches. Every --accum-steps batches the optimizer steps; after each
+    optimizer step a Ctrl-C (agreed by all processes) ends the epoch with Interrupted, `state`
+    then holding exactly what was done."""
+    device, world, fmt, amp = ctx["device"], ctx["world"], ctx["memory_format"], ctx["amp_dtype"]
     model.train()
-    memory_format = torch.preserve_format if args.no_channels_last else torch.channels_last
-    sums = progress["sums"].to(device)  # loss sum, correct, seen: on the device, no per-step sync
-    bar = tqdm(loader, file=sys.stdout, disable=not args.is_main, desc=f"train epoch[{epoch + 1}/{args.epochs}]")
+    sums = state.sums.to(device)  # loss sum, correct, seen: summed on the device, no per-step sync
+    n_batches = len(loader) + state.step
+    bar = tqdm(loader, file=sys.stdout, disable=not world.is_main, initial=state.step, total=n_batches,
+               desc=f"train epoch[{state.epoch + 1}/{s.epochs}]")
     start = last_shown = time.perf_counter()
-    for images, labels in bar:
-        if len(labels):
-            images = images.to(device, non_blocking=True, memory_format=memory_format)
+    try:
+        for images, labels, _ in bar:
+            images = images.to(device, non_blocking=True, memory_format=fmt)
             labels = labels.to(device, non_blocking=True)
-            with autocast(device, amp):
-                logits = model(images)
-                loss = criterion(logits, labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            sums += torch.stack([loss.detach().float() * len(labels),
-                                 (logits.argmax(1) == labels).sum().float(),
-                                 torch.tensor(float(len(labels)), device=device)])
-        scheduler.step()
-        progress["step"] += 1
-        progress["sums"] = sums
-        # loss.item() waits for the GPU: only when the bar is redrawn, not every step.
-        if args.is_main and len(labels) and time.perf_counter() - last_shown > 0.5:
-            bar.desc = f"train epoch[{epoch + 1}/{args.epochs}] loss:{loss.item():.3f}"
-            last_shown = time.perf_counter()
-        if STOP["requested"]:
-            raise Interrupted
-    progress["seconds"] += time.perf_counter() - start
-    if args.distributed:
-        dist.all_reduce(sums)
-    loss_sum, correct, seen = sums.tolist()
-    return loss_sum / max(seen, 1), correct / max(seen, 1), seen
+            targets = labels
+            if mixer is not None:
+                with torch.random.fork_rng(devices=[]):  # mixing drawn from the batch's own seed: resumable
+                    torch.manual_seed(s.seed * 1_000_003 + state.epoch * 10_007 + state.step)
+                    images, targets = mixer(images, labels)
+            # Accumulation: the loss of each batch counts 1/k of a step of k batches (the last group
+            # of an epoch may be shorter).
+            group_end = min((state.step // s.accum_steps + 1) * s.accum_steps, n_batches)
+            group = group_end - (state.step // s.accum_steps) * s.accum_steps
+            update = state.step + 1 == group_end
+            sync = contextlib.nullcontext() if update or not world.distributed else model.no_sync()
+            with sync:
+                with autocast(device, amp):
+                    logits = model(images)
+                    loss = criterion(logits, targets)
+                scaler.scale(loss / group).backward()
+            if update:
+                if s.clip_grad_norm:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(params, s.clip_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                if ema is not None:
+                    ema.update_parameters(ctx["model_without_ddp"])
+            correct = (logits.argmax(1) == labels).sum() if mixer is None else torch.zeros((), device=device)
+            sums += torch.stack([loss.detach().double() * len(labels), correct.double(),
+                                 torch.tensor(float(len(labels)), device=device, dtype=torch.float64)])
+            state.step += 1
+            # loss.item() waits for the GPU: only when the bar is redrawn, not every step.
+            if world.is_main and time.perf_counter() - last_shown > 0.5:
+                bar.set_description(f"train epoch[{state.epoch + 1}/{s.epochs}] loss:{loss.item():.3f}", refresh=False)
+                last_shown = time.perf_counter()
+            if update and stop_requested(world, device):
+                raise Interrupted
+    finally:
+        state.seconds += time.perf_counter() - start
+        state.sums = sums.cpu()
+        bar.close()
+    totals = sums.clone()
+    if world.distributed:
+        dist.all_reduce(totals)
+    loss_sum, correct, seen = totals.tolist()
+    train_acc = correct / max(seen, 1) if mixer is None else float("nan")  # no hard labels under mixing
+    return loss_sum / max(seen, 1), train_acc, seen
 
 
 @torch.inference_mode()
-def evaluate(model, loader, device, num_classes, args, amp, desc="valid"):
-    """Val loss, accuracy and the confusion matrix (rows: true class, columns: predicted)."""
-    model.eval()
-    memory_format = torch.preserve_format if args.no_channels_last else torch.channels_last
-    conf = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
-    loss_sum = torch.zeros((), device=device)
-    for images, labels in tqdm(loader, file=sys.stdout, disable=not args.is_main, desc=desc):
+def evaluate(net, loader, num_classes, ctx, desc="valid", interruptible=True):
+    """Every val image's prediction: loss, accuracy, the confusion matrix (rows: true class, columns:
+    predicted) and per-image records (index, true, predicted, probability), gathered from all
+    processes with DistributedSampler's padding removed."""
+    device, world = ctx["device"], ctx["world"]
+    net.eval()
+    indices_, true_, outputs = [], [], []
+    for images, labels, indices in tqdm(loader, file=sys.stdout, disable=not world.is_main, desc=desc):
         if not len(labels):
             continue
-        images = images.to(device, non_blocking=True, memory_format=memory_format)
+        indices_.append(indices)
+        true_.append(labels)
+        images = images.to(device, non_blocking=True, memory_format=ctx["memory_format"])
         labels = labels.to(device, non_blocking=True)
-        with autocast(device, amp):
-            logits = model(images)
-        loss_sum += nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
-        conf += torch.bincount(labels * num_classes + logits.argmax(1), minlength=num_classes ** 2)
-        if STOP["requested"]:
+        with autocast(device, ctx["amp_dtype"]):
+            logits = net(images).float()
+        prob, pred = torch.softmax(logits, dim=1).max(1)
+        loss = nn.functional.cross_entropy(logits, labels, reduction="none")
+        outputs.append(torch.stack([pred.float(), prob, loss], 1))  # kept on the device: no sync per batch
+        if interruptible and not world.distributed and STOP["requested"]:
             raise Interrupted
-    if args.distributed:
-        dist.all_reduce(conf)
-        dist.all_reduce(loss_sum)
-    conf = conf.view(num_classes, num_classes).cpu()
-    n = int(conf.sum())
-    return loss_sum.item() / max(n, 1), conf.trace().item() / max(n, 1), conf
+    # One row per image: index, true class, predicted class, probability, loss.
+    rows = torch.cat([torch.stack([torch.cat(indices_), torch.cat(true_)], 1).double(),
+                      torch.cat(outputs).cpu().double()], 1) if outputs else torch.zeros(0, 5, dtype=torch.float64)
+    if world.distributed:
+        gathered = [None] * world.size
+        dist.all_gather_object(gathered, rows)
+        rows = torch.cat(gathered)
+    # DistributedSampler repeats a few images to even out the processes: each image counts once,
+    # in the data set's order.
+    first_row = {}
+    for row, index in enumerate(rows[:, 0].long().tolist()):
+        first_row.setdefault(index, row)
+    rows = rows[[first_row[i] for i in sorted(first_row)]]
+    true, pred = rows[:, 1].long(), rows[:, 2].long()
+    conf = torch.bincount(true * num_classes + pred, minlength=num_classes ** 2).view(num_classes, num_classes)
+    n = len(rows)
+    return {"loss": rows[:, 4].sum().item() / max(n, 1), "acc": (true == pred).sum().item() / max(n, 1),
+            "confusion": conf, "index": rows[:, 0].long().tolist(), "true": true.tolist(), "pred": pred.tolist(),
+            "prob": rows[:, 3].tolist()}
 
 
-# ---------------------------------------------------------------- files
+# ---------------------------------------------------------------- reports and files
 
-def atomic_save(obj, path):
-    """Write to a temporary file, then rename: a kill at any moment leaves the old file whole."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_acc_ema", "lr", "seconds",
+                  "images_per_s", "peak_mem_mb")
 
 
-HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s")
-
-
-def write_history(history, out_dir):
-    tmp = Path(out_dir) / "history.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
+def write_history(history, path):
+    import csv
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
         w.writeheader()
         w.writerows(history)
-    os.replace(tmp, Path(out_dir) / "history.csv")
-
-
-def plot_curves(history, path):
-    from matplotlib.figure import Figure  # no pyplot: works without a display
-
-    fig = Figure(figsize=(10, 4))
-    ax1, ax2 = fig.subplots(1, 2)
-    epochs = [h["epoch"] for h in history]
-    ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    ax1.plot(epochs, [h["val_loss"] for h in history], "o-", label="val")
-    ax1.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax2.plot(epochs, [h["train_acc"] for h in history], "o-", label="train")
-    ax2.plot(epochs, [h["val_acc"] for h in history], "o-", label="val")
-    ax2.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
-    for ax in (ax1, ax2):
-        ax.legend()
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-
-
-def plot_confusion(conf, classes, path):
-    from matplotlib.figure import Figure
-
-    n = len(classes)
-    fig = Figure(figsize=(1.2 + 0.8 * n, 1 + 0.7 * n))
-    ax = fig.subplots()
-    ax.imshow(conf.numpy(), cmap="Blues")
-    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true", title="confusion matrix")
-    ax.set_xticklabels(classes, rotation=45, ha="right")
-    ax.set_yticklabels(classes)
-    thresh = conf.max().item() / 2
-    for i in range(n):
-        for j in range(n):
-            ax.text(j, i, int(conf[i, j]), ha="center", va="center",
-                    color="white" if conf[i, j] > thresh else "black")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
 
 
 def class_report(conf, classes):
@@ -355,231 +433,221 @@ def class_report(conf, classes):
     return "\n".join(lines)
 
 
-def final_report(conf, classes, out_dir, is_main):
-    if is_main:
-        print(class_report(conf, classes))
-        plot_confusion(conf, classes, Path(out_dir) / "confusion_matrix.png")
-        print(f"wrote {Path(out_dir) / 'confusion_matrix.png'}")
+def write_val_predictions(result, samples, classes, path):
+    import csv
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "true", "predicted", "prob", "correct"])
+        for i, t, p, prob in zip(result["index"], result["true"], result["pred"], result["prob"]):
+            w.writerow([samples[i][0], classes[t], classes[p], f"{prob:.6f}", int(t == p)])
 
 
-# ---------------------------------------------------------------- setup
-
-def init_distributed(args):
-    args.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    args.rank = int(os.environ.get("RANK", "0"))
-    args.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    args.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    args.is_main = args.rank == 0
-    if args.distributed:
-        use_cuda = torch.cuda.is_available() and args.device in ("auto", "cuda")
-        if use_cuda:
-            args.device = f"cuda:{args.local_rank}"
-            torch.cuda.set_device(args.local_rank)
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+def final_report(result, val_set, classes, out_dir):
+    """The per-class table, confusion_matrix.png, val_predictions.csv and val_errors.png."""
+    out_dir = Path(out_dir)
+    print(class_report(result["confusion"], classes))
+    plot_confusion(result["confusion"].numpy(), classes, out_dir / "confusion_matrix.png")
+    write_val_predictions(result, val_set.samples, classes, out_dir / "val_predictions.csv")
+    errors = [(prob, val_set.samples[i][0], classes[t], classes[p])
+              for i, t, p, prob in zip(result["index"], result["true"], result["pred"], result["prob"]) if t != p]
+    plot_errors(sorted(errors, key=lambda e: -e[0]), out_dir / "val_errors.png")
+    print(f"wrote {out_dir / 'confusion_matrix.png'}, {out_dir / 'val_predictions.csv'} and "
+          f"{out_dir / 'val_errors.png'} ({len(errors)} misclassified)")
 
 
-def read_checkpoint(path):
-    if not Path(path).is_file():
-        raise UserError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"{path} is not a readable checkpoint: {str(e).splitlines()[0]}") from None
-    if not isinstance(ckpt, dict) or "optimizer" not in ckpt or "model" not in ckpt:
-        raise UserError(f"{path} is a plain weights file, not a training checkpoint: resume from the "
-                        "last.pth written beside it, or start a new run from it with --weights")
-    return ckpt
-
-
-def resolve_args(args):
-    """Fill the defaults that depend on other settings; on --resume, take the run's own settings."""
-    ckpt = None
-    if args.resume:
-        ckpt = read_checkpoint(args.resume)
-        for k in RESUMED_ARGS:
-            setattr(args, k, ckpt["args"].get(k, getattr(args, k)))
-        args.epochs = args.epochs or ckpt["args"]["epochs"]
-    args.epochs = args.epochs or 3
-    args.save_path = args.save_path or default_save_path(args.model)
-    args.output_dir = args.output_dir or str(Path(args.save_path).parent)
-    args.checkpoint = args.checkpoint or str(Path(args.save_path).parent / "last.pth")
-    if args.workers is None:
-        args.workers = min(os.cpu_count() or 1, args.batch_size if args.batch_size > 1 else 0, 8)
-    for name in ("epochs", "batch_size", "img_size"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    return ckpt
-
-
-def initial_weights(model, args):
-    if args.weights is None:
-        args.weights = f"./{args.model}-pre.pth"
-    if args.weights.lower() == "none":
-        if args.is_main:
-            print("training from scratch (use more than 20 epochs)")
+def check_run_outputs(s, classes, ckpt):
+    """Before any work: every file the run writes can be written, and none that cost training is
+    replaced without --overwrite (the resumed run's own files are its to replace)."""
+    check_writable_dir(s.output_dir, "reports")
+    if s.eval_only:
         return
-    if args.weights.lower() == "imagenet":
-        path = imagenet_weights(args.model, progress=args.is_main)
-    else:
-        path = args.weights
-        if not Path(path).is_file():
-            raise UserError(f"weights file not found: {path}; pass --weights imagenet to download "
-                            f"torchvision's ImageNet {args.model} file, --weights PATH for another file, "
-                            "or --weights none to train from scratch (then use more than 20 epochs)")
-    load_pretrained(model, args.model, read_state_dict(path), path, verbose=args.is_main)
+    mine = bool(ckpt) or s.overwrite
+    for path, what in ((s.save_path, "best weights"), (s.checkpoint, "checkpoint")):
+        if Path(path).exists() and not mine:
+            raise UserError(f"{path} is there from an earlier run; --resume {s.checkpoint} continues it, "
+                            "--overwrite replaces it, --save-path writes elsewhere")
+        check_output(path, what)
+    check_output(s.class_indices, "class-index file", overwrite=s.overwrite, same_content=class_indices_bytes(classes))
 
+
+def checkpoint_dict(s, state, model_without_ddp, optimizer, scheduler, scaler, ema, classes):
+    return {**state.state_dict(), "model": model_without_ddp.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None, "classes": classes, "model_name": s.model,
+            "img_size": s.img_size, "settings": {k: getattr(s, k) for k in DEFAULTS}}
+
+
+def save(obj, path):
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+# ---------------------------------------------------------------- the run
 
 def main(args):
     STOP["requested"] = False
-    init_distributed(args)
+    world, device_name = init_distributed(args.device)
     try:
-        return _main(args)
+        return run(args, world, device_name)
     finally:
-        if args.distributed and dist.is_initialized():
+        if world.distributed and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _main(args):
-    ckpt = resolve_args(args)
-    device = select_device(args.device)
-    if args.is_main:
+def run(args, world, device_name=None):
+    # 1. Settle: the settings, then every input and output, before the first side effect.
+    ckpt = read_checkpoint(args.resume) if args.resume else None
+    s = resolve_settings(args, ckpt)
+    s.device = device_name or s.device
+    device = select_device(s.device)
+    if world.is_main:
         print(f"using {device} device.")
-    torch.manual_seed(args.seed)
-    random.seed(args.seed)
+    torch.manual_seed(s.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-
-    data = need_dir(args.data_path, "data folder", "run split_data.py first")
-    train_set = ImageFolderDataset(data / "train", train_transform(args.img_size, args.auto_augment))
-    val_set = ImageFolderDataset(data / "val", eval_transform(args.img_size))
+    train_set, val_set, train_sampler, train_loader, val_loader = load_data(s, world, device)
     classes = train_set.classes
-    if val_set.classes != classes:
-        raise UserError(f"train/ and val/ under {data} hold different classes: {classes} vs {val_set.classes}")
     if ckpt and ckpt["classes"] != classes:
-        raise UserError(f"{args.resume} was trained on classes {ckpt['classes']}, but {data} has {classes}")
-    if args.is_main:
-        write_class_indices(args.class_indices, classes)
+        raise UserError(f"{args.resume} was trained on classes {ckpt['classes']}, but {s.data_path} has {classes}")
+    if not ckpt and not s.eval_only:
+        check_initial_weights(s)
+    check_run_outputs(s, classes, ckpt)
+    if world.is_main:
         print(f"using {len(train_set)} images for training, {len(val_set)} images for validation.")
-        print(f"Using {args.workers} dataloader workers every process")
+        print(f"Using {s.workers} dataloader workers every process")
+    ctx = {"device": device, "world": world, "memory_format": memory_format(s.channels_last),
+           "amp_dtype": amp_dtype(device, s.amp_dtype)}
+    model_without_ddp = build_model(s.model, num_classes=len(classes))
 
-    train_sampler = EpochSampler(len(train_set), True, args.seed, args.rank, args.world_size)
-    val_sampler = EpochSampler(len(val_set), False, rank=args.rank, world_size=args.world_size, pad=False)
-    train_loader = make_loader(train_set, train_sampler, args, device)
-    val_loader = make_loader(val_set, val_sampler, args, device)
-    args.steps_per_epoch = len(train_loader)
+    if s.eval_only:
+        return evaluate_only(s, model_without_ddp, val_set, val_loader, classes, ctx)
 
-    amp = None if args.no_amp else {"auto": amp_dtype(device), "bf16": torch.bfloat16,
-                                     "fp16": torch.float16}[args.amp_dtype]
-    net = build_model(args.model, num_classes=len(classes))
-    out_dir = Path(args.output_dir)
-
-    if args.eval_only:
-        path = args.weights if args.weights not in (None, "none", "imagenet") else args.save_path
-        load_trained_weights(net, args.model, read_state_dict(path), path, "the data set")
-        net.to(device, memory_format=torch.preserve_format if args.no_channels_last else torch.channels_last)
-        val_loss, val_acc, conf = evaluate(net, val_loader, device, len(classes), args, amp)
-        if args.is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            print(f"{path}: val_loss: {val_loss:.3f}  val_accuracy: {val_acc:.3f}")
-        final_report(conf, classes, out_dir, args.is_main)
-        return {"val_acc": val_acc, "confusion": conf, "classes": classes}
-
-    if not ckpt:
-        existing = [p for p in (args.save_path, args.checkpoint) if Path(p).exists()]
-        if existing and not args.overwrite:
-            raise UserError(f"{existing[0]} is there from an earlier run; --resume {args.checkpoint} "
-                            "continues it, --overwrite replaces it, --save-path writes elsewhere")
-        initial_weights(net, args)
-    if args.freeze_backbone:
-        for name, p in net.named_parameters():
-            p.requires_grad = name.startswith("fc.")
-    net.to(device, memory_format=torch.preserve_format if args.no_channels_last else torch.channels_last)
-    model = net
-    if args.distributed:
-        if args.sync_bn and device.type == "cuda":
-            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
-        elif args.sync_bn and args.is_main:
-            print("note: --sync-bn works on CUDA only; ignored on this device")
-        model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-
-    optimizer = build_optimizer(net, args)
-    scheduler = build_scheduler(optimizer, args, args.steps_per_epoch)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-    if args.is_main:
-        print(f"mixed precision: {'off (fp32)' if amp is None else str(amp).replace('torch.', '')}, "
-              f"channels-last: {'off' if args.no_channels_last else 'on'}")
-
-    start_epoch, best_acc, history = 0, -1.0, []  # -1: the first epoch's weights are always kept
-    progress = {"step": 0, "sums": torch.zeros(3), "seconds": 0.0}
+    # 2. Model, optimiser, schedule; then a checkpoint's state, or the starting weights.
+    state = RunState()
     if ckpt:
-        net.load_state_dict(ckpt["model"])
+        state.load_state_dict(ckpt)
+        model_without_ddp.load_state_dict(ckpt["model"])
+    else:
+        initial_weights(model_without_ddp, s, world)
+    if s.freeze_backbone:
+        for name, p in model_without_ddp.named_parameters():
+            p.requires_grad = name.startswith("fc.")
+    model_without_ddp.to(device, memory_format=ctx["memory_format"])
+    model = model_without_ddp
+    if world.distributed:
+        if s.sync_bn and device.type == "cuda":
+            model_without_ddp = nn.SyncBatchNorm.convert_sync_batchnorm(model_without_ddp)
+        elif s.sync_bn and world.is_main:
+            print("note: --sync-bn works on CUDA only; ignored on this device")
+        model = nn.parallel.DistributedDataParallel(model_without_ddp,
+                                                    device_ids=[device.index] if device.type == "cuda" else None)
+    ctx["model_without_ddp"] = model_without_ddp
+    if s.compile:
+        model = torch.compile(model)
+    ema = ema_model(model_without_ddp, s.model_ema_decay) if s.model_ema else None
+    optimizer = build_optimizer(model_without_ddp, s)
+    steps_per_epoch = math.ceil((len(train_loader) + state.step) / s.accum_steps)  # optimizer steps
+    if ckpt and s.epochs != settings_of(ckpt).get("epochs", s.epochs) and s.lr_scheduler == "cosine":
+        # The run is extended or shortened: the cosine goes on from where it is to zero at the new end.
+        old = argparse.Namespace(**{**vars(s), "epochs": settings_of(ckpt)["epochs"]})
+        done = ckpt["scheduler"]["last_epoch"]
+        state.lr_anchor = (done, lr_factor(done, old, steps_per_epoch, state.lr_anchor))
+        if world.is_main:
+            print(f"note: --epochs {s.epochs}: the cosine schedule continues from its current rate to zero at "
+                  f"epoch {s.epochs}")
+    scheduler = build_scheduler(optimizer, s, steps_per_epoch, state.lr_anchor)
+    scaler = grad_scaler(device, ctx["amp_dtype"])
+    criterion = nn.CrossEntropyLoss(label_smoothing=s.label_smoothing)
+    if ckpt:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, best_acc, history = ckpt["epoch"], ckpt["best_acc"], ckpt["history"]
-        progress = {"step": ckpt["step"], "sums": ckpt["sums"], "seconds": ckpt["seconds"]}
-        if args.is_main:
-            print(f"resumed from {args.resume}: epoch {start_epoch + 1}, step {progress['step']}, "
-                  f"best val_accuracy {max(best_acc, 0):.3f}")
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
+        if world.is_main:
+            print(f"resumed from {args.resume}: epoch {state.epoch + 1}, step {state.step}, "
+                  f"best val_accuracy {max(state.best_acc, 0):.3f}")
+    if world.is_main:
+        print(f"mixed precision: {dtype_name(ctx['amp_dtype'])}, channels-last: {'on' if s.channels_last else 'off'}"
+              + (f", gradient accumulation: {s.accum_steps} batches" if s.accum_steps > 1 else ""))
+        atomic_write_bytes(s.class_indices, class_indices_bytes(classes))  # the first write
 
-    def checkpoint(epoch):
-        return {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "epoch": epoch, "step": progress["step"], "sums": progress["sums"].cpu(),
-                "seconds": progress["seconds"], "best_acc": best_acc, "history": history,
-                "classes": classes, "model_name": args.model, "img_size": args.img_size,
-                "args": {k: v for k, v in vars(args).items() if k in RESUMED_ARGS + ("epochs",)}}
-
-    if args.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        Path(args.save_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.checkpoint).parent.mkdir(parents=True, exist_ok=True)
+    # 3. The epochs; each ends in a save. Ctrl-C saves where the run is and tells how to go on.
+    params = [p for p in model_without_ddp.parameters() if p.requires_grad]
+    mixer = batch_mixer(s, len(classes))
     previous_handler = signal.signal(signal.SIGINT, _on_sigint)
-    epoch = start_epoch
     try:
-        for epoch in range(start_epoch, args.epochs):
-            train_sampler.set_epoch(epoch, skip=progress["step"] * args.batch_size)
-            train_loss, train_acc, seen = train_one_epoch(model, train_loader, criterion, optimizer, scheduler,
-                                                          scaler, device, epoch, args, amp, progress)
-            val_loss, val_acc, _ = evaluate(net, val_loader, device, len(classes), args, amp,
-                                            desc=f"valid epoch[{epoch + 1}/{args.epochs}]")
-            seconds = progress["seconds"]
-            history.append({"epoch": epoch + 1, "train_loss": round(train_loss, 5), "train_acc": round(train_acc, 5),
-                            "val_loss": round(val_loss, 5), "val_acc": round(val_acc, 5),
-                            "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 2),
-                            "images_per_s": round(seen / max(seconds, 1e-9), 2)})
-            progress = {"step": 0, "sums": torch.zeros(3), "seconds": 0.0}
-            if args.is_main:
-                print(f"[epoch {epoch + 1}] train_loss: {train_loss:.3f}  val_accuracy: {val_acc:.3f}"
-                      f"  ({history[-1]['images_per_s']:.1f} images/s)")
-                if val_acc > best_acc:
-                    best_acc = val_acc
-                    atomic_save(net.state_dict(), args.save_path)
-                atomic_save(checkpoint(epoch + 1), args.checkpoint)
-                write_history(history, out_dir)
-                plot_curves(history, out_dir / "curves.png")
-            best_acc = max(best_acc, val_acc)
+        while state.epoch < s.epochs:
+            reset_peak_memory(device)
+            train_sampler.set_epoch(state.epoch, skip=state.step * s.batch_size)
+            train_loss, train_acc, seen = train_one_epoch(model, params, train_loader, criterion, optimizer,
+                                                          scheduler, scaler, ema, mixer, state, s, ctx)
+            desc = f"valid epoch[{state.epoch + 1}/{s.epochs}]"
+            val = evaluate(model_without_ddp, val_loader, len(classes), ctx, desc)
+            val_ema = evaluate(ema.module, val_loader, len(classes), ctx, desc + " ema") if ema is not None else None
+            end_of_epoch(s, state, world, device, optimizer, scheduler, scaler, ema, model_without_ddp, classes,
+                         train_loss, train_acc, seen, val, val_ema)
     except Interrupted:
-        if args.is_main:
-            atomic_save(checkpoint(epoch), args.checkpoint)
-            print(f"saved {args.checkpoint} at epoch {epoch + 1}, step {progress['step']}; resume with:\n"
-                  f"  python train.py --resume {args.checkpoint}", file=sys.stderr)
+        if world.is_main:
+            save(checkpoint_dict(s, state, model_without_ddp, optimizer, scheduler, scaler, ema, classes), s.checkpoint)
+            print(f"saved {s.checkpoint} at epoch {state.epoch + 1}, step {state.step}; resume with:\n"
+                  f"  python train.py --resume {s.checkpoint}", file=sys.stderr)
         sys.exit(130)
     finally:
         signal.signal(signal.SIGINT, previous_handler)
-    if args.is_main:
+    if world.is_main:
         print("Finished Training")
-    if args.distributed:
+
+    # 4. The best weights, evaluated once more for the report.
+    if world.distributed:
         dist.barrier()  # the best weights are on disk before the other processes read them
-    if not Path(args.save_path).is_file():
-        return {"best_acc": best_acc, "history": history, "classes": classes}
-    net.load_state_dict(read_state_dict(args.save_path))
-    _, _, conf = evaluate(net, val_loader, device, len(classes), args, amp, desc="best weights")
-    if args.is_main:
-        print(f"best val_accuracy: {best_acc:.3f}, weights in {args.save_path}")
-    final_report(conf, classes, out_dir, args.is_main)
-    return {"best_acc": best_acc, "history": history, "classes": classes, "confusion": conf}
+    model_without_ddp.load_state_dict(read_state_dict(s.save_path))
+    result = evaluate(model_without_ddp, val_loader, len(classes), ctx, "best weights", interruptible=False)
+    if world.is_main:
+        print(f"best val_accuracy: {state.best_acc:.3f}, weights in {s.save_path}")
+        final_report(result, val_set, classes, s.output_dir)
+    return {"best_acc": state.best_acc, "history": state.history, "classes": classes, "confusion": result["confusion"],
+            "settings": s}
+
+
+def end_of_epoch(s, state, world, device, optimizer, scheduler, scaler, ema, model_without_ddp, classes,
+                 train_loss, train_acc, seen, val, val_ema):
+    """The epoch's line and history row; the best weights (raw or EMA) if they beat the best so far;
+    the checkpoint, history.csv and curves.png."""
+    row = {"epoch": state.epoch + 1, "train_loss": round(train_loss, 5), "train_acc": round(train_acc, 5),
+           "val_loss": round(val["loss"], 5), "val_acc": round(val["acc"], 5),
+           "lr": optimizer.param_groups[0]["lr"],
+           "seconds": round(state.seconds, 2), "images_per_s": round(seen / max(state.seconds, 1e-9), 2),
+           "peak_mem_mb": round(peak_memory_mb(device), 1)}
+    if val_ema:
+        row["val_acc_ema"] = round(val_ema["acc"], 5)
+    state.history.append(row)
+    use_ema = val_ema is not None and val_ema["acc"] > val["acc"]
+    acc = val_ema["acc"] if use_ema else val["acc"]
+    improved = acc > state.best_acc
+    state.best_acc = max(state.best_acc, acc)
+    state.next_epoch()
+    if not world.is_main:
+        return
+    print(f"[epoch {row['epoch']}] train_loss: {train_loss:.3f}  val_accuracy: {val['acc']:.3f}"
+          + (f"  ema_val_accuracy: {val_ema['acc']:.3f}" if val_ema else "")
+          + f"  ({row['images_per_s']:.1f} images/s)")
+    if improved:
+        save((ema.module if use_ema else model_without_ddp).state_dict(), s.save_path)
+    save(checkpoint_dict(s, state, model_without_ddp, optimizer, scheduler, scaler, ema, classes), s.checkpoint)
+    write_history(state.history, Path(s.output_dir) / "history.csv")
+    plot_curves(state.history, Path(s.output_dir) / "curves.png")
+
+
+def evaluate_only(s, net, val_set, val_loader, classes, ctx):
+    path = s.weights if s.weights_given and s.weights.lower() not in ("none", "imagenet") else s.save_path
+    load_trained_weights(net, s.model, read_state_dict(path), path, "the data set")
+    net.to(ctx["device"], memory_format=ctx["memory_format"])
+    result = evaluate(net, val_loader, len(classes), ctx, interruptible=False)
+    if ctx["world"].is_main:
+        print(f"{path}: val_loss: {result['loss']:.3f}  val_accuracy: {result['acc']:.3f}")
+        final_report(result, val_set, classes, s.output_dir)
+    return {"val_acc": result["acc"], "confusion": result["confusion"], "classes": classes}
 
 
 if __name__ == "__main__":

@@ -9,10 +9,11 @@ import threading
 import pytest
 import torch
 
-import common
+import cli
+import weights
 import load_weights
 import split_data
-from common import UserError
+from cli import UserError
 from conftest import make_class_folders, parse
 
 
@@ -35,13 +36,13 @@ def sha256(path):
 def test_download_checks_sha256_and_leaves_no_partial_file(server, tmp_path):
     root, url = server
     (root / "f.bin").write_bytes(b"hello" * 1000)
-    good = common.download(f"{url}/f.bin", tmp_path / "out" / "f.bin", sha256=sha256(root / "f.bin"), progress=False)
+    good = cli.download(f"{url}/f.bin", tmp_path / "out" / "f.bin", sha256=sha256(root / "f.bin"), progress=False)
     assert good.read_bytes() == b"hello" * 1000
     with pytest.raises(UserError, match="checksum mismatch"):
-        common.download(f"{url}/f.bin", tmp_path / "bad" / "f.bin", sha256="0" * 64, progress=False)
+        cli.download(f"{url}/f.bin", tmp_path / "bad" / "f.bin", sha256="0" * 64, progress=False)
     assert list((tmp_path / "bad").iterdir()) == []
     with pytest.raises(UserError, match="could not download"):
-        common.download(f"{url}/missing.bin", tmp_path / "m" / "x", progress=False)
+        cli.download(f"{url}/missing.bin", tmp_path / "m" / "x", progress=False)
     assert list((tmp_path / "m").iterdir()) == []
 
 
@@ -106,7 +107,7 @@ def test_imagenet_weights_download_into_hub_cache_with_hash_prefix(server, tmp_p
         torch.testing.assert_close(net.state_dict()["conv1.weight"], state["conv1.weight"])
         # offline: one line saying where to put the file
         with pytest.raises(UserError, match=r"Offline\? Fetch .* put it at .*resnet34"):
-            common.imagenet_weights("resnet34", url="http://127.0.0.1:9/resnet34-b627a593.pth", progress=False)
+            weights.imagenet_weights("resnet34", url="http://127.0.0.1:9/resnet34-b627a593.pth", progress=False)
     finally:
         torch.hub.set_dir(old)
 

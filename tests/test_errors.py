@@ -9,7 +9,7 @@ import load_weights
 import model
 import predict
 import train
-from common import UserError
+from cli import UserError
 from conftest import TINY_TRAIN, make_class_folders, parse, run_script
 
 

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common import UserError, load_rgb
+from cli import UserError
+from images import load_rgb
 
 
 def save(img, path, **kw):
@@ -53,10 +54,10 @@ def test_corrupt_and_truncated_files_give_one_line_errors(tmp_path):
 @pytest.mark.parametrize("size,img_size", [((500, 333), 224), ((240, 320), 224), ((256, 300), 224), ((90, 70), 64)])
 def test_eval_transform_equals_torchvision(size, img_size):
     from torchvision import transforms
-    from common import MEAN, STD, eval_transform
+    from images import MEAN, STD, EvalTransform
     rng = np.random.default_rng(0)
     img = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
     ref = transforms.Compose([transforms.Resize(int(round(img_size / 0.875))), transforms.CenterCrop(img_size),
                               transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
     import torch
-    torch.testing.assert_close(eval_transform(img_size)(img), ref(img), rtol=0, atol=1e-5)
+    torch.testing.assert_close(torch.from_numpy(EvalTransform(img_size)(img)), ref(img), rtol=0, atol=1e-5)

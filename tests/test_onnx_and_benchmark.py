@@ -7,7 +7,7 @@ import pytest
 import batch_predict
 import benchmark
 import export_onnx
-from common import UserError
+from cli import UserError
 from conftest import parse
 
 ort = pytest.importorskip("onnxruntime")

@@ -3,7 +3,7 @@ import os
 import pytest
 
 import split_data
-from common import UserError
+from cli import UserError
 from conftest import make_class_folders, parse
 
 TUTORIAL_COUNTS = {"daisy": 633, "dandelion": 898, "roses": 641, "sunflowers": 699, "tulips": 799}
@@ -44,7 +44,7 @@ def test_only_images_of_any_case_are_split(tmp_path):
     assert len(train_files) == 5
 
 
-def test_existing_split_is_refused_then_replaced_with_force_and_nothing_else_removed(tmp_path, capsys):
+def test_existing_split_is_refused_then_replaced_with_overwrite_and_nothing_else_removed(tmp_path, capsys):
     make_class_folders(tmp_path / "flower_photos", per_class=5)
     keep = tmp_path / "my_notes.txt"
     keep.write_text("mine")
@@ -53,11 +53,16 @@ def test_existing_split_is_refused_then_replaced_with_force_and_nothing_else_rem
     assert "processing done!" in capsys.readouterr().out
     stray = tmp_path / "train" / "daisy" / "stray.jpg"
     stray.write_bytes(b"x")
-    with pytest.raises(UserError, match="already exists.*--force"):
+    with pytest.raises(UserError, match="already exists.*--overwrite"):
         split_data.main(parse(split_data, args))
     assert stray.exists()  # refusing touched nothing
-    split_data.main(parse(split_data, args + ["--force"]))
-    assert not stray.exists() and keep.read_text() == "mine"
+    # a file the split did not put there is never removed: the run is refused and names it
+    with pytest.raises(UserError, match="no split put there.*stray.jpg"):
+        split_data.main(parse(split_data, args + ["--overwrite"]))
+    assert stray.read_bytes() == b"x" and len(list((tmp_path / "train" / "daisy").iterdir())) == 5
+    stray.unlink()
+    split_data.main(parse(split_data, args + ["--force"]))  # the old name of --overwrite
+    assert keep.read_text() == "mine"
     assert len(list((tmp_path / "flower_photos" / "daisy").iterdir())) == 5  # sources untouched
 
 

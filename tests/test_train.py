@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import batch_predict
-import common
+import device
 import model
 import split_data
 import train
@@ -43,7 +43,7 @@ def interrupt_at_step(n):
 
 
 def comparable(history):
-    return [{k: v for k, v in h.items() if k not in ("seconds", "images_per_s")} for h in history]
+    return [{k: v for k, v in h.items() if k not in ("seconds", "images_per_s", "peak_mem_mb")} for h in history]
 
 
 def test_interrupted_then_resumed_run_equals_uninterrupted(data, tmp_path, capsys):
@@ -91,7 +91,7 @@ def test_history_curves_and_confusion_matrix(data, tmp_path):
 
 
 def test_mixed_precision_runs_on_cpu_and_matches_fp32_accuracy(tmp_path, capsys):
-    if common.amp_dtype(torch.device("cpu")) is None:
+    if device.amp_dtype(torch.device("cpu")) is None:
         pytest.skip("this CPU has no native bf16")
     root = tmp_path / "demo"
     split_data.main(parse(split_data, ["--data-root", root, "--demo", "--demo-per-class", "40",
@@ -113,6 +113,7 @@ def test_recipes_schedulers_and_param_groups(data, tmp_path):
     lrs = [h["lr"] for h in res["history"]]
     assert lrs[0] == pytest.approx(0.1) and lrs[-1] == pytest.approx(0.0, abs=1e-9)  # warm-up peak, cosine end
     net = model.resnet18(num_classes=3)
+    args = res["settings"]  # the run's settings, resolved
     args.opt, args.lr = "adamw", 1.0
     groups = train.build_optimizer(net, args).param_groups
     assert [g["lr"] for g in groups] == [1.0, 0.1] and len(groups[0]["params"]) == 2  # fc: weight, bias

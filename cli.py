@@ -1,0 +1,258 @@
+"""What every script's command line needs, without PyTorch: one-line errors, argument and path
+checks made before the first side effect, and atomic writes.
+
+The house rule: a script resolves its settings, checks every input and output with the functions
+here, and only then writes. A file that cost training or a download to make is replaced only with
+--overwrite; a write goes to a temporary file beside its target and is renamed into place, so a
+failure (disk full, Ctrl-C) leaves the old file whole and no temporary file behind.
+"""
+import argparse
+import contextlib
+import errno
+import json
+import os
+import re
+import sys
+import tempfile
+import urllib.error
+from pathlib import Path
+
+
+class UserError(Exception):
+    """A problem with the user's input or files: printed as one line, no traceback."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with its errors on one line like every other error of the scripts."""
+
+    def error(self, message):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def run_cli(main, parser):
+    """Parse the command line and run main(args). Bad input, a full disk or Ctrl-C end in one line
+    on stderr and a non-zero exit; only a bug in the code shows a traceback."""
+    args = parser.parse_args()
+    try:
+        main(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("error: interrupted (Ctrl-C); files being written were left as they were", file=sys.stderr)
+        sys.exit(130)
+    except MemoryError:
+        print("error: out of memory; try a smaller --batch-size or --img-size", file=sys.stderr)
+        sys.exit(1)
+    except OSError as e:  # disk full, permission denied, a vanished file: the system's own words
+        print(f"error: {describe_os_error(e)}", file=sys.stderr)
+        sys.exit(1)
+
+
+def describe_os_error(e):
+    where = f": {e.filename}" if getattr(e, "filename", None) else ""
+    return f"{e.strerror or e}{where}"
+
+
+# ---------------------------------------------------------------- argument values
+
+def int_at_least(low):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    parse.__name__ = f"int >= {low}"
+    return parse
+
+
+def float_in(low, high, low_open=False, high_open=False):
+    """A float in [low, high]; an end is left out when its *_open is set; None: no bound."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        too_low = low is not None and (value <= low if low_open else value < low)
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if too_low or too_high or value != value:
+            if high is None:
+                need = f"more than {low}" if low_open else f"at least {low}"
+            else:
+                need = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+            raise argparse.ArgumentTypeError(f"must be {need}, got {text}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
+positive_float = float_in(0, None, low_open=True)
+non_negative_float = float_in(0, None)
+
+
+# ---------------------------------------------------------------- inputs
+
+def need_file(path, what, hint=""):
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder, not a file" + (f"; {hint}" if hint else ""))
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}" + (f"; {hint}" if hint else ""))
+    return path
+
+
+def need_dir(path, what, hint=""):
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path} is a file, not a folder" + (f"; {hint}" if hint else ""))
+    if not path.is_dir():
+        raise UserError(f"{what} not found: {path}" + (f"; {hint}" if hint else ""))
+    return path
+
+
+# ---------------------------------------------------------------- outputs
+
+def check_writable_dir(folder, what="output"):
+    """The folder, or its first existing ancestor (where it will be made), takes new files.
+    Tried for real with an invisible temporary file: os.access says yes to root on read-only
+    mounts."""
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"cannot write the {what} in {folder}: {probe} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write the {what} in {folder}: {e.strerror or e} ({probe})") from None
+
+
+def check_output(path, what, overwrite=True, flag="--overwrite", same_content=None):
+    """Check, before any work, that `path` can be written. With overwrite=False an existing file
+    is refused (it cost training or a download to make), unless it already holds `same_content`
+    (bytes), in which case writing it again changes nothing."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"the {what} {path} is a folder; give a file name")
+    if path.exists() and not overwrite:
+        if same_content is not None and path.is_file() and path.read_bytes() == same_content:
+            return path
+        raise UserError(f"{path} already exists; {flag} replaces it, or choose another path for the {what}")
+    check_writable_dir(path.parent, what)
+    return path
+
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yields a temporary path beside `path` with the same suffix; renamed onto `path` when the
+    block ends without error, removed otherwise (disk full, Ctrl-C, a bug)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; the file gets the usual permissions
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise UserError(f"no space left on the disk while writing {path}; it was left as it was") from None
+        raise UserError(f"cannot write {path}: {describe_os_error(e)}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+
+
+def atomic_write_bytes(path, data):
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path, text):
+    atomic_write_bytes(path, text.encode())
+
+
+# ---------------------------------------------------------------- the class-index file
+
+def class_indices_bytes(classes):
+    """The tutorial's class_indices.json: {"0": "daisy", ...}, indent 4."""
+    return json.dumps({str(i): c for i, c in enumerate(classes)}, indent=4).encode()
+
+
+def read_class_indices(path):
+    """The class names, in index order, from class_indices.json."""
+    need_file(path, "class-index file", "train.py writes it; pass --class-indices to point at it")
+    try:
+        mapping = json.loads(Path(path).read_text())
+        classes = [mapping[str(i)] for i in range(len(mapping))]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not a class-index file like {{\"0\": \"daisy\", ...}}: {e}") from None
+    if not classes:
+        raise UserError(f"{path} lists no classes")
+    bad = [c for c in classes if not isinstance(c, str) or not c]
+    if bad:
+        raise UserError(f"{path}: class names must be non-empty strings, found {bad[0]!r}")
+    return classes
+
+
+def read_labels(path):
+    """Class names from the labels.txt written beside an ONNX file, one per line."""
+    try:
+        classes = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read labels file {path}: {e}") from None
+    if not classes:
+        raise UserError(f"{path} lists no classes")
+    return classes
+
+
+# ---------------------------------------------------------------- downloads
+
+def as_url(text):
+    """A URL as given, or an existing file's path as a file:// URL."""
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text):
+        return text
+    if Path(text).is_file():
+        return Path(text).resolve().as_uri()
+    raise UserError(f"{text} is neither a URL (https://, http://, file://) nor an existing file")
+
+
+def download(url, dest, sha256=None, progress=True, timeout=60):
+    """Fetch url to dest with torch.hub's downloader: bytes go to a temporary file beside dest that
+    is renamed only once complete and matching `sha256` (a full digest or its start), so a broken
+    or interrupted download never looks like a finished file."""
+    import socket
+
+    from torch.hub import download_url_to_file  # here: only downloads need torch
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)  # torch.hub sets none: a stalled server would hang forever
+    try:
+        download_url_to_file(url, str(dest), hash_prefix=sha256.lower() if sha256 else None, progress=progress)
+    except RuntimeError as e:
+        if "hash" not in str(e):
+            raise
+        got = str(e).rsplit("got", 1)[-1].strip(' "()')
+        raise UserError(f"checksum mismatch for {url}: expected SHA-256 {sha256}..., got {got}; "
+                        "the file was not kept (a broken download or a wrong --url)") from None
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise UserError(f"could not download {url}: {getattr(e, 'reason', None) or e}") from None
+    finally:
+        socket.setdefaulttimeout(previous)
+    return dest

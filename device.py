@@ -1,0 +1,103 @@
+"""The device and its precision: which device, which autocast dtype, channels-last, the grad
+scaler, peak memory. Calls that changed between torch 2.0 (JetPack 5) and today are guarded here,
+in one place."""
+import contextlib
+import sys
+
+import torch
+
+from cli import UserError
+
+
+def select_device(name="auto"):
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda:0")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("--device mps asked for, but MPS is not available; use --device cpu")
+    return device
+
+
+def amp_dtype(device, choice="auto"):
+    """The autocast dtype for `choice` (auto, bf16, fp16, none); auto takes what the hardware runs
+    natively, or None (then fp32 is faster)."""
+    if choice == "none":
+        return None
+    if choice == "bf16":
+        return torch.bfloat16
+    if choice == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu":
+        try:
+            native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        except (AttributeError, RuntimeError):
+            native = False
+        return torch.bfloat16 if native else None
+    return None
+
+
+def dtype_name(dtype):
+    return "off (fp32)" if dtype is None else str(dtype).replace("torch.", "")
+
+
+def autocast(device, dtype):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def grad_scaler(device, dtype):
+    """A GradScaler for fp16 on CUDA, a disabled one otherwise. torch.amp.GradScaler(device)
+    appeared in torch 2.3; torch 2.0-2.2 have torch.cuda.amp.GradScaler only."""
+    enabled = dtype == torch.float16 and device.type == "cuda"
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler(device.type, enabled=enabled)
+    return torch.cuda.amp.GradScaler(enabled=enabled)
+
+
+def memory_format(channels_last):
+    """channels-last (NHWC) runs convolutions faster with cuDNN and oneDNN, above all with amp."""
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def reset_peak_memory(device):
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device):
+    """CUDA: the most memory tensors held since the last reset. CPU: the process's peak resident
+    memory since it started (the OS keeps no resettable figure)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+    except ImportError:  # Windows
+        return float("nan")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+def compile_supported():
+    """None when torch.compile can run here, else the reason it cannot."""
+    if not hasattr(torch, "compile"):
+        return f"torch {torch.__version__} has no torch.compile (it needs torch 2.0 or later)"
+    if sys.version_info >= (3, 11) and torch.__version__ < "2.1":
+        return f"torch {torch.__version__} cannot compile on Python 3.11 (torch 2.1 or later can)"
+    if sys.version_info >= (3, 12) and torch.__version__ < "2.4":
+        return f"torch {torch.__version__} cannot compile on Python 3.12 (torch 2.4 or later can)"
+    return None

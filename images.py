@@ -1,0 +1,229 @@
+"""Reading images and preprocessing them, for training and prediction alike.
+
+Every image becomes 8-bit RGB with its EXIF orientation applied (the tutorial crashed or
+mispredicted on alpha, grayscale, 16-bit and CMYK files). A JPEG is decoded at a reduced scale when
+the crop that follows allows it (Pillow's draft(): libjpeg's DCT scaling by 1/2, 1/4 or 1/8), so a
+12 MP phone photo is not decoded at full size only to be cropped to 224 px. An image whose decoded
+size would exceed MAX_PIXELS is refused like any unreadable file, so one hostile file cannot take
+the process's memory.
+
+This module imports neither torch nor torchvision at load time: the ONNX prediction path runs
+without them.
+"""
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from cli import UserError
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+# Decoded pixels allowed per image: 40 MP is 120 MB as RGB. JPEGs are measured after draft(), so a
+# 200 MP phone JPEG decoded at 1/8 passes; a PNG that declares 20000x20000 does not.
+MAX_PIXELS = 40_000_000
+# Pillow's own guard raises at open() for any declared size above 2x its limit, before draft()
+# could shrink a JPEG: ours replaces it (checked in decode_rgb, after draft).
+Image.MAX_IMAGE_PIXELS = None
+
+EXIF_ORIENTATION = 0x0112
+
+
+def is_image_file(path):
+    """An image by its extension, any case; hidden files (macOS '._x.jpg') are not images."""
+    name = os.path.basename(str(path))
+    return not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)
+
+
+def list_images(folder, recursive=False):
+    """Image files in a folder (and its sub-folders), sorted; hidden folders are skipped."""
+    folder = Path(folder)
+    if not recursive:
+        return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
+    found = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [Path(root) / f for f in files if is_image_file(f)]
+    return sorted(found)
+
+
+# ---------------------------------------------------------------- decoding
+
+def open_image(path):
+    """The image's header only (nothing decoded yet), or a UserError naming the file."""
+    try:
+        img = Image.open(path)
+    except Exception as e:  # hostile files raise many kinds; all mean "not an image we can read"
+        raise UserError(f"cannot read image {path}: {_reason(e)}") from None
+    w, h = img.size
+    # Checked on the declared size, before anything decodes: a JPEG may still shrink 8x a side.
+    if w * h > MAX_PIXELS * (64 if img.format in ("JPEG", "MPO") else 1):
+        img.close()
+        raise _too_large(path, w, h)
+    return img
+
+
+def _too_large(path, w, h):
+    return UserError(f"cannot read image {path}: {w}x{h} pixels is more than the {MAX_PIXELS // 1_000_000} MP "
+                     "allowed (a decompression bomb, or an image to downscale first)")
+
+
+def _reason(e):
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def oriented_size(img):
+    """(width, height) as the image will be shown: EXIF rotations by 90 degrees swap them."""
+    try:
+        orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # a broken EXIF block: ignored, as exif_transpose would
+        orientation = 1
+    w, h = img.size
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def decode_rgb(img, shrink=1.0, path=None):
+    """Decode an opened image into 8-bit RGB with its EXIF orientation applied.
+
+    shrink: how many times smaller than its full size the caller can use the image; a JPEG is then
+    decoded at the largest DCT scale (2, 4 or 8) not above it, so both sides stay at least
+    full size / shrink.
+    """
+    path = path or getattr(img, "filename", "") or "image"
+    try:
+        if shrink >= 2:
+            w, h = img.size
+            img.draft(img.mode, (math.ceil(w / shrink), math.ceil(h / shrink)))
+        w, h = img.size
+        if w * h > MAX_PIXELS:
+            raise _too_large(path, w, h)
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        return _to_rgb(img)
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"cannot read image {path}: {_reason(e)}") from None
+
+
+def _to_rgb(img):
+    """Alpha composited on white, palette, 16/32-bit grayscale scaled (not clipped), CMYK, L."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        img = img.convert("I")
+        # 16-bit data would be clipped at 255 by a plain convert: scale to 8 bits first.
+        img = img.point(lambda v: v * (1 / 256)) if img.getextrema()[1] > 255 else img
+        img = img.convert("L")
+    elif img.mode == "F":
+        img = img.convert("L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    return img.convert("RGB")
+
+
+def load_rgb(path, min_side=None):
+    """Open and decode a file; with min_side, a JPEG may be decoded smaller while both of its
+    sides stay at least min_side (or its full size, when smaller)."""
+    with open_image(path) as img:
+        shrink = min(oriented_size(img)) / min_side if min_side else 1.0
+        return decode_rgb(img, shrink, path)
+
+
+# ---------------------------------------------------------------- preprocessing
+
+class EvalTransform:
+    """torchvision's Resize(img_size / 0.875) + CenterCrop(img_size) + ToTensor + Normalize, as a
+    float32 NumPy array (3, H, W), without importing torch (ONNX prediction runs without it).
+
+    The same pixels as torchvision (tested). Two changes keep memory and time bounded: a JPEG larger
+    than needed is drafted first, so its short side stays at least the resize target (a photo no
+    bigger than that is unchanged); and an image of extreme aspect ratio has only its crop's box
+    resized, not the whole (a 1x20000 strip resized whole to a short side of 128 is 2.5 GB).
+    """
+
+    def __init__(self, img_size=224):
+        self.size, self.resize = img_size, int(round(img_size / 0.875))
+
+    def __call__(self, img):
+        """img: an image from open_image() (decoded here) or an RGB image."""
+        return to_normalized_array(self.resize_crop(img))
+
+    def resize_crop(self, img):
+        """The resized and cropped RGB image, before ToTensor + Normalize."""
+        if getattr(img, "tile", None) or img.mode != "RGB":
+            img = decode_rgb(img, min(oriented_size(img)) / self.resize)
+        w, h = img.size
+        # torchvision's Resize(int): the short side to `resize`, the long side truncated.
+        new_w, new_h = (self.resize, int(self.resize * h / w)) if w <= h else (int(self.resize * w / h), self.resize)
+        top, left = int(round((new_h - self.size) / 2.0)), int(round((new_w - self.size) / 2.0))
+        if new_w * new_h <= 16 * self.resize ** 2:  # any usual aspect ratio: torchvision's own steps
+            return img.resize((new_w, new_h), Image.BILINEAR).crop((left, top, left + self.size, top + self.size))
+        # A panorama or a 1x20000 strip: only the crop's box is resized (the whole would take GBs).
+        # Pillow takes the box in 32-bit floats, so a pixel may differ by one level from the above.
+        sx, sy = w / new_w, h / new_h
+        box = (left * sx, top * sy, (left + self.size) * sx, (top + self.size) * sy)
+        return img.resize((self.size, self.size), Image.BILINEAR, box=box)
+
+
+def to_normalized_array(img):
+    """ToTensor + Normalize in NumPy: (3, H, W) float32."""
+    x = np.asarray(img, dtype=np.float32) / 255
+    x = (x - np.asarray(MEAN, dtype=np.float32)) / np.asarray(STD, dtype=np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+class TrainTransform:
+    """RandomResizedCrop(img_size) + RandomHorizontalFlip (+ auto augment) + ToTensor + Normalize
+    (+ RandomErasing), with torchvision's random draws, on an image from open_image().
+
+    The crop is drawn before decoding, from the image's size, so a JPEG is decoded at the largest
+    scale that still gives the crop at least img_size pixels a side. For a photo decoded at full
+    size the pixels equal torchvision's RandomResizedCrop (tested); a drafted one differs only by
+    the JPEG's own downscaling.
+    """
+
+    AUTO_AUGMENT = ("ta", "ra", "aa")
+
+    def __init__(self, img_size=224, auto_augment=None, random_erase=0.0):
+        from torchvision import transforms  # here, not at import: prediction does not need it
+
+        self.size = img_size
+        self.crop = transforms.RandomResizedCrop(img_size)
+        after = [transforms.RandomHorizontalFlip()]
+        if auto_augment == "ta":
+            after.append(transforms.TrivialAugmentWide())
+        elif auto_augment == "ra":
+            after.append(transforms.RandAugment())
+        elif auto_augment == "aa":
+            after.append(transforms.AutoAugment(transforms.AutoAugmentPolicy.IMAGENET))
+        elif auto_augment:
+            raise ValueError(f"unknown auto augment {auto_augment!r}")
+        after += [transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
+        if random_erase > 0:
+            after.append(transforms.RandomErasing(p=random_erase))
+        self.after = transforms.Compose(after)
+
+    def __call__(self, img):
+        import torch
+
+        w, h = oriented_size(img)
+        # torchvision's own draw, on a shape-only tensor: the same random numbers, no pixels.
+        top, left, ch, cw = self.crop.get_params(torch.empty((3, h, w), device="meta"),
+                                                 self.crop.scale, self.crop.ratio)
+        if getattr(img, "tile", None) or img.mode != "RGB":
+            img = decode_rgb(img, min(cw, ch) / self.size)
+        if img.size == (w, h):
+            img = img.crop((left, top, left + cw, top + ch)).resize((self.size, self.size), Image.BILINEAR)
+        else:  # drafted: the same box, in the smaller image's coordinates
+            sx, sy = img.width / w, img.height / h
+            box = (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
+            img = img.resize((self.size, self.size), Image.BILINEAR, box=box)
+        return self.after(img)

@@ -1,0 +1,132 @@
+"""The pictures: training curves, the confusion matrix, the prediction figure. Figures are made
+without pyplot (no display needed) and written atomically as PNG; a window opens only where there
+is a display and the user did not ask for a file."""
+import math
+import os
+import sys
+from pathlib import Path
+
+from cli import atomic_path
+
+
+def has_display():
+    if sys.platform in ("win32", "darwin"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def new_figure(**kwargs):
+    from matplotlib.figure import Figure  # no pyplot: works without a display
+
+    return Figure(**kwargs)
+
+
+def save_figure(fig, path, dpi=100):
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=Path(path).suffix.lstrip(".") or "png")
+    return path
+
+
+def plot_curves(history, path):
+    fig = new_figure(figsize=(10, 4))
+    ax1, ax2 = fig.subplots(1, 2)
+    epochs = [h["epoch"] for h in history]
+    ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax1.plot(epochs, [h["val_loss"] for h in history], "o-", label="val")
+    ax1.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax2.plot(epochs, [h["train_acc"] for h in history], "o-", label="train")
+    ax2.plot(epochs, [h["val_acc"] for h in history], "o-", label="val")
+    ax2.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
+    for ax in (ax1, ax2):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_confusion(conf, classes, path):
+    """conf: rows true class, columns predicted (a NumPy array or tensor)."""
+    import numpy as np
+
+    conf = np.asarray(conf)
+    n = len(classes)
+    fig = new_figure(figsize=(1.2 + 0.8 * n, 1 + 0.7 * n))
+    ax = fig.subplots()
+    ax.imshow(conf, cmap="Blues")
+    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true", title="confusion matrix")
+    ax.set_xticklabels(classes, rotation=45, ha="right")
+    ax.set_yticklabels(classes)
+    thresh = conf.max() / 2
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, int(conf[i, j]), ha="center", va="center", color="white" if conf[i, j] > thresh else "black")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def show_or_save(images, titles, save_path, default_path="predict.png"):
+    """One panel per image, titled; shown in a window on a display unless save_path is given,
+    else written as PNG. Returns the path written, or None when shown."""
+    cols = min(len(images), 4)
+    rows = math.ceil(len(images) / cols)
+    window = not save_path and has_display()
+    if window:
+        import matplotlib.pyplot as plt
+        fig = plt.figure(figsize=(4 * cols, 4 * rows))
+    else:
+        fig = new_figure(figsize=(4 * cols, 4 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, title in zip(axes.flat, images, titles):
+        ax.imshow(img)
+        ax.set_title(title)
+    fig.tight_layout()
+    if window:
+        plt.show()
+        return None
+    return save_figure(fig, save_path or default_path)
+
+
+def plot_errors(errors, path, max_panels=32):
+    """The misclassified images, most confident mistakes first: errors = [(prob, image path, true
+    class, predicted class)], already in that order."""
+    from images import load_rgb
+
+    shown = errors[:max_panels]
+    cols = min(8, max(1, len(shown)))
+    rows = max(1, math.ceil(len(shown) / cols))
+    fig = new_figure(figsize=(2.2 * cols, 2.5 * rows + 0.4))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (prob, image, true, pred) in zip(axes.flat, shown):
+        try:
+            ax.imshow(load_rgb(image, min_side=200))
+        except Exception:  # an image gone since validation: its panel keeps the words
+            pass
+        ax.set_title(f"true: {true}\npred: {pred} ({prob:.2f})", fontsize=8, color="firebrick")
+    more = f" (the {len(shown)} most confident of {len(errors)})" if len(errors) > len(shown) else ""
+    fig.suptitle(f"misclassified validation images{more}" if errors else "no misclassified validation images")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_split(split, path):
+    """Train and val images per class, as bars: split = {class: (train files, val files)}."""
+    import numpy as np
+
+    classes = list(split)
+    x = np.arange(len(classes))
+    fig = new_figure(figsize=(max(5, 0.7 * len(classes) + 2), 4))
+    ax = fig.subplots()
+    train = [len(t) for t, _ in split.values()]
+    val = [len(v) for _, v in split.values()]
+    ax.bar(x, train, label=f"train ({sum(train)})")
+    ax.bar(x, val, bottom=train, label=f"val ({sum(val)})")
+    ax.set_xticks(x)
+    ax.set_xticklabels(classes, rotation=45 if len(classes) > 6 else 0, ha="right" if len(classes) > 6 else "center")
+    ax.set(ylabel="images", title="images per class")
+    ax.legend()
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -1,0 +1,214 @@
+"""The pieces train.py puts together: the image folders and their resumable sampler, mixup and
+cutmix, the optimiser's parameter groups, the learning-rate schedule, the weights' moving average
+and the state of a run. Like torchvision's references/classification/{sampler,transforms,utils}.py,
+each piece is small and can be tested on its own."""
+import math
+import os
+import signal
+import sys
+
+import torch
+import torch.nn as nn
+from torch.utils.data.distributed import DistributedSampler
+from torchvision.datasets import ImageFolder
+
+from cli import UserError
+from images import is_image_file, open_image
+
+
+class World:
+    """The processes of a torchrun launch (or just this one)."""
+
+    def __init__(self, rank=0, size=1, local_rank=0):
+        self.rank, self.size, self.local_rank = rank, size, local_rank
+        self.distributed, self.is_main = size > 1, rank == 0
+
+
+class TrainFolder(ImageFolder):
+    """torchvision's ImageFolder with three changes:
+    - items are asked for as (index, seed): the seed drives the sample's random augmentation, so a
+      resumed run draws exactly the augmentations the uninterrupted run would have;
+    - the loader only opens the file: the transform decodes it, at the scale its crop needs;
+    - hidden files and folders are not read ('.ipynb_checkpoints', macOS '._x.jpg'), a class may be
+      given (val/ takes train/'s), and an unreadable image is named and skipped: in training another
+      image takes its place (every process keeps its batch size), in validation it is left out.
+    """
+
+    def __init__(self, root, transform, class_to_idx=None, replace_unreadable=False):
+        self.given_class_to_idx = class_to_idx
+        self.replace_unreadable = replace_unreadable
+        self.warned = set()
+        super().__init__(str(root), transform, loader=open_image, is_valid_file=is_image_file)
+
+    def find_classes(self, directory):
+        if self.given_class_to_idx is not None:
+            return list(self.given_class_to_idx), dict(self.given_class_to_idx)
+        classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
+        if not classes:
+            raise UserError(f"{directory} has no class folders; run split_data.py first")
+        return classes, {c: i for i, c in enumerate(classes)}
+
+    @staticmethod
+    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=True):
+        # By hand: torchvision walks into hidden folders and, before 0.17, refuses an empty class.
+        samples = []
+        for cls, idx in sorted(class_to_idx.items(), key=lambda kv: kv[1]):
+            for root, dirs, files in sorted(os.walk(os.path.join(directory, cls), followlinks=True)):
+                dirs[:] = [d for d in dirs if not d.startswith(".")]
+                samples += [(os.path.join(root, f), idx) for f in sorted(files) if is_valid_file(f)]
+        return samples
+
+    def __getitem__(self, item):
+        index, seed = item
+        for _ in range(10):
+            path, target = self.samples[index]
+            try:
+                with open_image(path) as img, torch.random.fork_rng(devices=[]):
+                    if seed is not None:
+                        torch.manual_seed(seed)  # forked: the process's own random state is untouched
+                    return self.transform(img), target, index
+            except UserError as e:
+                if path not in self.warned:
+                    self.warned.add(path)
+                    print(f"warning: skipped: {e}", file=sys.stderr)
+                if not self.replace_unreadable:
+                    return None
+                index = (index + 1) % len(self.samples)
+        raise UserError(f"10 unreadable images in a row in {self.root}; check the data set")
+
+
+def collate_skip_none(batch):
+    """default_collate without the images that could not be read."""
+    batch = [b for b in batch if b is not None]
+    if not batch:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+    return torch.utils.data.default_collate(batch)
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler (shuffled by seed and epoch, sharded, padded) that also skips the samples an
+    interrupted epoch already went through, and hands each sample the seed of its augmentation."""
+
+    def __init__(self, dataset, world, shuffle, seed=0):
+        # seed * 100_003 keeps the shuffle of the checkpoints of the previous version.
+        super().__init__(dataset, num_replicas=world.size, rank=world.rank, shuffle=shuffle, seed=seed * 100_003)
+        self.skip = 0
+
+    def set_epoch(self, epoch, skip=0):
+        super().set_epoch(epoch)
+        self.skip = skip
+
+    def __iter__(self):
+        first = (self.seed + self.epoch) * len(self.dataset)
+        for i in list(super().__iter__())[self.skip:]:
+            yield i, (first + i if self.shuffle else None)
+
+    def __len__(self):
+        return max(0, self.num_samples - self.skip)
+
+
+def ignore_sigint(_worker_id):
+    # Ctrl-C is the main process's to handle: it saves a checkpoint at the end of the step.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def mixup_available():
+    from torchvision.transforms import v2
+    return hasattr(v2, "MixUp")
+
+
+def batch_mixer(s, num_classes):
+    """torchvision's MixUp and/or CutMix (one of them per batch), or None."""
+    if not (s.mixup_alpha or s.cutmix_alpha):
+        return None
+    from torchvision.transforms import v2
+    mixers = ([v2.MixUp(alpha=s.mixup_alpha, num_classes=num_classes)] if s.mixup_alpha else []) + \
+             ([v2.CutMix(alpha=s.cutmix_alpha, num_classes=num_classes)] if s.cutmix_alpha else [])
+    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
+
+
+def parameter_groups(net, s):
+    """The new fc at --lr, the pretrained layers at lr x --backbone-lr-scale; with
+    --norm-weight-decay, norm layers and biases get that weight decay (usually 0)."""
+    norm_params = {id(p) for m in net.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
+                   for p in m.parameters()}
+    groups = {}
+    for name, p in net.named_parameters():
+        if not p.requires_grad:
+            continue
+        head = name.startswith("fc.")
+        no_decay = s.norm_weight_decay is not None and (id(p) in norm_params or name.endswith(".bias"))
+        key = (not head, no_decay)  # the head's groups first
+        if key not in groups:
+            groups[key] = {"params": [], "lr": s.lr * (1.0 if head else s.backbone_lr_scale),
+                           "weight_decay": s.norm_weight_decay if no_decay else s.weight_decay}
+        groups[key]["params"].append(p)
+    return [groups[k] for k in sorted(groups)]
+
+
+def build_optimizer(net, s):
+    groups = parameter_groups(net, s)
+    if s.opt == "sgd":
+        return torch.optim.SGD(groups, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+    cls = torch.optim.AdamW if s.opt == "adamw" else torch.optim.Adam
+    return cls(groups, lr=s.lr, weight_decay=s.weight_decay)
+
+
+def lr_factor(step, s, steps_per_epoch, anchor=None):
+    """The learning rate's factor at an optimizer step: linear warm-up, then constant, cosine to
+    zero, or step decay. anchor = (step, factor): where a resumed run changed --epochs, the cosine
+    goes on from the factor it had there to zero at the new end, so the rate never jumps."""
+    total = s.epochs * steps_per_epoch
+    warmup = int(s.warmup_epochs * steps_per_epoch)
+    if s.lr_scheduler == "cosine" and anchor and step >= anchor[0]:
+        return anchor[1] * 0.5 * (1 + math.cos(math.pi * (step - anchor[0]) / max(1, total - anchor[0])))
+    if step < warmup:
+        return (step + 1) / warmup
+    if s.lr_scheduler == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    if s.lr_scheduler == "step":
+        return s.lr_gamma ** (step // (s.lr_step_size * steps_per_epoch))
+    return 1.0
+
+
+def build_scheduler(optimizer, s, steps_per_epoch, anchor=None):
+    """Stepped every optimizer step, not every epoch: warm-up and cosine are smooth on small data."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, s, steps_per_epoch, anchor))
+
+
+def ema_model(net, decay):
+    """An exponential moving average of the weights and of the BatchNorm statistics (use_buffers),
+    with the usual warm-up min(decay, (1 + n) / (10 + n)) so that short runs are not averaged
+    towards their random start."""
+    from torch.optim.swa_utils import AveragedModel
+
+    def average(ema_p, p, n):
+        d = min(decay, (1 + float(n)) / (10 + float(n)))
+        return ema_p * d + p * (1 - d)
+
+    return AveragedModel(net, avg_fn=average, use_buffers=True)
+
+
+class RunState:
+    """Where a run is: epochs done, batches done in the current epoch, the running sums and seconds of
+    that epoch, the best accuracy, the history and the learning-rate anchor. All a checkpoint needs
+    beyond the model and optimiser, to go on exactly where it stopped."""
+
+    def __init__(self):
+        self.epoch, self.step, self.seconds = 0, 0, 0.0
+        self.sums = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, images: this epoch, this process
+        self.best_acc = -1.0  # -1: the first epoch's weights are always kept
+        self.history, self.lr_anchor = [], None
+
+    def state_dict(self):
+        return {"epoch": self.epoch, "step": self.step, "seconds": self.seconds, "sums": self.sums.cpu(),
+                "best_acc": self.best_acc, "history": self.history, "lr_anchor": self.lr_anchor}
+
+    def load_state_dict(self, d):
+        self.epoch, self.step, self.seconds = d["epoch"], d["step"], d["seconds"]
+        self.sums = d["sums"].to(torch.float64)
+        self.best_acc, self.history, self.lr_anchor = d["best_acc"], list(d["history"]), d.get("lr_anchor")
+
+    def next_epoch(self):
+        self.epoch, self.step, self.seconds = self.epoch + 1, 0, 0.0
+        self.sums = torch.zeros(3, dtype=torch.float64)

@@ -1,0 +1,137 @@
+"""Weight files: building a model of model.py, reading a weights file safely (weights_only), checking
+that it is of the architecture and class count asked for, loading it for training or prediction,
+and torchvision's ImageNet files (URLs from its weight enums, downloaded with torch.hub)."""
+import re
+from pathlib import Path
+
+import torch
+
+import model as model_lib
+from cli import UserError, download, need_file
+
+
+def default_save_path(model_name):
+    """The tutorial's ./resNet34.pth, following the model's name for the others."""
+    return "./" + model_name.replace("resnet", "resNet").replace("resnext", "resNeXt") + ".pth"
+
+
+def build_model(name, num_classes=1000, include_top=True):
+    if name not in model_lib.MODELS:
+        raise UserError(f"unknown model {name!r}; choose one of {', '.join(model_lib.MODELS)}")
+    return model_lib.MODELS[name](num_classes=num_classes, include_top=include_top)
+
+
+def strip_wrapper_prefix(state_dict):
+    """Files saved from DistributedDataParallel or torch.compile carry a 'module.' or '_orig_mod.'
+    prefix on every key."""
+    return {re.sub(r"^(module\.|_orig_mod\.)+", "", k): v for k, v in state_dict.items()}
+
+
+def torch_load(path, what):
+    """torch.load with weights_only=True: a file of tensors loads, a pickle that runs code does not."""
+    need_file(path, what)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and unpickler errors all mean "not a weights file"
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} is not a PyTorch weights file: {reason}") from None
+
+
+def read_state_dict(path, what="weights file"):
+    """A state_dict from a plain weights file or from a training checkpoint (its 'model')."""
+    obj = torch_load(path, what)
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"{path} does not hold a state_dict of tensors")
+    return strip_wrapper_prefix(obj)
+
+
+def _shapes(state_dict):
+    return {k: tuple(v.shape) for k, v in state_dict.items()}
+
+
+def guess_architecture(state_dict):
+    """The model in model.py whose parameter names and shapes (fc aside) match, or None."""
+    found = {k: s for k, s in _shapes(state_dict).items() if not k.startswith("fc.")}
+    for name in model_lib.MODELS:
+        with torch.device("meta"):
+            ref = _shapes(build_model(name).state_dict())
+        if {k: s for k, s in ref.items() if not k.startswith("fc.")} == found:
+            return name
+    return None
+
+
+def check_architecture(net, model_name, state_dict, path):
+    """One line naming what was expected and what was found, when a file is of another model."""
+    ref = _shapes(net.state_dict())
+    found = _shapes(state_dict)
+    backbone_ok = all(found.get(k) == s for k, s in ref.items() if not k.startswith("fc."))
+    extra = [k for k in found if k not in ref]
+    if backbone_ok and not extra:
+        return
+    other = guess_architecture(state_dict)
+    what = f"{other} weights" if other else "weights of an unknown model"
+    hint = f"pass --model {other}" if other else "check the file"
+    raise UserError(f"{path} holds {what}, but --model is {model_name}; {hint}")
+
+
+def num_classes_of(state_dict):
+    w = state_dict.get("fc.weight")
+    return None if w is None else w.shape[0]
+
+
+def load_trained_weights(net, model_name, state_dict, path, class_source=None):
+    """Trained weights, whose class count must be the model's (from the class-index file)."""
+    check_architecture(net, model_name, state_dict, path)
+    n_file, n_model = num_classes_of(state_dict), net.fc.out_features
+    if n_file != n_model:
+        source = f"{class_source} lists" if class_source else "the model has"
+        raise UserError(f"{path} was trained for {n_file} classes but {source} {n_model}; "
+                        "use the class_indices.json written by the same training run")
+    net.load_state_dict(state_dict)
+    return net
+
+
+def load_pretrained(net, model_name, state_dict, path, verbose=True):
+    """Start from pretrained weights: the backbone loads, an fc of another class count is dropped
+    (the tutorial's second way: strict=False without fc.*)."""
+    check_architecture(net, model_name, state_dict, path)
+    if num_classes_of(state_dict) != net.fc.out_features:
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+    missing, unexpected = net.load_state_dict(state_dict, strict=False)
+    if verbose:
+        print(f"loaded {path}: missing keys {missing}, unexpected keys {unexpected}")
+    return net
+
+
+# ---------------------------------------------------------------- ImageNet files
+
+def imagenet_url(model_name):
+    """torchvision's IMAGENET1K_V1 file for the model (the V2 files want another val resize)."""
+    from torchvision.models import get_model_weights
+
+    try:
+        return get_model_weights(model_name).IMAGENET1K_V1.url
+    except (ValueError, KeyError, AttributeError):
+        raise UserError(f"no ImageNet weights known for {model_name!r}") from None
+
+
+def imagenet_cache_path(url):
+    """Where torch.hub keeps the file: <hub dir>/checkpoints/<file name>."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+def imagenet_weights(model_name, url=None, progress=True):
+    """Path of torchvision's ImageNet file for the model in the torch hub cache, downloaded and
+    checked against the hash prefix in its name (torch.hub's convention) if it is not there."""
+    url = url or imagenet_url(model_name)
+    dest = imagenet_cache_path(url)
+    if dest.is_file():
+        return dest
+    m = re.search(r"-([a-f0-9]{6,})\.", dest.name)
+    try:
+        return download(url, dest, sha256=m.group(1) if m else None, progress=progress)
+    except UserError as e:
+        raise UserError(f"{e}. Offline? Fetch {url} on another machine and put it at {dest}, "
+                        "or pass --weights PATH") from None
