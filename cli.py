@@ -30,10 +30,10 @@ class ArgumentParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def run_cli(main, parser):
-    """Parse the command line and run main(args). Bad input, a full disk or Ctrl-C end in one line
-    on stderr and a non-zero exit; only a bug in the code shows a traceback."""
-    args = parser.parse_args()
+def run_cli(main, parser, argv=None):
+    """Parse the command line and run main(args). Bad input, a full disk, running out of memory or
+    Ctrl-C end in one line on stderr and a non-zero exit; only a bug in the code shows a traceback."""
+    args = parser.parse_args(argv)
     try:
         main(args)
     except UserError as e:
@@ -47,6 +47,13 @@ def run_cli(main, parser):
         sys.exit(1)
     except OSError as e:  # disk full, permission denied, a vanished file: the system's own words
         print(f"error: {describe_os_error(e)}", file=sys.stderr)
+        sys.exit(1)
+    except RuntimeError as e:  # torch's out-of-memory errors (CUDA and CPU) are RuntimeErrors
+        text = str(e)
+        if "out of memory" not in text and "can't allocate memory" not in text:
+            raise
+        print(f"error: out of memory ({text.strip().splitlines()[0][:160]}); try a smaller --batch-size or "
+              "--img-size", file=sys.stderr)
         sys.exit(1)
 
 

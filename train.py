@@ -463,10 +463,10 @@ def check_run_outputs(s, classes, ckpt):
         return
     mine = bool(ckpt) or s.overwrite
     for path, what in ((s.save_path, "best weights"), (s.checkpoint, "checkpoint")):
+        check_output(path, what)
         if Path(path).exists() and not mine:
             raise UserError(f"{path} is there from an earlier run; --resume {s.checkpoint} continues it, "
                             "--overwrite replaces it, --save-path writes elsewhere")
-        check_output(path, what)
     check_output(s.class_indices, "class-index file", overwrite=s.overwrite, same_content=class_indices_bytes(classes))
 
 
@@ -546,15 +546,10 @@ def run(args, world, device_name=None):
         model = torch.compile(model)
     ema = ema_model(model_without_ddp, s.model_ema_decay) if s.model_ema else None
     optimizer = build_optimizer(model_without_ddp, s)
-    steps_per_epoch = math.ceil((len(train_loader) + state.step) / s.accum_steps)  # optimizer steps
+    steps_per_epoch = math.ceil(len(train_loader) / s.accum_steps)  # optimizer steps of a whole epoch
     if ckpt and s.epochs != settings_of(ckpt).get("epochs", s.epochs) and s.lr_scheduler == "cosine":
-        # The run is extended or shortened: the cosine goes on from where it is to zero at the new end.
-        old = argparse.Namespace(**{**vars(s), "epochs": settings_of(ckpt)["epochs"]})
-        done = ckpt["scheduler"]["last_epoch"]
-        state.lr_anchor = (done, lr_factor(done, old, steps_per_epoch, state.lr_anchor))
-        if world.is_main:
-            print(f"note: --epochs {s.epochs}: the cosine schedule continues from its current rate to zero at "
-                  f"epoch {s.epochs}")
+        state.lr_anchor = continue_cosine(s, settings_of(ckpt)["epochs"], ckpt["scheduler"]["last_epoch"],
+                                          steps_per_epoch, state.lr_anchor, world)
     scheduler = build_scheduler(optimizer, s, steps_per_epoch, state.lr_anchor)
     scaler = grad_scaler(device, ctx["amp_dtype"])
     criterion = nn.CrossEntropyLoss(label_smoothing=s.label_smoothing)
@@ -608,6 +603,23 @@ def run(args, world, device_name=None):
         final_report(result, val_set, classes, s.output_dir)
     return {"best_acc": state.best_acc, "history": state.history, "classes": classes, "confusion": result["confusion"],
             "settings": s}
+
+
+def continue_cosine(s, old_epochs, done, steps_per_epoch, anchor, world):
+    """The cosine's anchor when a resumed run changes --epochs. Mid-schedule, the rate goes on from
+    where it is down to zero at the new end: no jump. A schedule that had already ended (rate 0)
+    goes on as if planned for the new length from the start: the rate rises once, and we say so."""
+    old = argparse.Namespace(**{**vars(s), "epochs": old_epochs})
+    now = lr_factor(done, old, steps_per_epoch, anchor)
+    if now > 1e-3:
+        if world.is_main:
+            print(f"note: --epochs {s.epochs}: the cosine schedule goes on from its current rate "
+                  f"({now * s.lr:.3g}) to zero at epoch {s.epochs}")
+        return (done, now)
+    if world.is_main:
+        print(f"note: --epochs {s.epochs}: the cosine schedule had ended; it goes on as if planned for {s.epochs} "
+              f"epochs, so the rate rises from 0 to {lr_factor(done, s, steps_per_epoch) * s.lr:.3g}")
+    return None
 
 
 def end_of_epoch(s, state, world, device, optimizer, scheduler, scaler, ema, model_without_ddp, classes,
