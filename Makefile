@@ -1,5 +1,6 @@
 # make demo: set up .venv and run the whole pipeline (on SYNTHETIC demo flowers when no real data set is there)
 # make test: set up .venv and run the tests (CPU only, no network)
+# make test-floor: the same tests in .venv-floor, on the oldest versions requirements.txt allows (CI runs both)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,7 +10,12 @@ DEMO_ARGS ?= --model resnet18 --weights none --img-size 96 --epochs 8 --batch-si
   --weight-decay 0.05 --lr-scheduler cosine --warmup-epochs 1 --label-smoothing 0.1
 MODEL_ARGS = --model resnet18 --img-size 96 --weights $(DEMO_OUT)/resNet18.pth --class-indices $(DEMO_OUT)/class_indices.json
 
-.PHONY: demo test venv clean-demo
+# Python 3.8 (JetPack 5's) for the floor when this machine has one, else the default python3.
+FLOOR_PYTHON ?= $(shell for p in python3.8 $(HOME)/.pyenv/versions/3.8*/bin/python3.8; do \
+  command -v $$p >/dev/null 2>&1 && { echo $$p; break; }; done)
+FLOOR_VENV ?= .venv-floor
+
+.PHONY: demo test test-floor venv clean-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +44,15 @@ demo: $(VENV)/.run-deps
 
 test: $(VENV)/.test-deps
 	$(BIN)/python -m pytest -q tests
+
+$(FLOOR_VENV)/.deps: requirements-floor.txt requirements-test.txt requirements.txt
+	@echo "== floor: $(or $(FLOOR_PYTHON),python3 (no Python 3.8 here)) with $$(grep -E '^torch' requirements-floor.txt | tr '\n' ' ')"
+	$(or $(FLOOR_PYTHON),$(PYTHON)) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip install -r requirements-floor.txt
+	touch $@
+
+test-floor: $(FLOOR_VENV)/.deps
+	$(FLOOR_VENV)/bin/python -m pytest -q tests
 
 clean-demo:
 	rm -rf $(DEMO_OUT)

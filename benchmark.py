@@ -7,6 +7,7 @@
 Figures come after warm-up; the ratio column is against the plain fp32 (NCHW) path of the same run.
 """
 import argparse
+import importlib.util
 import json
 import os
 import random
@@ -19,8 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from device import amp_dtype, autocast, grad_scaler, select_device
-from images import list_images, load_rgb
+from device import amp_dtype, autocast, grad_scaler, peak_memory_mb, reset_peak_memory, select_device
+from images import MEAN, STD, EvalTransform, TrainTransform, list_images, load_rgb, open_image
 from inference import export_onnx
 from model import MODELS
 from weights import build_model
@@ -40,6 +41,11 @@ def get_args_parser(add_help=True):
     p.add_argument("--predict-folder", default=None,
                    help="instead: time `batch_predict.py FOLDER` against the tutorial's one-by-one fp32 loop, "
                         "both as whole processes (made with 100 images of 320-500 px if missing)")
+    p.add_argument("--loader", action="store_true",
+                   help="instead: images/s of one data-loader worker, the tutorial's decoding and transforms against "
+                        "ours (JPEG draft), on flower-sized photos and on 12 MP phone photos")
+    p.add_argument("--loader-images", type=int, default=12, help="photos of each kind for --loader (default: %(default)s)")
+    p.add_argument("--one-path", default=None, help=argparse.SUPPRESS)  # one path in its own process: its peak memory
     p.add_argument("--tutorial-predict", default=None, help=argparse.SUPPRESS)  # the baseline's own process
     p.add_argument("--weights", default=None, help=argparse.SUPPRESS)
     return p
@@ -111,28 +117,121 @@ def bench_onnx(args):
                                         args.steps * 2, args.warmup)
 
 
-def run_paths(args):
-    device = select_device(args.device)
+def model_paths(device):
+    """(name, channels_last, amp dtype) of the plain path and of each fast one."""
     amp = amp_dtype(device)
     paths = [("fp32", False, None), ("channels-last", True, None)]
     if amp is not None:
         amp_name = str(amp).replace("torch.", "")
         paths += [(amp_name, False, amp), (f"{amp_name} + channels-last", True, amp)]
-    results = []
-    for task, fn in ((("train", bench_train),) if not args.no_train else ()) + (("inference", bench_infer),):
-        for name, cl, dt in paths:
-            results.append({"task": task, "path": name, "images_per_s": fn(args, device, cl, dt)})
-            print(f"  {task:9} {name:26} {results[-1]['images_per_s']:8.1f} images/s", file=sys.stderr)
-    if not args.no_onnx:
+    return paths
+
+
+def one_path(args):
+    """Measure one path in this process (started for it alone), so that its peak memory is its own."""
+    device = select_device(args.device)
+    task, name = args.one_path.split(":", 1)
+    if name == "onnxruntime (CPU)":
         ips = bench_onnx(args)
-        if ips:
-            results.append({"task": "inference", "path": "onnxruntime (CPU)", "images_per_s": ips})
+    else:
+        _, cl, dt = next(p for p in model_paths(device) if p[0] == name)
+        reset_peak_memory(device)
+        ips = (bench_train if task == "train" else bench_infer)(args, device, cl, dt)
+    print(json.dumps({"images_per_s": ips, "peak_mem_mb": peak_memory_mb(device)}))
+
+
+def run_paths(args):
+    """Every path in a process of its own: images/s, and peak memory (CUDA: the most the tensors
+    held; CPU: the process's peak resident memory, torch's own ~300 MB included)."""
+    device = select_device(args.device)
+    names = [name for name, _, _ in model_paths(device)]
+    jobs = ([("train", n) for n in names] if not args.no_train else []) + [("inference", n) for n in names]
+    if not args.no_onnx and importlib.util.find_spec("onnxruntime"):
+        jobs.append(("inference", "onnxruntime (CPU)"))
+    results = []
+    for task, name in jobs:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--one-path", f"{task}:{name}", "--model", args.model,
+               "--batch-size", str(args.batch_size), "--img-size", str(args.img_size), "--device", str(device),
+               "--steps", str(args.steps), "--warmup", str(args.warmup)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        results.append({"task": task, "path": name, **json.loads(out)})
+        print(f"  {task:9} {name:26} {results[-1]['images_per_s']:8.1f} images/s "
+              f"{results[-1]['peak_mem_mb']:8.0f} MB", file=sys.stderr)
     for r in results:
         base = next(b for b in results if b["task"] == r["task"] and b["path"] == "fp32")
         r["ratio"] = r["images_per_s"] / base["images_per_s"]
     return {"model": args.model, "batch_size": args.batch_size, "img_size": args.img_size, "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "results": results}
+
+
+# ---------------------------------------------------------------- the data loader
+
+def make_phone_photos(folder, n, size=(4000, 3000)):
+    """n 12 MP JPEGs (drawn small, then scaled up: photo-like sizes and file sizes, quickly)."""
+    import demo_data
+    from PIL import Image
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(1)
+    for i in range(n):
+        img = demo_data.draw_image(demo_data.CLASSES[i % 5], rng, 600).resize(size, Image.BICUBIC)
+        img.save(folder / f"phone_{i:03d}.jpg", quality=90)
+
+
+def tutorial_transforms(img_size):
+    """The tutorial's: every image decoded whole by PIL, then torchvision's transforms."""
+    from torchvision import transforms
+    norm = [transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
+    train = transforms.Compose([transforms.RandomResizedCrop(img_size), transforms.RandomHorizontalFlip()] + norm)
+    val = transforms.Compose([transforms.Resize(int(round(img_size / 0.875))), transforms.CenterCrop(img_size)] + norm)
+    return train, val
+
+
+def time_per_image(fn, paths, repeat=2):
+    fn(paths[0])  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeat):
+        for p in paths:
+            fn(p)
+    return len(paths) * repeat / (time.perf_counter() - start)
+
+
+def loader_benchmark(args):
+    """Images/s of one worker: open, decode and transform, as a DataLoader worker does."""
+    from PIL import Image
+    torch.set_num_threads(1)  # a worker's share
+    tut_train, tut_val = tutorial_transforms(args.img_size)
+    our_train, our_val = TrainTransform(args.img_size), EvalTransform(args.img_size)
+
+    def tutorial(tf):
+        def run(p):
+            with Image.open(p) as img:
+                return tf(img.convert("RGB"))
+        return run
+
+    def ours(tf):
+        def run(p):
+            with open_image(p) as img:
+                return tf(img)
+        return run
+
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        sets = {"flower-sized photos (320-500 px)": Path(tmp) / "small", "12 MP phone photos (4000x3000)": Path(tmp) / "phone"}
+        make_images(sets["flower-sized photos (320-500 px)"], args.loader_images)
+        make_phone_photos(sets["12 MP phone photos (4000x3000)"], args.loader_images)
+        for data, folder in sets.items():
+            paths = list_images(folder)
+            for name, tut, our in (("train transform", tut_train, our_train), ("eval transform", tut_val, our_val)):
+                torch.manual_seed(0)
+                base = time_per_image(tutorial(tut), paths)
+                torch.manual_seed(0)
+                fast = time_per_image(ours(our), paths)
+                results.append({"task": data, "path": name, "tutorial_images_per_s": base, "images_per_s": fast,
+                                "ratio": fast / base})
+                print(f"  {data:34} {name:16} tutorial {base:7.1f}  ours {fast:7.1f} images/s", file=sys.stderr)
+    return {"task": "data loader, one worker", "model": "-", "device": "cpu", "device_name": cpu_name(),
+            "date": time.strftime("%Y-%m-%d"), "results": results}
 
 
 def cpu_name():
@@ -212,14 +311,29 @@ def predict_folder(args):
 def main(args):
     if args.tutorial_predict:
         return tutorial_predict(args)
-    report = predict_folder(args) if args.predict_folder else run_paths(args)
+    if args.one_path:
+        return one_path(args)
+    if args.loader:
+        report = loader_benchmark(args)
+    elif args.predict_folder:
+        report = predict_folder(args)
+    else:
+        report = run_paths(args)
     if args.json:
         print(json.dumps(report, indent=2))
         return report
     print(f"{report['model']} on {report['device_name']} ({report['date']}):")
-    print(f"{'task':10} {'path':58} {'images/s':>9} {'ratio':>7}")
+    if args.loader:
+        print(f"{'photos':34} {'transform':16} {'tutorial':>9} {'ours':>9} {'ratio':>7}   (images/s, one worker)")
+        for r in report["results"]:
+            print(f"{r['task']:34} {r['path']:16} {r['tutorial_images_per_s']:9.1f} {r['images_per_s']:9.1f} "
+                  f"{r['ratio']:6.2f}x")
+        return report
+    memory = "peak_mem_mb" in report["results"][0]
+    print(f"{'task':10} {'path':58} {'images/s':>9} {'ratio':>7}" + (f" {'peak MB':>8}" if memory else ""))
     for r in report["results"]:
-        print(f"{r.get('task', 'predict'):10} {r['path']:58} {r['images_per_s']:9.1f} {r['ratio']:6.2f}x")
+        print(f"{r.get('task', 'predict'):10} {r['path']:58} {r['images_per_s']:9.1f} {r['ratio']:6.2f}x"
+              + (f" {r['peak_mem_mb']:8.0f}" if memory else ""))
     return report
 
 

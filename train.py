@@ -394,14 +394,14 @@ def evaluate(net, loader, num_classes, ctx, desc="valid", interruptible=True):
     # DistributedSampler repeats a few images to even out the processes: each image counts once,
     # in the data set's order.
     first_row = {}
-    for row, index in enumerate(rows[:, 0].long().tolist()):
+    for row, index in enumerate(rows[:, 0].to(torch.int64).tolist()):
         first_row.setdefault(index, row)
     rows = rows[[first_row[i] for i in sorted(first_row)]]
-    true, pred = rows[:, 1].long(), rows[:, 2].long()
+    true, pred = rows[:, 1].to(torch.int64), rows[:, 2].to(torch.int64)
     conf = torch.bincount(true * num_classes + pred, minlength=num_classes ** 2).view(num_classes, num_classes)
     n = len(rows)
     return {"loss": rows[:, 4].sum().item() / max(n, 1), "acc": (true == pred).sum().item() / max(n, 1),
-            "confusion": conf, "index": rows[:, 0].long().tolist(), "true": true.tolist(), "pred": pred.tolist(),
+            "confusion": conf, "index": rows[:, 0].to(torch.int64).tolist(), "true": true.tolist(), "pred": pred.tolist(),
             "prob": rows[:, 3].tolist()}
 
 

@@ -61,3 +61,64 @@ def test_eval_transform_equals_torchvision(size, img_size):
                               transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
     import torch
     torch.testing.assert_close(torch.from_numpy(EvalTransform(img_size)(img)), ref(img), rtol=0, atol=1e-5)
+
+
+def photo(path, size, orientation=None):
+    """A photo-like JPEG (demo flowers drawn, then scaled to `size`)."""
+    import random
+
+    import demo_data
+    img = demo_data.draw_image("sunflowers", random.Random(3), 300).resize(size, Image.BICUBIC)
+    kw = {"quality": 92}
+    if orientation:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        kw["exif"] = exif.tobytes()
+    img.save(path, **kw)
+    return path
+
+
+def test_photo_no_bigger_than_the_target_is_unchanged(tmp_path):
+    """No draft below the resize target: the tutorial's pixels exactly, in training and prediction."""
+    import torch
+    from torchvision import transforms
+
+    from images import MEAN, STD, EvalTransform, TrainTransform, open_image
+    path = photo(tmp_path / "small.jpg", (300, 240))
+    ref = Image.open(path).convert("RGB")
+    norm = [transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
+    val = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224)] + norm)
+    with open_image(path) as img:
+        torch.testing.assert_close(torch.from_numpy(EvalTransform(224)(img)), val(ref), rtol=0, atol=1e-5)
+    train_ref = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip()] + norm)
+    ours = TrainTransform(224)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        expected = train_ref(ref)
+        torch.manual_seed(seed)
+        with open_image(path) as img:
+            torch.testing.assert_close(ours(img), expected, rtol=0, atol=1e-5)
+
+
+def test_a_large_jpeg_is_decoded_at_reduced_scale_and_looks_the_same(tmp_path):
+    import torch
+    from torchvision import transforms
+
+    from images import MEAN, STD, EvalTransform, decode_rgb, open_image
+    path = photo(tmp_path / "phone.jpg", (2400, 1800), orientation=6)  # shown as 1800 x 2400
+    with open_image(path) as img:
+        small = decode_rgb(img, shrink=1800 / 256)
+    assert small.size == (1800 // 4, 2400 // 4)  # DCT scale 1/4 keeps the short side >= 256, and upright
+    full = ImageOps_exif(path)
+    val = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+                              transforms.Normalize(MEAN, STD)])
+    with open_image(path) as img:
+        ours = torch.from_numpy(EvalTransform(224)(img))
+    diff = (ours - val(full)).abs()
+    assert diff.mean() < 0.03 and diff.max() < 1.0  # normalised units: a few levels of 255 on average
+
+
+def ImageOps_exif(path):
+    from PIL import ImageOps
+    with Image.open(path) as img:
+        return ImageOps.exif_transpose(img).convert("RGB")

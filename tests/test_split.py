@@ -103,3 +103,26 @@ def test_demo_makes_labelled_synthetic_data_and_example_images(tmp_path, capsys)
     make_class_folders(real / "flower_photos", per_class=2, classes=("x",))
     with pytest.raises(UserError, match="already holds a data set"):
         split_data.main(parse(split_data, ["--data-root", real, "--demo", "--demo-imgs", imgs]))
+
+
+def test_max_size_writes_upright_resized_copies_that_overwrite_can_remove(tmp_path, capsys):
+    from PIL import Image
+
+    from test_images import photo
+    src = tmp_path / "flower_photos"
+    for cla in ("a", "b"):
+        (src / cla).mkdir(parents=True)
+        for i in range(4):
+            photo(src / cla / f"{i}.jpg", (1200, 900), orientation=6)  # shown as 900 x 1200
+        Image.new("RGB", (60, 50), (9, 9, 9)).save(src / cla / "small.png")
+    args = ["--data-root", tmp_path, "--max-size", "100", "--val-rate", "0.25"]
+    split_data.main(parse(split_data, args))
+    placed = sorted((tmp_path / "train").rglob("*.*")) + sorted((tmp_path / "val").rglob("*.*"))
+    assert len(placed) == 10
+    for p in placed:
+        assert os.stat(p).st_nlink == 1  # copies, not links to the originals
+        with Image.open(p) as img:
+            assert img.size == ((100, 133) if p.suffix == ".jpg" else (60, 50))  # upright, shorter side 100
+    before = {p.name: p.stat().st_size for p in (src / "a").iterdir()}
+    split_data.main(parse(split_data, args + ["--overwrite"]))  # its own resized copies are its to replace
+    assert {p.name: p.stat().st_size for p in (src / "a").iterdir()} == before
