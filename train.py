@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -363,10 +364,8 @@ def train_one_epoch(model, params, loader, criterion, optimizer, scheduler, scal
 
 
 @torch.inference_mode()
-def evaluate(net, loader, num_classes, ctx, desc="valid", interruptible=True):
-    """Every val image's prediction: loss, accuracy, the confusion matrix (rows: true class, columns:
-    predicted) and per-image records (index, true, predicted, probability), gathered from all
-    processes with DistributedSampler's padding removed."""
+def predict_rows(net, loader, ctx, desc, interruptible):
+    """One row per val image of this process: index, true class, predicted class, probability, loss."""
     device, world = ctx["device"], ctx["world"]
     net.eval()
     indices_, true_, outputs = [], [], []
@@ -384,13 +383,22 @@ def evaluate(net, loader, num_classes, ctx, desc="valid", interruptible=True):
         outputs.append(torch.stack([pred.float(), prob, loss], 1))  # kept on the device: no sync per batch
         if interruptible and not world.distributed and STOP["requested"]:
             raise Interrupted
-    # One row per image: index, true class, predicted class, probability, loss.
-    rows = torch.cat([torch.stack([torch.cat(indices_), torch.cat(true_)], 1).double(),
-                      torch.cat(outputs).cpu().double()], 1) if outputs else torch.zeros(0, 5, dtype=torch.float64)
-    if world.distributed:
+    if not outputs:
+        return torch.zeros(0, 5, dtype=torch.float64)
+    return torch.cat([torch.stack([torch.cat(indices_), torch.cat(true_)], 1).double(),
+                      torch.cat(outputs).cpu().double()], 1)
+
+
+def evaluate(net, loader, num_classes, ctx, desc="valid", interruptible=True):
+    """Every val image's prediction: loss, accuracy, the confusion matrix (rows: true class, columns:
+    predicted) and per-image records (index, true, predicted, probability), gathered from all
+    processes with DistributedSampler's padding removed."""
+    world = ctx["world"]
+    rows = predict_rows(net, loader, ctx, desc, interruptible)
+    if world.distributed:  # outside inference_mode: torch 2.0's all_gather_object fails inside it
         gathered = [None] * world.size
-        dist.all_gather_object(gathered, rows)
-        rows = torch.cat(gathered)
+        dist.all_gather_object(gathered, rows.numpy())
+        rows = torch.from_numpy(np.concatenate(gathered))
     # DistributedSampler repeats a few images to even out the processes: each image counts once,
     # in the data set's order.
     first_row = {}
@@ -522,16 +530,50 @@ def run(args, world, device_name=None):
     if s.eval_only:
         return evaluate_only(s, model_without_ddp, val_set, val_loader, classes, ctx)
 
-    # 2. Model, optimiser, schedule; then a checkpoint's state, or the starting weights.
+    # 2. The model, its optimiser and schedule: from a checkpoint, or from the starting weights.
     state = RunState()
     if ckpt:
         state.load_state_dict(ckpt)
+    model, model_without_ddp = build_network(s, len(classes), world, ctx, ckpt)
+    ema = ema_model(model_without_ddp, s.model_ema_decay) if s.model_ema else None
+    optimizer, scheduler, scaler = build_optimisation(s, model_without_ddp, len(train_loader), state, ckpt, world, ctx)
+    if ckpt:
+        restore(ckpt, optimizer, scheduler, scaler, ema, args.resume, state, world)
+    if world.is_main:
+        print(f"mixed precision: {dtype_name(ctx['amp_dtype'])}, channels-last: {'on' if s.channels_last else 'off'}"
+              + (f", gradient accumulation: {s.accum_steps} batches" if s.accum_steps > 1 else ""))
+        atomic_write_bytes(s.class_indices, class_indices_bytes(classes))  # the first write
+
+    # 3. The epochs; each ends in a save.
+    criterion = nn.CrossEntropyLoss(label_smoothing=s.label_smoothing)
+    train_epochs(s, state, world, ctx, model, model_without_ddp, ema, train_sampler, train_loader, val_loader,
+                 criterion, optimizer, scheduler, scaler, classes)
+
+    # 4. The best weights, evaluated once more for the report.
+    if world.distributed:
+        dist.barrier()  # the best weights are on disk before the other processes read them
+    model_without_ddp.load_state_dict(read_state_dict(s.save_path))
+    result = evaluate(model_without_ddp, val_loader, len(classes), ctx, "best weights", interruptible=False)
+    if world.is_main:
+        print(f"best val_accuracy: {state.best_acc:.3f}, weights in {s.save_path}")
+        final_report(result, val_set, classes, s.output_dir)
+    return {"best_acc": state.best_acc, "history": state.history, "classes": classes, "confusion": result["confusion"],
+            "settings": s}
+
+
+def build_network(s, num_classes, world, ctx, ckpt):
+    """The model with its weights (the checkpoint's, or the starting ones) on the device, frozen where
+    asked; wrapped for DistributedDataParallel and torch.compile where that applies. Returns the
+    model to train and the plain one (what is saved)."""
+    model_without_ddp = build_model(s.model, num_classes=num_classes)
+    if ckpt:
         model_without_ddp.load_state_dict(ckpt["model"])
     else:
         initial_weights(model_without_ddp, s, world)
     if s.freeze_backbone:
         for name, p in model_without_ddp.named_parameters():
             p.requires_grad = name.startswith("fc.")
+    device = ctx["device"]
     model_without_ddp.to(device, memory_format=ctx["memory_format"])
     model = model_without_ddp
     if world.distributed:
@@ -544,30 +586,37 @@ def run(args, world, device_name=None):
     ctx["model_without_ddp"] = model_without_ddp
     if s.compile:
         model = torch.compile(model)
-    ema = ema_model(model_without_ddp, s.model_ema_decay) if s.model_ema else None
+    return model, model_without_ddp
+
+
+def build_optimisation(s, model_without_ddp, batches_per_epoch, state, ckpt, world, ctx):
+    """The optimiser, the per-step schedule (continued where a resumed run changed --epochs) and the
+    grad scaler."""
     optimizer = build_optimizer(model_without_ddp, s)
-    steps_per_epoch = math.ceil(len(train_loader) / s.accum_steps)  # optimizer steps of a whole epoch
+    steps_per_epoch = math.ceil(batches_per_epoch / s.accum_steps)  # optimizer steps of a whole epoch
     if ckpt and s.epochs != settings_of(ckpt).get("epochs", s.epochs) and s.lr_scheduler == "cosine":
         state.lr_anchor = continue_cosine(s, settings_of(ckpt)["epochs"], ckpt["scheduler"]["last_epoch"],
                                           steps_per_epoch, state.lr_anchor, world)
     scheduler = build_scheduler(optimizer, s, steps_per_epoch, state.lr_anchor)
-    scaler = grad_scaler(device, ctx["amp_dtype"])
-    criterion = nn.CrossEntropyLoss(label_smoothing=s.label_smoothing)
-    if ckpt:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        if ema is not None:
-            ema.load_state_dict(ckpt["ema"])
-        if world.is_main:
-            print(f"resumed from {args.resume}: epoch {state.epoch + 1}, step {state.step}, "
-                  f"best val_accuracy {max(state.best_acc, 0):.3f}")
-    if world.is_main:
-        print(f"mixed precision: {dtype_name(ctx['amp_dtype'])}, channels-last: {'on' if s.channels_last else 'off'}"
-              + (f", gradient accumulation: {s.accum_steps} batches" if s.accum_steps > 1 else ""))
-        atomic_write_bytes(s.class_indices, class_indices_bytes(classes))  # the first write
+    return optimizer, scheduler, grad_scaler(ctx["device"], ctx["amp_dtype"])
 
-    # 3. The epochs; each ends in a save. Ctrl-C saves where the run is and tells how to go on.
+
+def restore(ckpt, optimizer, scheduler, scaler, ema, path, state, world):
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    scaler.load_state_dict(ckpt["scaler"])
+    if ema is not None:
+        ema.load_state_dict(ckpt["ema"])
+    if world.is_main:
+        print(f"resumed from {path}: epoch {state.epoch + 1}, step {state.step}, "
+              f"best val_accuracy {max(state.best_acc, 0):.3f}")
+
+
+def train_epochs(s, state, world, ctx, model, model_without_ddp, ema, train_sampler, train_loader, val_loader,
+                 criterion, optimizer, scheduler, scaler, classes):
+    """Train and validate until --epochs; each epoch ends in a save. Ctrl-C saves where the run is
+    and prints how to go on."""
+    device = ctx["device"]
     params = [p for p in model_without_ddp.parameters() if p.requires_grad]
     mixer = batch_mixer(s, len(classes))
     previous_handler = signal.signal(signal.SIGINT, _on_sigint)
@@ -592,17 +641,6 @@ def run(args, world, device_name=None):
         signal.signal(signal.SIGINT, previous_handler)
     if world.is_main:
         print("Finished Training")
-
-    # 4. The best weights, evaluated once more for the report.
-    if world.distributed:
-        dist.barrier()  # the best weights are on disk before the other processes read them
-    model_without_ddp.load_state_dict(read_state_dict(s.save_path))
-    result = evaluate(model_without_ddp, val_loader, len(classes), ctx, "best weights", interruptible=False)
-    if world.is_main:
-        print(f"best val_accuracy: {state.best_acc:.3f}, weights in {s.save_path}")
-        final_report(result, val_set, classes, s.output_dir)
-    return {"best_acc": state.best_acc, "history": state.history, "classes": classes, "confusion": result["confusion"],
-            "settings": s}
 
 
 def continue_cosine(s, old_epochs, done, steps_per_epoch, anchor, world):

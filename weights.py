@@ -2,6 +2,7 @@
 that it is of the architecture and class count asked for, loading it for training or prediction,
 and torchvision's ImageNet files (URLs from its weight enums, downloaded with torch.hub)."""
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -31,7 +32,9 @@ def torch_load(path, what):
     """torch.load with weights_only=True: a file of tensors loads, a pickle that runs code does not."""
     need_file(path, what)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch 2.0 warns about its own TypedStorage here, on stderr
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and unpickler errors all mean "not a weights file"
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{path} is not a PyTorch weights file: {reason}") from None
