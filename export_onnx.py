@@ -16,11 +16,17 @@ when there, and the INT8 file is kept only if it loses at most --max-drop points
 Either both files are written or neither.
 """
 import random
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
+
+try:
+    import torch
+except ImportError:  # a deployment machine (requirements-deploy.txt) predicts; exporting needs PyTorch
+    sys.exit("error: export_onnx.py needs PyTorch (pip install -r requirements.txt); run it where the model was "
+             "trained and copy the .onnx file and labels.txt to this machine")
 
 from cli import (ArgumentParser, UserError, atomic_path, atomic_write_bytes, check_output, float_in, int_at_least,
                  need_dir, non_negative_float, read_class_indices, run_cli)
