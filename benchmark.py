@@ -267,8 +267,10 @@ def predict_folder(args):
     for r in results:
         base = next(b for b in results if b["task"] == r["task"])  # the tutorial's, first of each task
         r["ratio"] = r["images_per_s"] / base["images_per_s"]
-    return {"task": f"whole processes, {n} images of {folder}", "model": args.model, "device": args.device,
-            "device_name": cpu_name(), "date": time.strftime("%Y-%m-%d"), "results": results}
+    device = select_device(args.device)
+    return {"task": f"whole processes, {n} images of {folder}", "model": args.model, "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+            "date": time.strftime("%Y-%m-%d"), "results": results}
 
 
 def main(args):

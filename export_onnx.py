@@ -15,6 +15,7 @@ only when ONNX Runtime's output matches PyTorch's.
 when there, and the INT8 file is kept only if it loses at most --max-drop points of top-1 accuracy.
 Either both files are written or neither.
 """
+import itertools
 import random
 import sys
 import tempfile
@@ -31,7 +32,7 @@ except ImportError:  # a deployment machine (requirements-deploy.txt) predicts; 
 from cli import (ArgumentParser, UserError, atomic_path, atomic_write_bytes, check_output, float_in, int_at_least,
                  need_dir, non_negative_float, read_class_indices, run_cli)
 from images import EvalTransform, list_images, load_rgb
-from inference import INT8_MARK, add_model_args, decode_batches, default_weights, export_onnx, normalize
+from inference import add_model_args, decode_batches, default_weights, export_onnx, normalize
 from weights import build_model, load_trained_weights, read_state_dict
 
 
@@ -132,13 +133,11 @@ def calibration_images(folder, n):
         by_class.setdefault(p.parent, []).append(p)
     if not by_class:
         raise UserError(f"no images in {folder} to calibrate the INT8 model on (--calib-dir)")
-    for i, paths in enumerate(by_class[k] for k in sorted(by_class)):
-        random.Random(i).shuffle(paths)
     queues = [by_class[k] for k in sorted(by_class)]
-    chosen = []
-    while len(chosen) < n and any(queues):
-        chosen += [q.pop(0) for q in queues if q][:n - len(chosen)]
-    return chosen
+    for i, paths in enumerate(queues):
+        random.Random(i).shuffle(paths)
+    taken_in_turn = [p for group in itertools.zip_longest(*queues) for p in group if p is not None]
+    return taken_in_turn[:n]
 
 
 def val_images(folder, classes):
@@ -167,6 +166,8 @@ class CalibrationImages:
             if len(batch):
                 self.used += len(batch)
                 return {"input": normalize(batch)}
+        if not self.used:
+            raise UserError("none of the calibration images could be read (--calib-dir)")
         return None
 
 
@@ -187,13 +188,10 @@ def quantize_int8(fp32, int8, paths, img_size, flavour):
                         reduce_range=False, activation_type=QuantType.QInt8 if signed else QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
                         extra_options={"ActivationSymmetric": signed, "WeightSymmetric": True})
-    if reader.used == 0:
-        raise UserError("none of the calibration images could be read")
     # Which flavour this is, for inference.quantized_for on a machine without the onnx package.
     model = onnx.load(str(int8))
     onnx.helper.set_model_props(model, {"int8_for": flavour})
     onnx.save(model, str(int8))
-    assert INT8_MARK[flavour] in Path(int8).read_bytes()
     return reader.used, reader.skipped
 
 
