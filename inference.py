@@ -291,7 +291,11 @@ def onnx_predictor(path, num_classes, img_size, provider="auto", trt_cache=None,
     need_file(path, "ONNX file", "make it with export_onnx.py")
     providers = onnx_providers(provider, path, trt_cache, img_size, batch_size)
     try:
-        session = ort.InferenceSession(str(path), providers=providers)
+        options = ort.SessionOptions()
+        # ONNX Runtime's threads spin between operators by default, taking the cores that the decoding
+        # processes need: 20% less CPU time and 10-20% faster whole runs here without it.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session = ort.InferenceSession(str(path), options, providers=providers)
     except Exception as e:
         raise UserError(f"{path} is not a usable ONNX model: {str(e).strip().splitlines()[0]}") from None
     inp, out = session.get_inputs()[0], session.get_outputs()[0]
