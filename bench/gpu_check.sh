@@ -32,8 +32,8 @@ $PY predict.py $W/imgs/daisy.jpg $M --save-fig $OUT/predict.png
 $PY benchmark.py --predict-folder $W/imgs100 --predict-images 100 --device cuda 2>&1 | tail -10
 $PY batch_predict.py $W/imgs100 $M --batch-size 64 | tail -1
 step onnx export: fp32 + INT8 for TensorRT, then fp32 + INT8 for the CPU, accuracy on val/
-$PY export_onnx.py $M --out $W/m.onnx --check-images $W/imgs --int8 tensorrt --data-path $W/data 2>&1 | tail -6
-$PY export_onnx.py $M --out $W/m.onnx --check-images $W/imgs --int8 --data-path $W/data --overwrite 2>&1 | tail -3
+$PY export_onnx.py $M --out $W/m.onnx --check-images $W/imgs --int8 tensorrt --data-path $W/data 2>&1 | grep -E "top-1|exported|matches|error"
+$PY export_onnx.py $M --out $W/m.onnx --check-images $W/imgs --int8 --data-path $W/data --overwrite 2>&1 | grep -E "top-1|INT8 for|error"
 step onnx runtime providers: parity with PyTorch fp32 on val/, images/s
 $PY -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
 V="$W/data/val --recursive --batch-size 32"
