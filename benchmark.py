@@ -2,9 +2,12 @@
 
     python benchmark.py                                   # resnet34, batch 16, 224 px, auto device
     python benchmark.py --device cpu --steps 5 --json
-    python benchmark.py --predict-folder bench/imgs       # whole-process batch_predict.py vs the tutorial's loop
+    python benchmark.py --predict-folder bench/imgs       # whole processes: the tutorial's loop, batch_predict.py,
+                                                          # --onnx fp32 and INT8; predict.py on one image
 
 Figures come after warm-up; the ratio column is against the plain fp32 (NCHW) path of the same run.
+With --predict-folder every figure is a whole process, start-up included, and the ratio is against the
+tutorial's own loop (or its predict.py, for one image) in the same run.
 """
 import argparse
 import importlib.util
@@ -39,8 +42,12 @@ def get_args_parser(add_help=True):
     p.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--predict-folder", default=None,
-                   help="instead: time `batch_predict.py FOLDER` against the tutorial's one-by-one fp32 loop, "
-                        "both as whole processes (made with 100 images of 320-500 px if missing)")
+                   help="instead: time whole processes on this folder of images (made if missing): the tutorial's "
+                        "loop, batch_predict.py with PyTorch, with --onnx fp32 and INT8; and predict.py on one image")
+    p.add_argument("--predict-images", type=int, default=400,
+                   help="images of 320-500 px made for --predict-folder when it is missing (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="runs of each one-image prediction; the median is shown (default: %(default)s)")
     p.add_argument("--loader", action="store_true",
                    help="instead: images/s of one data-loader worker, the tutorial's decoding and transforms against "
                         "ours (JPEG draft), on flower-sized photos and on 12 MP phone photos")
@@ -247,8 +254,9 @@ def cpu_name():
 # ---------------------------------------------------------------- whole-process prediction
 
 def tutorial_predict(args):
-    """The tutorial's batch_predict loop, as the baseline: decode one by one in the main process,
-    fp32, NCHW, batches of 5. (Run in its own process by --predict-folder.)"""
+    """The tutorial's prediction, as the baseline, run in its own process by --predict-folder: for a
+    folder, its batch_predict loop (decode one by one in the main process, fp32, NCHW, batches of 5);
+    for one file, its predict.py (one image, fp32, the figure drawn with pyplot)."""
     import json as js
 
     from torchvision import transforms  # the tutorial's preprocessing, and its import cost
@@ -258,8 +266,21 @@ def tutorial_predict(args):
     net.to(device).eval()
     tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
                              transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
-    paths = list_images(args.tutorial_predict)
     classes = js.loads((Path(args.weights).parent / "class_indices.json").read_text())
+    if Path(args.tutorial_predict).is_file():
+        import matplotlib.pyplot as plt
+
+        img = load_rgb(args.tutorial_predict)
+        plt.imshow(img)
+        with torch.no_grad():
+            probs = torch.softmax(torch.squeeze(net(tf(img).unsqueeze(0).to(device))).cpu(), dim=0)
+        best = int(torch.argmax(probs))
+        plt.title(f"class: {classes[str(best)]}   prob: {float(probs[best]):.3}")
+        for i in range(len(probs)):
+            print(f"class: {classes[str(i)]:10}   prob: {float(probs[i]):.3}")
+        plt.savefig(Path(args.weights).parent / "tutorial_predict.png")  # headless, plt.show() would do nothing
+        return
+    paths = list_images(args.tutorial_predict)
     bs = 5
     with torch.no_grad():
         for ids in range(len(paths) // bs):
@@ -269,7 +290,8 @@ def tutorial_predict(args):
                 print(f"image: {paths[ids * bs + idx]}  class: {classes[str(int(cla))]}  prob: {float(pro):.3}")
 
 
-def make_images(folder, n=100):
+def make_images(folder, n=400):
+    """n photo-like JPEGs of 320-500 px a side, the same every time (a fixed seed)."""
     import demo_data
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)
@@ -278,34 +300,76 @@ def make_images(folder, n=100):
         img.resize((img.width, rng.randint(320, 500))).save(folder / f"img_{i:03d}.jpg", quality=90)
 
 
+def timed(cmd):
+    """Seconds for a whole process, start-up included."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable] + [str(c) for c in cmd], check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def trt_offered():
+    try:
+        import onnxruntime
+    except ImportError:
+        return False
+    return "TensorrtExecutionProvider" in onnxruntime.get_available_providers()
+
+
 def predict_folder(args):
     folder = Path(args.predict_folder)
     if not folder.is_dir():
-        make_images(folder)
-    n = len(list_images(folder))
-    with tempfile.TemporaryDirectory() as tmp_dir:  # throwaway weights, removed afterwards
+        make_images(folder, args.predict_images)
+    paths = list_images(folder)
+    n = len(paths)
+    here = Path(__file__).resolve().parent
+    with tempfile.TemporaryDirectory() as tmp_dir:  # throwaway weights and models, removed afterwards
         tmp = Path(tmp_dir)
-        torch.save(build_model(args.model, num_classes=5).state_dict(), tmp / "w.pth")
-        (tmp / "class_indices.json").write_text(json.dumps({str(i): f"class{i}" for i in range(5)}))
-        here = Path(__file__).resolve().parent
-        runs = {
-            "tutorial loop (fp32, one by one, batch 5)": [str(here / "benchmark.py"), "--tutorial-predict", str(folder),
-                                                           "--weights", str(tmp / "w.pth")],
-            "batch_predict.py (workers, amp, channels-last, batch 16)": [
-                str(here / "batch_predict.py"), str(folder), "--batch-size", "16", "--weights", str(tmp / "w.pth"),
-                "--class-indices", str(tmp / "class_indices.json")],
-        }
+        weights, classes, onnx32 = tmp / "w.pth", tmp / "class_indices.json", tmp / "m.onnx"
+        torch.manual_seed(0)  # random weights: the speed is the same as trained ones'
+        torch.save(build_model(args.model, num_classes=5).state_dict(), weights)
+        classes.write_text(json.dumps({str(i): f"class{i}" for i in range(5)}))
+        model = ["--model", args.model, "--weights", weights, "--class-indices", classes]
+        if not args.no_onnx:  # fp32 and INT8 (for the CPU), calibrated on the images themselves
+            subprocess.run([sys.executable, here / "export_onnx.py", *model, "--out", onnx32, "--int8",
+                            "--calib-dir", folder, "--calib-images", "32", "--data-path", tmp / "no-data",
+                            "--check-images", folder], check=True, stdout=subprocess.DEVNULL)
+        tutorial = [here / "benchmark.py", "--model", args.model, "--weights", weights, "--device", args.device,
+                    "--tutorial-predict"]
+        torch_run = [*model, "--device", args.device]
+        folder_runs = [("tutorial loop (fp32, one by one, batch 5)", tutorial + [folder]),
+                       ("batch_predict.py (PyTorch, batch 16)", [here / "batch_predict.py", folder, "--batch-size",
+                                                                 "16", *torch_run])]
+        one = paths[0]
+        fig = ["--save-fig", tmp / "predict.png"]
+        latency_runs = [("tutorial predict.py", tutorial + [one]),
+                        ("predict.py (PyTorch)", [here / "predict.py", one, *torch_run, *fig])]
+        if not args.no_onnx:
+            for name, path in (("fp32", onnx32), ("INT8", onnx32.with_name("m.int8.onnx"))):
+                folder_runs.append((f"batch_predict.py --onnx {name} (batch 16)",
+                                    [here / "batch_predict.py", folder, "--batch-size", "16", "--onnx", path]))
+                latency_runs.append((f"predict.py --onnx {name}", [here / "predict.py", one, "--onnx", path, *fig]))
+        # TensorRT builds its engine on a model's first run (minutes), then loads it from the cache:
+        # that first run is made untimed, as a deployment would have made it once.
+        if not args.no_onnx and trt_offered():
+            for _, cmd in folder_runs + latency_runs:
+                if "--onnx" in cmd:
+                    timed(cmd)
         results = []
-        for name, cmd in runs.items():
-            cmd += ["--model", args.model, "--device", args.device]
-            start = time.perf_counter()
-            subprocess.run([sys.executable] + cmd, check=True, stdout=subprocess.DEVNULL)
-            seconds = time.perf_counter() - start
-            results.append({"path": name, "seconds": seconds, "images_per_s": n / seconds})
+        for name, cmd in folder_runs:
+            seconds = timed(cmd)
+            results.append({"task": f"{n} images", "path": name, "seconds": seconds, "images_per_s": n / seconds})
+            print(f"  {name:48} {seconds:7.2f} s", file=sys.stderr)
+        for name, cmd in latency_runs:  # the median of --repeats runs: a second is easily disturbed
+            seconds = sorted(timed(cmd) for _ in range(args.repeats))[args.repeats // 2]
+            results.append({"task": "one image", "path": name, "seconds": seconds, "images_per_s": 1 / seconds})
+            print(f"  {name:48} {seconds:7.2f} s", file=sys.stderr)
     for r in results:
-        r["ratio"] = r["images_per_s"] / results[0]["images_per_s"]
-    return {"task": f"whole process, {n} images of {folder}", "model": args.model, "device": args.device,
-            "device_name": cpu_name(), "date": time.strftime("%Y-%m-%d"), "results": results}
+        base = next(b for b in results if b["task"] == r["task"])  # the tutorial's, first of each task
+        r["ratio"] = r["images_per_s"] / base["images_per_s"]
+    device = select_device(args.device)
+    return {"task": f"whole processes, {n} images of {folder}", "model": args.model, "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+            "date": time.strftime("%Y-%m-%d"), "results": results}
 
 
 def main(args):
@@ -330,9 +394,10 @@ def main(args):
                   f"{r['ratio']:6.2f}x")
         return report
     memory = "peak_mem_mb" in report["results"][0]
-    print(f"{'task':10} {'path':58} {'images/s':>9} {'ratio':>7}" + (f" {'peak MB':>8}" if memory else ""))
+    print(f"{'task':10} {'path':48} {'seconds':>8} {'images/s':>9} {'ratio':>7}" + (f" {'peak MB':>8}" if memory else ""))
     for r in report["results"]:
-        print(f"{r.get('task', 'predict'):10} {r['path']:58} {r['images_per_s']:9.1f} {r['ratio']:6.2f}x"
+        seconds = f"{r['seconds']:8.2f}" if "seconds" in r else " " * 8
+        print(f"{r['task']:10} {r['path']:48} {seconds} {r['images_per_s']:9.1f} {r['ratio']:6.2f}x"
               + (f" {r['peak_mem_mb']:8.0f}" if memory else ""))
     return report
 

@@ -1,21 +1,38 @@
-"""Export trained weights to ONNX (dynamic batch) and check the file against PyTorch with ONNX Runtime.
+"""Export trained weights to ONNX (dynamic batch) and check the file against PyTorch with ONNX Runtime;
+with --int8, also an INT8 model for fast prediction on a CPU (or TensorRT), checked for accuracy.
 
     python export_onnx.py --model resnet34 --weights resNet34.pth --out resNet34.onnx
+    python export_onnx.py --weights resNet34.pth --int8            # + resNet34.int8.onnx, for the CPU
+    python export_onnx.py --weights resNet34.pth --int8 tensorrt   # + resNet34.int8-tensorrt.onnx
     trtexec --onnx=resNet34.onnx --fp16 --saveEngine=resNet34.engine     # on a Jetson / TensorRT
 
 Input `input` (N, 3, H, W), normalised as in training; output `logits`, or `probs` with --softmax.
 labels.txt beside the file holds the class names, one per line, in output order. The file is kept
 only when ONNX Runtime's output matches PyTorch's.
+
+--int8 is ONNX Runtime's static post-training quantization (QDQ, per-channel weights), calibrated on
+--calib-images training images. The fp32 and the INT8 model are then measured on <data-path>/val
+when there, and the INT8 file is kept only if it loses at most --max-drop points of top-1 accuracy.
+Either both files are written or neither.
 """
+import itertools
+import random
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
+
+try:
+    import torch
+except ImportError:  # a deployment machine (requirements-deploy.txt) predicts; exporting needs PyTorch
+    sys.exit("error: export_onnx.py needs PyTorch (pip install -r requirements.txt); run it where the model was "
+             "trained and copy the .onnx file and labels.txt to this machine")
 
 from cli import (ArgumentParser, UserError, atomic_path, atomic_write_bytes, check_output, float_in, int_at_least,
-                 read_class_indices, run_cli)
+                 need_dir, non_negative_float, read_class_indices, run_cli)
 from images import EvalTransform, list_images, load_rgb
-from inference import add_model_args, default_weights, export_onnx
+from inference import add_model_args, decode_batches, default_weights, export_onnx, normalize
 from weights import build_model, load_trained_weights, read_state_dict
 
 
@@ -29,6 +46,21 @@ def get_args_parser(add_help=True):
     p.add_argument("--check-images", default="data/imgs", help="real images for the check, when there (default: %(default)s)")
     p.add_argument("--atol", type=float_in(0, None, low_open=True), default=1e-3,
                    help="largest difference allowed (default: %(default)s)")
+    q = p.add_argument_group("INT8")
+    q.add_argument("--int8", nargs="?", const="cpu", default=None, choices=("cpu", "tensorrt"),
+                   help="also write an INT8 model beside the fp32 one: <out>.int8.onnx for ONNX Runtime on a CPU "
+                        "(unsigned activations, its fastest), or with 'tensorrt' <out>.int8-tensorrt.onnx (symmetric "
+                        "signed, what TensorRT's INT8 needs)")
+    q.add_argument("--data-path", default="data_set/flower_data",
+                   help="the data set: calibration images from its train/, accuracy on its val/ (default: %(default)s)")
+    q.add_argument("--calib-dir", default=None,
+                   help="images to calibrate on, in <class>/ folders or not (default: <data-path>/train)")
+    q.add_argument("--calib-images", type=int_at_least(8), default=200,
+                   help="how many, spread evenly over the classes; a few hundred at most (default: %(default)s)")
+    q.add_argument("--max-drop", type=non_negative_float, default=1.0,
+                   help="largest loss of top-1 accuracy on val/, in points, for the INT8 file to be kept "
+                        "(default: %(default)s)")
+    q.add_argument("--keep-int8", action="store_true", help="keep the INT8 file whatever it loses")
     return p
 
 
@@ -85,9 +117,125 @@ def compare_with_pytorch(net, onnx_path, inputs, atol):
     return worst
 
 
+# ---------------------------------------------------------------- INT8
+
+def int8_path(out, flavour):
+    return out.with_name(out.stem + (".int8.onnx" if flavour == "cpu" else ".int8-tensorrt.onnx"))
+
+
+def calibration_images(folder, n):
+    """Up to n images of folder, the same ones every run: each class folder shuffled with a fixed
+    seed, then taken in turn, so every class is represented even when n is small."""
+    folder = need_dir(folder, "calibration folder", "--calib-dir points at training images, "
+                                                    "or --data-path at a data set with train/")
+    by_class = {}
+    for p in list_images(folder, recursive=True):
+        by_class.setdefault(p.parent, []).append(p)
+    if not by_class:
+        raise UserError(f"no images in {folder} to calibrate the INT8 model on (--calib-dir)")
+    queues = [by_class[k] for k in sorted(by_class)]
+    for i, paths in enumerate(queues):
+        random.Random(i).shuffle(paths)
+    taken_in_turn = [p for group in itertools.zip_longest(*queues) for p in group if p is not None]
+    return taken_in_turn[:n]
+
+
+def val_images(folder, classes):
+    """(paths, class indices) of an ImageFolder-like val/ (<class>/<images>), for the classes the
+    model knows; ([], []) when there is no such folder."""
+    paths, labels = [], []
+    for i, name in enumerate(classes):
+        if (Path(folder) / name).is_dir():
+            found = list_images(Path(folder) / name, recursive=True)
+            paths += found
+            labels += [i] * len(found)
+    return paths, labels
+
+
+class CalibrationImages:
+    """ONNX Runtime's CalibrationDataReader (any object with get_next() is one): batches of 8
+    images, decoded in worker processes and preprocessed as prediction does."""
+
+    def __init__(self, paths, img_size):
+        self.batches = decode_batches(paths, img_size, batch_size=8)
+        self.used = self.skipped = 0
+
+    def get_next(self):
+        for _, batch, errors in self.batches:
+            self.skipped += len(errors)
+            if len(batch):
+                self.used += len(batch)
+                return {"input": normalize(batch)}
+        if not self.used:
+            raise UserError("none of the calibration images could be read (--calib-dir)")
+        return None
+
+
+def quantize_int8(fp32, int8, paths, img_size, flavour):
+    """Static INT8 quantization of the fp32 file into `int8`: QDQ, per-channel weights, min-max
+    ranges from the calibration images. "cpu": unsigned activations (ONNX Runtime's fastest on a
+    CPU); "tensorrt": symmetric signed ones, as TensorRT requires."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
+
+    signed = flavour == "tensorrt"
+    reader = CalibrationImages(paths, img_size)
+    with tempfile.TemporaryDirectory(prefix="export_onnx.") as tmp:  # the pre-processed model: removed whatever happens
+        pre = Path(tmp) / "pre.onnx"
+        # Always: it folds the Identity nodes that make ONNX Runtime 1.32's quantized model slow.
+        quant_pre_process(str(fp32), str(pre))
+        quantize_static(str(pre), str(int8), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                        reduce_range=False, activation_type=QuantType.QInt8 if signed else QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"ActivationSymmetric": signed, "WeightSymmetric": True})
+    # Which flavour this is, for inference.quantized_for on a machine without the onnx package.
+    model = onnx.load(str(int8))
+    onnx.helper.set_model_props(model, {"int8_for": flavour})
+    onnx.save(model, str(int8))
+    return reader.used, reader.skipped
+
+
+def top1(models, paths, labels, img_size):
+    """Top-1 accuracy in percent of each ONNX file on the images (decoded once for all), and how
+    often their top classes agree with the first model's."""
+    import onnxruntime as ort
+
+    sessions = [ort.InferenceSession(str(m), providers=["CPUExecutionProvider"]) for m in models]
+    correct, agree, seen = [0] * len(models), [0] * len(models), 0
+    for indices, batch, _ in decode_batches(paths, img_size, batch_size=16):
+        if not indices:
+            continue
+        x, truth = normalize(batch), np.asarray([labels[i] for i in indices])
+        tops = [s.run(None, {"input": x})[0].argmax(axis=1) for s in sessions]
+        for k, top in enumerate(tops):
+            correct[k] += int((top == truth).sum())
+            agree[k] += int((top == tops[0]).sum())
+        seen += len(indices)
+    return [100 * c / max(seen, 1) for c in correct], [100 * a / max(seen, 1) for a in agree], seen
+
+
+def check_int8(fp32, int8, val_dir, classes, args):
+    """Measure both models on val/ and print them side by side; raise when INT8 loses more than
+    --max-drop points (unless --keep-int8)."""
+    paths, labels = val_images(val_dir, classes)
+    if not paths:
+        print(f"no {val_dir} with folders named after the classes: INT8 accuracy not measured")
+        return None
+    (acc32, acc8), (_, same), seen = top1([fp32, int8], paths, labels, args.img_size)
+    drop = acc32 - acc8
+    print(f"top-1 on {seen} images of {val_dir}: fp32 {acc32:.2f}%   INT8 {acc8:.2f}%   ({-drop:+.2f} points; "
+          f"same class for {same:.1f}% of the images)")
+    if drop > args.max_drop and not args.keep_int8:
+        raise UserError(f"INT8 loses {drop:.2f} points of top-1 (more than --max-drop {args.max_drop}), so neither "
+                        "file was written; try more --calib-images, or --keep-int8 to keep it anyway")
+    return acc32, acc8
+
+
+# ---------------------------------------------------------------- main
+
 def main(args):
     onnx, _ = import_onnx()
-    # Settle everything first: weights, classes, both outputs.
+    # Settle everything first: weights, classes, every output, the calibration images.
     weights = default_weights(args)
     classes = read_class_indices(args.class_indices or "./class_indices.json")
     state_dict = read_state_dict(weights, "trained weights")
@@ -97,20 +245,34 @@ def main(args):
     labels = out.parent / "labels.txt"
     labels_text = ("\n".join(classes) + "\n").encode()
     check_output(out, "ONNX file", overwrite=args.overwrite)
+    if args.int8:
+        out8 = check_output(int8_path(out, args.int8), "INT8 ONNX file", overwrite=args.overwrite)
+        calib = calibration_images(args.calib_dir or Path(args.data_path) / "train", args.calib_images)
     check_output(labels, "labels file", overwrite=args.overwrite, same_content=labels_text)
     net = build_model(args.model, num_classes=len(classes))
     load_trained_weights(net, args.model, state_dict, weights, args.class_indices or "./class_indices.json")
     net = (WithSoftmax(net) if args.softmax else net).eval()
     inputs = check_inputs(args.img_size, args.check_images)
 
-    # Export to a temporary file; it becomes `out` only once ONNX Runtime agrees with PyTorch.
+    # Export to a temporary file; it becomes `out` only once ONNX Runtime agrees with PyTorch (and,
+    # with --int8, the INT8 file passed too).
     with atomic_path(out) as tmp:
         export_onnx(net, tmp, args.img_size, args.opset, "probs" if args.softmax else "logits")
         onnx.checker.check_model(onnx.load(str(tmp)))
         worst = compare_with_pytorch(net, tmp, inputs, args.atol)
+        if args.int8:
+            with atomic_path(out8) as tmp8:
+                print(f"calibrating INT8 ({args.int8}) on {len(calib)} images...", flush=True)
+                used, skipped = quantize_int8(tmp, tmp8, calib, args.img_size, args.int8)
+                print(f"calibrated on {used} images" + (f" ({skipped} unreadable, skipped)" if skipped else ""))
+                check_int8(tmp, tmp8, Path(args.data_path) / "val", classes, args)
     atomic_write_bytes(labels, labels_text)
     print(f"exported {out} (opset {args.opset}, dynamic batch) and {labels}")
     print(f"ONNX Runtime matches PyTorch (largest difference {worst:.2e})")
+    if args.int8:
+        mb = out8.stat().st_size / 2**20
+        print(f"exported {out8} (INT8 for {'TensorRT' if args.int8 == 'tensorrt' else 'ONNX Runtime on a CPU'}, "
+              f"{mb:.1f} MB against {out.stat().st_size / 2**20:.1f} MB)")
     return out, worst
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The CUDA paths on a GPU machine, in one short run: AMP (bf16 and fp16 + grad scaler), channels-last,
-# cudnn.benchmark, pinned memory, resume, prediction, ONNX export, and the benchmark table.
+# cudnn.benchmark, pinned memory, resume, prediction, ONNX export, the benchmark table, and ONNX Runtime's
+# CUDA and TensorRT providers (parity with PyTorch and images/s; they need onnxruntime-gpu).
 # Usage: bash bench/gpu_check.sh OUTDIR
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -28,10 +29,40 @@ cp $W/bf16/history.csv $OUT/history_bf16.csv; cp $W/fp16/history.csv $OUT/histor
 step predict and batch predict on cuda
 M="--model resnet34 --weights $W/bf16/w.pth --class-indices $W/ci.json"
 $PY predict.py $W/imgs/daisy.jpg $M --save-fig $OUT/predict.png
-$PY benchmark.py --predict-folder $W/imgs100 --device cuda 2>&1 | tail -4
+$PY benchmark.py --predict-folder $W/imgs100 --predict-images 100 --device cuda 2>&1 | tail -10
 $PY batch_predict.py $W/imgs100 $M --batch-size 64 | tail -1
-step onnx export
-$PY export_onnx.py $M --out $W/m.onnx --check-images $W/imgs 2>&1 | tail -3
+step onnx export: fp32 + INT8 for TensorRT, then fp32 + INT8 for the CPU, accuracy on val/
+$PY export_onnx.py $M --out $W/m.onnx --check-images $W/imgs --int8 tensorrt --data-path $W/data 2>&1 | grep -E "top-1|exported|matches|error"
+$PY export_onnx.py $M --out $W/m.onnx --check-images $W/imgs --int8 --data-path $W/data --overwrite 2>&1 | grep -E "top-1|INT8 for|error"
+step onnx runtime providers: parity with PyTorch fp32 on val/, images/s
+$PY -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
+V="$W/data/val --recursive --batch-size 32"
+$PY batch_predict.py $V $M --no-amp --csv $W/torch.csv | tail -1
+parity() {  # same top class and top probability as PyTorch fp32, image by image
+  $PY - "$W/torch.csv" "$1" <<'PYEOF'
+import csv, sys
+a, b = ({r["path"]: r for r in csv.DictReader(open(f))} for f in sys.argv[1:3])
+same = sum(a[p]["class"] == b[p]["class"] for p in a)
+diff = max(abs(float(a[p]["prob"]) - float(b[p]["prob"])) for p in a if a[p]["class"] == b[p]["class"])
+print(f"  parity with PyTorch fp32: same class {same}/{len(a)}, largest top-probability difference {diff:.4f}")
+PYEOF
+}
+for run in "cuda m.onnx" "tensorrt m.onnx" "tensorrt m.int8-tensorrt.onnx" "auto m.int8.onnx"; do
+  set -- $run
+  if ! $PY -c "import onnxruntime as o, sys; sys.exit({'cuda': 'CUDA', 'tensorrt': 'Tensorrt', 'auto': 'CPU'}['$1'] + 'ExecutionProvider' not in o.get_available_providers())"; then
+    echo "--provider $1: not offered by this onnxruntime (pip install onnxruntime-gpu); skipped"; continue
+  fi
+  for pass in first second; do  # TensorRT: the first run builds the engine, the second loads it from the cache
+    start=$(date +%s%N)
+    rm -f $W/ort.csv
+    $PY batch_predict.py $V --onnx $W/$2 --provider $1 --csv $W/ort.csv > $W/ort.log 2>&1; ok=$?
+    tail -2 $W/ort.log
+    [ $ok = 0 ] || continue 2
+    echo "  --provider $1 $2, $pass run: $(( ($(date +%s%N) - start) / 1000000 )) ms in all"
+    [ "$1" = tensorrt ] || break
+  done
+  parity $W/ort.csv
+done
 step benchmark batch 16 and 64
 $PY benchmark.py --device cuda --steps 30 --warmup 5 --no-onnx --json > $OUT/bench_b16.json && $PY -c "import json;r=json.load(open('$OUT/bench_b16.json'));[print(x) for x in r['results']]"
 $PY benchmark.py --device cuda --steps 30 --warmup 5 --batch-size 64 --no-onnx

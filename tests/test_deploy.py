@@ -1,0 +1,357 @@
+"""Deployment: the INT8 export, prediction without PyTorch, the execution providers and the
+whole-process benchmark."""
+import contextlib
+import io
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import batch_predict
+import benchmark
+import export_onnx
+import inference
+import predict
+from cli import UserError
+from conftest import ROOT, make_class_folders, parse, run_script
+
+ort = pytest.importorskip("onnxruntime")
+TRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
+
+
+def export_args(tiny_run, out, *extra):
+    return parse(export_onnx, ["--model", "resnet18", "--weights", tiny_run["weights"], "--class-indices",
+                               tiny_run["classes"], "--img-size", "32", "--out", out, "--check-images",
+                               tiny_run["data"] / "val" / "daisy", "--calib-dir", tiny_run["data"] / "train",
+                               "--calib-images", "8", *extra])
+
+
+def export_quietly(args):
+    """export_onnx.main(args) and what it printed (module fixtures cannot use capsys)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        export_onnx.main(args)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def int8_run(tiny_run, tmp_path_factory):
+    """The tiny model exported as fp32 and CPU INT8, measured on a val/ of 18 images."""
+    base = tmp_path_factory.mktemp("int8")
+    make_class_folders(base / "data" / "val", per_class=6)
+    printed = export_quietly(export_args(tiny_run, base / "m.onnx", "--int8", "--data-path", base / "data",
+                                         "--max-drop", "100"))  # the tiny model's accuracy is a coin toss
+    return {"fp32": base / "m.onnx", "int8": base / "m.int8.onnx", "val": base / "data" / "val", "printed": printed}
+
+
+@pytest.fixture(scope="module")
+def trt_run(tiny_run, tmp_path_factory):
+    """The TensorRT flavour, with a data path that has no val/."""
+    base = tmp_path_factory.mktemp("trt")
+    printed = export_quietly(export_args(tiny_run, base / "m.onnx", "--int8", "tensorrt", "--data-path", base / "none"))
+    return {"int8": base / "m.int8-tensorrt.onnx", "printed": printed}
+
+
+def session(path):
+    return ort.InferenceSession(str(path), providers=[CPU])
+
+
+# ---------------------------------------------------------------- export_onnx.py --int8
+
+def test_int8_predicts_like_fp32_and_both_accuracies_are_printed(int8_run, tiny_run):
+    assert inference.quantized_for(int8_run["int8"]) == "cpu"
+    assert int8_run["int8"].stat().st_size < 0.4 * int8_run["fp32"].stat().st_size
+    line = re.search(r"top-1 on (\d+) images of .*: fp32 ([\d.]+)%\s+INT8 ([\d.]+)%", int8_run["printed"])
+    assert line and int(line[1]) == 18
+    # The printed figures are the models' real top-1 on val/, through the --onnx prediction path.
+    common = [int8_run["val"], "--recursive", "--img-size", "32", "--class-indices", tiny_run["classes"],
+              "--batch-size", "4", "--workers", "0"]
+    rows = {}
+    for name in ("fp32", "int8"):
+        rows[name], _ = batch_predict.main(parse(batch_predict, common + ["--onnx", int8_run[name]]))
+    for name, printed in (("fp32", line[2]), ("int8", line[3])):
+        correct = sum(path.split(os.sep)[-2] == pairs[0][0] for path, pairs in rows[name])
+        assert float(printed) == pytest.approx(100 * correct / 18, abs=0.01)
+    # INT8 gives nearly the same probabilities, hence mostly the same classes.
+    assert [p for p, _ in rows["fp32"]] == [p for p, _ in rows["int8"]]
+    same = sum(a[0][0] == b[0][0] for (_, a), (_, b) in zip(rows["fp32"], rows["int8"]))
+    assert same >= 12
+    x = inference.normalize(inference.decode_batch(list(enumerate(sorted(int8_run["val"].rglob("*.jpg")))), 32)[1])
+    probs = [inference.softmax(session(int8_run[m]).run(None, {"input": x})[0]) for m in ("fp32", "int8")]
+    assert np.abs(probs[0] - probs[1]).max() < 0.03
+    assert (int8_run["fp32"].parent / "labels.txt").read_text().split() == ["daisy", "roses", "tulips"]
+
+
+def test_tensorrt_flavour_is_symmetric_signed_and_missing_val_is_said(trt_run):
+    import onnx
+
+    assert "INT8 accuracy not measured" in trt_run["printed"]
+    model = onnx.load(str(trt_run["int8"]))
+    zero_points = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    quantize = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert quantize and all(zero_points[n.input[2]].dtype == np.int8 and not zero_points[n.input[2]].any()
+                            for n in quantize)
+    assert inference.quantized_for(trt_run["int8"]) == "tensorrt"
+
+
+def test_int8_flavour_is_read_without_the_onnx_package(int8_run, trt_run, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # a deployment machine: onnxruntime only
+    assert inference.quantized_for(int8_run["fp32"]) is None
+    assert inference.quantized_for(int8_run["int8"]) == "cpu"
+    assert inference.quantized_for(trt_run["int8"]) == "tensorrt"
+
+
+@pytest.fixture
+def private_tmp(tmp_path, monkeypatch):
+    """The system temp folder, private to the test, to see that nothing is left there."""
+    folder = tmp_path / "system-tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def test_int8_losing_more_than_max_drop_writes_nothing_unless_kept(tiny_run, tmp_path, private_tmp, monkeypatch):
+    make_class_folders(tmp_path / "data" / "val", per_class=2)
+    # The quantization is the fixtures' (real) one; here only what is done with its measured loss.
+    monkeypatch.setattr(export_onnx, "quantize_int8", lambda fp32, int8, *a: (shutil.copy(fp32, int8), (8, 0))[1])
+    monkeypatch.setattr(export_onnx, "top1", lambda *a: ([90.0, 88.5], [100.0, 97.0], 6))
+    out = tmp_path / "out" / "m.onnx"
+    with pytest.raises(UserError, match=r"INT8 loses 1.50 points .*--max-drop 1.0.*neither file was written"):
+        export_onnx.main(export_args(tiny_run, out, "--int8", "--data-path", tmp_path / "data"))
+    assert list(out.parent.iterdir()) == [] and list(private_tmp.iterdir()) == []
+    export_onnx.main(export_args(tiny_run, out, "--int8", "--data-path", tmp_path / "data", "--keep-int8"))
+    assert sorted(p.name for p in out.parent.iterdir()) == ["labels.txt", "m.int8.onnx", "m.onnx"]
+    assert list(private_tmp.iterdir()) == []
+
+
+def test_ctrl_c_while_quantizing_leaves_nothing_behind(tiny_run, tmp_path, private_tmp, monkeypatch):
+    import onnxruntime.quantization as q
+
+    def interrupted(pre, int8, reader, **kwargs):
+        assert os.path.isfile(pre)  # the pre-processed model exists, in the temp folder
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(q, "quantize_static", interrupted)
+    out = tmp_path / "out" / "m.onnx"
+    with pytest.raises(KeyboardInterrupt):
+        export_onnx.main(export_args(tiny_run, out, "--int8", "--data-path", tmp_path / "none"))
+    assert list(out.parent.iterdir()) == [] and list(private_tmp.iterdir()) == []
+
+
+def test_int8_outputs_and_calibration_folder_are_checked_first(tiny_run, tmp_path):
+    (tmp_path / "m.int8.onnx").write_bytes(b"mine")
+    with pytest.raises(UserError, match=r"m.int8.onnx already exists; --overwrite replaces it"):
+        export_onnx.main(export_args(tiny_run, tmp_path / "m.onnx", "--int8"))
+    args = export_args(tiny_run, tmp_path / "n.onnx", "--int8", "tensorrt", "--calib-dir", tmp_path / "nothing")
+    with pytest.raises(UserError, match="calibration folder not found"):
+        export_onnx.main(args)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.int8.onnx"]
+    assert (tmp_path / "m.int8.onnx").read_bytes() == b"mine"
+
+
+def test_calibration_sample_is_fixed_and_spread_over_classes(tmp_path):
+    make_class_folders(tmp_path, per_class=6, size=16)
+    first = export_onnx.calibration_images(tmp_path, 7)
+    assert first == export_onnx.calibration_images(tmp_path, 7) and len(set(first)) == 7
+    assert sorted(sum(p.parent.name == c for p in first) for c in ("daisy", "roses", "tulips")) == [2, 2, 3]
+    assert len(export_onnx.calibration_images(tmp_path, 100)) == 18
+
+
+# ---------------------------------------------------------------- prediction without PyTorch
+
+# Runs a script as `python script args` would, then lists the top-level modules it imported.
+RUN_AND_LIST_MODULES = """
+import runpy, sys
+sys.argv = sys.argv[1:]
+sys.path.insert(0, {root!r})
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+finally:
+    print("MODULES", " ".join(sorted({{m.split(".")[0] for m in sys.modules}})))
+"""
+
+
+def run_listing_modules(script, *argv):
+    env = dict(os.environ, MPLBACKEND="Agg")
+    env.pop("DISPLAY", None)
+    return subprocess.run([sys.executable, "-c", RUN_AND_LIST_MODULES.format(root=str(ROOT)), str(ROOT / script),
+                           *map(str, argv)], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_onnx_prediction_imports_neither_torch_nor_torchvision(int8_run, tmp_path):
+    folder = tmp_path / "imgs"
+    shutil.copytree(int8_run["val"] / "daisy", folder)
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    batch = run_listing_modules("batch_predict.py", folder, "--onnx", int8_run["int8"], "--img-size", "32",
+                                "--batch-size", "2", "--workers", "2")  # decoded in a process pool
+    one = run_listing_modules("predict.py", folder / "daisy_0.jpg", "--onnx", int8_run["fp32"], "--img-size", "32",
+                              "--save-fig", tmp_path / "p.png")
+    for result in (batch, one):
+        assert result.returncode == 0, result.stderr
+        modules = result.stdout.rsplit("MODULES", 1)[1].split()
+        assert "onnxruntime" in modules and "torch" not in modules and "torchvision" not in modules
+    assert len(re.findall(r"^image: .*daisy_\d.jpg  class: \w+  prob: [\d.e-]+$", batch.stdout, re.M)) == 6
+    assert "skipped: cannot read image" in batch.stderr and "(unreadable: " in batch.stdout
+    assert "with ONNX Runtime (CPUExecutionProvider)" in batch.stdout
+    assert len(re.findall(r"^class: \w+ +prob: ", one.stdout, re.M)) == 3 and (tmp_path / "p.png").is_file()
+
+
+def test_numpy_preprocessing_equals_torchvision_and_the_torch_predictor_input(tiny_run, tmp_path, monkeypatch):
+    import torch
+    from torchvision import transforms
+
+    import weights
+    from images import MEAN, STD
+
+    img_size = 224
+    benchmark.make_images(tmp_path, 3)  # photo-sized JPEGs, 320-500 px
+    Image.new("RGBA", (300, 200), (10, 200, 30, 128)).save(tmp_path / "alpha.png")
+    make_class_folders(tmp_path, per_class=1, size=40, classes=("small",))  # smaller than the crop
+    paths = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    indices, batch, errors = inference.decode_batch(list(enumerate(paths)), img_size)
+    assert indices == [0, 1, 2, 3, 4] and not errors
+    ours = inference.normalize(batch)
+    tv = transforms.Compose([transforms.Resize(int(round(img_size / 0.875))), transforms.CenterCrop(img_size),
+                             transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
+
+    def rgb(path):  # what the tutorial did, with the alpha put on white as images.py does
+        img = Image.open(path)
+        if img.mode == "RGBA":
+            img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img)
+        return img.convert("RGB")
+
+    torch.testing.assert_close(torch.from_numpy(ours), torch.stack([tv(rgb(p)) for p in paths]), rtol=0, atol=1e-5)
+
+    # The PyTorch predictor, given the same uint8 batch, feeds its model the same tensor.
+    seen = []
+    build = weights.build_model
+
+    def recording_build(*a, **k):
+        net = build(*a, **k)
+        net.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].float().cpu()))
+        return net
+
+    monkeypatch.setattr(weights, "build_model", recording_build)
+    args = parse(predict, ["--model", "resnet18", "--weights", tiny_run["weights"], "--img-size", img_size,
+                           "--no-amp", "--device", "cpu"])
+    predictor, _ = inference.load_predictor(args, 3, str(tiny_run["classes"]))
+    predictor(batch)
+    torch.testing.assert_close(seen[0], torch.from_numpy(ours), rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------- execution providers
+
+@pytest.fixture
+def offered(monkeypatch):
+    """Pretend that ONNX Runtime offers these providers."""
+    def offer(*names):
+        monkeypatch.setattr(ort, "get_available_providers", lambda: list(names))
+    return offer
+
+
+def test_auto_takes_tensorrt_then_cuda_then_cpu_with_fp16_and_int8_for_qdq(int8_run, trt_run, offered, tmp_path):
+    offered(CPU, CUDA, TRT)
+    fp32 = inference.onnx_providers("auto", int8_run["fp32"], None, 224, 16)
+    assert [p if isinstance(p, str) else p[0] for p in fp32] == [TRT, CUDA, CPU]
+    options = fp32[0][1]
+    assert options["trt_fp16_enable"] is True and options["trt_int8_enable"] is False
+    assert options["trt_engine_cache_enable"] is True
+    assert options["trt_engine_cache_path"] == str(int8_run["fp32"].with_suffix(".trt_cache"))
+    assert options["trt_profile_min_shapes"] == "input:1x3x224x224"
+    assert options["trt_profile_max_shapes"] == options["trt_profile_opt_shapes"] == "input:16x3x224x224"
+    qdq = inference.onnx_providers("tensorrt", trt_run["int8"], tmp_path / "cache", 224, 8)
+    assert qdq[0][0] == TRT and qdq[1] == CPU
+    assert qdq[0][1]["trt_int8_enable"] is True and qdq[0][1]["trt_fp16_enable"] is True
+    assert qdq[0][1]["trt_engine_cache_path"] == str(tmp_path / "cache")
+    assert inference.onnx_providers("cuda", trt_run["int8"]) == [CUDA, CPU]
+
+
+def test_tensorrt_is_not_given_the_cpu_int8_model(int8_run, offered, capsys):
+    offered(TRT, CUDA, CPU)
+    assert inference.onnx_providers("auto", int8_run["int8"]) == [CUDA, CPU]
+    note = capsys.readouterr().err.strip().splitlines()
+    assert len(note) == 1 and "TensorRT cannot run" in note[0] and "--int8 tensorrt" in note[0]
+    with pytest.raises(UserError, match="TensorRT cannot run.*--int8 tensorrt"):
+        inference.onnx_providers("tensorrt", int8_run["int8"])
+
+
+def test_cpu_only_onnxruntime_gives_cpu_or_a_one_line_error(int8_run, offered):
+    offered("AzureExecutionProvider", CPU)
+    assert inference.onnx_providers("auto", int8_run["fp32"]) == [CPU]
+    with pytest.raises(UserError, match="--provider tensorrt: this onnxruntime offers"):
+        inference.onnx_providers("tensorrt", int8_run["fp32"])
+
+
+@pytest.mark.skipif(CUDA in ort.get_available_providers(), reason="this onnxruntime has CUDA")
+def test_provider_cuda_without_it_is_one_line_on_stderr(int8_run, tiny_run):
+    result = run_script("predict.py", next(int8_run["val"].rglob("*.jpg")), "--onnx", int8_run["fp32"],
+                        "--img-size", "32", "--provider", "cuda")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("error: --provider cuda: this onnxruntime offers") and result.stderr.count("\n") == 1
+
+
+# ---------------------------------------------------------------- benchmark.py --predict-folder
+
+def test_make_images_is_deterministic_and_photo_sized(tmp_path):
+    benchmark.make_images(tmp_path / "a", 3)
+    benchmark.make_images(tmp_path / "b", 3)
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert len(names) == 3
+    for name in names:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+        assert all(320 <= side <= 500 for side in Image.open(tmp_path / "a" / name).size)
+
+
+def test_predict_folder_runs_every_path_with_valid_commands_and_ratios(tmp_path, monkeypatch, capsys):
+    """The commands are checked against each script's own parser; the processes themselves are run
+    by the other tests (and by the lead's benchmark), which keeps this one fast."""
+    commands = []
+
+    def fake_timed(cmd):
+        commands.append([str(c) for c in cmd])
+        return 4.0 if "--tutorial-predict" in commands[-1] else 1.0
+
+    exports = []
+    monkeypatch.setattr(benchmark, "timed", fake_timed)
+    monkeypatch.setattr(benchmark.subprocess, "run", lambda cmd, **k: exports.append([str(c) for c in cmd]))
+    report = benchmark.main(parse(benchmark, ["--predict-folder", tmp_path / "imgs", "--predict-images", "4",
+                                              "--model", "resnet18", "--repeats", "3", "--device", "cpu"]))
+    assert len(list((tmp_path / "imgs").glob("*.jpg"))) == 4
+    parsers = {"export_onnx.py": export_onnx, "batch_predict.py": batch_predict, "predict.py": predict,
+               "benchmark.py": benchmark}
+    for cmd in [e[1:] for e in exports] + commands:
+        args = parse(parsers[os.path.basename(cmd[0])], cmd[1:])
+        assert getattr(args, "onnx", None) or args.model == "resnet18"  # an ONNX file holds its architecture
+    assert "--int8" in exports[0] and len(exports) == 1
+    onnx_runs = [c for c in commands if "--onnx" in c]
+    assert {os.path.basename(c[c.index("--onnx") + 1]) for c in onnx_runs} == {"m.onnx", "m.int8.onnx"}
+    assert len(commands) == 4 + 4 * 3  # four folder runs, four one-image paths three times
+    rows = {(r["task"], r["path"]): r for r in report["results"]}
+    assert rows[("4 images", "tutorial loop (fp32, one by one, batch 5)")]["ratio"] == 1.0
+    assert rows[("4 images", "batch_predict.py --onnx INT8 (batch 16)")]["ratio"] == 4.0
+    assert rows[("one image", "predict.py --onnx INT8")]["seconds"] == 1.0
+    out = capsys.readouterr().out
+    assert "4.00x" in out and "one image" in out and "seconds" in out
+
+
+def test_tutorial_baselines_predict_a_folder_and_one_image(tmp_path, capsys):
+    import json
+
+    import torch
+
+    import weights
+    benchmark.make_images(tmp_path / "imgs", 5)
+    torch.save(weights.build_model("resnet18", num_classes=5).state_dict(), tmp_path / "w.pth")
+    (tmp_path / "class_indices.json").write_text(json.dumps({str(i): f"c{i}" for i in range(5)}))
+    common = ["--model", "resnet18", "--weights", tmp_path / "w.pth", "--device", "cpu", "--tutorial-predict"]
+    benchmark.main(parse(benchmark, common + [tmp_path / "imgs"]))
+    assert len(re.findall(r"^image: .*img_00\d.jpg  class: c\d  prob: ", capsys.readouterr().out, re.M)) == 5
+    benchmark.main(parse(benchmark, common + [tmp_path / "imgs" / "img_000.jpg"]))
+    assert len(re.findall(r"^class: c\d +prob: ", capsys.readouterr().out, re.M)) == 5
+    assert (tmp_path / "tutorial_predict.png").is_file()
