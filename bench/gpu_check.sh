@@ -19,6 +19,16 @@ $PY split_data.py --demo --data-root $W/data --demo-per-class 200 --demo-imgs $W
 T="--data-path $W/data --model resnet34 --weights none --img-size 224 --batch-size 64 --lr 1e-3 --class-indices $W/ci.json --workers 8"
 step train bf16 auto, 3 epochs
 $PY train.py $T --epochs 3 --save-path $W/bf16/w.pth 2>&1 | grep -vE 'it/s|s/it'
+step "train.py's images/s against the model alone (the data loader's share): the goal is 80% or more"
+for w in 8 16; do
+  $PY train.py $T --epochs 1 --workers $w --save-path $W/loader$w/w.pth > /dev/null 2>&1
+  tp=$($PY -c "import csv,sys; r=list(csv.DictReader(open('$W/loader$w/history.csv')))[-1]; print(r['images_per_s'])")
+  mo=$($PY benchmark.py --one-path "train:bfloat16 + channels-last" --batch-size 64 --steps 30 --warmup 5 --device cuda \
+       | $PY -c "import json,sys; print(round(json.loads(sys.stdin.read().strip().splitlines()[-1])['images_per_s'], 1))")
+  $PY -c "print(f'  --workers $w: train.py {float($tp):.0f} images/s, model alone {float($mo):.0f} images/s: {float($tp) / float($mo):.0%}')"
+done
+step "data loader per worker (flower-sized and 12 MP photos, tutorial vs ours)"
+$PY benchmark.py --loader 2>&1 | tail -5
 step train fp16 + grad scaler, 2 epochs
 $PY train.py $T --epochs 2 --amp-dtype fp16 --save-path $W/fp16/w.pth 2>&1 | grep -vE 'it/s|s/it'
 step train fp32 baseline, 2 epochs
