@@ -546,7 +546,9 @@ def run(args, world, device_name=None):
         model = torch.compile(model)
     ema = ema_model(model_without_ddp, s.model_ema_decay) if s.model_ema else None
     optimizer = build_optimizer(model_without_ddp, s)
-    steps_per_epoch = math.ceil((len(train_loader) + state.step) / s.accum_steps)  # optimizer steps
+    # Optimizer steps in a whole epoch: the sampler skips nothing until set_epoch, so the loader's
+    # length is the whole epoch's even when resuming in the middle of one.
+    steps_per_epoch = math.ceil(len(train_loader) / s.accum_steps)
     if ckpt and s.epochs != settings_of(ckpt).get("epochs", s.epochs) and s.lr_scheduler == "cosine":
         # The run is extended or shortened: the cosine goes on from where it is to zero at the new end.
         old = argparse.Namespace(**{**vars(s), "epochs": settings_of(ckpt)["epochs"]})
