@@ -113,7 +113,7 @@ def ignore_sigint(_worker_id):
 
 
 def _transforms_v2():
-    # torchvision 0.15-0.16 warn at length that v2 is beta when it is imported: not the user's concern.
+    # torchvision 0.15 (v2 in beta) warns at length when v2 is imported: not the user's concern.
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
