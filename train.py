@@ -593,7 +593,9 @@ def build_optimisation(s, model_without_ddp, batches_per_epoch, state, ckpt, wor
     """The optimiser, the per-step schedule (continued where a resumed run changed --epochs) and the
     grad scaler."""
     optimizer = build_optimizer(model_without_ddp, s)
-    steps_per_epoch = math.ceil(batches_per_epoch / s.accum_steps)  # optimizer steps of a whole epoch
+    # Optimizer steps in a whole epoch: the sampler skips nothing until set_epoch, so the loader's
+    # length is the whole epoch's even when resuming in the middle of one.
+    steps_per_epoch = math.ceil(batches_per_epoch / s.accum_steps)
     if ckpt and s.epochs != settings_of(ckpt).get("epochs", s.epochs) and s.lr_scheduler == "cosine":
         state.lr_anchor = continue_cosine(s, settings_of(ckpt)["epochs"], ckpt["scheduler"]["last_epoch"],
                                           steps_per_epoch, state.lr_anchor, world)

@@ -112,16 +112,24 @@ def ignore_sigint(_worker_id):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _transforms_v2():
+    # torchvision 0.15 (v2 in beta) warns at length when v2 is imported: not the user's concern.
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torchvision.transforms import v2
+    return v2
+
+
 def mixup_available():
-    from torchvision.transforms import v2
-    return hasattr(v2, "MixUp")
+    return hasattr(_transforms_v2(), "MixUp")
 
 
 def batch_mixer(s, num_classes):
     """torchvision's MixUp and/or CutMix (one of them per batch), or None."""
     if not (s.mixup_alpha or s.cutmix_alpha):
         return None
-    from torchvision.transforms import v2
+    v2 = _transforms_v2()
     mixers = ([v2.MixUp(alpha=s.mixup_alpha, num_classes=num_classes)] if s.mixup_alpha else []) + \
              ([v2.CutMix(alpha=s.cutmix_alpha, num_classes=num_classes)] if s.cutmix_alpha else [])
     return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
