@@ -29,6 +29,9 @@ for w in 8 16; do
 done
 step "data loader per worker (flower-sized and 12 MP photos, tutorial vs ours)"
 $PY benchmark.py --loader 2>&1 | tail -5
+step "train --compile, 2 epochs (the first includes compiling): images/s against the bf16 run above"
+$PY train.py $T --epochs 2 --compile --save-path $W/compile/w.pth 2>&1 | grep -vE 'it/s|s/it'
+$PY -c "import csv; a=list(csv.DictReader(open('$W/bf16/history.csv'))); b=list(csv.DictReader(open('$W/compile/history.csv'))); print(f\"  epoch 2: bf16 {float(a[1]['images_per_s']):.0f} images/s, --compile {float(b[1]['images_per_s']):.0f} images/s\")"
 step train fp16 + grad scaler, 2 epochs
 $PY train.py $T --epochs 2 --amp-dtype fp16 --save-path $W/fp16/w.pth 2>&1 | grep -vE 'it/s|s/it'
 step train fp32 baseline, 2 epochs

@@ -9,8 +9,9 @@ OUT=${2:-bench/out/train_speed}
 A="--data-path $DATA --model resnet34 --weights none --epochs 1 --batch-size 16 --overwrite"
 $PY train.py $A --no-amp --no-channels-last --save-path "$OUT/fp32/w.pth" --class-indices "$OUT/ci.json" >/dev/null 2>&1
 $PY train.py $A --save-path "$OUT/fast/w.pth" --class-indices "$OUT/ci.json" >/dev/null 2>&1
-fp32=$(tail -1 "$OUT/fp32/history.csv" | cut -d, -f8 | tr -d "\r")
-fast=$(tail -1 "$OUT/fast/history.csv" | cut -d, -f8 | tr -d "\r")
+images_per_s() { $PY -c "import csv, sys; print(list(csv.DictReader(open(sys.argv[1])))[-1]['images_per_s'])" "$1"; }
+fp32=$(images_per_s "$OUT/fp32/history.csv")
+fast=$(images_per_s "$OUT/fast/history.csv")
 echo "tutorial loop (fp32, NCHW): $fp32 images/s"
 echo "train.py defaults (amp, channels-last): $fast images/s"
 python3 -c "print(f'ratio: {$fast / $fp32:.2f}x')"

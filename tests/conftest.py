@@ -1,5 +1,6 @@
 """Shared fixtures: tiny generated data sets and one tiny trained model, all on the CPU."""
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +58,30 @@ def tiny_run(tmp_path_factory):
                                                    "--class-indices", out / "class_indices.json"]))
     return {"base": base, "data": data_root, "weights": out / "resNet18.pth",
             "classes": out / "class_indices.json", "result": result}
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory):
+    """3 classes of 8 images split at 0.25: 18 train images (5 batches of 4, the last of 2), 6 val.
+    Only read by the tests: each writes its run elsewhere."""
+    root = tmp_path_factory.mktemp("small") / "flower_data"
+    make_class_folders(root / "flower_photos", per_class=8)
+    split_data.main(parse(split_data, ["--data-root", root, "--val-rate", "0.25"]))
+    return root
+
+
+def interrupt_at_step(n):
+    """Send a real SIGINT (as Ctrl-C does) right after the n-th optimizer step; returns the hook handle."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+    count = [0]
+
+    def hook(optimizer, args, kwargs):
+        count[0] += 1
+        if count[0] == n:
+            os.kill(os.getpid(), signal.SIGINT)
+    return register_optimizer_step_post_hook(hook)
+
+
+def comparable(history):
+    """A run's history without what depends on the machine's speed and memory."""
+    return [{k: v for k, v in h.items() if k not in ("seconds", "images_per_s", "peak_mem_mb")} for h in history]

@@ -15,22 +15,13 @@ import torch.nn as nn
 import demo_data
 import device
 import model
-import split_data
 import train
 import training
 from cli import UserError
-from conftest import TINY_TRAIN, make_class_folders, parse, run_script
+from conftest import TINY_TRAIN, comparable, interrupt_at_step, parse, run_script
 from images import TrainTransform, open_image
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("recipes") / "flower_data"
-    make_class_folders(root / "flower_photos", per_class=8)
-    split_data.main(parse(split_data, ["--data-root", root, "--val-rate", "0.25"]))
-    return root  # 18 train images: 5 batches of 4 (the last of 2), 6 val
 
 
 def run_args(data, out, *extra):
@@ -40,18 +31,6 @@ def run_args(data, out, *extra):
 
 def load(path):
     return torch.load(path, weights_only=True)
-
-
-def stop_after_optimizer_step(n):
-    """A real SIGINT (as Ctrl-C sends) right after the n-th optimizer step."""
-    count = [0]
-
-    def hook(optimizer, args, kwargs):
-        count[0] += 1
-        if count[0] == n:
-            os.kill(os.getpid(), signal.SIGINT)
-    from torch.optim.optimizer import register_optimizer_step_post_hook
-    return register_optimizer_step_post_hook(hook)
 
 
 def stop_during_batch(n):
@@ -65,10 +44,6 @@ def stop_during_batch(n):
             if count[0] == n:
                 os.kill(os.getpid(), signal.SIGINT)
     return torch.nn.modules.module.register_module_forward_pre_hook(hook)
-
-
-def comparable(history):
-    return [{k: v for k, v in h.items() if k not in ("seconds", "images_per_s", "peak_mem_mb")} for h in history]
 
 
 def check_resumes_exactly(data, tmp_path, extra, stop):
@@ -162,7 +137,7 @@ def test_accumulation_counts_optimizer_steps_stops_at_one_and_resumes_exactly(da
 
 def test_model_ema_validated_saved_and_resumed(data, tmp_path):
     extra = ["--model-ema", "--model-ema-decay", "0.9"]
-    full, resumed, ckpt = check_resumes_exactly(data, tmp_path, extra, lambda: stop_after_optimizer_step(7))
+    full, resumed, ckpt = check_resumes_exactly(data, tmp_path, extra, lambda: interrupt_at_step(7))
     assert ckpt["ema"] is not None and (ckpt["epoch"], ckpt["step"]) == (1, 2)
     assert all(0 <= h["val_acc_ema"] <= 1 for h in full["history"])
     assert full["best_acc"] == pytest.approx(max(max(h["val_acc"], h["val_acc_ema"]) for h in full["history"]),
@@ -238,7 +213,7 @@ def test_mixup_and_cutmix_mix_images_and_targets_and_the_loss_takes_soft_targets
 @needs_mixup
 def test_mixup_cutmix_run_resume_exactly_and_leave_train_accuracy_out(data, tmp_path):
     extra = ["--mixup-alpha", "0.4", "--cutmix-alpha", "1.0"]
-    full, _, _ = check_resumes_exactly(data, tmp_path, extra, lambda: stop_after_optimizer_step(7))
+    full, _, _ = check_resumes_exactly(data, tmp_path, extra, lambda: interrupt_at_step(7))
     assert all(math.isnan(h["train_acc"]) for h in full["history"])
     assert all(h["train_loss"] > 0 for h in full["history"])
     with open(tmp_path / "a" / "history.csv") as f:

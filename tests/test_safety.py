@@ -6,7 +6,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
@@ -26,7 +25,7 @@ import predict
 import split_data
 import train
 from cli import UserError
-from conftest import ROOT, TINY_TRAIN, make_class_folders, parse, run_script
+from conftest import ROOT, TINY_TRAIN, interrupt_at_step, make_class_folders, parse, run_script
 from test_errors import assert_one_line_error
 
 
@@ -188,7 +187,7 @@ def test_an_extreme_aspect_ratio_costs_little_memory(tmp_path):
             % (str(ROOT), str(strip), str(strip)))
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    shape, shape2, grown_kib = res.stdout.rsplit(" ", 1)[0], None, int(res.stdout.split()[-1])
+    shape, grown_kib = res.stdout.rsplit(" ", 1)[0], int(res.stdout.split()[-1])
     assert "(3, 112, 112)" in shape
     assert grown_kib < 200 * 1024  # the whole strip resized to a short side of 128 would be 2.5 GB
 
@@ -207,29 +206,16 @@ def test_epochs_0_and_other_out_of_range_numbers_are_one_line_errors(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.fixture(scope="module")
-def resume_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("resume7") / "flower_data"
-    make_class_folders(root / "flower_photos", per_class=8)
-    split_data.main(parse(split_data, ["--data-root", root, "--val-rate", "0.25"]))
-    return root  # 18 train images, 6 val
-
-
 def small_run(data, out, *extra):
     return parse(train, TINY_TRAIN + ["--data-path", data, "--save-path", out / "best.pth", "--batch-size", "4",
                                       "--class-indices", out / "ci.json", *extra])
 
 
-def interrupt_after(n):
-    from test_train import interrupt_at_step
-    return interrupt_at_step(n)
-
-
-def test_resume_refuses_a_contradicting_flag_and_names_both_values(resume_data, tmp_path):
-    handle = interrupt_after(3)
+def test_resume_refuses_a_contradicting_flag_and_names_both_values(data, tmp_path):
+    handle = interrupt_at_step(3)
     try:
         with pytest.raises(SystemExit):
-            train.main(small_run(resume_data, tmp_path, "--epochs", "2"))
+            train.main(small_run(data, tmp_path, "--epochs", "2"))
     finally:
         handle.remove()
     ckpt = tmp_path / "last.pth"
@@ -241,15 +227,15 @@ def test_resume_refuses_a_contradicting_flag_and_names_both_values(resume_data, 
     assert snapshot(tmp_path) == before
     # the same value again is no contradiction; --workers may change
     res = train.main(parse(train, ["--resume", ckpt, "--lr", "0.001", "--workers", "0",
-                                   "--data-path", str(resume_data) + "/"]))
+                                   "--data-path", str(data) + "/"]))
     assert len(res["history"]) == 2
 
 
-def test_an_interrupted_epoch_keeps_its_seconds(resume_data, tmp_path):
-    handle = interrupt_after(3)
+def test_an_interrupted_epoch_keeps_its_seconds(data, tmp_path):
+    handle = interrupt_at_step(3)
     try:
         with pytest.raises(SystemExit):
-            train.main(small_run(resume_data, tmp_path, "--epochs", "1"))
+            train.main(small_run(data, tmp_path, "--epochs", "1"))
     finally:
         handle.remove()
     saved = torch.load(tmp_path / "last.pth", weights_only=True)
@@ -260,11 +246,11 @@ def test_an_interrupted_epoch_keeps_its_seconds(resume_data, tmp_path):
     assert row["images_per_s"] * row["seconds"] == pytest.approx(18, rel=0.02)  # all 18 images, over all the time
 
 
-def test_extending_a_cosine_run_never_jumps_mid_schedule(resume_data, tmp_path, capsys):
-    handle = interrupt_after(6)  # 5 steps an epoch: in epoch 2 of 3
+def test_extending_a_cosine_run_never_jumps_mid_schedule(data, tmp_path, capsys):
+    handle = interrupt_at_step(6)  # 5 steps an epoch: in epoch 2 of 3
     try:
         with pytest.raises(SystemExit):
-            train.main(small_run(resume_data, tmp_path, "--epochs", "3", "--lr-scheduler", "cosine"))
+            train.main(small_run(data, tmp_path, "--epochs", "3", "--lr-scheduler", "cosine"))
     finally:
         handle.remove()
     ckpt = torch.load(tmp_path / "last.pth", weights_only=True)
@@ -360,11 +346,11 @@ def test_a_full_disk_leaves_the_old_file_whole_and_no_temporary_file(tmp_path, m
     assert target.read_bytes() == b"the old weights" and [p.name for p in tmp_path.iterdir()] == ["best.pth"]
 
 
-def test_ctrl_c_during_the_final_report_is_one_line(resume_data, tmp_path, monkeypatch, capsys):
+def test_ctrl_c_during_the_final_report_is_one_line(data, tmp_path, monkeypatch, capsys):
     def interrupted(*a, **k):
         raise KeyboardInterrupt
     monkeypatch.setattr(train, "plot_confusion", interrupted)
-    argv = [str(a) for a in TINY_TRAIN + ["--data-path", resume_data, "--save-path", tmp_path / "w.pth",
+    argv = [str(a) for a in TINY_TRAIN + ["--data-path", data, "--save-path", tmp_path / "w.pth",
                                           "--class-indices", tmp_path / "ci.json"]]
     with pytest.raises(SystemExit) as stop:
         cli.run_cli(train.main, train.get_args_parser(), argv)

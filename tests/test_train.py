@@ -1,7 +1,6 @@
 """Training a user can trust: resume, mixed precision, metrics, recipes, several processes."""
 import csv
 import os
-import signal
 import subprocess
 import sys
 
@@ -14,36 +13,12 @@ import device
 import model
 import split_data
 import train
-from conftest import ROOT, TINY_TRAIN, make_class_folders, parse
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("resume") / "flower_data"
-    make_class_folders(root / "flower_photos", per_class=8)
-    split_data.main(parse(split_data, ["--data-root", root, "--val-rate", "0.25"]))
-    return root  # 18 train images, 6 val
+from conftest import ROOT, TINY_TRAIN, comparable, interrupt_at_step, parse
 
 
 def run_args(data, out, *extra):
     return parse(train, TINY_TRAIN + ["--data-path", data, "--save-path", out / "best.pth", "--epochs", "3",
                                       "--batch-size", "4", "--class-indices", out / "ci.json", *extra])
-
-
-def interrupt_at_step(n):
-    """Send a real SIGINT (as Ctrl-C does) right after the n-th optimizer step; returns the hook handle."""
-    count = [0]
-
-    def hook(optimizer, args, kwargs):
-        count[0] += 1
-        if count[0] == n:
-            os.kill(os.getpid(), signal.SIGINT)
-    from torch.optim.optimizer import register_optimizer_step_post_hook
-    return register_optimizer_step_post_hook(hook)
-
-
-def comparable(history):
-    return [{k: v for k, v in h.items() if k not in ("seconds", "images_per_s", "peak_mem_mb")} for h in history]
 
 
 def test_interrupted_then_resumed_run_equals_uninterrupted(data, tmp_path, capsys):
