@@ -70,7 +70,7 @@ def test_mixed_precision_runs_on_cpu_and_matches_fp32_accuracy(tmp_path, capsys)
     if device.amp_dtype(torch.device("cpu")) is None:
         pytest.skip("this CPU has no native bf16")
     root = tmp_path / "demo"
-    split_data.main(parse(split_data, ["--data-root", root, "--demo", "--demo-per-class", "40",
+    split_data.main(parse(split_data, ["--data-root", root, "--demo", "--demo-per-class", "80",
                                        "--demo-imgs", tmp_path / "imgs"]))
     common_args = ["--data-path", root, "--model", "resnet18", "--weights", "none", "--img-size", "64",
                    "--epochs", "4", "--lr", "1e-3", "--batch-size", "16", "--workers", "0",
