@@ -99,10 +99,15 @@ def test_cam_peak_falls_in_the_quadrant_that_decides_the_class(tmp_path):
         paths.append(tmp_path / f"{i}.png")
         truth.append(colour)
         regions.append(crop(mask)[..., 0] > 127)  # the quadrant, where the model's crop has it
-    results = predict.main(parse(predict, paths + [
-        "--cam", "--model", "resnet18", "--img-size", CAM_SIZE, "--weights", tmp_path / "w.pth", "--class-indices",
-        tmp_path / "ci.json", "--workers", "0", "--device", "cpu", "--batch-size", "5",
-        "--save-fig", tmp_path / "cam.png"]))
+    (tmp_path / "broken.png").write_bytes(b"not a png")  # skipped: the maps stay with their images
+    paths.insert(5, tmp_path / "broken.png")
+    common = ["--model", "resnet18", "--img-size", CAM_SIZE, "--weights", tmp_path / "w.pth", "--class-indices",
+              tmp_path / "ci.json", "--workers", "0", "--device", "cpu", "--batch-size", "5"]
+    results = predict.main(parse(predict, paths + common + ["--cam", "--save-fig", tmp_path / "cam.png"]))
+    plain = predict.main(parse(predict, paths + common + ["--save-fig", tmp_path / "plain.png"]))
+    assert [r[0] for r in results] == [r[0] for r in plain] == [str(p) for p in paths if p.name != "broken.png"]
+    for r, p in zip(results, plain):  # --cam adds the map and changes no prediction
+        assert r[1] == p[1] and np.array_equal(r[2], p[2]) and p[3] is None
     assert [r[1] for r in results].count("red") >= 6  # not one class for everything
     assert np.mean([r[1] == t for r, t in zip(results, truth)]) >= 0.9
     hits = []
