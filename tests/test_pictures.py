@@ -20,7 +20,6 @@ import plots
 import predict
 import split_data
 import train
-from cli import UserError
 from conftest import ROOT, TINY_TRAIN, make_class_folders, parse
 from images import EvalTransform
 from inference import fold_batchnorm, normalize
