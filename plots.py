@@ -64,9 +64,13 @@ def plot_confusion(conf, classes, path):
     return save_figure(fig, path)
 
 
-def show_or_save(images, titles, save_path, default_path="predict.png"):
+def show_or_save(images, titles, save_path, default_path="predict.png", heatmaps=None, alpha=0.45):
     """One panel per image, titled; shown in a window on a display unless save_path is given,
-    else written as PNG. Returns the path written, or None when shown."""
+    else written as PNG. Returns the path written, or None when shown.
+    heatmaps: None, or one 2-D array in [0, 1] (or None) per image, drawn over the whole image with
+    `alpha` (stretched to it: a Grad-CAM map may be of another size than the picture)."""
+    import numpy as np
+
     cols = min(len(images), 4)
     rows = math.ceil(len(images) / cols)
     window = not save_path and has_display()
@@ -78,8 +82,12 @@ def show_or_save(images, titles, save_path, default_path="predict.png"):
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, img, title in zip(axes.flat, images, titles):
+    for i, (ax, img, title) in enumerate(zip(axes.flat, images, titles)):
         ax.imshow(img)
+        if heatmaps is not None and heatmaps[i] is not None:
+            h, w = np.asarray(img).shape[:2]
+            ax.imshow(heatmaps[i], cmap="jet", alpha=alpha, vmin=0, vmax=1, interpolation="bilinear",
+                      extent=(-0.5, w - 0.5, h - 0.5, -0.5))  # the image's own pixel edges
         ax.set_title(title)
     fig.tight_layout()
     if window:
@@ -126,7 +134,7 @@ def plot_split(split, path):
     ax.bar(x, val, bottom=train, label=f"val ({sum(val)})")
     ax.set_xticks(x)
     ax.set_xticklabels(classes, rotation=45 if len(classes) > 6 else 0, ha="right" if len(classes) > 6 else "center")
-    ax.set(ylabel="images", title="images per class")
-    ax.legend()
+    ax.set(ylabel="images", title="images per class", ylim=(0, 1.2 * max(t + v for t, v in zip(train, val))))
+    ax.legend(loc="upper right", ncol=2)  # in the headroom above the bars, never over them
     fig.tight_layout()
     return save_figure(fig, path)

@@ -3,13 +3,16 @@
     python predict.py                         # data/imgs/daisy.jpg, as in the tutorial
     python predict.py a.jpg b.png --save-fig result.png
     python predict.py photo.jpg --onnx resNet34.onnx      # ONNX Runtime; PyTorch is not imported
+    python predict.py photo.jpg --cam                     # and where the evidence for the top class is
 Without a display the figure is written as a PNG (predict.png unless --save-fig says otherwise).
 """
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from cli import ArgumentParser, UserError, check_output, need_file, positive_int, run_cli
-from images import load_rgb
+from images import EvalTransform, load_rgb, open_image
 from inference import add_model_args, add_runtime_args, load_predictor, predict_paths, resolve_classes
 from plots import has_display, show_or_save
 
@@ -20,11 +23,15 @@ def get_args_parser(add_help=True):
     p.add_argument("--save-fig", default=None, metavar="PATH",
                    help="write the figure here instead of showing it (default without a display: predict.png)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="images per batch (default: %(default)s)")
+    p.add_argument("--cam", action="store_true",
+                   help="overlay a Grad-CAM heatmap of the top class on the crop the model saw (needs PyTorch)")
     add_model_args(p)
     return add_runtime_args(p)
 
 
 def main(args):
+    if args.cam and args.onnx:
+        raise UserError("--cam needs PyTorch (the gradient of the model), not ONNX Runtime: leave out --onnx")
     for path in args.images:
         if Path(path).is_dir():
             raise UserError(f"{path} is a folder; batch_predict.py {path} predicts every image in it")
@@ -34,6 +41,9 @@ def main(args):
         check_output(figure, "figure")
     classes, class_source = resolve_classes(args)
     predictor, _ = load_predictor(args, len(classes), class_source)
+    if args.cam:
+        import gradcam  # torch: only here, so that --onnx runs without it
+        cam_net, cam_device = gradcam.load_model(args, len(classes), class_source)
 
     shown, titles, results = [], [], []
     for path, probs, error in predict_paths(list(args.images), predictor, args.img_size, args.batch_size, args.workers):
@@ -48,10 +58,20 @@ def main(args):
             print(f"class: {name:10}   prob: {p:.3}")
         best = int(probs.argmax())
         titles.append(f"class: {classes[best]}   prob: {probs[best]:.3}")
-        shown.append(load_rgb(path, min_side=800))  # a figure panel needs no more pixels than this
-        results.append((path, classes[best], probs))
+        if args.cam:  # the heatmap is the crop's: the crop is what the panel shows
+            with open_image(path) as img:
+                shown.append(np.asarray(EvalTransform(args.img_size).resize_crop(img)))
+            titles[-1] += f"\nGrad-CAM on the {args.img_size} px crop"
+        else:
+            shown.append(load_rgb(path, min_side=800))  # a figure panel needs no more pixels than this
+        results.append((path, classes[best], probs, None))
+    heatmaps = None
+    if args.cam and shown:
+        heatmaps = gradcam.crop_heatmaps(cam_net, cam_device, shown, [int(r[2].argmax()) for r in results],
+                                         args.batch_size)
+        results = [r[:3] + (h,) for r, h in zip(results, heatmaps)]
     if shown:
-        written = show_or_save(shown, titles, figure)
+        written = show_or_save(shown, titles, figure, heatmaps=heatmaps)
         if written:
             print(f"figure saved to {written}")
     return results

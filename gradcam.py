@@ -1,0 +1,84 @@
+"""Grad-CAM (Selvaraju et al., 2017): where in the image the evidence for a class lies.
+
+The gradient of the class's score with respect to the output of the last convolutional stage
+(model.py's layer4), averaged over the positions, weighs that stage's channels; their weighted sum,
+through a ReLU, is the map: high where the features that raise the score are. It is upsampled to the
+input's size and scaled to [0, 1]. (With a global average pool before one linear layer, as in a
+ResNet, this is exactly the original CAM: no approximation.)
+
+predict.py --cam imports this module, and only then: it needs torch, which the --onnx path does not.
+"""
+import contextlib
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from inference import normalize
+
+
+def _no_autocast(device):
+    # The map is computed in fp32 whatever autocast the caller runs under. torch 2.0's autocast
+    # knows only cpu and cuda (it raises for mps), and elsewhere none is on anyway.
+    if device.type in ("cpu", "cuda"):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def grad_cam(net, x, classes=None):
+    """Heatmaps (N, H, W), float32 in [0, 1], of the batch x (float NCHW, normalised, on the net's
+    device): one per image, for classes[i] (default: the image's top class). net is a ResNet of
+    model.py in eval mode (BatchNorm folded or not, channels-last or not)."""
+    stage = {}
+
+    def cut(module, inputs, output):
+        # layer4's output becomes a leaf of its own: the backward pass starts at the class score and
+        # stops here (through fc and the pool only), whether or not the weights require gradients.
+        stage["out"] = output.detach().float().requires_grad_()
+        return stage["out"]
+
+    handle = net.layer4.register_forward_hook(cut)
+    try:
+        with torch.enable_grad(), _no_autocast(x.device):
+            logits = net(x.float()).float()
+            if classes is None:
+                classes = logits.argmax(1)
+            target = torch.as_tensor(classes, device=logits.device).long().view(-1, 1)
+            # Each image's score depends on its own features only (eval mode): one backward for all.
+            (grad,) = torch.autograd.grad(logits.gather(1, target).sum(), stage["out"])
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        weights = grad.mean(dim=(2, 3), keepdim=True)
+        cam = F.relu((weights * stage["out"]).sum(dim=1, keepdim=True))
+        cam = F.interpolate(cam, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)[:, 0]
+        peak = cam.flatten(1).max(dim=1).values.view(-1, 1, 1)
+        cam = torch.where(peak > 0, cam / peak.clamp_min(1e-12), torch.zeros_like(cam))  # no evidence: all 0
+    return cam.cpu().numpy().astype(np.float32)
+
+
+def crop_heatmaps(net, device, crops, classes, batch_size=16):
+    """Grad-CAM of classes[i] on crops[i]: the uint8 HWC crops the model saw (EvalTransform's
+    resize_crop), normalised as for prediction. In batches: the backward pass holds one batch."""
+    maps = []
+    for start in range(0, len(crops), batch_size):
+        batch = np.stack(crops[start:start + batch_size])
+        x = torch.from_numpy(normalize(batch)).to(device)
+        maps.extend(grad_cam(net, x, classes[start:start + batch_size]))
+    return maps
+
+
+def load_model(args, num_classes, class_source=None):
+    """The trained net as predict.py's PyTorch predictor runs it (BatchNorm folded, on --device,
+    channels-last unless --no-channels-last), kept in fp32 and with its weights frozen: Grad-CAM
+    needs the gradient at layer4 only. Returns (net, device)."""
+    from device import memory_format, select_device
+    from inference import default_weights, fold_batchnorm
+    from weights import build_model, load_trained_weights, read_state_dict
+
+    device = select_device(args.device)
+    path = default_weights(args)
+    net = build_model(args.model, num_classes=num_classes)
+    load_trained_weights(net, args.model, read_state_dict(path, "trained weights"), path, class_source)
+    net = fold_batchnorm(net.eval()).to(device, memory_format=memory_format(not args.no_channels_last))
+    return net.requires_grad_(False), device
