@@ -39,7 +39,7 @@ demo: $(VENV)/.run-deps
 	fi
 	$(BIN)/python train.py --data-path $(DATA) $(DEMO_ARGS) --save-path $(DEMO_OUT)/resNet18.pth \
 	  --class-indices $(DEMO_OUT)/class_indices.json --overwrite
-	$(BIN)/python predict.py data/imgs/daisy.jpg $(MODEL_ARGS) --save-fig $(DEMO_OUT)/predict.png
+	$(BIN)/python predict.py data/imgs/daisy.jpg $(MODEL_ARGS) --cam --save-fig $(DEMO_OUT)/predict.png
 	$(BIN)/python batch_predict.py data/imgs $(MODEL_ARGS) --csv $(DEMO_OUT)/predictions.csv
 
 test: $(VENV)/.test-deps

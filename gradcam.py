@@ -66,19 +66,3 @@ def crop_heatmaps(net, device, crops, classes, batch_size=16):
         x = torch.from_numpy(normalize(batch)).to(device)
         maps.extend(grad_cam(net, x, classes[start:start + batch_size]))
     return maps
-
-
-def load_model(args, num_classes, class_source=None):
-    """The trained net as predict.py's PyTorch predictor runs it (BatchNorm folded, on --device,
-    channels-last unless --no-channels-last), kept in fp32 and with its weights frozen: Grad-CAM
-    needs the gradient at layer4 only. Returns (net, device)."""
-    from device import memory_format, select_device
-    from inference import default_weights, fold_batchnorm
-    from weights import build_model, load_trained_weights, read_state_dict
-
-    device = select_device(args.device)
-    path = default_weights(args)
-    net = build_model(args.model, num_classes=num_classes)
-    load_trained_weights(net, args.model, read_state_dict(path, "trained weights"), path, class_source)
-    net = fold_batchnorm(net.eval()).to(device, memory_format=memory_format(not args.no_channels_last))
-    return net.requires_grad_(False), device

@@ -143,27 +143,36 @@ def predict_paths(paths, predictor, img_size=224, batch_size=16, workers=None):
 
 # ---------------------------------------------------------------- the predictors
 
-def load_predictor(args, num_classes, class_source=None):
+def load_predictor(args, num_classes, class_source=None, torch_model=None):
     """A function from a uint8 NHWC batch to float32 class probabilities, and a one-line
-    description of what runs it."""
+    description of what runs it. torch_model: (net, device) from load_torch_model, when the caller
+    needs the net too (predict.py --cam), so the weights are read once."""
     if args.onnx:
         return onnx_predictor(args.onnx, num_classes, args.img_size, args.provider, args.trt_cache,
                               getattr(args, "batch_size", 16))
-    return torch_predictor(args, num_classes, class_source)
+    return torch_predictor(args, *(torch_model or load_torch_model(args, num_classes, class_source)))
 
 
-def torch_predictor(args, num_classes, class_source=None):
-    import torch
-
-    from device import amp_dtype, autocast, dtype_name, memory_format, select_device
+def load_torch_model(args, num_classes, class_source=None):
+    """The trained net as prediction runs it: BatchNorm folded, in eval mode, on --device,
+    channels-last unless --no-channels-last. Returns (net, device)."""
+    from device import memory_format, select_device
     from weights import build_model, load_trained_weights, read_state_dict
 
     device = select_device(args.device)
     weights = default_weights(args)
     net = build_model(args.model, num_classes=num_classes)
     load_trained_weights(net, args.model, read_state_dict(weights, "trained weights"), weights, class_source)
+    net = fold_batchnorm(net.eval()).requires_grad_(False)  # prediction needs no weight gradients, Grad-CAM neither
+    return net.to(device, memory_format=memory_format(not args.no_channels_last)), device
+
+
+def torch_predictor(args, net, device):
+    import torch
+
+    from device import amp_dtype, autocast, dtype_name, memory_format
+
     fmt = memory_format(not args.no_channels_last)
-    net = fold_batchnorm(net.eval()).to(device, memory_format=fmt)
     amp = None if args.no_amp else amp_dtype(device)
     mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(STD, device=device).view(1, 3, 1, 1)

@@ -13,7 +13,8 @@ import numpy as np
 
 from cli import ArgumentParser, UserError, check_output, need_file, positive_int, run_cli
 from images import EvalTransform, load_rgb, open_image
-from inference import add_model_args, add_runtime_args, load_predictor, predict_paths, resolve_classes
+from inference import (add_model_args, add_runtime_args, load_predictor, load_torch_model, predict_paths,
+                       resolve_classes)
 from plots import has_display, show_or_save
 
 
@@ -40,10 +41,11 @@ def main(args):
     if figure:
         check_output(figure, "figure")
     classes, class_source = resolve_classes(args)
-    predictor, _ = load_predictor(args, len(classes), class_source)
+    torch_model = None
     if args.cam:
         import gradcam  # torch: only here, so that --onnx runs without it
-        cam_net, cam_device = gradcam.load_model(args, len(classes), class_source)
+        torch_model = load_torch_model(args, len(classes), class_source)  # one net for both
+    predictor, _ = load_predictor(args, len(classes), class_source, torch_model)
 
     shown, titles, results = [], [], []
     for path, probs, error in predict_paths(list(args.images), predictor, args.img_size, args.batch_size, args.workers):
@@ -67,7 +69,7 @@ def main(args):
         results.append((path, classes[best], probs, None))
     heatmaps = None
     if args.cam and shown:
-        heatmaps = gradcam.crop_heatmaps(cam_net, cam_device, shown, [int(r[2].argmax()) for r in results],
+        heatmaps = gradcam.crop_heatmaps(*torch_model, shown, [int(r[2].argmax()) for r in results],
                                          args.batch_size)
         results = [r[:3] + (h,) for r, h in zip(results, heatmaps)]
     if shown:
