@@ -70,16 +70,21 @@ def data(tmp_path_factory):
     return root
 
 
-def interrupt_at_step(n):
-    """Send a real SIGINT (as Ctrl-C does) right after the n-th optimizer step; returns the hook handle."""
-    from torch.optim.optimizer import register_optimizer_step_post_hook
+def interrupt_at_batch(n):
+    """A real SIGINT (as Ctrl-C sends) during the forward pass of the n-th training batch: the run
+    stops after the optimizer step that batch belongs to. Returns the hook's handle.
+
+    A module hook, not an optimizer-step hook: on torch 2.0, once torch.compile has run in the
+    process, optimizer step hooks no longer fire."""
+    import model
     count = [0]
 
-    def hook(optimizer, args, kwargs):
-        count[0] += 1
-        if count[0] == n:
-            os.kill(os.getpid(), signal.SIGINT)
-    return register_optimizer_step_post_hook(hook)
+    def hook(module, inputs):
+        if isinstance(module, model.ResNet) and module.training:
+            count[0] += 1
+            if count[0] == n:
+                os.kill(os.getpid(), signal.SIGINT)
+    return torch.nn.modules.module.register_module_forward_pre_hook(hook)
 
 
 def comparable(history):

@@ -25,7 +25,7 @@ import predict
 import split_data
 import train
 from cli import UserError
-from conftest import ROOT, TINY_TRAIN, interrupt_at_step, make_class_folders, parse, run_script
+from conftest import ROOT, TINY_TRAIN, interrupt_at_batch, make_class_folders, parse, run_script
 from test_errors import assert_one_line_error
 
 
@@ -212,7 +212,7 @@ def small_run(data, out, *extra):
 
 
 def test_resume_refuses_a_contradicting_flag_and_names_both_values(data, tmp_path):
-    handle = interrupt_at_step(3)
+    handle = interrupt_at_batch(3)
     try:
         with pytest.raises(SystemExit):
             train.main(small_run(data, tmp_path, "--epochs", "2"))
@@ -232,7 +232,7 @@ def test_resume_refuses_a_contradicting_flag_and_names_both_values(data, tmp_pat
 
 
 def test_an_interrupted_epoch_keeps_its_seconds(data, tmp_path):
-    handle = interrupt_at_step(3)
+    handle = interrupt_at_batch(3)
     try:
         with pytest.raises(SystemExit):
             train.main(small_run(data, tmp_path, "--epochs", "1"))
@@ -246,8 +246,8 @@ def test_an_interrupted_epoch_keeps_its_seconds(data, tmp_path):
     assert row["images_per_s"] * row["seconds"] == pytest.approx(18, rel=0.02)  # all 18 images, over all the time
 
 
-def test_extending_a_cosine_run_never_jumps_mid_schedule(data, tmp_path, capsys):
-    handle = interrupt_at_step(6)  # 5 steps an epoch: in epoch 2 of 3
+def test_extending_a_cosine_run_never_jumps_mid_schedule(data, tmp_path, capsys, monkeypatch):
+    handle = interrupt_at_batch(6)  # 5 steps an epoch: in epoch 2 of 3
     try:
         with pytest.raises(SystemExit):
             train.main(small_run(data, tmp_path, "--epochs", "3", "--lr-scheduler", "cosine"))
@@ -255,13 +255,15 @@ def test_extending_a_cosine_run_never_jumps_mid_schedule(data, tmp_path, capsys)
         handle.remove()
     ckpt = torch.load(tmp_path / "last.pth", weights_only=True)
     lr_at_stop = ckpt["optimizer"]["param_groups"][0]["lr"]
-    lrs = []
-    from torch.optim.optimizer import register_optimizer_step_pre_hook
-    h = register_optimizer_step_pre_hook(lambda opt, a, k: lrs.append(opt.param_groups[0]["lr"]))
-    try:
-        train.main(parse(train, ["--resume", tmp_path / "last.pth", "--epochs", "6"]))
-    finally:
-        h.remove()
+    lrs = []  # the rate of each optimizer step: the schedule steps right after the optimizer
+    step = torch.optim.lr_scheduler.LambdaLR.step
+
+    def recording_step(self, *a, **k):
+        if self.last_epoch >= 0:  # not the scheduler's own first step, when it is made
+            lrs.append(self.optimizer.param_groups[0]["lr"])
+        return step(self, *a, **k)
+    monkeypatch.setattr(torch.optim.lr_scheduler.LambdaLR, "step", recording_step)
+    train.main(parse(train, ["--resume", tmp_path / "last.pth", "--epochs", "6"]))
     assert "goes on from its current rate" in capsys.readouterr().out
     assert lrs[0] == pytest.approx(lr_at_stop)
     assert all(b <= a + 1e-12 for a, b in zip(lrs, lrs[1:])), lrs  # never rises

@@ -13,7 +13,7 @@ import device
 import model
 import split_data
 import train
-from conftest import ROOT, TINY_TRAIN, comparable, interrupt_at_step, parse
+from conftest import ROOT, TINY_TRAIN, comparable, interrupt_at_batch, parse
 
 
 def run_args(data, out, *extra):
@@ -23,7 +23,7 @@ def run_args(data, out, *extra):
 
 def test_interrupted_then_resumed_run_equals_uninterrupted(data, tmp_path, capsys):
     full = train.main(run_args(data, tmp_path / "a"))
-    handle = interrupt_at_step(7)  # 5 steps an epoch: stops in epoch 2
+    handle = interrupt_at_batch(7)  # 5 steps an epoch: stops in epoch 2
     try:
         with pytest.raises(SystemExit) as stop:
             train.main(run_args(data, tmp_path / "b"))
