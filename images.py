@@ -175,11 +175,17 @@ class EvalTransform:
         return img.resize((self.size, self.size), Image.BILINEAR, box=box)
 
 
+# ToTensor + Normalize as one multiply-add: (x / 255 - mean) / std = x * SCALE - SHIFT.
+SCALE = (1 / (255 * np.asarray(STD, dtype=np.float64))).astype(np.float32).reshape(3, 1, 1)
+SHIFT = (np.asarray(MEAN, dtype=np.float64) / np.asarray(STD, dtype=np.float64)).astype(np.float32).reshape(3, 1, 1)
+
+
 def to_normalized_array(img):
-    """ToTensor + Normalize in NumPy: (3, H, W) float32."""
-    x = np.asarray(img, dtype=np.float32) / 255
-    x = (x - np.asarray(MEAN, dtype=np.float32)) / np.asarray(STD, dtype=np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    """ToTensor + Normalize in NumPy: (3, H, W) float32 (equal to torchvision's to 1e-6)."""
+    x = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32, order="C")  # CHW: one copy
+    x *= SCALE
+    x -= SHIFT
+    return x
 
 
 class TrainTransform:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cli import UserError, need_file, positive_int, read_class_indices, read_labels
-from images import MEAN, STD, EvalTransform, open_image
+from images import MEAN, SCALE, STD, SHIFT, EvalTransform, open_image
 
 # model.MODELS, by name: kept here so that the ONNX path need not import torch (a test keeps the
 # two lists equal).
@@ -120,9 +120,10 @@ def decode_batches(paths, img_size=224, batch_size=16, workers=None):
 
 def normalize(batch):
     """uint8 NHWC crops to the model's float32 NCHW input (ToTensor + Normalize), in NumPy."""
-    x = batch.astype(np.float32) / 255
-    x = (x - np.asarray(MEAN, dtype=np.float32)) / np.asarray(STD, dtype=np.float32)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    x = batch.transpose(0, 3, 1, 2).astype(np.float32, order="C")  # NCHW: one copy
+    x *= SCALE
+    x -= SHIFT
+    return x
 
 
 def softmax(logits):
