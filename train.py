@@ -342,8 +342,8 @@ def train_one_epoch(model, params, loader, criterion, optimizer, scheduler, scal
                 if ema is not None:
                     ema.update_parameters(ctx["model_without_ddp"])
             correct = (logits.argmax(1) == labels).sum() if mixer is None else torch.zeros((), device=device)
-            sums += torch.stack([loss.detach().double() * len(labels), correct.double(),
-                                 torch.tensor(float(len(labels)), device=device, dtype=torch.float64)])
+            sums += torch.stack([loss.detach().float() * len(labels), correct.float(),
+                                 torch.tensor(float(len(labels)), device=device)])
             state.step += 1
             # loss.item() waits for the GPU: only when the bar is redrawn, not every step.
             if world.is_main and time.perf_counter() - last_shown > 0.5:

@@ -204,7 +204,8 @@ class RunState:
 
     def __init__(self):
         self.epoch, self.step, self.seconds = 0, 0, 0.0
-        self.sums = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, images: this epoch, this process
+        # loss sum, correct, images: this epoch, this process (float32: MPS has no float64)
+        self.sums = torch.zeros(3)
         self.best_acc = -1.0  # -1: the first epoch's weights are always kept
         self.history, self.lr_anchor = [], None
 
@@ -214,9 +215,9 @@ class RunState:
 
     def load_state_dict(self, d):
         self.epoch, self.step, self.seconds = d["epoch"], d["step"], d["seconds"]
-        self.sums = d["sums"].to(torch.float64)
+        self.sums = d["sums"].float()
         self.best_acc, self.history, self.lr_anchor = d["best_acc"], list(d["history"]), d.get("lr_anchor")
 
     def next_epoch(self):
         self.epoch, self.step, self.seconds = self.epoch + 1, 0, 0.0
-        self.sums = torch.zeros(3, dtype=torch.float64)
+        self.sums = torch.zeros(3)
