@@ -6,13 +6,14 @@
 
 Unreadable files are skipped and named; the other images are all predicted.
 """
+import cli  # noqa: F401  first of all: a Ctrl-C while torch loads then ends in one line (cli.py)
 import csv
 import sys
 import time
 
 import numpy as np
 
-from cli import ArgumentParser, UserError, atomic_path, check_output, need_dir, positive_int, run_cli
+from cli import ArgumentParser, UserError, atomic_path, batch_size_arg, check_output, need_dir, positive_int, run_cli
 from images import IMG_EXTENSIONS, list_images
 from inference import add_model_args, add_runtime_args, load_predictor, predict_paths, resolve_classes
 
@@ -20,7 +21,7 @@ from inference import add_model_args, add_runtime_args, load_predictor, predict_
 def get_args_parser(add_help=True):
     p = ArgumentParser(description="Predict every image of a folder", add_help=add_help)
     p.add_argument("folder", nargs="?", default="data/imgs", help="folder of images (default: %(default)s)")
-    p.add_argument("--batch-size", type=positive_int, default=5, help="images per batch (default: %(default)s)")
+    p.add_argument("--batch-size", type=batch_size_arg, default=5, help="images per batch (default: %(default)s)")
     p.add_argument("--recursive", action="store_true", help="include images in sub-folders")
     p.add_argument("--topk", type=positive_int, default=1, help="classes to report per image (default: %(default)s)")
     p.add_argument("--csv", default=None, metavar="PATH",
@@ -36,17 +37,21 @@ def csv_header(topk):
 def main(args):
     # Settle everything first: the folder, the images, the classes, the CSV's place, the model.
     folder = need_dir(args.folder, "image folder")
-    paths = list_images(folder, args.recursive)
+    not_regular = []
+    paths = list_images(folder, args.recursive, not_regular)
     if not paths:
         raise UserError(f"no images in {folder} (looked for {' '.join(IMG_EXTENSIONS)}"
                         f"{'' if args.recursive else '; --recursive looks in sub-folders'})")
     if args.csv:
-        check_output(args.csv, "CSV file")
+        check_output(args.csv, "CSV file", suffixes=(".csv",))
     classes, class_source = resolve_classes(args)
     predictor, runs_on = load_predictor(args, len(classes), class_source)
     topk = min(args.topk, len(classes))
 
     rows, skipped = [], []
+    for path in not_regular:
+        skipped.append((path, f"{path} is not a regular file"))
+        print(f"skipped: {path} is not a regular file", file=sys.stderr)
     start = time.perf_counter()
     for path, probs, error in predict_paths(paths, predictor, args.img_size, args.batch_size, args.workers):
         if probs is None:

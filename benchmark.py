@@ -9,6 +9,7 @@ Figures come after warm-up; the ratio column is against the plain fp32 (NCHW) pa
 With --predict-folder every figure is a whole process, start-up included, and the ratio is against the
 tutorial's own loop (or its predict.py, for one image) in the same run.
 """
+import cli  # noqa: F401  first of all: a Ctrl-C while torch loads then ends in one line (cli.py)
 import argparse
 import importlib.util
 import json
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from cli import ArgumentParser, UserError, batch_size_arg, check_writable_dir, img_size_arg, int_in, run_cli
 from device import amp_dtype, autocast, grad_scaler, peak_memory_mb, reset_peak_memory, select_device
 from images import MEAN, STD, EvalTransform, TrainTransform, list_images, load_rgb, open_image
 from inference import export_onnx
@@ -31,27 +33,28 @@ from weights import build_model
 
 
 def get_args_parser(add_help=True):
-    p = argparse.ArgumentParser(description="Benchmark the plain and fast paths", add_help=add_help)
+    p = ArgumentParser(description="Benchmark the plain and fast paths", add_help=add_help)
     p.add_argument("--model", default="resnet34", choices=list(MODELS), help="(default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=16, help="(default: %(default)s)")
-    p.add_argument("--img-size", type=int, default=224, help="(default: %(default)s)")
+    p.add_argument("--batch-size", type=batch_size_arg, default=16, help="(default: %(default)s)")
+    p.add_argument("--img-size", type=img_size_arg, default=224, help="(default: %(default)s)")
     p.add_argument("--device", default="auto", help="(default: %(default)s)")
-    p.add_argument("--steps", type=int, default=5, help="timed steps per path, after --warmup (default: %(default)s)")
-    p.add_argument("--warmup", type=int, default=2, help="(default: %(default)s)")
+    p.add_argument("--steps", type=int_in(1, 10_000), default=5,
+                   help="timed steps per path, after --warmup (default: %(default)s)")
+    p.add_argument("--warmup", type=int_in(0, 10_000), default=2, help="(default: %(default)s)")
     p.add_argument("--no-train", action="store_true", help="inference only")
     p.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--predict-folder", default=None,
                    help="instead: time whole processes on this folder of images (made if missing): the tutorial's "
                         "loop, batch_predict.py with PyTorch, with --onnx fp32 and INT8; and predict.py on one image")
-    p.add_argument("--predict-images", type=int, default=400,
+    p.add_argument("--predict-images", type=int_in(1, 100_000), default=400,
                    help="images of 320-500 px made for --predict-folder when it is missing (default: %(default)s)")
-    p.add_argument("--repeats", type=int, default=3,
+    p.add_argument("--repeats", type=int_in(1, 100), default=3,
                    help="runs of each one-image prediction; the median is shown (default: %(default)s)")
     p.add_argument("--loader", action="store_true",
                    help="instead: images/s of one data-loader worker, the tutorial's decoding and transforms against "
                         "ours (JPEG draft), on flower-sized photos and on 12 MP phone photos")
-    p.add_argument("--loader-images", type=int, default=12, help="photos of each kind for --loader (default: %(default)s)")
+    p.add_argument("--loader-images", type=int_in(1, 10_000), default=12, help="photos of each kind for --loader (default: %(default)s)")
     p.add_argument("--one-path", default=None, help=argparse.SUPPRESS)  # one path in its own process: its peak memory
     p.add_argument("--tutorial-predict", default=None, help=argparse.SUPPRESS)  # the baseline's own process
     p.add_argument("--weights", default=None, help=argparse.SUPPRESS)
@@ -140,6 +143,8 @@ def one_path(args):
     task, name = args.one_path.split(":", 1)
     if name == "onnxruntime (CPU)":
         ips = bench_onnx(args)
+        if ips is None:
+            raise UserError("onnxruntime is not installed")
     else:
         _, cl, dt = next(p for p in model_paths(device) if p[0] == name)
         reset_peak_memory(device)
@@ -160,8 +165,11 @@ def run_paths(args):
         cmd = [sys.executable, str(Path(__file__).resolve()), "--one-path", f"{task}:{name}", "--model", args.model,
                "--batch-size", str(args.batch_size), "--img-size", str(args.img_size), "--device", str(device),
                "--steps", str(args.steps), "--warmup", str(args.warmup)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-        results.append({"task": task, "path": name, **json.loads(out)})
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:  # the child said why in its last line (out of memory, say)
+            last = (res.stderr.strip().splitlines() or ["no message"])[-1]
+            raise UserError(f"{task} {name}: {last.replace('error: ', '')}")
+        results.append({"task": task, "path": name, **json.loads(res.stdout.strip().splitlines()[-1])})
         print(f"  {task:9} {name:26} {results[-1]['images_per_s']:8.1f} images/s "
               f"{results[-1]['peak_mem_mb']:8.0f} MB", file=sys.stderr)
     for r in results:
@@ -303,8 +311,17 @@ def make_images(folder, n=400):
 def timed(cmd):
     """Seconds for a whole process, start-up included."""
     start = time.perf_counter()
-    subprocess.run([sys.executable] + [str(c) for c in cmd], check=True, stdout=subprocess.DEVNULL)
+    run_quietly(cmd)
     return time.perf_counter() - start
+
+
+def run_quietly(cmd):
+    """Run a script; a failure ends the benchmark with the script's own last line."""
+    res = subprocess.run([sys.executable] + [str(c) for c in cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         text=True)
+    if res.returncode != 0:
+        last = (res.stderr.strip().splitlines() or ["no message"])[-1]
+        raise UserError(f"{Path(str(cmd[0])).name} failed: {last.replace('error: ', '')}")
 
 
 def trt_offered():
@@ -317,8 +334,14 @@ def trt_offered():
 
 def predict_folder(args):
     folder = Path(args.predict_folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--predict-folder {folder} is a file; give a folder of images (made when missing)")
+    select_device(args.device)  # a wrong --device is refused before the images are made
     if not folder.is_dir():
+        check_writable_dir(folder, "benchmark images")
         make_images(folder, args.predict_images)
+    if not list_images(folder):
+        raise UserError(f"no images in {folder}")
     paths = list_images(folder)
     n = len(paths)
     here = Path(__file__).resolve().parent
@@ -330,9 +353,8 @@ def predict_folder(args):
         classes.write_text(json.dumps({str(i): f"class{i}" for i in range(5)}))
         model = ["--model", args.model, "--weights", weights, "--class-indices", classes]
         if not args.no_onnx:  # fp32 and INT8 (for the CPU), calibrated on the images themselves
-            subprocess.run([sys.executable, here / "export_onnx.py", *model, "--out", onnx32, "--int8",
-                            "--calib-dir", folder, "--calib-images", "32", "--data-path", tmp / "no-data",
-                            "--check-images", folder], check=True, stdout=subprocess.DEVNULL)
+            run_quietly([here / "export_onnx.py", *model, "--out", onnx32, "--int8", "--calib-dir", folder,
+                         "--calib-images", "32", "--data-path", tmp / "no-data", "--check-images", folder])
         tutorial = [here / "benchmark.py", "--model", args.model, "--weights", weights, "--device", args.device,
                     "--tutorial-predict"]
         torch_run = [*model, "--device", args.device]
@@ -403,4 +425,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_cli(main, get_args_parser())

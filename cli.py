@@ -10,12 +10,27 @@ import argparse
 import contextlib
 import errno
 import json
+import math
 import os
 import re
 import sys
 import tempfile
 import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
+
+
+def _one_line_for_ctrl_c(kind, value, tb):
+    if issubclass(kind, KeyboardInterrupt):
+        print("error: interrupted (Ctrl-C)", file=sys.stderr)
+        return
+    sys.__excepthook__(kind, value, tb)
+
+
+# A script imports cli before torch: Ctrl-C during torch's seconds of importing, before run_cli is
+# in charge, ends in one line too. Only uncaught exceptions reach this hook.
+sys.excepthook = _one_line_for_ctrl_c
 
 
 class UserError(Exception):
@@ -52,8 +67,8 @@ def run_cli(main, parser, argv=None):
         text = str(e)
         if "out of memory" not in text and "can't allocate memory" not in text:
             raise
-        print(f"error: out of memory ({text.strip().splitlines()[0][:160]}); try a smaller --batch-size or "
-              "--img-size", file=sys.stderr)
+        print(f"error: out of memory ({text.strip().splitlines()[0][:160]}); try smaller settings "
+              "(--batch-size, --img-size)", file=sys.stderr)
         sys.exit(1)
 
 
@@ -64,21 +79,27 @@ def describe_os_error(e):
 
 # ---------------------------------------------------------------- argument values
 
-def int_at_least(low):
+def int_in(low, high=None):
+    """A whole number in [low, high] (high None: no upper bound)."""
     def parse(text):
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}" if high is None else
+                                             f"must be in [{low}, {high}], got {value}")
         return value
-    parse.__name__ = f"int >= {low}"
+    parse.__name__ = "whole number"
     return parse
 
 
+def int_at_least(low):
+    return int_in(low)
+
+
 def float_in(low, high, low_open=False, high_open=False):
-    """A float in [low, high]; an end is left out when its *_open is set; None: no bound."""
+    """A finite float in [low, high]; an end is left out when its *_open is set; None: no bound."""
     def parse(text):
         try:
             value = float(text)
@@ -86,9 +107,9 @@ def float_in(low, high, low_open=False, high_open=False):
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
         too_low = low is not None and (value <= low if low_open else value < low)
         too_high = high is not None and (value >= high if high_open else value > high)
-        if too_low or too_high or value != value:
+        if too_low or too_high or not math.isfinite(value):
             if high is None:
-                need = f"more than {low}" if low_open else f"at least {low}"
+                need = f"a finite number more than {low}" if low_open else f"a finite number at least {low}"
             else:
                 need = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
             raise argparse.ArgumentTypeError(f"must be {need}, got {text}")
@@ -101,6 +122,12 @@ positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
 positive_float = float_in(0, None, low_open=True)
 non_negative_float = float_in(0, None)
+# Bounds that keep one mistyped number from taking the machine: a 1024 px crop is already 20x the
+# work of 224 px; more workers than this only fight over the cores.
+img_size_arg = int_in(16, 1024)
+batch_size_arg = int_in(1, 1024)
+workers_arg = int_in(0, 64)
+seed_arg = int_in(0, 2**31 - 1)
 
 
 # ---------------------------------------------------------------- inputs
@@ -109,6 +136,8 @@ def need_file(path, what, hint=""):
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{what} {path} is a folder, not a file" + (f"; {hint}" if hint else ""))
+    if path.exists() and not path.is_file():
+        raise UserError(f"{what} {path} is not a regular file (a device, a pipe or a socket)")
     if not path.is_file():
         raise UserError(f"{what} not found: {path}" + (f"; {hint}" if hint else ""))
     return path
@@ -144,19 +173,39 @@ def check_writable_dir(folder, what="output"):
         raise UserError(f"cannot write the {what} in {folder}: {e.strerror or e} ({probe})") from None
 
 
-def check_output(path, what, overwrite=True, flag="--overwrite", same_content=None):
-    """Check, before any work, that `path` can be written. With overwrite=False an existing file
-    is refused (it cost training or a download to make), unless it already holds `same_content`
-    (bytes), in which case writing it again changes nothing."""
+def check_output(path, what, overwrite=True, flag="--overwrite", same_content=None, suffixes=None, inputs=()):
+    """Check, before any work, that `path` can be written.
+
+    overwrite=False: an existing file is refused (it cost training or a download to make), unless it
+    already holds `same_content` (bytes): writing it again changes nothing. suffixes: the endings the
+    file must have (a cheap report given the name of a weights file would replace it). inputs: files
+    the run reads, which it must not write over. A device, pipe or link at the path is never replaced."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"the {what} {path} is a folder; give a file name")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise UserError(f"the {what} {path} must end in {' or '.join(suffixes)}")
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise UserError(f"{path} is a link or a special file, not a regular file; give another path for the {what}")
+    for source in inputs:
+        if path.exists() and Path(source).exists() and os.path.samefile(path, source):
+            raise UserError(f"the {what} {path} is also an input of this run; give another path")
     if path.exists() and not overwrite:
-        if same_content is not None and path.is_file() and path.read_bytes() == same_content:
+        if same_content is not None and path.read_bytes() == same_content:
             return path
         raise UserError(f"{path} already exists; {flag} replaces it, or choose another path for the {what}")
     check_writable_dir(path.parent, what)
     return path
+
+
+def check_distinct(paths):
+    """Outputs that would land on one file: {flag: path}; the later would destroy the earlier."""
+    seen = {}
+    for flag, path in paths.items():
+        key = os.path.abspath(path)
+        if key in seen:
+            raise UserError(f"{seen[key]} and {flag} are the same file ({path}); give each its own path")
+        seen[key] = flag
 
 
 _UMASK = os.umask(0o022)
@@ -179,6 +228,10 @@ def atomic_path(path):
         if e.errno == errno.ENOSPC:
             raise UserError(f"no space left on the disk while writing {path}; it was left as it was") from None
         raise UserError(f"cannot write {path}: {describe_os_error(e)}") from None
+    except RuntimeError as e:  # torch.save reports a failed write (a full disk) as a RuntimeError
+        if "write" not in str(e).lower():
+            raise
+        raise UserError(f"cannot write {path} (is the disk full?); it was left as it was") from None
     finally:
         with contextlib.suppress(OSError):
             os.remove(tmp)
@@ -200,20 +253,26 @@ def class_indices_bytes(classes):
     return json.dumps({str(i): c for i, c in enumerate(classes)}, indent=4).encode()
 
 
+def check_class_names(names, where):
+    """Names become lines of labels.txt and titles of figures: non-empty text on one line."""
+    bad = [c for c in names if not isinstance(c, str) or not c.strip() or any(ch in c for ch in "\n\r\t\x00")]
+    if bad:
+        raise UserError(f"{where}: class names must be non-empty strings on one line, found {bad[0]!r}")
+    return names
+
+
 def read_class_indices(path):
     """The class names, in index order, from class_indices.json."""
     need_file(path, "class-index file", "train.py writes it; pass --class-indices to point at it")
     try:
         mapping = json.loads(Path(path).read_text())
         classes = [mapping[str(i)] for i in range(len(mapping))]
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not a class-index file like {{\"0\": \"daisy\", ...}}: {e}") from None
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as e:
+        reason = "nested too deeply" if isinstance(e, RecursionError) else e
+        raise UserError(f"{path} is not a class-index file like {{\"0\": \"daisy\", ...}}: {reason}") from None
     if not classes:
         raise UserError(f"{path} lists no classes")
-    bad = [c for c in classes if not isinstance(c, str) or not c]
-    if bad:
-        raise UserError(f"{path}: class names must be non-empty strings, found {bad[0]!r}")
-    return classes
+    return check_class_names(classes, str(path))
 
 
 def read_labels(path):
@@ -246,6 +305,10 @@ def download(url, dest, sha256=None, progress=True, timeout=60):
 
     from torch.hub import download_url_to_file  # here: only downloads need torch
 
+    if url.startswith("file:"):  # a local "download": /dev/zero would fill the disk
+        source = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
+        if not source.is_file():
+            raise UserError(f"could not download {url}: {source} is not a regular file")
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     previous = socket.getdefaulttimeout()

@@ -15,6 +15,7 @@ only when ONNX Runtime's output matches PyTorch's.
 when there, and the INT8 file is kept only if it loses at most --max-drop points of top-1 accuracy.
 Either both files are written or neither.
 """
+import cli  # noqa: F401  first of all: a Ctrl-C while torch loads then ends in one line (cli.py)
 import itertools
 import random
 import sys
@@ -33,7 +34,7 @@ from cli import (ArgumentParser, UserError, atomic_path, atomic_write_bytes, che
                  need_dir, non_negative_float, read_class_indices, run_cli)
 from images import EvalTransform, list_images, load_rgb
 from inference import add_model_args, decode_batches, default_weights, export_onnx, normalize
-from weights import build_model, load_trained_weights, read_state_dict
+from weights import build_model, load_trained_weights, num_classes_of, read_state_dict
 
 
 def get_args_parser(add_help=True):
@@ -249,6 +250,10 @@ def main(args):
         out8 = check_output(int8_path(out, args.int8), "INT8 ONNX file", overwrite=args.overwrite)
         calib = calibration_images(args.calib_dir or Path(args.data_path) / "train", args.calib_images)
     check_output(labels, "labels file", overwrite=args.overwrite, same_content=labels_text)
+    if num_classes_of(state_dict) != len(classes):  # before building: a list of 10**6 names is no model
+        raise UserError(f"{weights} was trained for {num_classes_of(state_dict)} classes but "
+                        f"{args.class_indices or './class_indices.json'} lists {len(classes)}; use the "
+                        "class_indices.json written by the same training run")
     net = build_model(args.model, num_classes=len(classes))
     load_trained_weights(net, args.model, state_dict, weights, args.class_indices or "./class_indices.json")
     net = (WithSoftmax(net) if args.softmax else net).eval()
@@ -257,7 +262,11 @@ def main(args):
     # Export to a temporary file; it becomes `out` only once ONNX Runtime agrees with PyTorch (and,
     # with --int8, the INT8 file passed too).
     with atomic_path(out) as tmp:
-        export_onnx(net, tmp, args.img_size, args.opset, "probs" if args.softmax else "logits")
+        try:
+            export_onnx(net, tmp, args.img_size, args.opset, "probs" if args.softmax else "logits")
+        except (RuntimeError, ValueError) as e:  # an opset this torch cannot write, above all
+            raise UserError(f"torch.onnx.export failed with --opset {args.opset}: "
+                            f"{str(e).strip().splitlines()[0][:200]}") from None
         onnx.checker.check_model(onnx.load(str(tmp)))
         worst = compare_with_pytorch(net, tmp, inputs, args.atol)
         if args.int8:

@@ -23,9 +23,10 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".ti
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
-# Decoded pixels allowed per image: 40 MP is 120 MB as RGB. JPEGs are measured after draft(), so a
-# 200 MP phone JPEG decoded at 1/8 passes; a PNG that declares 20000x20000 does not.
-MAX_PIXELS = 40_000_000
+# Decoded pixels allowed per image: 24 MP (a 6000 x 4000 frame) is 72 MB as RGB, and an RGBA PNG of
+# that size peaks near 400 MB while its alpha is composited. JPEGs are measured after draft(), so a
+# 100 MP phone JPEG decoded at 1/4 or 1/8 passes; a PNG that declares 20000 x 20000 does not.
+MAX_PIXELS = 24_000_000
 # Pillow's own guard raises at open() for any declared size above 2x its limit, before draft()
 # could shrink a JPEG: ours replaces it (checked in decode_rgb, after draft).
 Image.MAX_IMAGE_PIXELS = None
@@ -39,22 +40,47 @@ def is_image_file(path):
     return not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)
 
 
-def list_images(folder, recursive=False):
-    """Image files in a folder (and its sub-folders), sorted; hidden folders are skipped."""
-    folder = Path(folder)
-    if not recursive:
-        return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
-    found = []
+def walk_files(folder):
+    """Every file below folder, sorted, following links to folders (a class may link in a folder of
+    photos from elsewhere) but never into a folder twice, nor into one that holds the folder walked
+    (a link to '..' would loop, or read the other classes' images as this one's); hidden folders are
+    skipped."""
+    top = os.path.realpath(folder)
+    found, seen = [], set()
     for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen or (real != top and (top + os.sep).startswith(real + os.sep)):
+            dirs[:] = []
+            continue
+        seen.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [Path(root) / f for f in files if is_image_file(f)]
+        found += [Path(root) / f for f in files]
     return sorted(found)
+
+
+def list_images(folder, recursive=False, not_regular=None):
+    """Image files in a folder (and its sub-folders), sorted. An image name that is not a regular
+    file (a pipe, a device, a broken link) is left out, and added to `not_regular` when given: reading
+    a pipe would wait forever, a link to /dev/zero would never end."""
+    folder = Path(folder)
+    candidates = walk_files(folder) if recursive else sorted(folder.iterdir())
+    images = []
+    for p in candidates:
+        if not is_image_file(p) or p.is_dir():
+            continue
+        if p.is_file():
+            images.append(p)
+        elif not_regular is not None:
+            not_regular.append(p)
+    return images
 
 
 # ---------------------------------------------------------------- decoding
 
 def open_image(path):
     """The image's header only (nothing decoded yet), or a UserError naming the file."""
+    if not os.path.isfile(path):  # a pipe would block Image.open forever, a device never end
+        raise UserError(f"cannot read image {path}: not a regular file")
     try:
         img = Image.open(path)
     except Exception as e:  # hostile files raise many kinds; all mean "not an image we can read"
@@ -129,12 +155,16 @@ def _to_rgb(img):
     return img.convert("RGB")
 
 
-def load_rgb(path, min_side=None):
+def load_rgb(path, min_side=None, max_side=None):
     """Open and decode a file; with min_side, a JPEG may be decoded smaller while both of its
-    sides stay at least min_side (or its full size, when smaller)."""
+    sides stay at least min_side (or its full size, when smaller); with max_side, the result is
+    shrunk to fit it (for pictures: a figure panel needs no more)."""
     with open_image(path) as img:
         shrink = min(oriented_size(img)) / min_side if min_side else 1.0
-        return decode_rgb(img, shrink, path)
+        rgb = decode_rgb(img, shrink, path)
+    if max_side and max(rgb.size) > max_side:
+        rgb.thumbnail((max_side, max_side), Image.BILINEAR)
+    return rgb
 
 
 # ---------------------------------------------------------------- preprocessing

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cli import UserError, need_file, positive_int, read_class_indices, read_labels
+from cli import UserError, img_size_arg, need_file, read_class_indices, read_labels, workers_arg
 from images import MEAN, SCALE, STD, SHIFT, EvalTransform, open_image
 
 # model.MODELS, by name: kept here so that the ONNX path need not import torch (a test keeps the
@@ -30,7 +30,7 @@ def add_model_args(p):
     p.add_argument("--class-indices", default=None,
                    help="class-index file (default: ./class_indices.json; with --onnx, the labels.txt beside "
                         "the ONNX file when there)")
-    p.add_argument("--img-size", type=positive_int, default=224,
+    p.add_argument("--img-size", type=img_size_arg, default=224,
                    help="crop size; images are resized to img-size/0.875 first (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     return p
@@ -47,7 +47,7 @@ def add_runtime_args(p):
                         "as ONNX Runtime offers them (default: %(default)s)")
     p.add_argument("--trt-cache", default=None, metavar="DIR",
                    help="TensorRT engine cache (default: <onnx file>.trt_cache/ beside it)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=workers_arg, default=None,
                    help="decoding processes; 0 decodes in the main process (default: cpus - 1, at most 4)")
     return p
 
@@ -157,13 +157,22 @@ def load_predictor(args, num_classes, class_source=None, torch_model=None):
 def load_torch_model(args, num_classes, class_source=None):
     """The trained net as prediction runs it: BatchNorm folded, in eval mode, on --device,
     channels-last unless --no-channels-last. Returns (net, device)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise UserError("prediction with PyTorch needs torch (pip install -r requirements.txt); on a machine "
+                        "without it, predict with --onnx FILE (export_onnx.py makes it)") from None
     from device import memory_format, select_device
-    from weights import build_model, load_trained_weights, read_state_dict
+    from weights import build_model, load_trained_weights, num_classes_of, read_state_dict
 
     device = select_device(args.device)
     weights = default_weights(args)
+    state_dict = read_state_dict(weights, "trained weights")
+    if num_classes_of(state_dict) != num_classes:  # before building: a list of 10**6 names is no model
+        raise UserError(f"{weights} was trained for {num_classes_of(state_dict)} classes but {class_source} lists "
+                        f"{num_classes}; use the class_indices.json written by the same training run")
     net = build_model(args.model, num_classes=num_classes)
-    load_trained_weights(net, args.model, read_state_dict(weights, "trained weights"), weights, class_source)
+    load_trained_weights(net, args.model, state_dict, weights, class_source)
     net = fold_batchnorm(net.eval()).requires_grad_(False)  # prediction needs no weight gradients, Grad-CAM neither
     return net.to(device, memory_format=memory_format(not args.no_channels_last)), device
 
@@ -300,6 +309,7 @@ def onnx_predictor(path, num_classes, img_size, provider="auto", trt_cache=None,
     ort = import_onnxruntime()
     need_file(path, "ONNX file", "make it with export_onnx.py")
     providers = onnx_providers(provider, path, trt_cache, img_size, batch_size)
+    ort.set_default_logger_severity(3)  # its warnings are not the user's business: errors come as one line
     try:
         options = ort.SessionOptions()
         # ONNX Runtime's threads spin between operators by default, taking the cores that the decoding
@@ -309,14 +319,22 @@ def onnx_predictor(path, num_classes, img_size, provider="auto", trt_cache=None,
     except Exception as e:
         raise UserError(f"{path} is not a usable ONNX model: {str(e).strip().splitlines()[0]}") from None
     inp, out = session.get_inputs()[0], session.get_outputs()[0]
-    if out.shape[-1] != num_classes:
+    if inp.type != "tensor(float)" or len(inp.shape) != 4:
+        raise UserError(f"{path} takes {inp.type} of {len(inp.shape)} dimensions; export_onnx.py's models take "
+                        "float images (N, 3, H, W)")
+    if isinstance(out.shape[-1], int) and out.shape[-1] != num_classes:
         raise UserError(f"{path} outputs {out.shape[-1]} classes but the class names list {num_classes}")
     if isinstance(inp.shape[-1], int) and inp.shape[-1] != img_size:
         raise UserError(f"{path} takes {inp.shape[-1]} px images; pass --img-size {inp.shape[-1]}")
     probs = out.name == "probs"
 
     def predict(batch):
-        y = session.run([out.name], {inp.name: normalize(batch)})[0]
+        try:
+            y = session.run([out.name], {inp.name: normalize(batch)})[0]
+        except Exception as e:  # ONNX Runtime's own errors: a model of another shape than it says
+            raise UserError(f"{path}: ONNX Runtime failed: {str(e).strip().splitlines()[0][:200]}") from None
+        if y.ndim != 2 or y.shape[1] != num_classes:
+            raise UserError(f"{path} gave outputs of shape {y.shape}, not (images, {num_classes} classes)")
         return y if probs else softmax(y.astype(np.float32))
 
     return predict, f"ONNX Runtime ({', '.join(session.get_providers())})"

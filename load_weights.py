@@ -7,10 +7,11 @@ Both give the same backbone; --out saves the adapted weights for train.py --weig
 
     python load_weights.py --download --model resnet34 --num-classes 5 --out resnet34-pre.pth
 """
+import cli  # noqa: F401  first of all: a Ctrl-C while torch loads then ends in one line (cli.py)
 import torch
 import torch.nn as nn
 
-from cli import ArgumentParser, UserError, as_url, atomic_path, check_output, need_file, positive_int, run_cli
+from cli import ArgumentParser, UserError, as_url, atomic_path, check_output, int_in, need_file, run_cli
 from model import MODELS
 from weights import (build_model, check_architecture, imagenet_cache_path, imagenet_url, imagenet_weights,
                      num_classes_of, read_state_dict)
@@ -21,7 +22,7 @@ def get_args_parser(add_help=True):
     p.add_argument("--model", default="resnet34", choices=list(MODELS), help="architecture (default: %(default)s)")
     p.add_argument("--weights", default=None,
                    help="ImageNet weights file (default: ./<model>-pre.pth, e.g. ./resnet34-pre.pth)")
-    p.add_argument("--num-classes", type=positive_int, default=5, help="classes of your data set (default: %(default)s)")
+    p.add_argument("--num-classes", type=int_in(1, 100_000), default=5, help="classes of your data set (default: %(default)s)")
     p.add_argument("--download", action="store_true",
                    help="fetch torchvision's ImageNet file for --model into the torch hub cache (hash checked)")
     p.add_argument("--url", default=None, help="with --download: another address (or a local file) for the file")

@@ -9,6 +9,10 @@ from pathlib import Path
 from cli import atomic_path
 
 
+# What matplotlib writes without extra packages, checked before any work.
+FIGURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
+
+
 def has_display():
     if sys.platform in ("win32", "darwin"):
         return True
@@ -110,7 +114,7 @@ def plot_errors(errors, path, max_panels=32):
         ax.axis("off")
     for ax, (prob, image, true, pred) in zip(axes.flat, shown):
         try:
-            ax.imshow(load_rgb(image, min_side=200))
+            ax.imshow(load_rgb(image, min_side=200, max_side=256))
         except Exception:  # an image gone since validation: its panel keeps the words
             pass
         ax.set_title(f"true: {true}\npred: {pred} ({prob:.2f})", fontsize=8, color="firebrick")

@@ -6,16 +6,17 @@
     python predict.py photo.jpg --cam                     # and where the evidence for the top class is
 Without a display the figure is written as a PNG (predict.png unless --save-fig says otherwise).
 """
+import cli  # noqa: F401  first of all: a Ctrl-C while torch loads then ends in one line (cli.py)
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from cli import ArgumentParser, UserError, check_output, need_file, positive_int, run_cli
+from cli import ArgumentParser, UserError, batch_size_arg, check_output, need_file, run_cli
 from images import EvalTransform, load_rgb, open_image
 from inference import (add_model_args, add_runtime_args, load_predictor, load_torch_model, predict_paths,
                        resolve_classes)
-from plots import has_display, show_or_save
+from plots import FIGURE_SUFFIXES, has_display, show_or_save
 
 
 def get_args_parser(add_help=True):
@@ -23,7 +24,7 @@ def get_args_parser(add_help=True):
     p.add_argument("images", nargs="*", default=["data/imgs/daisy.jpg"], help="image files (default: data/imgs/daisy.jpg)")
     p.add_argument("--save-fig", default=None, metavar="PATH",
                    help="write the figure here instead of showing it (default without a display: predict.png)")
-    p.add_argument("--batch-size", type=positive_int, default=16, help="images per batch (default: %(default)s)")
+    p.add_argument("--batch-size", type=batch_size_arg, default=16, help="images per batch (default: %(default)s)")
     p.add_argument("--cam", action="store_true",
                    help="overlay a Grad-CAM heatmap of the top class on the crop the model saw (needs PyTorch)")
     add_model_args(p)
@@ -39,7 +40,7 @@ def main(args):
         need_file(path, "image", "pass the image to predict, e.g. python predict.py photo.jpg")
     figure = args.save_fig or (None if has_display() else "predict.png")
     if figure:
-        check_output(figure, "figure")
+        check_output(figure, "figure", suffixes=FIGURE_SUFFIXES, inputs=args.images)
     classes, class_source = resolve_classes(args)
     torch_model = None
     if args.cam:
@@ -65,7 +66,7 @@ def main(args):
                 shown.append(np.asarray(EvalTransform(args.img_size).resize_crop(img)))
             titles[-1] += f"\nGrad-CAM on the {args.img_size} px crop"
         else:
-            shown.append(load_rgb(path, min_side=800))  # a figure panel needs no more pixels than this
+            shown.append(load_rgb(path, min_side=800, max_side=1024))  # a figure panel needs no more
         results.append((path, classes[best], probs, None))
     heatmaps = None
     if args.cam and shown:

@@ -10,6 +10,7 @@ replaced only with --overwrite, and then only the files an earlier split put the
 any other file found in them stops the run, named, before anything changes. The new split is built
 in a temporary folder and moved into place once complete.
 """
+import cli  # noqa: F401  first of all: a Ctrl-C while torch loads then ends in one line (cli.py)
 import hashlib
 import json
 import multiprocessing
@@ -76,7 +77,10 @@ def class_images(source):
         raise UserError(f"{source} has no class folders; it must hold <class>/<images>")
     found = {}
     for cla in classes:
-        images = [p.relative_to(source / cla).as_posix() for p in list_images(source / cla, recursive=True)]
+        not_regular = []
+        images = [p.relative_to(source / cla).as_posix() for p in list_images(source / cla, True, not_regular)]
+        for p in not_regular:
+            print(f"warning: skipped {p}: not a regular file (a pipe, a device or a broken link)")
         if not images:
             raise UserError(f"class folder {source / cla} has no images (looked for .jpg .jpeg .png .bmp .webp .gif "
                             ".tif, sub-folders included); add images or remove the folder")
@@ -156,7 +160,8 @@ def earlier_split_files(target, source):
     with its size and time unchanged (copies and resized copies)."""
     target, manifest = Path(target), read_manifest(Path(target).parent)
     ours, foreign = [], []
-    for root, _, files in os.walk(target):
+    for root, dirs, files in os.walk(target):  # links to folders are not followed: they are foreign
+        foreign += [Path(root) / d for d in dirs if os.path.islink(os.path.join(root, d))]
         for name in files:
             f = Path(root) / name
             rel = f.relative_to(target).as_posix()
@@ -258,7 +263,10 @@ def write_split(source, out_root, split, mode="link", max_size=None, workers=Non
                 if max_size:
                     jobs.append((source / cla / name, dst, max_size))
                 else:
-                    _place(source / cla / name, dst, mode)
+                    try:
+                        _place(source / cla / name, dst, mode)
+                    except OSError as e:  # the new split is removed whole (below); say where it failed
+                        raise UserError(f"cannot write {out_root / side / cla / name}: {e.strerror or e}") from None
                 print(f"\r[{cla}] processing [{index + 1}/{num}]", end="", flush=True)
             print()
         if jobs:
@@ -361,12 +369,18 @@ def safe_extract(archive, dest):
                 if m.issym() or m.islnk():
                     link_target = (target.parent / m.linkname).resolve() if m.issym() else (dest / m.linkname).resolve()
                     bad = bad or dest not in link_target.parents
+                if m.isdev() or m.isfifo():
+                    raise UserError(f"{archive}: member {m.name!r} is a device or a pipe; nothing was unpacked")
                 if bad:
-                    raise UserError(f"{archive}: member {m.name!r} would land outside {dest}; nothing was unpacked")
+                    raise UserError(f"{archive}: member {m.name!r} would land outside the data folder; "
+                                    "nothing was unpacked")
             kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
             tar.extractall(dest, **kwargs)
+    except getattr(tarfile, "FilterError", ()) as e:  # Python's own check of links (3.8.17+, 3.12)
+        raise UserError(f"{archive}: {str(e).splitlines()[0]}; nothing was unpacked") from None
     except (tarfile.TarError, EOFError, OSError, ValueError) as e:
-        raise UserError(f"{archive} is not a complete tar archive ({e}); delete it and download again") from None
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{archive} is not a complete tar archive ({reason}); delete it and download again") from None
 
 
 def unpacked_root(folder):

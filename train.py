@@ -9,6 +9,7 @@ main() reads top to bottom: settle the settings and check every input and output
 data, the model and the optimiser, restore a checkpoint, run the epochs (each ends in a save), and
 report on the best weights.
 """
+import cli  # noqa: F401  first of all: a Ctrl-C while torch loads then ends in one line (cli.py)
 import argparse
 import contextlib
 import math
@@ -25,9 +26,9 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from cli import (ArgumentParser, UserError, atomic_path, atomic_write_bytes, check_output, check_writable_dir,
-                 class_indices_bytes, float_in, need_dir, non_negative_float, non_negative_int, positive_float,
-                 positive_int, run_cli)
+from cli import (ArgumentParser, UserError, atomic_path, atomic_write_bytes, batch_size_arg, check_class_names,
+                 check_distinct, check_output, check_writable_dir, class_indices_bytes, float_in, img_size_arg, int_in,
+                 need_dir, non_negative_float, positive_float, run_cli, seed_arg, workers_arg)
 from device import (amp_dtype, autocast, compile_supported, dtype_name, grad_scaler, memory_format,
                     peak_memory_mb, reset_peak_memory, select_device)
 from images import EvalTransform, TrainTransform
@@ -55,7 +56,8 @@ FIXED_ON_RESUME = ("data_path", "model", "batch_size", "lr", "img_size", "freeze
                    "weight_decay", "norm_weight_decay", "lr_scheduler", "warmup_epochs", "lr_step_size", "lr_gamma",
                    "label_smoothing", "auto_augment", "random_erase", "mixup_alpha", "cutmix_alpha",
                    "backbone_lr_scale", "accum_steps", "clip_grad_norm", "model_ema", "model_ema_decay", "sync_bn")
-# Where a resumed run writes: its own files, unless a flag points elsewhere.
+# Where a run writes. A checkpoint keeps them relative to its own folder, so a resumed run writes
+# beside the checkpoint it resumes (also from another folder, also a copied run), and nowhere else.
 RUN_FILES = ("save_path", "checkpoint", "output_dir", "class_indices")
 PATH_SETTINGS = ("data_path", "weights") + RUN_FILES
 
@@ -67,17 +69,17 @@ def get_args_parser(add_help=True):
     p.add_argument("--weights",
                    help="starting weights: a file (default: ./<model>-pre.pth), 'imagenet' to download "
                         "torchvision's, or 'none' to train from scratch")
-    p.add_argument("--epochs", type=positive_int, help="epochs in all (default: 3; a resumed run keeps its own "
+    p.add_argument("--epochs", type=int_in(1, 100_000), help="epochs in all (default: 3; a resumed run keeps its own "
                                                        "unless given: then the run is extended or shortened)")
-    p.add_argument("--batch-size", type=positive_int, help="images per step, per process (default: 16)")
+    p.add_argument("--batch-size", type=batch_size_arg, help="images per step, per process (default: 16)")
     p.add_argument("--lr", type=non_negative_float, help="learning rate (default: 1e-4)")
-    p.add_argument("--img-size", type=positive_int, help="train crop; val resizes to img-size/0.875 (default: 224)")
-    p.add_argument("--workers", type=non_negative_int, help="data loader processes (default: min(cpus, batch, 8))")
+    p.add_argument("--img-size", type=img_size_arg, help="train crop; val resizes to img-size/0.875 (default: 224)")
+    p.add_argument("--workers", type=workers_arg, help="data loader processes (default: min(cpus, batch, 8))")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--freeze-backbone", action="store_true", default=None, help="train only the new fc layer")
     p.add_argument("--save-path", help="best weights, a plain state_dict (default: ./resNet34.pth, after the model)")
     p.add_argument("--class-indices", help="class-index file to write (default: ./class_indices.json)")
-    p.add_argument("--seed", type=int, help="random seed (default: 0)")
+    p.add_argument("--seed", type=seed_arg, help="random seed (default: 0)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the weights, checkpoint and class-index file of an earlier run")
     p.add_argument("--output-dir", help="history.csv, curves.png, confusion_matrix.png, val_errors.png, "
@@ -101,7 +103,7 @@ def get_args_parser(add_help=True):
                    help="weight decay of norm layers and biases (default: as --weight-decay; 0 is usual)")
     p.add_argument("--lr-scheduler", choices=("none", "cosine", "step"), help="(default: none)")
     p.add_argument("--warmup-epochs", type=non_negative_float, help="linear warm-up epochs (default: 0)")
-    p.add_argument("--lr-step-size", type=positive_int, help="step scheduler: epochs per decay (default: epochs/3)")
+    p.add_argument("--lr-step-size", type=int_in(1, 100_000), help="step scheduler: epochs per decay (default: epochs/3)")
     p.add_argument("--lr-gamma", type=float_in(0, 1, low_open=True), help="step scheduler: decay factor (default: 0.1)")
     p.add_argument("--label-smoothing", type=float_in(0, 1, high_open=True), help="(default: 0)")
     p.add_argument("--auto-augment", nargs="?", const="ta", choices=TrainTransform.AUTO_AUGMENT,
@@ -112,7 +114,7 @@ def get_args_parser(add_help=True):
     p.add_argument("--cutmix-alpha", type=non_negative_float, help="cutmix's Beta(alpha, alpha); 0 is off (default: 0)")
     p.add_argument("--backbone-lr-scale", type=non_negative_float,
                    help="learning rate of the pretrained layers relative to the new fc (default: 1)")
-    p.add_argument("--accum-steps", type=positive_int,
+    p.add_argument("--accum-steps", type=int_in(1, 1024),
                    help="batches per optimizer step: the gradient of accum-steps x batch-size images at the memory "
                         "of one batch (default: 1)")
     p.add_argument("--clip-grad-norm", type=positive_float, help="clip the gradient norm to this (default: off)")
@@ -160,6 +162,32 @@ def read_checkpoint(path):
     return ckpt
 
 
+def checked_settings(ckpt, path):
+    """A resumed checkpoint's settings, each checked as its flag would be (a damaged or edited file
+    must not reach the training loop), with the run's files found beside the checkpoint."""
+    saved = dict(settings_of(ckpt))
+    for action in get_args_parser()._actions:
+        value = saved.get(action.dest)
+        if action.dest not in DEFAULTS or value is None or action.dest in PATH_SETTINGS:
+            continue
+        try:
+            ok = value in action.choices if action.choices else (
+                action.type(str(value)) == value if action.type else isinstance(value, (bool, str)))
+        except (argparse.ArgumentTypeError, ValueError, TypeError):
+            ok = False
+        if not ok:
+            raise UserError(f"{path} holds an invalid setting {flag(action.dest)} {value!r}; it cannot be resumed")
+    for k in ("epoch", "step"):
+        if not isinstance(ckpt[k], int) or ckpt[k] < 0:
+            raise UserError(f"{path} holds an invalid {k} {ckpt[k]!r}; it cannot be resumed")
+    folder = Path(path).parent
+    for k in RUN_FILES:
+        if isinstance(saved.get(k), str):
+            saved[k] = str(folder / saved[k])  # an absolute path stays as it is
+    saved["checkpoint"] = str(path)
+    return saved
+
+
 def settings_of(ckpt):
     """A checkpoint's settings; those of the previous version ('args') are translated."""
     if "settings" in ckpt:
@@ -183,11 +211,12 @@ def resolve_settings(args, ckpt=None):
     given = {k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None}
     base = dict(DEFAULTS)
     if ckpt:
-        saved = settings_of(ckpt)
-        for k in FIXED_ON_RESUME:
+        saved = checked_settings(ckpt, args.resume)
+        for k in FIXED_ON_RESUME + ("weights",) + RUN_FILES:
             if k in given and k in saved and not same_setting(k, given[k], saved[k]):
                 raise UserError(f"{flag(k)} {given[k]} contradicts the resumed run's {saved[k]} ({args.resume}); "
-                                f"a resumed run keeps its settings: leave {flag(k)} out, or start a new run")
+                                f"a resumed run keeps its settings and files: leave {flag(k)} out, or start a new "
+                                "run (a copy of the run's folder resumes into the copy)")
         base.update({k: saved[k] for k in FIXED_ON_RESUME + RUN_FILES + ("epochs", "weights") if k in saved})
     s = argparse.Namespace(**{**base, **given})
     s.resume, s.overwrite, s.eval_only = args.resume, args.overwrite, args.eval_only
@@ -218,7 +247,7 @@ def load_data(s, world, device):
     root = need_dir(s.data_path, "data folder", "run split_data.py first")
     train_set = TrainFolder(need_dir(root / "train", "train folder", "run split_data.py first"),
                             TrainTransform(s.img_size, s.auto_augment, s.random_erase), replace_unreadable=True)
-    classes = train_set.classes
+    classes = check_class_names(train_set.classes, str(root / "train"))
     empty = [c for i, c in enumerate(classes) if i not in set(train_set.targets)]
     if empty:
         raise UserError(f"no images in the class folder(s) {', '.join(empty)} of {root / 'train'}; "
@@ -463,12 +492,20 @@ def final_report(result, val_set, classes, out_dir):
           f"{out_dir / 'val_errors.png'} ({len(errors)} misclassified)")
 
 
+REPORTS = ("history.csv", "curves.png", "confusion_matrix.png", "val_predictions.csv", "val_errors.png")
+
+
 def check_run_outputs(s, classes, ckpt):
-    """Before any work: every file the run writes can be written, and none that cost training is
-    replaced without --overwrite (the resumed run's own files are its to replace)."""
+    """Before any work: every file the run writes can be written, no two are the same file, and none
+    that cost training is replaced without --overwrite (a resumed run's own files are its to replace)."""
     check_writable_dir(s.output_dir, "reports")
+    reports = {name: Path(s.output_dir) / name for name in REPORTS}
+    for name, path in reports.items():
+        check_output(path, name)
     if s.eval_only:
         return
+    check_distinct({"--save-path": s.save_path, "--checkpoint": s.checkpoint, "--class-indices": s.class_indices,
+                    **{f"--output-dir's {name}": path for name, path in reports.items()}})
     mine = bool(ckpt) or s.overwrite
     for path, what in ((s.save_path, "best weights"), (s.checkpoint, "checkpoint")):
         check_output(path, what)
@@ -479,10 +516,17 @@ def check_run_outputs(s, classes, ckpt):
 
 
 def checkpoint_dict(s, state, model_without_ddp, optimizer, scheduler, scaler, ema, classes):
+    settings = {k: getattr(s, k) for k in DEFAULTS}
+    folder = os.path.abspath(os.path.dirname(s.checkpoint))
+    for k in RUN_FILES:  # relative to the checkpoint: see RUN_FILES
+        try:
+            settings[k] = os.path.relpath(os.path.abspath(getattr(s, k)), folder)
+        except ValueError:  # another drive (Windows): absolute
+            settings[k] = os.path.abspath(getattr(s, k))
     return {**state.state_dict(), "model": model_without_ddp.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "ema": ema.state_dict() if ema is not None else None, "classes": classes, "model_name": s.model,
-            "img_size": s.img_size, "settings": {k: getattr(s, k) for k in DEFAULTS}}
+            "img_size": s.img_size, "settings": settings}
 
 
 def save(obj, path):
@@ -687,7 +731,7 @@ def end_of_epoch(s, state, world, device, optimizer, scheduler, scaler, ema, mod
     if improved:
         save((ema.module if use_ema else model_without_ddp).state_dict(), s.save_path)
     save(checkpoint_dict(s, state, model_without_ddp, optimizer, scheduler, scaler, ema, classes), s.checkpoint)
-    write_history(state.history, Path(s.output_dir) / "history.csv")
+    write_history(state.history, Path(s.output_dir) / "history.csv")  # cheap reports: replaced
     plot_curves(state.history, Path(s.output_dir) / "curves.png")
 
 

@@ -13,7 +13,7 @@ from torch.utils.data.distributed import DistributedSampler
 from torchvision.datasets import ImageFolder
 
 from cli import UserError
-from images import is_image_file, open_image
+from images import is_image_file, list_images, open_image
 
 
 class World:
@@ -50,12 +50,14 @@ class TrainFolder(ImageFolder):
 
     @staticmethod
     def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=True):
-        # By hand: torchvision walks into hidden folders and, before 0.17, refuses an empty class.
+        # By hand: torchvision walks into hidden folders and round links, reads pipes, and before
+        # 0.17 refuses an empty class.
         samples = []
         for cls, idx in sorted(class_to_idx.items(), key=lambda kv: kv[1]):
-            for root, dirs, files in sorted(os.walk(os.path.join(directory, cls), followlinks=True)):
-                dirs[:] = [d for d in dirs if not d.startswith(".")]
-                samples += [(os.path.join(root, f), idx) for f in sorted(files) if is_valid_file(f)]
+            not_regular = []
+            samples += [(str(p), idx) for p in list_images(os.path.join(directory, cls), True, not_regular)]
+            for p in not_regular:
+                print(f"warning: skipped: {p} is not a regular file", file=sys.stderr)
         return samples
 
     def __getitem__(self, item):

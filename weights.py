@@ -36,7 +36,11 @@ def torch_load(path, what):
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and unpickler errors all mean "not a weights file"
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Weights only load failed" in str(e):
+            reason = "it holds Python objects beyond tensors, and loading those could run code: refused"
+        else:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            reason = first if len(first) > 12 else "neither a zip nor a pickle of tensors"
         raise UserError(f"{path} is not a PyTorch weights file: {reason}") from None
 
 

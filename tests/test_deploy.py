@@ -319,7 +319,8 @@ def test_predict_folder_runs_every_path_with_valid_commands_and_ratios(tmp_path,
 
     exports = []
     monkeypatch.setattr(benchmark, "timed", fake_timed)
-    monkeypatch.setattr(benchmark.subprocess, "run", lambda cmd, **k: exports.append([str(c) for c in cmd]))
+    monkeypatch.setattr(benchmark.subprocess, "run", lambda cmd, **k: exports.append([str(c) for c in cmd])
+                        or subprocess.CompletedProcess(cmd, 0, "", ""))
     report = benchmark.main(parse(benchmark, ["--predict-folder", tmp_path / "imgs", "--predict-images", "4",
                                               "--model", "resnet18", "--repeats", "3", "--device", "cpu"]))
     assert len(list((tmp_path / "imgs").glob("*.jpg"))) == 4

@@ -1,0 +1,223 @@
+"""What a careless or hostile user tried, and what must happen: one line, nothing of theirs lost,
+no unbounded memory or waiting."""
+import io
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tarfile
+import time
+
+import pytest
+import torch
+from PIL import Image
+
+import batch_predict
+import split_data
+import train
+from cli import UserError
+from conftest import ROOT, TINY_TRAIN, make_class_folders, parse, run_script
+from test_errors import assert_one_line_error
+
+
+def model_args(tiny_run):
+    return ["--model", "resnet18", "--img-size", "32", "--weights", tiny_run["weights"],
+            "--class-indices", tiny_run["classes"], "--workers", "0"]
+
+
+def test_reports_never_land_on_costly_files_inputs_links_or_devices(tiny_run, tmp_path):
+    folder = tiny_run["data"] / "val" / "daisy"
+    before = tiny_run["classes"].read_bytes()
+    res = run_script("batch_predict.py", folder, "--csv", tiny_run["classes"], *model_args(tiny_run))
+    assert_one_line_error(res, "must end in .csv")
+    assert tiny_run["classes"].read_bytes() == before
+    link = tmp_path / "p.csv"
+    link.symlink_to("/dev/null")
+    assert_one_line_error(run_script("batch_predict.py", folder, "--csv", link, *model_args(tiny_run)),
+                          "link or a special file")
+    img = tmp_path / "photo.png"
+    shutil.copy(next(folder.iterdir()), tmp_path / "photo.jpg")
+    Image.open(tmp_path / "photo.jpg").save(img)
+    before = img.read_bytes()
+    res = run_script("predict.py", img, "--save-fig", img, *model_args(tiny_run))
+    assert_one_line_error(res, "also an input")
+    assert img.read_bytes() == before
+    assert_one_line_error(run_script("predict.py", img, "--save-fig", tmp_path / "f.bmp", *model_args(tiny_run)),
+                          "must end in .png")
+
+
+def test_a_run_s_outputs_may_not_be_one_file(data, tmp_path):
+    for extra in (["--save-path", tmp_path / "a.pth", "--class-indices", tmp_path / "a.pth"],
+                  ["--save-path", tmp_path / "w.pth", "--checkpoint", tmp_path / "w.pth"]):
+        with pytest.raises(UserError, match="same file"):
+            train.main(parse(train, TINY_TRAIN + ["--data-path", data, *extra]))
+    assert list(tmp_path.iterdir()) == []
+
+
+def run_and_interrupt(data, out, at_batch):
+    from conftest import interrupt_at_batch
+    handle = interrupt_at_batch(at_batch)
+    try:
+        with pytest.raises(SystemExit):
+            train.main(parse(train, TINY_TRAIN + ["--data-path", data, "--save-path", out / "best.pth", "--epochs", "2",
+                                                  "--batch-size", "4", "--class-indices", out / "ci.json"]))
+    finally:
+        handle.remove()
+
+
+def test_a_resumed_run_writes_beside_its_checkpoint_and_nowhere_else(data, tmp_path, monkeypatch):
+    run = tmp_path / "runs" / "a"
+    run.mkdir(parents=True)
+    monkeypatch.chdir(run)  # the run's paths are relative to here...
+    run_and_interrupt(data, __import__("pathlib").Path("."), 3)
+    monkeypatch.chdir(tmp_path)  # ...and it is resumed from elsewhere, as a copy
+    shutil.copytree(run, tmp_path / "copy")
+    original = {p.name: p.read_bytes() for p in run.iterdir()}
+    res = train.main(parse(train, ["--resume", tmp_path / "copy" / "last.pth"]))
+    assert len(res["history"]) == 2
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == original  # the original run untouched
+    assert (tmp_path / "copy" / "best.pth").exists() and (tmp_path / "copy" / "history.csv").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy", "runs"]  # nothing written where we stand
+    other = tmp_path / "unrelated.pth"
+    other.write_bytes(b"mine")
+    with pytest.raises(UserError, match="--save-path .*contradicts the resumed run"):
+        train.main(parse(train, ["--resume", tmp_path / "copy" / "last.pth", "--epochs", "3", "--save-path", other]))
+    assert other.read_bytes() == b"mine"
+
+
+def test_a_damaged_checkpoint_setting_is_refused(tiny_run, tmp_path):
+    ckpt = torch.load(tiny_run["weights"].parent / "last.pth", weights_only=True)
+    for key, value in (("batch_size", 0), ("lr", "fast"), ("opt", "rocket")):
+        bad = dict(ckpt, settings=dict(ckpt["settings"], **{key: value}))
+        torch.save(bad, tmp_path / "bad.pth")
+        with pytest.raises(UserError, match=f"invalid setting --{key.replace('_', '-')}"):
+            train.main(parse(train, ["--resume", tmp_path / "bad.pth"]))
+
+
+def test_split_refuses_a_link_to_a_folder_inside_train_and_deletes_nothing(tmp_path):
+    make_class_folders(tmp_path / "flower_photos", per_class=4, classes=("a", "b"))
+    split_data.main(parse(split_data, ["--data-root", tmp_path]))
+    stuff = tmp_path / "my_stuff"
+    stuff.mkdir()
+    (stuff / "precious.txt").write_text("mine")
+    (tmp_path / "train" / "a" / "x").symlink_to(stuff)
+    before = sorted(str(p) for p in (tmp_path / "train").rglob("*"))
+    with pytest.raises(UserError, match="no split put there.*train/a/x"):
+        split_data.main(parse(split_data, ["--data-root", tmp_path, "--overwrite"]))
+    assert sorted(str(p) for p in (tmp_path / "train").rglob("*")) == before
+    assert (stuff / "precious.txt").read_text() == "mine"
+
+
+def test_pipes_and_device_links_named_like_images_are_skipped_and_named(tiny_run, tmp_path, capsys):
+    src = make_class_folders(tmp_path / "flower_photos", per_class=4, classes=("a", "b"))
+    os.mkfifo(src / "a" / "pipe.jpg")
+    (src / "b" / "zero.jpg").symlink_to("/dev/zero")
+    split = split_data.main(parse(split_data, ["--data-root", tmp_path, "--mode", "copy"]))
+    out = capsys.readouterr().out
+    assert "pipe.jpg: not a regular file" in out and "zero.jpg: not a regular file" in out
+    assert sum(len(t) + len(v) for t, v in split.values()) == 8
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    shutil.copy(next((tiny_run["data"] / "val" / "daisy").iterdir()), folder / "ok.jpg")
+    os.mkfifo(folder / "pipe.png")
+    rows, skipped = batch_predict.main(parse(batch_predict, [folder] + model_args(tiny_run)))
+    assert len(rows) == 1 and [p.name for p, _ in skipped] == ["pipe.png"]
+    assert_one_line_error(run_script("predict.py", folder / "pipe.png", *model_args(tiny_run)), "not a regular file")
+
+
+def test_a_round_link_in_a_class_folder_adds_no_images(data, tmp_path, capsys):
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    (copy / "train" / "daisy" / "loop").symlink_to("..")
+    res = train.main(parse(train, TINY_TRAIN + ["--data-path", copy, "--save-path", tmp_path / "w.pth",
+                                                "--class-indices", tmp_path / "ci.json"]))
+    assert "using 18 images for training" in capsys.readouterr().out
+    assert res["classes"] == ["daisy", "roses", "tulips"]
+
+
+def jpeg_declaring(path, width, height):
+    """A tiny JPEG whose header says width x height (a real 8x8 image with its size bytes changed)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "JPEG")
+    data = bytearray(buf.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_huge_declared_jpeg_is_refused_before_decoding(tiny_run, tmp_path):
+    bomb = jpeg_declaring(tmp_path / "big.jpg", 50000, 50000)  # 1/8 scale would still be 39 MP
+    # ru_maxrss is the peak since the process began, and Linux carries the parent's across exec: a delta.
+    code = ("import resource, sys; sys.path.insert(0, %r); from images import load_rgb; from cli import UserError\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "try:\n    load_rgb(%r, min_side=800)\nexcept UserError as e:\n    print(e)\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)" % (str(ROOT), str(bomb)))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "more than the 24 MP allowed" in res.stdout
+    assert int(res.stdout.split()[-1]) < 100 * 1024  # KiB: nothing decoded
+
+
+def test_absurd_numbers_are_refused_before_anything_starts(tmp_path):
+    for argv in (["--img-size", "100000"], ["--workers", "1000"], ["--lr", "inf"], ["--warmup-epochs", "inf"],
+                 ["--seed", str(10 ** 23)], ["--batch-size", str(10 ** 9)], ["--clip-grad-norm", "nan"]):
+        assert_one_line_error(run_script("train.py", *argv, cwd=tmp_path), argv[0])
+    assert_one_line_error(run_script("predict.py", "--workers", "-1", cwd=tmp_path), "--workers")
+    assert_one_line_error(run_script("benchmark.py", "--batch-size", "0", cwd=tmp_path), "--batch-size")
+    assert_one_line_error(run_script("benchmark.py", "--predict-folder", ROOT / "README.md", cwd=tmp_path), "is a file")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_class_index_file_of_a_million_names_is_refused_before_building_a_model(tiny_run, tmp_path):
+    huge = tmp_path / "ci.json"
+    huge.write_text(json.dumps({str(i): f"c{i}" for i in range(10 ** 6)}))
+    img = next((tiny_run["data"] / "val" / "daisy").iterdir())
+    start = time.perf_counter()
+    res = run_script("predict.py", img, "--model", "resnet50", "--weights", tiny_run["weights"], "--class-indices", huge)
+    assert_one_line_error(res, "trained for 3 classes", "lists 1000000")
+    assert time.perf_counter() - start < 60
+    bad = tmp_path / "nl.json"
+    bad.write_text(json.dumps({"0": "daisy\nroses", "1": "x", "2": "y"}))
+    assert_one_line_error(run_script("predict.py", img, "--class-indices", bad), "on one line")
+
+
+def test_ctrl_c_while_torch_is_still_loading_is_one_line(tmp_path):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    for script in ("train.py", "load_weights.py"):
+        p = subprocess.Popen([sys.executable, str(ROOT / script)], cwd=tmp_path, env=env, stderr=subprocess.PIPE,
+                             text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        time.sleep(0.4)  # inside `import torch`, before run_cli (it takes seconds)
+        p.send_signal(signal.SIGINT)
+        err = p.communicate(timeout=120)[1]
+        assert p.returncode != 0
+        assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error:"), err
+
+
+def test_tar_members_that_are_devices_or_pipes_are_named(tmp_path):
+    archive = tmp_path / "a.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("flower_photos/daisy/p.jpg")
+        info.type = tarfile.FIFOTYPE
+        tar.addfile(info)
+    data = tmp_path / "data"
+    data.mkdir()
+    with pytest.raises(UserError, match="is a device or a pipe"):
+        split_data.main(parse(split_data, ["--data-root", data, "--download", "--url", archive, "--sha256", "none"]))
+    assert list(data.iterdir()) == []
+
+
+def test_an_onnx_model_of_another_input_type_is_one_line(tiny_run, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("input", TensorProto.INT64, ["batch", 3])],
+                              [helper.make_tensor_value_info("logits", TensorProto.INT64, ["batch", 3])])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    (tmp_path / "labels.txt").write_text("a\nb\nc\n")
+    res = run_script("batch_predict.py", tiny_run["data"] / "val" / "daisy", "--onnx", path)
+    assert_one_line_error(res, "takes tensor(int64)")
