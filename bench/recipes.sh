@@ -36,7 +36,7 @@ echo "demo: $PER_CLASS images a class, $SIZE px; every row: resnet18, batch 32 (
 printf '%-30s %9s %9s %7s  %s\n' recipe val_acc images/s ratio flags
 
 median_speed() {  # history.csv -> median images/s over its epochs
-  $PY -c "import csv, statistics, sys; print(statistics.median(float(r['images_per_s']) for r in csv.DictReader(open(sys.argv[1]))))" "$1"
+  $PY -c "import csv, statistics, sys; print(round(statistics.median(float(r['images_per_s']) for r in csv.DictReader(open(sys.argv[1]))), 1))" "$1"
 }
 
 REF_SPEED=""
