@@ -11,8 +11,9 @@ DEMO_ARGS ?= --model resnet18 --weights none --img-size 96 --epochs 8 --batch-si
 MODEL_ARGS = --model resnet18 --img-size 96 --weights $(DEMO_OUT)/resNet18.pth --class-indices $(DEMO_OUT)/class_indices.json
 
 # Python 3.8 (JetPack 5's) for the floor when this machine has one, else the default python3.
-FLOOR_PYTHON ?= $(shell for p in python3.8 $(HOME)/.pyenv/versions/3.8*/bin/python3.8; do \
-  command -v $$p >/dev/null 2>&1 && { echo $$p; break; }; done)
+# (pyenv's shims answer `command -v` for versions they will not run: each candidate is tried for real.)
+FLOOR_PYTHON ?= $(shell for p in $(HOME)/.pyenv/versions/3.8*/bin/python3.8 python3.8; do \
+  $$p -c 'import sys; assert sys.version_info[:2] == (3, 8)' >/dev/null 2>&1 && { echo $$p; break; }; done)
 FLOOR_VENV ?= .venv-floor
 
 .PHONY: demo test test-floor venv clean-demo
