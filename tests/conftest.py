@@ -87,6 +87,17 @@ def interrupt_at_batch(n):
     return torch.nn.modules.module.register_module_forward_pre_hook(hook)
 
 
+def interrupted_run(args, at_batch):
+    """train.main(args), stopped by a Ctrl-C during its at_batch-th training batch; the exit code."""
+    handle = interrupt_at_batch(at_batch)
+    try:
+        with pytest.raises(SystemExit) as stop:
+            train.main(args)
+    finally:
+        handle.remove()
+    return stop.value.code
+
+
 def comparable(history):
     """A run's history without what depends on the machine's speed and memory."""
     return [{k: v for k, v in h.items() if k not in ("seconds", "images_per_s", "peak_mem_mb")} for h in history]

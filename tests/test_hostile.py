@@ -19,7 +19,7 @@ import batch_predict
 import split_data
 import train
 from cli import UserError
-from conftest import ROOT, TINY_TRAIN, make_class_folders, parse, run_script
+from conftest import ROOT, TINY_TRAIN, interrupted_run, make_class_folders, parse, run_script
 from test_errors import assert_one_line_error
 
 
@@ -58,14 +58,8 @@ def test_a_run_s_outputs_may_not_be_one_file(data, tmp_path):
 
 
 def run_and_interrupt(data, out, at_batch):
-    from conftest import interrupt_at_batch
-    handle = interrupt_at_batch(at_batch)
-    try:
-        with pytest.raises(SystemExit):
-            train.main(parse(train, TINY_TRAIN + ["--data-path", data, "--save-path", out / "best.pth", "--epochs", "2",
-                                                  "--batch-size", "4", "--class-indices", out / "ci.json"]))
-    finally:
-        handle.remove()
+    interrupted_run(parse(train, TINY_TRAIN + ["--data-path", data, "--save-path", out / "best.pth", "--epochs", "2",
+                                               "--batch-size", "4", "--class-indices", out / "ci.json"]), at_batch)
 
 
 def test_a_resumed_run_writes_beside_its_checkpoint_and_nowhere_else(data, tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ import model
 import train
 import training
 from cli import UserError
-from conftest import ROOT, TINY_TRAIN, comparable, interrupt_at_batch, parse, run_script
+from conftest import ROOT, TINY_TRAIN, comparable, interrupted_run, parse, run_script
 from images import TrainTransform, open_image
 
 CPU = torch.device("cpu")
@@ -33,17 +33,11 @@ def load(path):
     return torch.load(path, weights_only=True)
 
 
-def check_resumes_exactly(data, tmp_path, extra, stop):
-    """An uninterrupted run and one stopped by `stop` then resumed: the same history, best accuracy
+def check_resumes_exactly(data, tmp_path, extra, stop_at_batch):
+    """An uninterrupted run and one stopped by Ctrl-C during batch `stop_at_batch`, then resumed: the same history, best accuracy
     and best weights. Returns both results and the interrupted run's checkpoint."""
     full = train.main(run_args(data, tmp_path / "a", *extra))
-    handle = stop()
-    try:
-        with pytest.raises(SystemExit) as stopped:
-            train.main(run_args(data, tmp_path / "b", *extra))
-    finally:
-        handle.remove()
-    assert stopped.value.code == 130
+    assert interrupted_run(run_args(data, tmp_path / "b", *extra), stop_at_batch) == 130
     ckpt = load(tmp_path / "b" / "last.pth")
     resumed = train.main(parse(train, ["--resume", tmp_path / "b" / "last.pth", "--workers", "0"]))
     assert len(resumed["history"]) == len(full["history"])
@@ -107,7 +101,7 @@ def test_accumulation_counts_optimizer_steps_stops_at_one_and_resumes_exactly(da
     try:
         # Ctrl-C during batch 8 = epoch 2, batch 3 of 5, the first of a group of 2: the run stops
         # after batch 4, at the optimizer step.
-        full, resumed, ckpt = check_resumes_exactly(data, tmp_path, extra, lambda: interrupt_at_batch(8))
+        full, resumed, ckpt = check_resumes_exactly(data, tmp_path, extra, 8)
     finally:
         counter.remove()
     assert (ckpt["epoch"], ckpt["step"]) == (1, 4)
@@ -124,7 +118,7 @@ def test_accumulation_counts_optimizer_steps_stops_at_one_and_resumes_exactly(da
 
 def test_model_ema_validated_saved_and_resumed(data, tmp_path):
     extra = ["--model-ema", "--model-ema-decay", "0.9"]
-    full, resumed, ckpt = check_resumes_exactly(data, tmp_path, extra, lambda: interrupt_at_batch(7))
+    full, resumed, ckpt = check_resumes_exactly(data, tmp_path, extra, 7)
     assert ckpt["ema"] is not None and (ckpt["epoch"], ckpt["step"]) == (1, 2)
     assert all(0 <= h["val_acc_ema"] <= 1 for h in full["history"])
     assert full["best_acc"] == pytest.approx(max(max(h["val_acc"], h["val_acc_ema"]) for h in full["history"]),
@@ -200,7 +194,7 @@ def test_mixup_and_cutmix_mix_images_and_targets_and_the_loss_takes_soft_targets
 @needs_mixup
 def test_mixup_cutmix_run_resume_exactly_and_leave_train_accuracy_out(data, tmp_path):
     extra = ["--mixup-alpha", "0.4", "--cutmix-alpha", "1.0"]
-    full, _, _ = check_resumes_exactly(data, tmp_path, extra, lambda: interrupt_at_batch(7))
+    full, _, _ = check_resumes_exactly(data, tmp_path, extra, 7)
     assert all(math.isnan(h["train_acc"]) for h in full["history"])
     assert all(h["train_loss"] > 0 for h in full["history"])
     with open(tmp_path / "a" / "history.csv") as f:

@@ -25,7 +25,7 @@ import predict
 import split_data
 import train
 from cli import UserError
-from conftest import ROOT, TINY_TRAIN, interrupt_at_batch, make_class_folders, parse, run_script
+from conftest import ROOT, TINY_TRAIN, interrupted_run, make_class_folders, parse, run_script
 from test_errors import assert_one_line_error
 
 
@@ -212,12 +212,7 @@ def small_run(data, out, *extra):
 
 
 def test_resume_refuses_a_contradicting_flag_and_names_both_values(data, tmp_path):
-    handle = interrupt_at_batch(3)
-    try:
-        with pytest.raises(SystemExit):
-            train.main(small_run(data, tmp_path, "--epochs", "2"))
-    finally:
-        handle.remove()
+    interrupted_run(small_run(data, tmp_path, "--epochs", "2"), 3)
     ckpt = tmp_path / "last.pth"
     before = snapshot(tmp_path)
     with pytest.raises(UserError, match=r"--data-path .*elsewhere contradicts the resumed run's .*flower_data"):
@@ -232,12 +227,7 @@ def test_resume_refuses_a_contradicting_flag_and_names_both_values(data, tmp_pat
 
 
 def test_an_interrupted_epoch_keeps_its_seconds(data, tmp_path):
-    handle = interrupt_at_batch(3)
-    try:
-        with pytest.raises(SystemExit):
-            train.main(small_run(data, tmp_path, "--epochs", "1"))
-    finally:
-        handle.remove()
+    interrupted_run(small_run(data, tmp_path, "--epochs", "1"), 3)
     saved = torch.load(tmp_path / "last.pth", weights_only=True)
     assert saved["step"] == 3 and saved["seconds"] > 0  # the time of the steps done before Ctrl-C
     res = train.main(parse(train, ["--resume", tmp_path / "last.pth"]))
@@ -247,12 +237,7 @@ def test_an_interrupted_epoch_keeps_its_seconds(data, tmp_path):
 
 
 def test_extending_a_cosine_run_never_jumps_mid_schedule(data, tmp_path, capsys, monkeypatch):
-    handle = interrupt_at_batch(6)  # 5 steps an epoch: in epoch 2 of 3
-    try:
-        with pytest.raises(SystemExit):
-            train.main(small_run(data, tmp_path, "--epochs", "3", "--lr-scheduler", "cosine"))
-    finally:
-        handle.remove()
+    interrupted_run(small_run(data, tmp_path, "--epochs", "3", "--lr-scheduler", "cosine"), 6)  # 5 steps an epoch: in epoch 2 of 3
     ckpt = torch.load(tmp_path / "last.pth", weights_only=True)
     lr_at_stop = ckpt["optimizer"]["param_groups"][0]["lr"]
     lrs = []  # the rate of each optimizer step: the schedule steps right after the optimizer

@@ -13,7 +13,7 @@ import device
 import model
 import split_data
 import train
-from conftest import ROOT, TINY_TRAIN, comparable, interrupt_at_batch, parse
+from conftest import ROOT, TINY_TRAIN, comparable, interrupted_run, parse
 
 
 def run_args(data, out, *extra):
@@ -23,13 +23,7 @@ def run_args(data, out, *extra):
 
 def test_interrupted_then_resumed_run_equals_uninterrupted(data, tmp_path, capsys):
     full = train.main(run_args(data, tmp_path / "a"))
-    handle = interrupt_at_batch(7)  # 5 steps an epoch: stops in epoch 2
-    try:
-        with pytest.raises(SystemExit) as stop:
-            train.main(run_args(data, tmp_path / "b"))
-    finally:
-        handle.remove()
-    assert stop.value.code == 130
+    assert interrupted_run(run_args(data, tmp_path / "b"), 7) == 130  # 5 steps an epoch: stops in epoch 2
     err = capsys.readouterr().err
     assert f"python train.py --resume {tmp_path / 'b' / 'last.pth'}" in err
     ckpt = torch.load(tmp_path / "b" / "last.pth", weights_only=True)
