@@ -15,6 +15,7 @@ import importlib.util
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,9 +25,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from cli import ArgumentParser, UserError, batch_size_arg, check_writable_dir, img_size_arg, int_in, run_cli
+from cli import ArgumentParser, UserError, batch_size_arg, check_writable_dir, img_size_arg, int_in, made_dirs, run_cli
 from device import amp_dtype, autocast, grad_scaler, peak_memory_mb, reset_peak_memory, select_device
-from images import MEAN, STD, EvalTransform, TrainTransform, list_images, load_rgb, open_image
+from images import MEAN, STD, EvalTransform, TrainTransform, list_images, load_rgb, open_image, save_image
 from inference import export_onnx
 from model import MODELS
 from weights import build_model
@@ -190,7 +191,7 @@ def make_phone_photos(folder, n, size=(4000, 3000)):
     rng = random.Random(1)
     for i in range(n):
         img = demo_data.draw_image(demo_data.CLASSES[i % 5], rng, 600).resize(size, Image.BICUBIC)
-        img.save(folder / f"phone_{i:03d}.jpg", quality=90)
+        save_image(img, folder / f"phone_{i:03d}.jpg", quality=90)
 
 
 def tutorial_transforms(img_size):
@@ -305,7 +306,22 @@ def make_images(folder, n=400):
     rng = random.Random(0)
     for i in range(n):
         img = demo_data.draw_image(demo_data.CLASSES[i % 5], rng, rng.randint(320, 500))
-        img.resize((img.width, rng.randint(320, 500))).save(folder / f"img_{i:03d}.jpg", quality=90)
+        save_image(img.resize((img.width, rng.randint(320, 500))), folder / f"img_{i:03d}.jpg", quality=90)
+
+
+def make_folder(folder, fill, what):
+    """`folder` made whole or not at all: filled beside it under a temporary name, then renamed, so a
+    full disk or Ctrl-C never leaves a partial set that a later run would take for the whole one."""
+    folder = Path(folder)
+    with made_dirs(folder.parent):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            fill(tmp)
+            os.rename(tmp, folder)
+        except OSError as e:
+            raise UserError(f"cannot make the {what} in {folder}: {e.strerror or e}") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def timed(cmd):
@@ -339,7 +355,7 @@ def predict_folder(args):
     select_device(args.device)  # a wrong --device is refused before the images are made
     if not folder.is_dir():
         check_writable_dir(folder, "benchmark images")
-        make_images(folder, args.predict_images)
+        make_folder(folder, lambda tmp: make_images(tmp, args.predict_images), "benchmark images")
     if not list_images(folder):
         raise UserError(f"no images in {folder}")
     paths = list_images(folder)

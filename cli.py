@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 import tempfile
 import urllib.error
@@ -28,9 +29,21 @@ def _one_line_for_ctrl_c(kind, value, tb):
     sys.__excepthook__(kind, value, tb)
 
 
+def _ctrl_c_while_loading(signum, frame):
+    # Nothing is written before run_cli starts main: the process can simply end. A KeyboardInterrupt
+    # raised inside torch's C++ start-up code would instead abort it ("terminate called ...").
+    os.write(2, b"error: interrupted (Ctrl-C)\n")
+    os._exit(130)
+
+
 # A script imports cli before torch: Ctrl-C during torch's seconds of importing, before run_cli is
-# in charge, ends in one line too. Only uncaught exceptions reach this hook.
+# in charge, ends in one line too. Only for the scripts beside this file run as programs (not for
+# tests or other programs that import them); run_cli gives Ctrl-C back to Python's own handler.
 sys.excepthook = _one_line_for_ctrl_c
+_main_file = getattr(sys.modules.get("__main__"), "__file__", None) or ""
+if (os.path.dirname(os.path.abspath(_main_file)) == os.path.dirname(os.path.abspath(__file__))
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+    signal.signal(signal.SIGINT, _ctrl_c_while_loading)
 
 
 class UserError(Exception):
@@ -44,10 +57,22 @@ class ArgumentParser(argparse.ArgumentParser):
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
 
+    def parse_known_args(self, args=None, namespace=None):
+        # An empty value ('' from an unset shell variable) would read as "not given" and quietly
+        # fall back to a default path: refused, for every flag and argument.
+        ns, rest = super().parse_known_args(args, namespace)
+        for action in self._actions:
+            value = getattr(ns, action.dest, None)
+            if value == "" or (isinstance(value, list) and "" in value):
+                self.error(f"{'/'.join(action.option_strings) or action.dest} is empty")
+        return ns, rest
+
 
 def run_cli(main, parser, argv=None):
     """Parse the command line and run main(args). Bad input, a full disk, running out of memory or
     Ctrl-C end in one line on stderr and a non-zero exit; only a bug in the code shows a traceback."""
+    if signal.getsignal(signal.SIGINT) is _ctrl_c_while_loading:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     args = parser.parse_args(argv)
     try:
         main(args)
@@ -202,10 +227,54 @@ def check_distinct(paths):
     """Outputs that would land on one file: {flag: path}; the later would destroy the earlier."""
     seen = {}
     for flag, path in paths.items():
-        key = os.path.abspath(path)
+        key = os.path.realpath(path)  # a link to a folder would otherwise hide that two are one
         if key in seen:
             raise UserError(f"{seen[key]} and {flag} are the same file ({path}); give each its own path")
         seen[key] = flag
+
+
+def check_outside(path, folders, what):
+    """An output must not land inside a folder this run reads as data (a report written among the
+    training images would be trained on next time, weights written over a photo destroy it)."""
+    real = Path(os.path.realpath(path))
+    for folder in folders:
+        inside = Path(os.path.realpath(folder))
+        if real == inside or inside in real.parents:
+            raise UserError(f"the {what} {path} would be written inside {folder}, which holds the images; "
+                            "give a path outside it")
+
+
+@contextlib.contextmanager
+def made_dirs(folder):
+    """Make `folder` and its missing parents; if the block fails, remove again those of them that
+    are still empty, so a refused or failed run leaves no new empty folders behind."""
+    folder = Path(folder)
+    new = []
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        new.append(probe)
+        probe = probe.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        for d in new:  # deepest first
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
+
+
+# torch.save reports a failed write (a full disk, a file-size limit) as a RuntimeError from its C++
+# writer, in words that changed between versions.
+_WRITE_FAILURES = ("write", "iostream error", "unexpected pos")
+
+
+def _is_write_failure(e):
+    while e is not None:
+        if isinstance(e, RuntimeError) and any(m in str(e).lower() for m in _WRITE_FAILURES):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 _UMASK = os.umask(0o022)
@@ -217,24 +286,25 @@ def atomic_path(path):
     """Yields a temporary path beside `path` with the same suffix; renamed onto `path` when the
     block ends without error, removed otherwise (disk full, Ctrl-C, a bug)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; the file gets the usual permissions
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise UserError(f"no space left on the disk while writing {path}; it was left as it was") from None
-        raise UserError(f"cannot write {path}: {describe_os_error(e)}") from None
-    except RuntimeError as e:  # torch.save reports a failed write (a full disk) as a RuntimeError
-        if "write" not in str(e).lower():
-            raise
-        raise UserError(f"cannot write {path} (is the disk full?); it was left as it was") from None
-    finally:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
+    with made_dirs(path.parent):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; the file gets the usual permissions
+        try:
+            yield Path(tmp)
+            os.replace(tmp, path)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                raise UserError(f"the disk is full (or the file too large for it) while writing {path}; "
+                                "it was left as it was") from None
+            raise UserError(f"cannot write {path}: {describe_os_error(e)}") from None
+        except RuntimeError as e:
+            if not _is_write_failure(e):
+                raise
+            raise UserError(f"cannot write {path} (is the disk full?); it was left as it was") from None
+        finally:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
 
 
 def atomic_write_bytes(path, data):
@@ -310,11 +380,11 @@ def download(url, dest, sha256=None, progress=True, timeout=60):
         if not source.is_file():
             raise UserError(f"could not download {url}: {source} is not a regular file")
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(timeout)  # torch.hub sets none: a stalled server would hang forever
     try:
-        download_url_to_file(url, str(dest), hash_prefix=sha256.lower() if sha256 else None, progress=progress)
+        with made_dirs(dest.parent):
+            download_url_to_file(url, str(dest), hash_prefix=sha256.lower() if sha256 else None, progress=progress)
     except RuntimeError as e:
         if "hash" not in str(e):
             raise

@@ -33,7 +33,7 @@ except ImportError:  # a deployment machine (requirements-deploy.txt) predicts; 
 from cli import (ArgumentParser, UserError, atomic_path, atomic_write_bytes, check_output, float_in, int_at_least,
                  need_dir, non_negative_float, read_class_indices, run_cli)
 from images import EvalTransform, list_images, load_rgb
-from inference import add_model_args, decode_batches, default_weights, export_onnx, normalize
+from inference import add_model_args, decode_batches, default_weights, export_onnx, max_onnx_opset, normalize
 from weights import build_model, load_trained_weights, num_classes_of, read_state_dict
 
 
@@ -243,6 +243,12 @@ def main(args):
     out = Path(args.out or Path(weights).with_suffix(".onnx"))
     if out.suffix.lower() != ".onnx":
         raise UserError(f"--out {out}: give a file name ending in .onnx")
+    try:
+        newest = max_onnx_opset()
+    except ImportError:
+        newest = None
+    if newest and args.opset > newest:
+        raise UserError(f"--opset {args.opset}: this torch ({torch.__version__}) writes opsets up to {newest}")
     labels = out.parent / "labels.txt"
     labels_text = ("\n".join(classes) + "\n").encode()
     check_output(out, "ONNX file", overwrite=args.overwrite)

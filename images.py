@@ -12,12 +12,17 @@ without them.
 """
 import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from cli import UserError
+
+# A phone photo with a damaged EXIF block decodes fine, but Pillow's TIFF reader (which parses EXIF)
+# warns on stderr, two lines per image that name no file: not the user's business.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 MEAN = (0.485, 0.456, 0.406)
@@ -76,6 +81,19 @@ def list_images(folder, recursive=False, not_regular=None):
 
 
 # ---------------------------------------------------------------- decoding
+
+def save_image(img, path, **params):
+    """img.save, in the format its name says, but checked: Pillow hands its encoder's buffer to
+    write() and ignores a short write, so on a full disk it leaves a cut-off file and no error.
+    Encoded in memory, then written by Python, which raises on a short write."""
+    import io
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower())
+    if fmt is None:
+        raise UserError(f"cannot write image {path}: Pillow knows no format for its ending")
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **(params if fmt == "JPEG" else {}))
+    Path(path).write_bytes(buf.getvalue())
+
 
 def open_image(path):
     """The image's header only (nothing decoded yet), or a UserError naming the file."""

@@ -61,11 +61,14 @@ def default_weights(args):
 def resolve_classes(args):
     """Class names and where they came from. With --onnx and no --class-indices, the labels.txt that
     export_onnx.py wrote beside the model wins over a ./class_indices.json that may be another run's."""
+    if args.onnx:  # the model first: a wrong --onnx is the problem to name, not a missing class file
+        need_file(args.onnx, "ONNX file", "make it with export_onnx.py")
     if args.class_indices:
         return read_class_indices(args.class_indices), args.class_indices
     if args.onnx:
         labels = Path(args.onnx).with_name("labels.txt")
-        if labels.is_file():
+        if labels.exists():
+            need_file(labels, "labels file")
             return read_labels(labels), str(labels)
     return read_class_indices("./class_indices.json"), "./class_indices.json"
 
@@ -341,6 +344,14 @@ def onnx_predictor(path, num_classes, img_size, provider="auto", trt_cache=None,
 
 
 # ---------------------------------------------------------------- ONNX export
+
+def max_onnx_opset():
+    """The newest opset the installed torch's TorchScript exporter writes (None: unknown). Asked
+    before exporting: torch prints its whole graph to stdout when given one beyond it."""
+    from torch.onnx import _constants  # private, but the exporter's own limit; guarded below
+
+    return getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", getattr(_constants, "ONNX_MAX_OPSET", None))
+
 
 def export_onnx(net, out, img_size, opset=17, output_name="logits"):
     """torch.onnx.export with a dynamic batch, input `input`, output `output_name`."""

@@ -59,18 +59,18 @@ def load_without_fc(model_name, state_dict, num_classes, path):
 def main(args):
     if args.url and not args.download:
         raise UserError("--url only applies with --download")
-    if args.out:
-        check_output(args.out, "adapted weights", overwrite=args.overwrite)
     if args.download:
         url = as_url(args.url) if args.url else imagenet_url(args.model)
-        cached = imagenet_cache_path(url)
-        if cached.exists() and not cached.is_file():
-            raise UserError(f"{cached} is in the way of the download: it is not a file")
-        path = imagenet_weights(args.model, url=url)
+        source = imagenet_cache_path(url)
+        if source.exists() and not source.is_file():
+            raise UserError(f"{source} is in the way of the download: it is not a file")
     else:
-        path = need_file(args.weights or f"./{args.model}-pre.pth", "weights file",
-                         f"run with --download to fetch torchvision's ImageNet {args.model} file, "
-                         "or pass --weights PATH")
+        source = need_file(args.weights or f"./{args.model}-pre.pth", "weights file",
+                           f"run with --download to fetch torchvision's ImageNet {args.model} file, "
+                           "or pass --weights PATH")
+    if args.out:  # never over the file it reads, --overwrite or not
+        check_output(args.out, "adapted weights", overwrite=args.overwrite, suffixes=(".pth", ".pt"), inputs=[source])
+    path = imagenet_weights(args.model, url=url) if args.download else source
     state_dict = read_state_dict(path)
     adapt = replace_fc_after_loading if args.way == 1 else load_without_fc
     net = adapt(args.model, state_dict, args.num_classes, path)

@@ -27,9 +27,9 @@ from pathlib import Path
 from PIL import Image
 
 import demo_data
-from cli import (ArgumentParser, UserError, as_url, atomic_write_text, check_writable_dir, download, float_in,
-                 int_at_least, need_dir, positive_int, run_cli)
-from images import list_images, load_rgb
+from cli import (ArgumentParser, UserError, as_url, atomic_write_text, check_class_names, check_writable_dir, download, float_in,
+                 int_at_least, made_dirs, need_dir, positive_int, run_cli)
+from images import list_images, load_rgb, save_image
 from plots import plot_split
 
 FLOWERS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
@@ -75,6 +75,7 @@ def class_images(source):
     classes = sorted(d.name for d in source.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise UserError(f"{source} has no class folders; it must hold <class>/<images>")
+    check_class_names(classes, f"the class folders of {source}")  # train.py would refuse them later
     found = {}
     for cla in classes:
         not_regular = []
@@ -240,12 +241,17 @@ def resized_copy(job):
         if min(img.size) > max_size:
             scale = max_size / min(img.size)
             img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.LANCZOS)
-        fmt = "JPEG" if Path(dst).suffix.lower() in (".jpg", ".jpeg") else None
-        img.save(dst, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
-        return ""
+        warning = ""
     except (UserError, OSError, ValueError) as e:
-        shutil.copy2(src, dst)  # unreadable or unsavable here: copied as it is; training will name it
-        return str(e)
+        img, warning = None, str(e)  # unreadable here: copied as it is; training will name it
+    try:
+        if img is None:
+            shutil.copy2(src, dst)
+        else:
+            save_image(img, dst, quality=95)
+    except (OSError, ValueError) as e:  # a full disk: the whole split fails, naming where it wrote
+        return "", getattr(e, "strerror", None) or str(e)
+    return warning, ""
 
 
 def write_split(source, out_root, split, mode="link", max_size=None, workers=None):
@@ -272,9 +278,11 @@ def write_split(source, out_root, split, mode="link", max_size=None, workers=Non
         if jobs:
             print(f"resizing {len(jobs)} images to a shorter side of at most {max_size} px")
             with multiprocessing.Pool(workers or os.cpu_count() or 1) as pool:
-                for (src, _, _), error in zip(jobs, pool.imap(resized_copy, jobs, chunksize=8)):
+                for (_, dst, _), (warning, error) in zip(jobs, pool.imap(resized_copy, jobs, chunksize=8)):
                     if error:
-                        print(f"warning: copied as it is: {error}")
+                        raise UserError(f"cannot write {out_root / dst.relative_to(tmp)}: {error}")
+                    if warning:
+                        print(f"warning: copied as it is: {warning}")
         for side in ("train", "val"):
             for cla in split:
                 (tmp / side / cla).mkdir(parents=True, exist_ok=True)  # a class with no val image too
@@ -307,21 +315,25 @@ def split_dataset(source, out_root, val_rate=0.1, seed=0, overwrite=False, mode=
     groups = find_duplicates(source, split)
     moved = keep_duplicates_together(split, groups)
 
-    out_root.mkdir(parents=True, exist_ok=True)
-    tmp = write_split(source, out_root, split, mode, max_size)
-    try:
-        remove_earlier_split([t for t in targets if t.exists()], to_remove)
-        for t in targets:
-            os.replace(tmp / t.name, t)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    write_manifest(out_root, split)
+    with made_dirs(out_root):  # a failed split leaves no new empty folder
+        tmp = write_split(source, out_root, split, mode, max_size)
+        try:
+            # The manifest is written beside the new split and moved with it: a full disk fails here,
+            # before anything of the earlier split is touched.
+            write_manifest(tmp, split)
+            remove_earlier_split([t for t in targets if t.exists()], to_remove)
+            for t in targets:
+                os.replace(tmp / t.name, t)
+            os.replace(tmp / MANIFEST, out_root / MANIFEST)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     report(split, groups, moved, out_root)
     return split
 
 
 def write_manifest(out_root, split):
-    """Size and time of every file placed, so a later --overwrite knows them for the split's own."""
+    """Size and time of every file placed, so a later --overwrite knows them for the split's own
+    (a rename keeps both)."""
     entries = {}
     for cla, (train, val) in split.items():
         for side, names in (("train", train), ("val", val)):
@@ -464,8 +476,8 @@ def main(args):
                                                             "(flowers) or --demo (synthetic)"), args.val_rate, args.seed)
     # Then act.
     if args.download:
-        data_root.mkdir(parents=True, exist_ok=True)
-        download_flowers(data_root, url, sha)
+        with made_dirs(data_root):
+            download_flowers(data_root, url, sha)
     if args.demo:
         make_demo(source, args.demo_per_class, args.seed, args.demo_imgs)
     return split_dataset(source, data_root, args.val_rate, args.seed, args.overwrite, args.mode, args.max_size,

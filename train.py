@@ -27,8 +27,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from cli import (ArgumentParser, UserError, atomic_path, atomic_write_bytes, batch_size_arg, check_class_names,
-                 check_distinct, check_output, check_writable_dir, class_indices_bytes, float_in, img_size_arg, int_in,
-                 need_dir, non_negative_float, positive_float, run_cli, seed_arg, workers_arg)
+                 check_distinct, check_output, check_outside, check_writable_dir, class_indices_bytes, float_in, img_size_arg, int_in,
+                 need_dir, need_file, non_negative_float, positive_float, run_cli, seed_arg, workers_arg)
 from device import (amp_dtype, autocast, compile_supported, dtype_name, grad_scaler, memory_format,
                     peak_memory_mb, reset_peak_memory, select_device)
 from images import EvalTransform, TrainTransform
@@ -296,10 +296,9 @@ def check_initial_weights(s):
             if not cached.is_file():
                 check_writable_dir(cached.parent, "ImageNet weights")
         return
-    if not Path(s.weights).is_file():
-        raise UserError(f"weights file not found: {s.weights}; pass --weights imagenet to download "
-                        f"torchvision's ImageNet {s.model} file, --weights PATH for another file, "
-                        "or --weights none to train from scratch (then use more than 20 epochs)")
+    need_file(s.weights, "weights file", f"pass --weights imagenet to download torchvision's ImageNet {s.model} "
+              "file, --weights PATH for another file, or --weights none to train from scratch (then use more "
+              "than 20 epochs)")
     read_state_dict(s.weights)  # readable, a state_dict: checked now, not after the first writes
 
 
@@ -498,6 +497,8 @@ REPORTS = ("history.csv", "curves.png", "confusion_matrix.png", "val_predictions
 def check_run_outputs(s, classes, ckpt):
     """Before any work: every file the run writes can be written, no two are the same file, and none
     that cost training is replaced without --overwrite (a resumed run's own files are its to replace)."""
+    image_folders = [Path(s.data_path) / "train", Path(s.data_path) / "val"]
+    check_outside(s.output_dir, image_folders, "--output-dir")
     check_writable_dir(s.output_dir, "reports")
     reports = {name: Path(s.output_dir) / name for name in REPORTS}
     for name, path in reports.items():
@@ -507,11 +508,15 @@ def check_run_outputs(s, classes, ckpt):
     check_distinct({"--save-path": s.save_path, "--checkpoint": s.checkpoint, "--class-indices": s.class_indices,
                     **{f"--output-dir's {name}": path for name, path in reports.items()}})
     mine = bool(ckpt) or s.overwrite
+    # The starting weights are an input: a run never writes over them, --overwrite or not.
+    start = [s.weights] if s.weights.lower() not in ("none", "imagenet") and not ckpt else []
     for path, what in ((s.save_path, "best weights"), (s.checkpoint, "checkpoint")):
-        check_output(path, what)
+        check_outside(path, image_folders, what)
+        check_output(path, what, suffixes=(".pth", ".pt"), inputs=start)
         if Path(path).exists() and not mine:
             raise UserError(f"{path} is there from an earlier run; --resume {s.checkpoint} continues it, "
                             "--overwrite replaces it, --save-path writes elsewhere")
+    check_outside(s.class_indices, image_folders, "class-index file")
     check_output(s.class_indices, "class-index file", overwrite=s.overwrite, same_content=class_indices_bytes(classes))
 
 

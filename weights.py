@@ -31,6 +31,13 @@ def strip_wrapper_prefix(state_dict):
 def torch_load(path, what):
     """torch.load with weights_only=True: a file of tensors loads, a pickle that runs code does not."""
     need_file(path, what)
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (a pickle before torch 1.6): anything else (an ONNX file, a
+    # class-index file, a photo) is named for what it is not, before torch tries to read it.
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise UserError(f"{path} is not a PyTorch weights file (a .pth written by torch.save): "
+                        "it is neither a zip nor a pickle")
     try:
         with warnings.catch_warnings():  # torch 2.0 warns about its own TypedStorage here, on stderr
             warnings.simplefilter("ignore")

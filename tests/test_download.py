@@ -40,10 +40,10 @@ def test_download_checks_sha256_and_leaves_no_partial_file(server, tmp_path):
     assert good.read_bytes() == b"hello" * 1000
     with pytest.raises(UserError, match="checksum mismatch"):
         cli.download(f"{url}/f.bin", tmp_path / "bad" / "f.bin", sha256="0" * 64, progress=False)
-    assert list((tmp_path / "bad").iterdir()) == []
+    assert not (tmp_path / "bad").exists()  # nor the folder made for it
     with pytest.raises(UserError, match="could not download"):
         cli.download(f"{url}/missing.bin", tmp_path / "m" / "x", progress=False)
-    assert list((tmp_path / "m").iterdir()) == []
+    assert not (tmp_path / "m").exists()
 
 
 def make_flowers_tgz(path, tmp_path):

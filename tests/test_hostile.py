@@ -215,3 +215,145 @@ def test_an_onnx_model_of_another_input_type_is_one_line(tiny_run, tmp_path):
     (tmp_path / "labels.txt").write_text("a\nb\nc\n")
     res = run_script("batch_predict.py", tiny_run["data"] / "val" / "daisy", "--onnx", path)
     assert_one_line_error(res, "takes tensor(int64)")
+
+
+# ---------------------------------------------------------------- round 2: what a second hostile user found
+
+def run_with_file_size_limit(limit, script, *argv):
+    """A script whose every file write beyond `limit` bytes fails, as on a full disk (no root needed)."""
+    import resource
+
+    def limit_writes():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    env = dict(os.environ, MPLBACKEND="Agg")
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, argv)], env=env, capture_output=True,
+                          text=True, timeout=600, preexec_fn=limit_writes)
+
+
+def test_torch_save_on_a_full_disk_is_one_line_and_keeps_the_old_file(tiny_run, tmp_path):
+    out = tmp_path / "deeper" / "adapted.pth"
+    out.parent.mkdir()
+    out.write_bytes(b"old")
+    res = run_with_file_size_limit(1 << 20, "load_weights.py", "--model", "resnet18", "--weights",
+                                   tiny_run["weights"], "--num-classes", "3", "--out", out, "--overwrite")
+    assert_one_line_error(res, "disk full", "adapted.pth")
+    assert out.read_bytes() == b"old" and os.listdir(out.parent) == ["adapted.pth"]
+    # a folder made for the file goes again
+    res = run_with_file_size_limit(1 << 20, "load_weights.py", "--model", "resnet18", "--weights",
+                                   tiny_run["weights"], "--num-classes", "3", "--out", tmp_path / "new" / "a.pth")
+    assert_one_line_error(res, "disk full")
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_split_that_cannot_write_names_where_and_leaves_nothing(tmp_path):
+    source = make_class_folders(tmp_path / "photos", per_class=4)
+    res = run_with_file_size_limit(300, "split_data.py", "--source", source, "--data-root", tmp_path / "new" / "root",
+                                   "--max-size", "32")
+    assert_one_line_error(res, "cannot write", str(tmp_path / "new" / "root"))
+    assert not (tmp_path / "new").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
+
+
+def test_outputs_through_a_link_are_still_one_file(data, tmp_path):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "alias").symlink_to("c")
+    with pytest.raises(UserError, match="same file"):
+        train.main(parse(train, TINY_TRAIN + ["--data-path", data, "--save-path", tmp_path / "c" / "w.pth",
+                                              "--checkpoint", tmp_path / "alias" / "w.pth"]))
+    assert list((tmp_path / "c").iterdir()) == []
+
+
+def test_no_output_lands_among_the_images_or_on_the_starting_weights(data, tiny_run, tmp_path):
+    photo = next((data / "train" / "daisy").iterdir())
+    before = photo.read_bytes()
+    listing = sorted(p.name for p in (data / "train" / "daisy").iterdir())
+    base = TINY_TRAIN + ["--data-path", data, "--overwrite", "--class-indices", tmp_path / "ci.json"]
+    for extra, words in ((["--save-path", photo], "inside"),
+                         (["--save-path", tmp_path / "w.jpg"], "must end in .pth"),
+                         (["--save-path", data / "train" / "daisy" / "w.pth"], "inside"),
+                         (["--save-path", tmp_path / "w.pth", "--output-dir", data / "val"], "inside"),
+                         (["--save-path", tmp_path / "w.pth", "--class-indices", data / "train" / "ci.json"], "inside")):
+        with pytest.raises(UserError, match=words):
+            train.main(parse(train, base + extra))
+    assert photo.read_bytes() == before and sorted(p.name for p in (data / "train" / "daisy").iterdir()) == listing
+    start = tmp_path / "start.pth"
+    shutil.copy(tiny_run["weights"], start)
+    with pytest.raises(UserError, match="also an input"):
+        train.main(parse(train, base[:2] + ["--weights", start] + base[4:] + ["--save-path", start]))
+    res = run_script("load_weights.py", "--model", "resnet18", "--weights", start, "--num-classes", "3",
+                     "--out", start, "--overwrite")
+    assert_one_line_error(res, "also an input")
+    assert start.read_bytes() == tiny_run["weights"].read_bytes()
+
+
+def test_files_that_are_not_weights_or_models_are_named_for_what_they_are(tiny_run, tmp_path):
+    for name, content in (("m.onnx", b"\x08\x07\x12\x07pytorch"), ("ci.json", b'{"0": "a"}')):
+        (tmp_path / name).write_bytes(content)
+        res = run_script("train.py", *TINY_TRAIN, "--data-path", tiny_run["data"], "--resume", tmp_path / name)
+        assert_one_line_error(res, "not a PyTorch weights file", "neither a zip nor a pickle")
+    fifo = tmp_path / "w.pth"
+    os.mkfifo(fifo)
+    res = run_script("train.py", *TINY_TRAIN[:2], *TINY_TRAIN[4:], "--weights", fifo, "--data-path", tiny_run["data"],
+                     "--save-path", tmp_path / "out.pth")
+    assert_one_line_error(res, "not a regular file")
+    img = next((tiny_run["data"] / "val" / "daisy").iterdir())
+    assert_one_line_error(run_script("predict.py", img, "--onnx", tmp_path), "ONNX file", "is a folder")
+
+
+def test_an_empty_value_is_refused_not_taken_for_the_default(tiny_run):
+    img = next((tiny_run["data"] / "val" / "daisy").iterdir())
+    for script, argv, flag in (("predict.py", [img, "--onnx", ""], "--onnx"),
+                               ("train.py", ["--weights", ""], "--weights"),
+                               ("batch_predict.py", [""], "folder")):
+        res = run_script(script, *argv)
+        assert res.returncode == 2 and "Traceback" not in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1 and f"{flag} is empty" in res.stderr, res.stderr
+
+
+def test_class_folder_names_that_train_would_refuse_are_refused_by_the_split(tmp_path):
+    source = make_class_folders(tmp_path / "photos", per_class=2, classes=("a", "b\nc"))
+    with pytest.raises(UserError, match="class names must be non-empty strings on one line"):
+        split_data.main(parse(split_data, ["--source", source, "--data-root", tmp_path / "root"]))
+    assert not (tmp_path / "root").exists()
+
+
+def test_a_refused_download_leaves_no_new_folders(tmp_path):
+    junk = tmp_path / "junk.tgz"
+    junk.write_bytes(b"not an archive")
+    with pytest.raises(UserError):
+        split_data.main(parse(split_data, ["--download", "--url", junk, "--sha256", "none",
+                                           "--data-root", tmp_path / "new" / "deep" / "root"]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.tgz"]
+
+
+def test_a_corrupt_exif_block_is_not_stderr_noise(tiny_run, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    # EXIF of a phone photo cut short: the orientation, and a pointer to a sub-block past its end
+    tiff = b"II*\x00" + struct.pack("<IH", 8, 2) + struct.pack("<HHII", 0x0112, 3, 1, 6) \
+        + struct.pack("<HHII", 0x8769, 4, 1, 1000) + struct.pack("<I", 0)
+    Image.new("RGB", (40, 40), "red").save(folder / "a.jpg", exif=b"Exif\x00\x00" + tiff)
+    res = run_script("batch_predict.py", folder, *model_args(tiny_run))
+    assert res.returncode == 0 and res.stderr.strip() == "", res.stderr
+    assert "a.jpg" in res.stdout
+
+
+def test_an_interrupted_benchmark_folder_is_not_left_half_made(tmp_path, monkeypatch):
+    import benchmark
+
+    def two_then_ctrl_c(folder, n):
+        Image.new("RGB", (8, 8)).save(folder / "img_000.jpg")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(benchmark, "make_images", two_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        benchmark.main(parse(benchmark, ["--predict-folder", tmp_path / "a" / "imgs", "--device", "cpu"]))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_opset_beyond_what_torch_writes_is_one_line_before_exporting(tiny_run, tmp_path):
+    pytest.importorskip("onnx")
+    res = run_script("export_onnx.py", "--model", "resnet18", "--img-size", "32", "--weights", tiny_run["weights"],
+                     "--class-indices", tiny_run["classes"], "--out", tmp_path / "m.onnx", "--opset", "99")
+    assert_one_line_error(res, "--opset 99", "writes opsets up to")
+    assert res.stdout == "" and list(tmp_path.iterdir()) == []
