@@ -277,29 +277,34 @@ def load_data(s, world, device):
 
 # ---------------------------------------------------------------- model and optimisation
 
-def initial_weights(net, s, world):
-    """ImageNet or a file's weights into the new model (or none: from scratch)."""
+def initial_weights(net, s, world, state_dict=None):
+    """ImageNet or a file's weights into the new model (or none: from scratch). state_dict: the
+    file's, as check_initial_weights read it."""
     if s.weights.lower() == "none":
         if world.is_main:
             print("training from scratch (use more than 20 epochs)")
         return
-    path = imagenet_weights(s.model, progress=world.is_main) if s.weights.lower() == "imagenet" else s.weights
-    load_pretrained(net, s.model, read_state_dict(path), path, verbose=world.is_main)
+    if s.weights.lower() == "imagenet":
+        path = imagenet_weights(s.model, progress=world.is_main)
+        state_dict = read_state_dict(path)
+    else:
+        path = s.weights
+    load_pretrained(net, s.model, state_dict, path, verbose=world.is_main)
 
 
 def check_initial_weights(s):
-    """Before any work: the starting weights file is there (or can be downloaded)."""
+    """Before any work: the starting weights file is there (or can be downloaded). Returns the
+    file's state_dict (read now, not after the first writes, and not read again), or None."""
+    if s.weights.lower() == "imagenet":
+        cached = imagenet_cache_path(imagenet_url(s.model))  # a model without ImageNet weights is refused here
+        if not cached.is_file():
+            check_writable_dir(cached.parent, "ImageNet weights")
     if s.weights.lower() in ("none", "imagenet"):
-        if s.weights.lower() == "imagenet":
-            imagenet_url(s.model)  # a model without ImageNet weights is refused here
-            cached = imagenet_cache_path(imagenet_url(s.model))
-            if not cached.is_file():
-                check_writable_dir(cached.parent, "ImageNet weights")
-        return
+        return None
     need_file(s.weights, "weights file", f"pass --weights imagenet to download torchvision's ImageNet {s.model} "
               "file, --weights PATH for another file, or --weights none to train from scratch (then use more "
               "than 20 epochs)")
-    read_state_dict(s.weights)  # readable, a state_dict: checked now, not after the first writes
+    return read_state_dict(s.weights)
 
 
 # ---------------------------------------------------------------- training and evaluation
@@ -369,9 +374,11 @@ def train_one_epoch(model, params, loader, criterion, optimizer, scheduler, scal
                 scheduler.step()
                 if ema is not None:
                     ema.update_parameters(ctx["model_without_ddp"])
-            correct = (logits.argmax(1) == labels).sum() if mixer is None else torch.zeros((), device=device)
-            sums += torch.stack([loss.detach().float() * len(labels), correct.float(),
-                                 torch.tensor(float(len(labels)), device=device)])
+            # In place with Python numbers: a tensor made from one would be a blocking copy to the GPU.
+            sums[0] += loss.detach().float() * len(labels)
+            if mixer is None:  # no hard labels to count under mixing
+                sums[1] += (logits.argmax(1) == labels).sum()
+            sums[2] += len(labels)
             state.step += 1
             # loss.item() waits for the GPU: only when the bar is redrawn, not every step.
             if world.is_main and time.perf_counter() - last_shown > 0.5:
@@ -566,24 +573,22 @@ def run(args, world, device_name=None):
     classes = train_set.classes
     if ckpt and ckpt["classes"] != classes:
         raise UserError(f"{args.resume} was trained on classes {ckpt['classes']}, but {s.data_path} has {classes}")
-    if not ckpt and not s.eval_only:
-        check_initial_weights(s)
+    start_weights = check_initial_weights(s) if not ckpt and not s.eval_only else None
     check_run_outputs(s, classes, ckpt)
     if world.is_main:
         print(f"using {len(train_set)} images for training, {len(val_set)} images for validation.")
         print(f"Using {s.workers} dataloader workers every process")
     ctx = {"device": device, "world": world, "memory_format": memory_format(s.channels_last),
            "amp_dtype": amp_dtype(device, s.amp_dtype)}
-    model_without_ddp = build_model(s.model, num_classes=len(classes))
 
     if s.eval_only:
-        return evaluate_only(s, model_without_ddp, val_set, val_loader, classes, ctx)
+        return evaluate_only(s, build_model(s.model, num_classes=len(classes)), val_set, val_loader, classes, ctx)
 
     # 2. The model, its optimiser and schedule: from a checkpoint, or from the starting weights.
     state = RunState()
     if ckpt:
         state.load_state_dict(ckpt)
-    model, model_without_ddp = build_network(s, len(classes), world, ctx, ckpt)
+    model, model_without_ddp = build_network(s, len(classes), world, ctx, ckpt, start_weights)
     ema = ema_model(model_without_ddp, s.model_ema_decay) if s.model_ema else None
     optimizer, scheduler, scaler = build_optimisation(s, model_without_ddp, len(train_loader), state, ckpt, world, ctx)
     if ckpt:
@@ -610,7 +615,7 @@ def run(args, world, device_name=None):
             "settings": s}
 
 
-def build_network(s, num_classes, world, ctx, ckpt):
+def build_network(s, num_classes, world, ctx, ckpt, start_weights=None):
     """The model with its weights (the checkpoint's, or the starting ones) on the device, frozen where
     asked; wrapped for DistributedDataParallel and torch.compile where that applies. Returns the
     model to train and the plain one (what is saved)."""
@@ -618,7 +623,7 @@ def build_network(s, num_classes, world, ctx, ckpt):
     if ckpt:
         model_without_ddp.load_state_dict(ckpt["model"])
     else:
-        initial_weights(model_without_ddp, s, world)
+        initial_weights(model_without_ddp, s, world, start_weights)
     if s.freeze_backbone:
         for name, p in model_without_ddp.named_parameters():
             p.requires_grad = name.startswith("fc.")
