@@ -26,7 +26,8 @@ import torch
 import torch.nn as nn
 
 from cli import ArgumentParser, UserError, batch_size_arg, check_writable_dir, img_size_arg, int_in, made_dirs, run_cli
-from device import amp_dtype, autocast, grad_scaler, peak_memory_mb, reset_peak_memory, select_device
+from device import (amp_dtype, autocast, dtype_name, grad_scaler, memory_format, peak_memory_mb, reset_peak_memory,
+                    select_device)
 from images import MEAN, STD, EvalTransform, TrainTransform, list_images, load_rgb, open_image, save_image
 from inference import export_onnx
 from model import MODELS
@@ -81,7 +82,7 @@ def time_steps(step, device, steps, warmup):
 def bench_train(args, device, channels_last, amp):
     torch.manual_seed(0)
     net = build_model(args.model, num_classes=5).to(device)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    fmt = memory_format(channels_last)
     net = net.to(memory_format=fmt).train()
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     scaler = grad_scaler(device, amp)
@@ -101,7 +102,7 @@ def bench_train(args, device, channels_last, amp):
 
 def bench_infer(args, device, channels_last, amp):
     net = build_model(args.model, num_classes=5).to(device).eval()
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    fmt = memory_format(channels_last)
     net = net.to(memory_format=fmt)
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device).to(memory_format=fmt)
 
@@ -133,7 +134,7 @@ def model_paths(device):
     amp = amp_dtype(device)
     paths = [("fp32", False, None), ("channels-last", True, None)]
     if amp is not None:
-        amp_name = str(amp).replace("torch.", "")
+        amp_name = dtype_name(amp)
         paths += [(amp_name, False, amp), (f"{amp_name} + channels-last", True, amp)]
     return paths
 

@@ -179,16 +179,22 @@ def need_dir(path, what, hint=""):
 
 # ---------------------------------------------------------------- outputs
 
+def missing_dirs(folder):
+    """`folder` and those of its parents that do not exist yet, the deepest first."""
+    missing, probe = [], Path(folder)
+    while not probe.exists() and probe.parent != probe:
+        missing.append(probe)
+        probe = probe.parent
+    return missing
+
+
 def check_writable_dir(folder, what="output"):
     """The folder, or its first existing ancestor (where it will be made), takes new files.
     Tried for real with an invisible temporary file: os.access says yes to root on read-only
     mounts."""
     folder = Path(folder)
-    probe = folder
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
+    missing = missing_dirs(folder)
+    probe = missing[-1].parent if missing else folder
     if not probe.is_dir():
         raise UserError(f"cannot write the {what} in {folder}: {probe} is a file, not a folder")
     try:
@@ -249,11 +255,7 @@ def made_dirs(folder):
     """Make `folder` and its missing parents; if the block fails, remove again those of them that
     are still empty, so a refused or failed run leaves no new empty folders behind."""
     folder = Path(folder)
-    new = []
-    probe = folder
-    while not probe.exists() and probe.parent != probe:
-        new.append(probe)
-        probe = probe.parent
+    new = missing_dirs(folder)
     folder.mkdir(parents=True, exist_ok=True)
     try:
         yield folder

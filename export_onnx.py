@@ -32,8 +32,8 @@ except ImportError:  # a deployment machine (requirements-deploy.txt) predicts; 
 
 from cli import (ArgumentParser, UserError, atomic_path, atomic_write_bytes, check_output, float_in, int_at_least,
                  need_dir, non_negative_float, read_class_indices, run_cli)
-from images import EvalTransform, list_images, load_rgb
-from inference import add_model_args, decode_batches, default_weights, export_onnx, max_onnx_opset, normalize
+from images import EvalTransform, list_images, load_rgb, normalize
+from inference import add_model_args, decode_batches, default_weights, export_onnx, max_onnx_opset
 from weights import build_model, load_trained_weights, num_classes_of, read_state_dict
 
 

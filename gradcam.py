@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from inference import normalize
+from images import normalize
 
 
 def _no_autocast(device):

@@ -228,12 +228,18 @@ SCALE = (1 / (255 * np.asarray(STD, dtype=np.float64))).astype(np.float32).resha
 SHIFT = (np.asarray(MEAN, dtype=np.float64) / np.asarray(STD, dtype=np.float64)).astype(np.float32).reshape(3, 1, 1)
 
 
-def to_normalized_array(img):
-    """ToTensor + Normalize in NumPy: (3, H, W) float32 (equal to torchvision's to 1e-6)."""
-    x = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32, order="C")  # CHW: one copy
+def normalize(batch):
+    """uint8 NHWC crops to the model's float32 NCHW input: ToTensor + Normalize in NumPy (equal to
+    torchvision's to 1e-6)."""
+    x = batch.transpose(0, 3, 1, 2).astype(np.float32, order="C")  # NCHW: one copy
     x *= SCALE
     x -= SHIFT
     return x
+
+
+def to_normalized_array(img):
+    """One RGB image: (3, H, W) float32."""
+    return normalize(np.asarray(img, dtype=np.uint8)[None])[0]
 
 
 class TrainTransform:

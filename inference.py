@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cli import UserError, img_size_arg, need_file, read_class_indices, read_labels, workers_arg
-from images import MEAN, SCALE, STD, SHIFT, EvalTransform, open_image
+from images import MEAN, STD, EvalTransform, normalize, open_image
 
 # model.MODELS, by name: kept here so that the ONNX path need not import torch (a test keeps the
 # two lists equal).
@@ -119,14 +119,6 @@ def decode_batches(paths, img_size=224, batch_size=16, workers=None):
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
-
-
-def normalize(batch):
-    """uint8 NHWC crops to the model's float32 NCHW input (ToTensor + Normalize), in NumPy."""
-    x = batch.transpose(0, 3, 1, 2).astype(np.float32, order="C")  # NCHW: one copy
-    x *= SCALE
-    x -= SHIFT
-    return x
 
 
 def softmax(logits):

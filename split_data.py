@@ -377,7 +377,7 @@ def safe_extract(archive, dest):
             for m in members:
                 target = (dest / m.name).resolve()
                 bad = (os.path.isabs(m.name) or (target != dest and dest not in target.parents)
-                       or m.isdev() or (m.issym() and os.path.isabs(m.linkname)))
+                       or (m.issym() and os.path.isabs(m.linkname)))
                 if m.issym() or m.islnk():
                     link_target = (target.parent / m.linkname).resolve() if m.issym() else (dest / m.linkname).resolve()
                     bad = bad or dest not in link_target.parents
