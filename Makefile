@@ -34,9 +34,9 @@ venv: $(VENV)/.run-deps
 demo: $(VENV)/.run-deps
 	@if [ -d $(DATA)/flower_photos ] && [ ! -f $(DATA)/flower_photos/SYNTHETIC_DEMO_DATA.txt ]; then \
 	  echo "== real data set found in $(DATA)/flower_photos"; \
-	  [ -d $(DATA)/train ] || $(BIN)/python split_data.py --data-root $(DATA); \
+	  [ -d $(DATA)/train ] || $(BIN)/python split_data.py --data-path $(DATA); \
 	else \
-	  $(BIN)/python split_data.py --demo --data-root $(DATA) --force; \
+	  $(BIN)/python split_data.py --demo --data-path $(DATA) --overwrite; \
 	fi
 	$(BIN)/python train.py --data-path $(DATA) $(DEMO_ARGS) --save-path $(DEMO_OUT)/resNet18.pth \
 	  --class-indices $(DEMO_OUT)/class_indices.json --overwrite

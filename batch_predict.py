@@ -6,28 +6,27 @@
 
 Unreadable files are skipped and named; the other images are all predicted.
 """
-import cli  # noqa: F401  first of all: a Ctrl-C while torch loads then ends in one line (cli.py)
-import csv
+from helpers import cli
+if __name__ == "__main__":
+    cli.one_line_ctrl_c()  # before torch loads: a Ctrl-C during its import ends in one line too
 import sys
 import time
 
 import numpy as np
 
-from cli import ArgumentParser, UserError, atomic_path, batch_size_arg, check_output, need_dir, positive_int, run_cli
-from images import IMG_EXTENSIONS, list_images
-from inference import add_model_args, add_runtime_args, load_predictor, predict_paths, resolve_classes
+from helpers import files, imaging, inference
 
 
 def get_args_parser(add_help=True):
-    p = ArgumentParser(description="Predict every image of a folder", add_help=add_help)
+    p = cli.ArgumentParser(description="Predict every image of a folder", add_help=add_help)
     p.add_argument("folder", nargs="?", default="data/imgs", help="folder of images (default: %(default)s)")
-    p.add_argument("--batch-size", type=batch_size_arg, default=5, help="images per batch (default: %(default)s)")
+    p.add_argument("--batch-size", type=cli.batch_size_arg, default=5, help="images per batch (default: %(default)s)")
     p.add_argument("--recursive", action="store_true", help="include images in sub-folders")
-    p.add_argument("--topk", type=positive_int, default=1, help="classes to report per image (default: %(default)s)")
+    p.add_argument("--topk", type=cli.positive_int, default=1, help="classes to report per image (default: %(default)s)")
     p.add_argument("--csv", default=None, metavar="PATH",
                    help="also write path, top-k classes and probabilities here (replaced if there)")
-    add_model_args(p)
-    return add_runtime_args(p)
+    inference.add_model_args(p)
+    return inference.add_runtime_args(p)
 
 
 def csv_header(topk):
@@ -36,16 +35,16 @@ def csv_header(topk):
 
 def main(args):
     # Settle everything first: the folder, the images, the classes, the CSV's place, the model.
-    folder = need_dir(args.folder, "image folder")
+    folder = files.need_dir(args.folder, "image folder")
     not_regular = []
-    paths = list_images(folder, args.recursive, not_regular)
+    paths = imaging.list_images(folder, args.recursive, not_regular)
     if not paths:
-        raise UserError(f"no images in {folder} (looked for {' '.join(IMG_EXTENSIONS)}"
+        raise cli.UserError(f"no images in {folder} (looked for {' '.join(imaging.IMG_EXTENSIONS)}"
                         f"{'' if args.recursive else '; --recursive looks in sub-folders'})")
     if args.csv:
-        check_output(args.csv, "CSV file", suffixes=(".csv",))
-    classes, class_source = resolve_classes(args)
-    predictor, runs_on = load_predictor(args, len(classes), class_source)
+        files.check_output(args.csv, "CSV file", suffixes=(".csv",))
+    classes, class_source = inference.resolve_classes(args)
+    predictor, runs_on = inference.load_predictor(args, len(classes), class_source)
     topk = min(args.topk, len(classes))
 
     rows, skipped = [], []
@@ -53,7 +52,7 @@ def main(args):
         skipped.append((path, f"{path} is not a regular file"))
         print(f"skipped: {path} is not a regular file", file=sys.stderr)
     start = time.perf_counter()
-    for path, probs, error in predict_paths(paths, predictor, args.img_size, args.batch_size, args.workers):
+    for path, probs, error in inference.predict_paths(paths, predictor, args.img_size, args.batch_size, args.workers):
         if probs is None:
             skipped.append((path, error))
             print(f"skipped: {error}", file=sys.stderr)
@@ -67,9 +66,7 @@ def main(args):
         rows.append((str(path), pairs))
     seconds = time.perf_counter() - start
     if args.csv:
-        with atomic_path(args.csv) as tmp, open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(csv_header(topk))
+        with files.atomic_csv(args.csv, csv_header(topk)) as w:
             w.writerows([path] + [x for c, p in pairs for x in (c, f"{p:.6f}")] for path, pairs in rows)
     print(f"predicted {len(rows)} images, skipped {len(skipped)}"
           f"{' (unreadable: ' + ', '.join(str(p) for p, _ in skipped) + ')' if skipped else ''}"
@@ -78,4 +75,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    run_cli(main, get_args_parser())
+    cli.run_cli(main, get_args_parser())

@@ -9,7 +9,9 @@ Figures come after warm-up; the ratio column is against the plain fp32 (NCHW) pa
 With --predict-folder every figure is a whole process, start-up included, and the ratio is against the
 tutorial's own loop (or its predict.py, for one image) in the same run.
 """
-import cli  # noqa: F401  first of all: a Ctrl-C while torch loads then ends in one line (cli.py)
+from helpers import cli
+if __name__ == "__main__":
+    cli.one_line_ctrl_c()  # before torch loads: a Ctrl-C during its import ends in one line too
 import argparse
 import importlib.util
 import json
@@ -25,38 +27,33 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from cli import ArgumentParser, UserError, batch_size_arg, check_writable_dir, img_size_arg, int_in, made_dirs, run_cli
-from device import (amp_dtype, autocast, dtype_name, grad_scaler, memory_format, peak_memory_mb, reset_peak_memory,
-                    select_device)
-from images import MEAN, STD, EvalTransform, TrainTransform, list_images, load_rgb, open_image, save_image
-from inference import export_onnx
+from helpers import devices, files, imaging, inference, weights
 from model import MODELS
-from weights import build_model
 
 
 def get_args_parser(add_help=True):
-    p = ArgumentParser(description="Benchmark the plain and fast paths", add_help=add_help)
+    p = cli.ArgumentParser(description="Benchmark the plain and fast paths", add_help=add_help)
     p.add_argument("--model", default="resnet34", choices=list(MODELS), help="(default: %(default)s)")
-    p.add_argument("--batch-size", type=batch_size_arg, default=16, help="(default: %(default)s)")
-    p.add_argument("--img-size", type=img_size_arg, default=224, help="(default: %(default)s)")
+    p.add_argument("--batch-size", type=cli.batch_size_arg, default=16, help="(default: %(default)s)")
+    p.add_argument("--img-size", type=cli.img_size_arg, default=224, help="(default: %(default)s)")
     p.add_argument("--device", default="auto", help="(default: %(default)s)")
-    p.add_argument("--steps", type=int_in(1, 10_000), default=5,
+    p.add_argument("--steps", type=cli.int_in(1, 10_000), default=5,
                    help="timed steps per path, after --warmup (default: %(default)s)")
-    p.add_argument("--warmup", type=int_in(0, 10_000), default=2, help="(default: %(default)s)")
+    p.add_argument("--warmup", type=cli.int_in(0, 10_000), default=2, help="(default: %(default)s)")
     p.add_argument("--no-train", action="store_true", help="inference only")
     p.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--predict-folder", default=None,
                    help="instead: time whole processes on this folder of images (made if missing): the tutorial's "
                         "loop, batch_predict.py with PyTorch, with --onnx fp32 and INT8; and predict.py on one image")
-    p.add_argument("--predict-images", type=int_in(1, 100_000), default=400,
+    p.add_argument("--predict-images", type=cli.int_in(1, 100_000), default=400,
                    help="images of 320-500 px made for --predict-folder when it is missing (default: %(default)s)")
-    p.add_argument("--repeats", type=int_in(1, 100), default=3,
+    p.add_argument("--repeats", type=cli.int_in(1, 100), default=3,
                    help="runs of each one-image prediction; the median is shown (default: %(default)s)")
     p.add_argument("--loader", action="store_true",
                    help="instead: images/s of one data-loader worker, the tutorial's decoding and transforms against "
                         "ours (JPEG draft), on flower-sized photos and on 12 MP phone photos")
-    p.add_argument("--loader-images", type=int_in(1, 10_000), default=12, help="photos of each kind for --loader (default: %(default)s)")
+    p.add_argument("--loader-images", type=cli.int_in(1, 10_000), default=12, help="photos of each kind for --loader (default: %(default)s)")
     p.add_argument("--one-path", default=None, help=argparse.SUPPRESS)  # one path in its own process: its peak memory
     p.add_argument("--tutorial-predict", default=None, help=argparse.SUPPRESS)  # the baseline's own process
     p.add_argument("--weights", default=None, help=argparse.SUPPRESS)
@@ -81,16 +78,16 @@ def time_steps(step, device, steps, warmup):
 
 def bench_train(args, device, channels_last, amp):
     torch.manual_seed(0)
-    net = build_model(args.model, num_classes=5).to(device)
-    fmt = memory_format(channels_last)
+    net = weights.build_model(args.model, num_classes=5).to(device)
+    fmt = devices.memory_format(channels_last)
     net = net.to(memory_format=fmt).train()
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
-    scaler = grad_scaler(device, amp)
+    scaler = devices.grad_scaler(device, amp)
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device).to(memory_format=fmt)
     y = torch.randint(0, 5, (args.batch_size,), device=device)
 
     def step():
-        with autocast(device, amp):
+        with devices.autocast(device, amp):
             loss = nn.functional.cross_entropy(net(x), y)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -101,14 +98,14 @@ def bench_train(args, device, channels_last, amp):
 
 
 def bench_infer(args, device, channels_last, amp):
-    net = build_model(args.model, num_classes=5).to(device).eval()
-    fmt = memory_format(channels_last)
+    net = weights.build_model(args.model, num_classes=5).to(device).eval()
+    fmt = devices.memory_format(channels_last)
     net = net.to(memory_format=fmt)
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device).to(memory_format=fmt)
 
     @torch.inference_mode()
     def step():
-        with autocast(device, amp):
+        with devices.autocast(device, amp):
             net(x)
 
     return args.batch_size / time_steps(step, device, args.steps * 2, args.warmup)
@@ -119,10 +116,10 @@ def bench_onnx(args):
         import onnxruntime as ort
     except ImportError:
         return None
-    net = build_model(args.model, num_classes=5).eval()
+    net = weights.build_model(args.model, num_classes=5).eval()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.onnx"
-        export_onnx(net, path, args.img_size, 17, "logits")
+        inference.export_onnx(net, path, args.img_size, 17, "logits")
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size).numpy()
     return args.batch_size / time_steps(lambda: session.run(None, {"input": x}), torch.device("cpu"),
@@ -131,33 +128,33 @@ def bench_onnx(args):
 
 def model_paths(device):
     """(name, channels_last, amp dtype) of the plain path and of each fast one."""
-    amp = amp_dtype(device)
+    amp = devices.amp_dtype(device)
     paths = [("fp32", False, None), ("channels-last", True, None)]
     if amp is not None:
-        amp_name = dtype_name(amp)
+        amp_name = devices.dtype_name(amp)
         paths += [(amp_name, False, amp), (f"{amp_name} + channels-last", True, amp)]
     return paths
 
 
 def one_path(args):
     """Measure one path in this process (started for it alone), so that its peak memory is its own."""
-    device = select_device(args.device)
+    device = devices.select_device(args.device)
     task, name = args.one_path.split(":", 1)
     if name == "onnxruntime (CPU)":
         ips = bench_onnx(args)
         if ips is None:
-            raise UserError("onnxruntime is not installed")
+            raise cli.UserError("onnxruntime is not installed")
     else:
         _, cl, dt = next(p for p in model_paths(device) if p[0] == name)
-        reset_peak_memory(device)
+        devices.reset_peak_memory(device)
         ips = (bench_train if task == "train" else bench_infer)(args, device, cl, dt)
-    print(json.dumps({"images_per_s": ips, "peak_mem_mb": peak_memory_mb(device)}))
+    print(json.dumps({"images_per_s": ips, "peak_mem_mb": devices.peak_memory_mb(device)}))
 
 
 def run_paths(args):
     """Every path in a process of its own: images/s, and peak memory (CUDA: the most the tensors
     held; CPU: the process's peak resident memory, torch's own ~300 MB included)."""
-    device = select_device(args.device)
+    device = devices.select_device(args.device)
     names = [name for name, _, _ in model_paths(device)]
     jobs = ([("train", n) for n in names] if not args.no_train else []) + [("inference", n) for n in names]
     if not args.no_onnx and importlib.util.find_spec("onnxruntime"):
@@ -170,7 +167,7 @@ def run_paths(args):
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:  # the child said why in its last line (out of memory, say)
             last = (res.stderr.strip().splitlines() or ["no message"])[-1]
-            raise UserError(f"{task} {name}: {last.replace('error: ', '')}")
+            raise cli.UserError(f"{task} {name}: {last.replace('error: ', '')}")
         results.append({"task": task, "path": name, **json.loads(res.stdout.strip().splitlines()[-1])})
         print(f"  {task:9} {name:26} {results[-1]['images_per_s']:8.1f} images/s "
               f"{results[-1]['peak_mem_mb']:8.0f} MB", file=sys.stderr)
@@ -186,19 +183,19 @@ def run_paths(args):
 
 def make_phone_photos(folder, n, size=(4000, 3000)):
     """n 12 MP JPEGs (drawn small, then scaled up: photo-like sizes and file sizes, quickly)."""
-    import demo_data
+    from helpers import demo_data
     from PIL import Image
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(1)
     for i in range(n):
         img = demo_data.draw_image(demo_data.CLASSES[i % 5], rng, 600).resize(size, Image.BICUBIC)
-        save_image(img, folder / f"phone_{i:03d}.jpg", quality=90)
+        imaging.save_image(img, folder / f"phone_{i:03d}.jpg", quality=90)
 
 
 def tutorial_transforms(img_size):
     """The tutorial's: every image decoded whole by PIL, then torchvision's transforms."""
     from torchvision import transforms
-    norm = [transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
+    norm = [transforms.ToTensor(), transforms.Normalize(imaging.MEAN, imaging.STD)]
     train = transforms.Compose([transforms.RandomResizedCrop(img_size), transforms.RandomHorizontalFlip()] + norm)
     val = transforms.Compose([transforms.Resize(int(round(img_size / 0.875))), transforms.CenterCrop(img_size)] + norm)
     return train, val
@@ -218,7 +215,7 @@ def loader_benchmark(args):
     from PIL import Image
     torch.set_num_threads(1)  # a worker's share
     tut_train, tut_val = tutorial_transforms(args.img_size)
-    our_train, our_val = TrainTransform(args.img_size), EvalTransform(args.img_size)
+    our_train, our_val = imaging.TrainTransform(args.img_size), imaging.EvalTransform(args.img_size)
 
     def tutorial(tf):
         def run(p):
@@ -228,7 +225,7 @@ def loader_benchmark(args):
 
     def ours(tf):
         def run(p):
-            with open_image(p) as img:
+            with imaging.open_image(p) as img:
                 return tf(img)
         return run
 
@@ -238,7 +235,7 @@ def loader_benchmark(args):
         make_images(sets["flower-sized photos (320-500 px)"], args.loader_images)
         make_phone_photos(sets["12 MP phone photos (4000x3000)"], args.loader_images)
         for data, folder in sets.items():
-            paths = list_images(folder)
+            paths = imaging.list_images(folder)
             for name, tut, our in (("train transform", tut_train, our_train), ("eval transform", tut_val, our_val)):
                 torch.manual_seed(0)
                 base = time_per_image(tutorial(tut), paths)
@@ -270,8 +267,8 @@ def tutorial_predict(args):
     import json as js
 
     from torchvision import transforms  # the tutorial's preprocessing, and its import cost
-    device = select_device(args.device)
-    net = build_model(args.model, num_classes=5)
+    device = devices.select_device(args.device)
+    net = weights.build_model(args.model, num_classes=5)
     net.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
     net.to(device).eval()
     tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
@@ -280,7 +277,7 @@ def tutorial_predict(args):
     if Path(args.tutorial_predict).is_file():
         import matplotlib.pyplot as plt
 
-        img = load_rgb(args.tutorial_predict)
+        img = imaging.load_rgb(args.tutorial_predict)
         plt.imshow(img)
         with torch.no_grad():
             probs = torch.softmax(torch.squeeze(net(tf(img).unsqueeze(0).to(device))).cpu(), dim=0)
@@ -290,11 +287,11 @@ def tutorial_predict(args):
             print(f"class: {classes[str(i)]:10}   prob: {float(probs[i]):.3}")
         plt.savefig(Path(args.weights).parent / "tutorial_predict.png")  # headless, plt.show() would do nothing
         return
-    paths = list_images(args.tutorial_predict)
+    paths = imaging.list_images(args.tutorial_predict)
     bs = 5
     with torch.no_grad():
         for ids in range(len(paths) // bs):
-            batch = torch.stack([tf(load_rgb(p)) for p in paths[ids * bs:(ids + 1) * bs]])
+            batch = torch.stack([tf(imaging.load_rgb(p)) for p in paths[ids * bs:(ids + 1) * bs]])
             probs = torch.softmax(net(batch.to(device)).cpu(), dim=1)
             for idx, (pro, cla) in enumerate(zip(*torch.max(probs, dim=1))):
                 print(f"image: {paths[ids * bs + idx]}  class: {classes[str(int(cla))]}  prob: {float(pro):.3}")
@@ -302,25 +299,25 @@ def tutorial_predict(args):
 
 def make_images(folder, n=400):
     """n photo-like JPEGs of 320-500 px a side, the same every time (a fixed seed)."""
-    import demo_data
+    from helpers import demo_data
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)
     for i in range(n):
         img = demo_data.draw_image(demo_data.CLASSES[i % 5], rng, rng.randint(320, 500))
-        save_image(img.resize((img.width, rng.randint(320, 500))), folder / f"img_{i:03d}.jpg", quality=90)
+        imaging.save_image(img.resize((img.width, rng.randint(320, 500))), folder / f"img_{i:03d}.jpg", quality=90)
 
 
 def make_folder(folder, fill, what):
     """`folder` made whole or not at all: filled beside it under a temporary name, then renamed, so a
     full disk or Ctrl-C never leaves a partial set that a later run would take for the whole one."""
     folder = Path(folder)
-    with made_dirs(folder.parent):
+    with files.made_dirs(folder.parent):
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
             fill(tmp)
             os.rename(tmp, folder)
         except OSError as e:
-            raise UserError(f"cannot make the {what} in {folder}: {e.strerror or e}") from None
+            raise cli.UserError(f"cannot make the {what} in {folder}: {e.strerror or e}") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -338,7 +335,7 @@ def run_quietly(cmd):
                          text=True)
     if res.returncode != 0:
         last = (res.stderr.strip().splitlines() or ["no message"])[-1]
-        raise UserError(f"{Path(str(cmd[0])).name} failed: {last.replace('error: ', '')}")
+        raise cli.UserError(f"{Path(str(cmd[0])).name} failed: {last.replace('error: ', '')}")
 
 
 def trt_offered():
@@ -352,27 +349,27 @@ def trt_offered():
 def predict_folder(args):
     folder = Path(args.predict_folder)
     if folder.exists() and not folder.is_dir():
-        raise UserError(f"--predict-folder {folder} is a file; give a folder of images (made when missing)")
-    select_device(args.device)  # a wrong --device is refused before the images are made
+        raise cli.UserError(f"--predict-folder {folder} is a file; give a folder of images (made when missing)")
+    devices.select_device(args.device)  # a wrong --device is refused before the images are made
     if not folder.is_dir():
-        check_writable_dir(folder, "benchmark images")
+        files.check_writable_dir(folder, "benchmark images")
         make_folder(folder, lambda tmp: make_images(tmp, args.predict_images), "benchmark images")
-    if not list_images(folder):
-        raise UserError(f"no images in {folder}")
-    paths = list_images(folder)
+    if not imaging.list_images(folder):
+        raise cli.UserError(f"no images in {folder}")
+    paths = imaging.list_images(folder)
     n = len(paths)
     here = Path(__file__).resolve().parent
     with tempfile.TemporaryDirectory() as tmp_dir:  # throwaway weights and models, removed afterwards
         tmp = Path(tmp_dir)
-        weights, classes, onnx32 = tmp / "w.pth", tmp / "class_indices.json", tmp / "m.onnx"
+        weights_path, classes, onnx32 = tmp / "w.pth", tmp / "class_indices.json", tmp / "m.onnx"
         torch.manual_seed(0)  # random weights: the speed is the same as trained ones'
-        torch.save(build_model(args.model, num_classes=5).state_dict(), weights)
+        torch.save(weights.build_model(args.model, num_classes=5).state_dict(), weights_path)
         classes.write_text(json.dumps({str(i): f"class{i}" for i in range(5)}))
-        model = ["--model", args.model, "--weights", weights, "--class-indices", classes]
+        model = ["--model", args.model, "--weights", weights_path, "--class-indices", classes]
         if not args.no_onnx:  # fp32 and INT8 (for the CPU), calibrated on the images themselves
             run_quietly([here / "export_onnx.py", *model, "--out", onnx32, "--int8", "--calib-dir", folder,
                          "--calib-images", "32", "--data-path", tmp / "no-data", "--check-images", folder])
-        tutorial = [here / "benchmark.py", "--model", args.model, "--weights", weights, "--device", args.device,
+        tutorial = [here / "benchmark.py", "--model", args.model, "--weights", weights_path, "--device", args.device,
                     "--tutorial-predict"]
         torch_run = [*model, "--device", args.device]
         folder_runs = [("tutorial loop (fp32, one by one, batch 5)", tutorial + [folder]),
@@ -405,7 +402,7 @@ def predict_folder(args):
     for r in results:
         base = next(b for b in results if b["task"] == r["task"])  # the tutorial's, first of each task
         r["ratio"] = r["images_per_s"] / base["images_per_s"]
-    device = select_device(args.device)
+    device = devices.select_device(args.device)
     return {"task": f"whole processes, {n} images of {folder}", "model": args.model, "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
             "date": time.strftime("%Y-%m-%d"), "results": results}
@@ -442,4 +439,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    run_cli(main, get_args_parser())
+    cli.run_cli(main, get_args_parser())

@@ -15,7 +15,9 @@ only when ONNX Runtime's output matches PyTorch's.
 when there, and the INT8 file is kept only if it loses at most --max-drop points of top-1 accuracy.
 Either both files are written or neither.
 """
-import cli  # noqa: F401  first of all: a Ctrl-C while torch loads then ends in one line (cli.py)
+from helpers import cli
+if __name__ == "__main__":
+    cli.one_line_ctrl_c()  # before torch loads: a Ctrl-C during its import ends in one line too
 import itertools
 import random
 import sys
@@ -30,22 +32,18 @@ except ImportError:  # a deployment machine (requirements-deploy.txt) predicts; 
     sys.exit("error: export_onnx.py needs PyTorch (pip install -r requirements.txt); run it where the model was "
              "trained and copy the .onnx file and labels.txt to this machine")
 
-from cli import (ArgumentParser, UserError, atomic_path, atomic_write_bytes, check_output, float_in, int_at_least,
-                 need_dir, non_negative_float, read_class_indices, run_cli)
-from images import EvalTransform, list_images, load_rgb, normalize
-from inference import add_model_args, decode_batches, default_weights, export_onnx, max_onnx_opset
-from weights import build_model, load_trained_weights, num_classes_of, read_state_dict
+from helpers import files, imaging, inference, weights
 
 
 def get_args_parser(add_help=True):
-    p = ArgumentParser(description="Export trained weights to ONNX and check the result", add_help=add_help)
-    add_model_args(p)
+    p = cli.ArgumentParser(description="Export trained weights to ONNX and check the result", add_help=add_help)
+    inference.add_model_args(p)
     p.add_argument("--out", default=None, help="ONNX file (default: the weights' name with .onnx)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing ONNX file and labels.txt")
-    p.add_argument("--opset", type=int_at_least(11), default=17, help="ONNX opset, 11 or more (default: %(default)s)")
+    cli.add_overwrite(p, "replace an existing ONNX file and labels.txt")
+    p.add_argument("--opset", type=cli.int_in(11), default=17, help="ONNX opset, 11 or more (default: %(default)s)")
     p.add_argument("--softmax", action="store_true", help="put the softmax in the graph: output probabilities")
     p.add_argument("--check-images", default="data/imgs", help="real images for the check, when there (default: %(default)s)")
-    p.add_argument("--atol", type=float_in(0, None, low_open=True), default=1e-3,
+    p.add_argument("--atol", type=cli.float_in(0, None, low_open=True), default=1e-3,
                    help="largest difference allowed (default: %(default)s)")
     q = p.add_argument_group("INT8")
     q.add_argument("--int8", nargs="?", const="cpu", default=None, choices=("cpu", "tensorrt"),
@@ -56,9 +54,9 @@ def get_args_parser(add_help=True):
                    help="the data set: calibration images from its train/, accuracy on its val/ (default: %(default)s)")
     q.add_argument("--calib-dir", default=None,
                    help="images to calibrate on, in <class>/ folders or not (default: <data-path>/train)")
-    q.add_argument("--calib-images", type=int_at_least(8), default=200,
+    q.add_argument("--calib-images", type=cli.int_in(8), default=200,
                    help="how many, spread evenly over the classes; a few hundred at most (default: %(default)s)")
-    q.add_argument("--max-drop", type=non_negative_float, default=1.0,
+    q.add_argument("--max-drop", type=cli.non_negative_float, default=1.0,
                    help="largest loss of top-1 accuracy on val/, in points, for the INT8 file to be kept "
                         "(default: %(default)s)")
     q.add_argument("--keep-int8", action="store_true", help="keep the INT8 file whatever it loses")
@@ -79,7 +77,7 @@ def import_onnx():
         import onnx
         import onnxruntime
     except ImportError:
-        raise UserError("ONNX export needs onnx and onnxruntime: pip install onnx onnxruntime") from None
+        raise cli.UserError("ONNX export needs onnx and onnxruntime: pip install onnx onnxruntime") from None
     return onnx, onnxruntime
 
 
@@ -87,11 +85,11 @@ def check_inputs(img_size, folder):
     """Random inputs, and up to 8 real images of `folder` when there, for the comparison."""
     g = torch.Generator().manual_seed(0)
     inputs = [("random", torch.randn(3, 3, img_size, img_size, generator=g))]
-    transform, real = EvalTransform(img_size), []
-    for p in list_images(folder) if Path(folder).is_dir() else []:
+    transform, real = imaging.EvalTransform(img_size), []
+    for p in imaging.list_images(folder) if Path(folder).is_dir() else []:
         try:
-            real.append(torch.from_numpy(transform(load_rgb(p))))
-        except UserError:
+            real.append(torch.from_numpy(transform(imaging.load_rgb(p))))
+        except cli.UserError:
             continue  # an unreadable file is no reason to fail the export
         if len(real) == 8:
             break
@@ -113,7 +111,7 @@ def compare_with_pytorch(net, onnx_path, inputs, atol):
         worst = max(worst, diff)
         print(f"check {name}: batch {x.shape[0]}, largest difference {diff:.2e}")
     if worst > atol:
-        raise UserError(f"ONNX output differs from PyTorch by {worst:.2e} (> --atol {atol}); the export is wrong "
+        raise cli.UserError(f"ONNX output differs from PyTorch by {worst:.2e} (> --atol {atol}); the export is wrong "
                         "and was not kept")
     return worst
 
@@ -127,13 +125,13 @@ def int8_path(out, flavour):
 def calibration_images(folder, n):
     """Up to n images of folder, the same ones every run: each class folder shuffled with a fixed
     seed, then taken in turn, so every class is represented even when n is small."""
-    folder = need_dir(folder, "calibration folder", "--calib-dir points at training images, "
+    folder = files.need_dir(folder, "calibration folder", "--calib-dir points at training images, "
                                                     "or --data-path at a data set with train/")
     by_class = {}
-    for p in list_images(folder, recursive=True):
+    for p in imaging.list_images(folder, recursive=True):
         by_class.setdefault(p.parent, []).append(p)
     if not by_class:
-        raise UserError(f"no images in {folder} to calibrate the INT8 model on (--calib-dir)")
+        raise cli.UserError(f"no images in {folder} to calibrate the INT8 model on (--calib-dir)")
     queues = [by_class[k] for k in sorted(by_class)]
     for i, paths in enumerate(queues):
         random.Random(i).shuffle(paths)
@@ -147,7 +145,7 @@ def val_images(folder, classes):
     paths, labels = [], []
     for i, name in enumerate(classes):
         if (Path(folder) / name).is_dir():
-            found = list_images(Path(folder) / name, recursive=True)
+            found = imaging.list_images(Path(folder) / name, recursive=True)
             paths += found
             labels += [i] * len(found)
     return paths, labels
@@ -158,7 +156,7 @@ class CalibrationImages:
     images, decoded in worker processes and preprocessed as prediction does."""
 
     def __init__(self, paths, img_size):
-        self.batches = decode_batches(paths, img_size, batch_size=8)
+        self.batches = inference.decode_batches(paths, img_size, batch_size=8)
         self.used = self.skipped = 0
 
     def get_next(self):
@@ -166,9 +164,9 @@ class CalibrationImages:
             self.skipped += len(errors)
             if len(batch):
                 self.used += len(batch)
-                return {"input": normalize(batch)}
+                return {"input": imaging.normalize(batch)}
         if not self.used:
-            raise UserError("none of the calibration images could be read (--calib-dir)")
+            raise cli.UserError("none of the calibration images could be read (--calib-dir)")
         return None
 
 
@@ -203,10 +201,10 @@ def top1(models, paths, labels, img_size):
 
     sessions = [ort.InferenceSession(str(m), providers=["CPUExecutionProvider"]) for m in models]
     correct, agree, seen = [0] * len(models), [0] * len(models), 0
-    for indices, batch, _ in decode_batches(paths, img_size, batch_size=16):
+    for indices, batch, _ in inference.decode_batches(paths, img_size, batch_size=16):
         if not indices:
             continue
-        x, truth = normalize(batch), np.asarray([labels[i] for i in indices])
+        x, truth = imaging.normalize(batch), np.asarray([labels[i] for i in indices])
         tops = [s.run(None, {"input": x})[0].argmax(axis=1) for s in sessions]
         for k, top in enumerate(tops):
             correct[k] += int((top == truth).sum())
@@ -227,7 +225,7 @@ def check_int8(fp32, int8, val_dir, classes, args):
     print(f"top-1 on {seen} images of {val_dir}: fp32 {acc32:.2f}%   INT8 {acc8:.2f}%   ({-drop:+.2f} points; "
           f"same class for {same:.1f}% of the images)")
     if drop > args.max_drop and not args.keep_int8:
-        raise UserError(f"INT8 loses {drop:.2f} points of top-1 (more than --max-drop {args.max_drop}), so neither "
+        raise cli.UserError(f"INT8 loses {drop:.2f} points of top-1 (more than --max-drop {args.max_drop}), so neither "
                         "file was written; try more --calib-images, or --keep-int8 to keep it anyway")
     return acc32, acc8
 
@@ -237,51 +235,49 @@ def check_int8(fp32, int8, val_dir, classes, args):
 def main(args):
     onnx, _ = import_onnx()
     # Settle everything first: weights, classes, every output, the calibration images.
-    weights = default_weights(args)
-    classes = read_class_indices(args.class_indices or "./class_indices.json")
-    state_dict = read_state_dict(weights, "trained weights")
-    out = Path(args.out or Path(weights).with_suffix(".onnx"))
+    weights_path = inference.default_weights(args)
+    class_source = args.class_indices or files.CLASS_INDICES
+    classes = files.read_class_indices(class_source)
+    state_dict = weights.read_state_dict(weights_path, "trained weights")
+    out = Path(args.out or Path(weights_path).with_suffix(".onnx"))
     if out.suffix.lower() != ".onnx":
-        raise UserError(f"--out {out}: give a file name ending in .onnx")
+        raise cli.UserError(f"--out {out}: give a file name ending in .onnx")
     try:
-        newest = max_onnx_opset()
+        newest = inference.max_onnx_opset()
     except ImportError:
         newest = None
     if newest and args.opset > newest:
-        raise UserError(f"--opset {args.opset}: this torch ({torch.__version__}) writes opsets up to {newest}")
+        raise cli.UserError(f"--opset {args.opset}: this torch ({torch.__version__}) writes opsets up to {newest}")
     labels = out.parent / "labels.txt"
     labels_text = ("\n".join(classes) + "\n").encode()
-    check_output(out, "ONNX file", overwrite=args.overwrite)
+    files.check_output(out, "ONNX file", overwrite=args.overwrite)
     if args.int8:
-        out8 = check_output(int8_path(out, args.int8), "INT8 ONNX file", overwrite=args.overwrite)
+        out8 = files.check_output(int8_path(out, args.int8), "INT8 ONNX file", overwrite=args.overwrite)
         calib = calibration_images(args.calib_dir or Path(args.data_path) / "train", args.calib_images)
-    check_output(labels, "labels file", overwrite=args.overwrite, same_content=labels_text)
-    if num_classes_of(state_dict) != len(classes):  # before building: a list of 10**6 names is no model
-        raise UserError(f"{weights} was trained for {num_classes_of(state_dict)} classes but "
-                        f"{args.class_indices or './class_indices.json'} lists {len(classes)}; use the "
-                        "class_indices.json written by the same training run")
-    net = build_model(args.model, num_classes=len(classes))
-    load_trained_weights(net, args.model, state_dict, weights, args.class_indices or "./class_indices.json")
+    files.check_output(labels, "labels file", overwrite=args.overwrite, same_content=labels_text)
+    weights.check_num_classes(state_dict, len(classes), weights_path, class_source)
+    net = weights.build_model(args.model, num_classes=len(classes))
+    weights.load_trained_weights(net, args.model, state_dict, weights_path, class_source)
     net = (WithSoftmax(net) if args.softmax else net).eval()
     inputs = check_inputs(args.img_size, args.check_images)
 
     # Export to a temporary file; it becomes `out` only once ONNX Runtime agrees with PyTorch (and,
     # with --int8, the INT8 file passed too).
-    with atomic_path(out) as tmp:
+    with files.atomic_path(out) as tmp:
         try:
-            export_onnx(net, tmp, args.img_size, args.opset, "probs" if args.softmax else "logits")
+            inference.export_onnx(net, tmp, args.img_size, args.opset, "probs" if args.softmax else "logits")
         except (RuntimeError, ValueError) as e:  # an opset this torch cannot write, above all
-            raise UserError(f"torch.onnx.export failed with --opset {args.opset}: "
-                            f"{str(e).strip().splitlines()[0][:200]}") from None
+            raise cli.UserError(f"torch.onnx.export failed with --opset {args.opset}: "
+                                f"{cli.first_line(e, 200)}") from None
         onnx.checker.check_model(onnx.load(str(tmp)))
         worst = compare_with_pytorch(net, tmp, inputs, args.atol)
         if args.int8:
-            with atomic_path(out8) as tmp8:
+            with files.atomic_path(out8) as tmp8:
                 print(f"calibrating INT8 ({args.int8}) on {len(calib)} images...", flush=True)
                 used, skipped = quantize_int8(tmp, tmp8, calib, args.img_size, args.int8)
                 print(f"calibrated on {used} images" + (f" ({skipped} unreadable, skipped)" if skipped else ""))
                 check_int8(tmp, tmp8, Path(args.data_path) / "val", classes, args)
-    atomic_write_bytes(labels, labels_text)
+    files.atomic_write_bytes(labels, labels_text)
     print(f"exported {out} (opset {args.opset}, dynamic batch) and {labels}")
     print(f"ONNX Runtime matches PyTorch (largest difference {worst:.2e})")
     if args.int8:
@@ -292,4 +288,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    run_cli(main, get_args_parser())
+    cli.run_cli(main, get_args_parser())

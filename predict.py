@@ -6,53 +6,51 @@
     python predict.py photo.jpg --cam                     # and where the evidence for the top class is
 Without a display the figure is written as a PNG (predict.png unless --save-fig says otherwise).
 """
-import cli  # noqa: F401  first of all: a Ctrl-C while torch loads then ends in one line (cli.py)
+from helpers import cli
+if __name__ == "__main__":
+    cli.one_line_ctrl_c()  # before torch loads: a Ctrl-C during its import ends in one line too
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from cli import ArgumentParser, UserError, batch_size_arg, check_output, need_file, run_cli
-from images import EvalTransform, load_rgb, open_image
-from inference import (add_model_args, add_runtime_args, load_predictor, load_torch_model, predict_paths,
-                       resolve_classes)
-from plots import FIGURE_SUFFIXES, has_display, show_or_save
+from helpers import files, imaging, inference, plots
 
 
 def get_args_parser(add_help=True):
-    p = ArgumentParser(description="Predict the class of images", add_help=add_help)
+    p = cli.ArgumentParser(description="Predict the class of images", add_help=add_help)
     p.add_argument("images", nargs="*", default=["data/imgs/daisy.jpg"], help="image files (default: data/imgs/daisy.jpg)")
     p.add_argument("--save-fig", default=None, metavar="PATH",
                    help="write the figure here instead of showing it (default without a display: predict.png)")
-    p.add_argument("--batch-size", type=batch_size_arg, default=16, help="images per batch (default: %(default)s)")
+    p.add_argument("--batch-size", type=cli.batch_size_arg, default=16, help="images per batch (default: %(default)s)")
     p.add_argument("--cam", action="store_true",
                    help="overlay a Grad-CAM heatmap of the top class on the crop the model saw (needs PyTorch)")
-    add_model_args(p)
-    return add_runtime_args(p)
+    inference.add_model_args(p)
+    return inference.add_runtime_args(p)
 
 
 def main(args):
     if args.cam and args.onnx:
-        raise UserError("--cam needs PyTorch (the gradient of the model), not ONNX Runtime: leave out --onnx")
+        raise cli.UserError("--cam needs PyTorch (the gradient of the model), not ONNX Runtime: leave out --onnx")
     for path in args.images:
         if Path(path).is_dir():
-            raise UserError(f"{path} is a folder; batch_predict.py {path} predicts every image in it")
-        need_file(path, "image", "pass the image to predict, e.g. python predict.py photo.jpg")
-    figure = args.save_fig or (None if has_display() else "predict.png")
+            raise cli.UserError(f"{path} is a folder; batch_predict.py {path} predicts every image in it")
+        files.need_file(path, "image", "pass the image to predict, e.g. python predict.py photo.jpg")
+    figure = args.save_fig or (None if plots.has_display() else "predict.png")
     if figure:
-        check_output(figure, "figure", suffixes=FIGURE_SUFFIXES, inputs=args.images)
-    classes, class_source = resolve_classes(args)
+        files.check_output(figure, "figure", suffixes=plots.FIGURE_SUFFIXES, inputs=args.images)
+    classes, class_source = inference.resolve_classes(args)
     torch_model = None
     if args.cam:
-        import gradcam  # torch: only here, so that --onnx runs without it
-        torch_model = load_torch_model(args, len(classes), class_source)  # one net for both
-    predictor, _ = load_predictor(args, len(classes), class_source, torch_model)
+        from helpers import gradcam  # torch: only here, so that --onnx runs without it
+        torch_model = inference.load_torch_model(args, len(classes), class_source)  # one net for both
+    predictor, _ = inference.load_predictor(args, len(classes), class_source, torch_model)
 
     shown, titles, results = [], [], []
-    for path, probs, error in predict_paths(list(args.images), predictor, args.img_size, args.batch_size, args.workers):
+    for path, probs, error in inference.predict_paths(list(args.images), predictor, args.img_size, args.batch_size, args.workers):
         if probs is None:
             if len(args.images) == 1:
-                raise UserError(error)
+                raise cli.UserError(error)
             print(f"skipped: {error}", file=sys.stderr)
             continue
         if len(args.images) > 1:
@@ -62,11 +60,11 @@ def main(args):
         best = int(probs.argmax())
         titles.append(f"class: {classes[best]}   prob: {probs[best]:.3}")
         if args.cam:  # the heatmap is the crop's: the crop is what the panel shows
-            with open_image(path) as img:
-                shown.append(np.asarray(EvalTransform(args.img_size).resize_crop(img)))
+            with imaging.open_image(path) as img:
+                shown.append(np.asarray(imaging.EvalTransform(args.img_size).resize_crop(img)))
             titles[-1] += f"\nGrad-CAM on the {args.img_size} px crop"
         else:
-            shown.append(load_rgb(path, min_side=800, max_side=1024))  # a figure panel needs no more
+            shown.append(imaging.load_rgb(path, min_side=800, max_side=1024))  # a figure panel needs no more
         results.append((path, classes[best], probs, None))
     heatmaps = None
     if args.cam and shown:
@@ -74,11 +72,11 @@ def main(args):
                                          args.batch_size)
         results = [r[:3] + (h,) for r, h in zip(results, heatmaps)]
     if shown:
-        written = show_or_save(shown, titles, figure, heatmaps=heatmaps)
+        written = plots.show_or_save(shown, titles, figure, heatmaps=heatmaps)
         if written:
             print(f"figure saved to {written}")
     return results
 
 
 if __name__ == "__main__":
-    run_cli(main, get_args_parser())
+    cli.run_cli(main, get_args_parser())

@@ -10,7 +10,10 @@ replaced only with --overwrite, and then only the files an earlier split put the
 any other file found in them stops the run, named, before anything changes. The new split is built
 in a temporary folder and moved into place once complete.
 """
-import cli  # noqa: F401  first of all: a Ctrl-C while torch loads then ends in one line (cli.py)
+from helpers import cli
+if __name__ == "__main__":
+    cli.one_line_ctrl_c()  # before torch loads: a Ctrl-C during its import ends in one line too
+import argparse
 import hashlib
 import json
 import multiprocessing
@@ -26,11 +29,7 @@ from pathlib import Path
 
 from PIL import Image
 
-import demo_data
-from cli import (ArgumentParser, UserError, as_url, atomic_write_text, check_class_names, check_writable_dir, download, float_in,
-                 int_at_least, made_dirs, need_dir, positive_int, run_cli)
-from images import list_images, load_rgb, save_image
-from plots import plot_split
+from helpers import demo_data, files, imaging, plots
 
 FLOWERS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
 FLOWERS_SHA256 = "4c54ace7911aaffe13a365c34f650e71dd5bf1be0a58b464e5a7183e3e595d9c"
@@ -39,20 +38,21 @@ JUNK = {".DS_Store", "Thumbs.db", "desktop.ini"}  # made by file browsers: not t
 
 
 def get_args_parser(add_help=True):
-    p = ArgumentParser(description="Split a <class>/<images> folder into train/ and val/", add_help=add_help)
-    p.add_argument("--data-root", default="data_set/flower_data",
-                   help="folder holding flower_photos/<class>/, where train/ and val/ go (default: %(default)s)")
+    p = cli.ArgumentParser(description="Split a <class>/<images> folder into train/ and val/", add_help=add_help)
+    p.add_argument("--data-path", default="data_set/flower_data",
+                   help="folder holding flower_photos/<class>/, where train/ and val/ go: train.py's --data-path "
+                        "(default: %(default)s)")
+    p.add_argument("--data-root", dest="data_path", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # its old name
     p.add_argument("--source", default=None,
-                   help="the <class>/<images> folder to split (default: <data-root>/flower_photos)")
-    p.add_argument("--val-rate", type=float_in(0, 1, high_open=True), default=0.1,
+                   help="the <class>/<images> folder to split (default: <data-path>/flower_photos)")
+    p.add_argument("--val-rate", type=cli.float_in(0, 1, high_open=True), default=0.1,
                    help="share of each class for val (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the selection (default: %(default)s)")
-    p.add_argument("--overwrite", "--force", action="store_true",
-                   help="replace an earlier split's train/ and val/ (only the files it put there are removed)")
+    cli.add_overwrite(p, "replace an earlier split's train/ and val/ (only the files it put there are removed)")
     p.add_argument("--mode", choices=("link", "copy", "symlink"), default="link",
                    help="how images reach train/ and val/: hard link (no extra disk; falls back to copy "
                         "across file systems), copy, or symlink (default: %(default)s)")
-    p.add_argument("--max-size", type=int_at_least(32), default=None, metavar="N",
+    p.add_argument("--max-size", type=cli.int_in(32), default=None, metavar="N",
                    help="write resized copies whose shorter side is at most N px (EXIF rotation applied), "
                         "instead of links: for slow storage and large phone photos (default: off)")
     p.add_argument("--download", action="store_true", help="download and unpack the flower photos first")
@@ -61,7 +61,7 @@ def get_args_parser(add_help=True):
                    help="expected SHA-256 of the archive (default: the flowers' own; 'none' skips the check)")
     p.add_argument("--demo", action="store_true",
                    help="generate SYNTHETIC demo flowers (and data/imgs examples) when there is no real data")
-    p.add_argument("--demo-per-class", type=positive_int, default=120, help="demo images per class (default: %(default)s)")
+    p.add_argument("--demo-per-class", type=cli.positive_int, default=120, help="demo images per class (default: %(default)s)")
     p.add_argument("--demo-imgs", default="data/imgs", help="where --demo puts example images (default: %(default)s)")
     return p
 
@@ -74,16 +74,16 @@ def class_images(source):
     source = Path(source)
     classes = sorted(d.name for d in source.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
-        raise UserError(f"{source} has no class folders; it must hold <class>/<images>")
-    check_class_names(classes, f"the class folders of {source}")  # train.py would refuse them later
+        raise cli.UserError(f"{source} has no class folders; it must hold <class>/<images>")
+    files.check_class_names(classes, f"the class folders of {source}")  # train.py would refuse them later
     found = {}
     for cla in classes:
         not_regular = []
-        images = [p.relative_to(source / cla).as_posix() for p in list_images(source / cla, True, not_regular)]
+        images = [p.relative_to(source / cla).as_posix() for p in imaging.list_images(source / cla, True, not_regular)]
         for p in not_regular:
             print(f"warning: skipped {p}: not a regular file (a pipe, a device or a broken link)")
         if not images:
-            raise UserError(f"class folder {source / cla} has no images (looked for .jpg .jpeg .png .bmp .webp .gif "
+            raise cli.UserError(f"class folder {source / cla} has no images (looked for .jpg .jpeg .png .bmp .webp .gif "
                             ".tif, sub-folders included); add images or remove the folder")
         found[cla] = images
     return found
@@ -161,9 +161,9 @@ def earlier_split_files(target, source):
     with its size and time unchanged (copies and resized copies)."""
     target, manifest = Path(target), read_manifest(Path(target).parent)
     ours, foreign = [], []
-    for root, dirs, files in os.walk(target):  # links to folders are not followed: they are foreign
+    for root, dirs, names in os.walk(target):  # links to folders are not followed: they are foreign
         foreign += [Path(root) / d for d in dirs if os.path.islink(os.path.join(root, d))]
-        for name in files:
+        for name in names:
             f = Path(root) / name
             rel = f.relative_to(target).as_posix()
             if name in JUNK:
@@ -190,29 +190,29 @@ def check_targets(targets, source, overwrite):
     to_remove = []
     for t in targets:
         if t.is_symlink():
-            raise UserError(f"{t} is a symbolic link; remove the link yourself or choose another --data-root")
+            raise cli.UserError(f"{t} is a symbolic link; remove the link yourself or choose another --data-root")
         r = t.resolve()
         if r == src or src in r.parents or r in src.parents:
-            raise UserError(f"{t} and the source folder {source} overlap; the split would overwrite its own "
+            raise cli.UserError(f"{t} and the source folder {source} overlap; the split would overwrite its own "
                             "source: choose another --data-root or --source")
         if t.exists() and not t.is_dir():
-            raise UserError(f"{t} is a file; the split needs that name for a folder")
+            raise cli.UserError(f"{t} is a file; the split needs that name for a folder")
     existing = [t for t in targets if t.exists()]
     if existing and not overwrite:
-        raise UserError(f"{existing[0]} already exists; pass --overwrite to replace train/ and val/ "
+        raise cli.UserError(f"{existing[0]} already exists; pass --overwrite to replace train/ and val/ "
                         "(only the files an earlier split put there are removed)")
     for t in existing:
         ours, foreign = earlier_split_files(t, source)
         if foreign:
             names = ", ".join(str(f) for f in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-            raise UserError(f"{t} holds {len(foreign)} file(s) that no split put there ({names}); move them out "
+            raise cli.UserError(f"{t} holds {len(foreign)} file(s) that no split put there ({names}); move them out "
                             "and run again: nothing was changed")
         to_remove += ours
     return to_remove
 
 
-def remove_earlier_split(targets, files):
-    for f in files:
+def remove_earlier_split(targets, paths):
+    for f in paths:
         os.remove(f)
     for t in targets:
         for root, _, _ in os.walk(t, topdown=False):  # the deepest folders first
@@ -237,18 +237,18 @@ def resized_copy(job):
     small enough is copied as it is. Returns an error text or ''."""
     src, dst, max_size = job
     try:
-        img = load_rgb(src, min_side=max_size)  # a large JPEG is decoded at reduced scale already
+        img = imaging.load_rgb(src, min_side=max_size)  # a large JPEG is decoded at reduced scale already
         if min(img.size) > max_size:
             scale = max_size / min(img.size)
             img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.LANCZOS)
         warning = ""
-    except (UserError, OSError, ValueError) as e:
+    except (cli.UserError, OSError, ValueError) as e:
         img, warning = None, str(e)  # unreadable here: copied as it is; training will name it
     try:
         if img is None:
             shutil.copy2(src, dst)
         else:
-            save_image(img, dst, quality=95)
+            imaging.save_image(img, dst, quality=95)
     except (OSError, ValueError) as e:  # a full disk: the whole split fails, naming where it wrote
         return "", getattr(e, "strerror", None) or str(e)
     return warning, ""
@@ -272,7 +272,7 @@ def write_split(source, out_root, split, mode="link", max_size=None, workers=Non
                     try:
                         _place(source / cla / name, dst, mode)
                     except OSError as e:  # the new split is removed whole (below); say where it failed
-                        raise UserError(f"cannot write {out_root / side / cla / name}: {e.strerror or e}") from None
+                        raise cli.UserError(f"cannot write {out_root / side / cla / name}: {e.strerror or e}") from None
                 print(f"\r[{cla}] processing [{index + 1}/{num}]", end="", flush=True)
             print()
         if jobs:
@@ -280,7 +280,7 @@ def write_split(source, out_root, split, mode="link", max_size=None, workers=Non
             with multiprocessing.Pool(workers or os.cpu_count() or 1) as pool:
                 for (_, dst, _), (warning, error) in zip(jobs, pool.imap(resized_copy, jobs, chunksize=8)):
                     if error:
-                        raise UserError(f"cannot write {out_root / dst.relative_to(tmp)}: {error}")
+                        raise cli.UserError(f"cannot write {out_root / dst.relative_to(tmp)}: {error}")
                     if warning:
                         print(f"warning: copied as it is: {warning}")
         for side in ("train", "val"):
@@ -300,22 +300,22 @@ def balance_table(split):
     return "\n".join(lines)
 
 
-def split_dataset(source, out_root, val_rate=0.1, seed=0, overwrite=False, mode="link", max_size=None,
+def split_dataset(source, out_root, *, val_rate=0.1, seed=0, overwrite=False, mode="link", max_size=None,
                   to_remove=None, split=None):
     """Select (unless `split` is given), keep duplicates together, build the new split beside the
     old, then swap them."""
-    source = need_dir(source, "image folder",
+    source = files.need_dir(source, "image folder",
                       "put <class>/<images> there, or run with --download (flowers) or --demo (synthetic)")
     out_root = Path(out_root)
     targets = [out_root / "train", out_root / "val"]
     if to_remove is None:
         to_remove = check_targets(targets, source, overwrite)
     split = split or select_val(source, val_rate, seed)
-    check_writable_dir(out_root, "split")
+    files.check_writable_dir(out_root, "split")
     groups = find_duplicates(source, split)
     moved = keep_duplicates_together(split, groups)
 
-    with made_dirs(out_root):  # a failed split leaves no new empty folder
+    with files.made_dirs(out_root):  # a failed split leaves no new empty folder
         tmp = write_split(source, out_root, split, mode, max_size)
         try:
             # The manifest is written beside the new split and moved with it: a full disk fails here,
@@ -340,7 +340,7 @@ def write_manifest(out_root, split):
             for name in names:
                 st = os.lstat(Path(out_root) / side / cla / name)
                 entries[f"{side}/{cla}/{name}"] = [st.st_size, st.st_mtime_ns]
-    atomic_write_text(Path(out_root) / MANIFEST, json.dumps(entries))
+    files.atomic_write_text(Path(out_root) / MANIFEST, json.dumps(entries))
 
 
 def report(split, groups, moved, out_root):
@@ -357,7 +357,7 @@ def report(split, groups, moved, out_root):
         if not val:
             print(f"warning: class {cla} has {len(train)} image(s) and none in val/: its accuracy cannot be measured")
     print(balance_table(split))
-    print(f"wrote {plot_split(split, out_root / 'split.png')}")
+    print(f"wrote {plots.plot_split(split, out_root / 'split.png')}")
     print("processing done!")
     n_train = sum(len(t) for t, _ in split.values())
     n_val = sum(len(v) for _, v in split.values())
@@ -382,17 +382,17 @@ def safe_extract(archive, dest):
                     link_target = (target.parent / m.linkname).resolve() if m.issym() else (dest / m.linkname).resolve()
                     bad = bad or dest not in link_target.parents
                 if m.isdev() or m.isfifo():
-                    raise UserError(f"{archive}: member {m.name!r} is a device or a pipe; nothing was unpacked")
+                    raise cli.UserError(f"{archive}: member {m.name!r} is a device or a pipe; nothing was unpacked")
                 if bad:
-                    raise UserError(f"{archive}: member {m.name!r} would land outside the data folder; "
+                    raise cli.UserError(f"{archive}: member {m.name!r} would land outside the data folder; "
                                     "nothing was unpacked")
             kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
             tar.extractall(dest, **kwargs)
     except getattr(tarfile, "FilterError", ()) as e:  # Python's own check of links (3.8.17+, 3.12)
-        raise UserError(f"{archive}: {str(e).splitlines()[0]}; nothing was unpacked") from None
+        raise cli.UserError(f"{archive}: {cli.first_line(e)}; nothing was unpacked") from None
     except (tarfile.TarError, EOFError, OSError, ValueError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{archive} is not a complete tar archive ({reason}); delete it and download again") from None
+        reason = cli.first_line(e)
+        raise cli.UserError(f"{archive} is not a complete tar archive ({reason}); delete it and download again") from None
 
 
 def unpacked_root(folder):
@@ -417,7 +417,7 @@ def download_flowers(data_root, url=FLOWERS_URL, sha256=FLOWERS_SHA256):
     try:
         if downloaded:
             print(f"downloading {url}")
-            download(url, archive, sha256=sha256)
+            files.download(url, archive, sha256=sha256)
         # Unpacked into a temporary folder, then moved: a failure never leaves a half-filled flower_photos.
         tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=data_root))
         try:
@@ -435,9 +435,9 @@ def download_flowers(data_root, url=FLOWERS_URL, sha256=FLOWERS_SHA256):
 def check_demo(source, imgs_dir):
     marker = Path(source) / "SYNTHETIC_DEMO_DATA.txt"
     if Path(source).exists() and not marker.exists():
-        raise UserError(f"{source} already holds a data set; --demo will not write into it "
+        raise cli.UserError(f"{source} already holds a data set; --demo will not write into it "
                         "(use --data-root for another folder)")
-    check_writable_dir(imgs_dir, "demo images")
+    files.check_writable_dir(imgs_dir, "demo images")
 
 
 def make_demo(source, per_class, seed, imgs_dir):
@@ -449,40 +449,40 @@ def make_demo(source, per_class, seed, imgs_dir):
         print(f"using the SYNTHETIC demo flowers already in {source}")
     for p in demo_data.make_demo_images(imgs_dir):
         print(f"wrote demo image {p}")
-    print("note: demo data is drawn by demo_data.py, not photographs; accuracy on it only shows the code works")
+    print("note: demo data is drawn by helpers/demo_data.py, not photographs; accuracy on it only shows the code works")
 
 
 def main(args):
     # Settle everything first: flags, paths, what an earlier split left, the archive's address.
-    data_root = Path(args.data_root)
+    data_root = Path(args.data_path)
     source = Path(args.source) if args.source else data_root / "flower_photos"
     if args.download and args.demo:
-        raise UserError("--download and --demo exclude each other")
+        raise cli.UserError("--download and --demo exclude each other")
     if args.download and args.source:
-        raise UserError("--download unpacks into <data-root>/flower_photos; leave out --source")
+        raise cli.UserError("--download unpacks into <data-root>/flower_photos; leave out --source")
     targets = [data_root / "train", data_root / "val"]
     to_remove = check_targets(targets, source, args.overwrite)
-    check_writable_dir(data_root, "split")
+    files.check_writable_dir(data_root, "split")
     url = sha = None
     if args.download:
-        url = as_url(args.url)
+        url = files.as_url(args.url)
         sha = None if (args.sha256 or "").lower() == "none" else (
             args.sha256 or (FLOWERS_SHA256 if args.url == FLOWERS_URL else None))
     if args.demo:
         check_demo(source, args.demo_imgs)
     split = None  # with --download or --demo, the images are not there yet
     if not (args.download or args.demo):
-        split = select_val(need_dir(source, "image folder", "put <class>/<images> there, or run with --download "
+        split = select_val(files.need_dir(source, "image folder", "put <class>/<images> there, or run with --download "
                                                             "(flowers) or --demo (synthetic)"), args.val_rate, args.seed)
     # Then act.
     if args.download:
-        with made_dirs(data_root):
+        with files.made_dirs(data_root):
             download_flowers(data_root, url, sha)
     if args.demo:
         make_demo(source, args.demo_per_class, args.seed, args.demo_imgs)
-    return split_dataset(source, data_root, args.val_rate, args.seed, args.overwrite, args.mode, args.max_size,
-                         to_remove=to_remove, split=split)
+    return split_dataset(source, data_root, val_rate=args.val_rate, seed=args.seed, overwrite=args.overwrite,
+                         mode=args.mode, max_size=args.max_size, to_remove=to_remove, split=split)
 
 
 if __name__ == "__main__":
-    run_cli(main, get_args_parser())
+    cli.run_cli(main, get_args_parser())

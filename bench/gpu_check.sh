@@ -15,7 +15,7 @@ step() { echo; echo "=== $*"; }
 step versions
 nvidia-smi -L; $PY -c "import torch, torchvision; print(torch.__version__, torchvision.__version__, torch.cuda.get_device_name(0))"
 step demo data
-$PY split_data.py --demo --data-root $W/data --demo-per-class 200 --demo-imgs $W/imgs | tail -2
+$PY split_data.py --demo --data-path $W/data --demo-per-class 200 --demo-imgs $W/imgs | tail -2
 T="--data-path $W/data --model resnet34 --weights none --img-size 224 --batch-size 64 --lr 1e-3 --class-indices $W/ci.json --workers 8"
 step train bf16 auto, 3 epochs
 $PY train.py $T --epochs 3 --save-path $W/bf16/w.pth 2>&1 | grep -vE 'it/s|s/it'

@@ -25,7 +25,7 @@ else
 fi
 mkdir -p "$OUT"
 for seed in 0 1; do
-  [ -d "$OUT/demo$seed/train" ] || $PY split_data.py --demo --data-root "$OUT/demo$seed" --demo-imgs "$OUT/imgs" \
+  [ -d "$OUT/demo$seed/train" ] || $PY split_data.py --demo --data-path "$OUT/demo$seed" --demo-imgs "$OUT/imgs" \
     --demo-per-class $PER_CLASS --seed $seed >/dev/null
 done
 BASE="--model resnet18 --img-size $SIZE --batch-size 32 --overwrite $MORE"

@@ -11,7 +11,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import demo_data  # noqa: E402
+from helpers import demo_data  # noqa: E402
 import split_data  # noqa: E402
 import train  # noqa: E402
 
@@ -24,6 +24,12 @@ TINY_TRAIN = ["--model", "resnet18", "--weights", "none", "--img-size", "32", "-
 
 def parse(module, argv):
     return module.get_args_parser().parse_args([str(a) for a in argv])
+
+
+def resolve(args, ckpt=None):
+    """train.py's settings for parsed args, as main() resolves them (one process)."""
+    from helpers import settings, training
+    return settings.resolve(args, train.get_args_parser(), training.World(), ckpt)
 
 
 def run_script(script, *argv, cwd=None):
@@ -52,7 +58,7 @@ def tiny_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("tiny")
     data_root = base / "flower_data"
     make_class_folders(data_root / "flower_photos", per_class=8)
-    split_data.main(parse(split_data, ["--data-root", data_root]))
+    split_data.main(parse(split_data, ["--data-path", data_root]))
     out = base / "run"
     result = train.main(parse(train, TINY_TRAIN + ["--data-path", data_root, "--save-path", out / "resNet18.pth",
                                                    "--class-indices", out / "class_indices.json"]))
@@ -66,7 +72,7 @@ def data(tmp_path_factory):
     Only read by the tests: each writes its run elsewhere."""
     root = tmp_path_factory.mktemp("small") / "flower_data"
     make_class_folders(root / "flower_photos", per_class=8)
-    split_data.main(parse(split_data, ["--data-root", root, "--val-rate", "0.25"]))
+    split_data.main(parse(split_data, ["--data-path", root, "--val-rate", "0.25"]))
     return root
 
 

@@ -3,7 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import inference
+from helpers import inference
 import model
 from conftest import ROOT
 
@@ -11,7 +11,7 @@ from conftest import ROOT
 def test_every_file_parses_as_python_3_8():
     """JetPack 5 ships Python 3.8: vermin finds any syntax, library call or annotation of a later one."""
     vermin = Path(sys.executable).with_name("vermin")
-    files = sorted(str(p) for p in list(ROOT.glob("*.py")) + list((ROOT / "tests").glob("*.py")))
+    files = sorted(str(p) for folder in (ROOT, ROOT / "helpers", ROOT / "tests") for p in folder.glob("*.py"))
     res = subprocess.run([str(vermin), "-t=3.8-", "--violations", "--eval-annotations", "--no-tips", *files],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr

@@ -16,9 +16,8 @@ from PIL import Image
 import batch_predict
 import benchmark
 import export_onnx
-import inference
+from helpers import cli, imaging, inference
 import predict
-from cli import UserError
 from conftest import ROOT, make_class_folders, parse, run_script
 
 ort = pytest.importorskip("onnxruntime")
@@ -82,7 +81,7 @@ def test_int8_predicts_like_fp32_and_both_accuracies_are_printed(int8_run, tiny_
     assert [p for p, _ in rows["fp32"]] == [p for p, _ in rows["int8"]]
     same = sum(a[0][0] == b[0][0] for (_, a), (_, b) in zip(rows["fp32"], rows["int8"]))
     assert same >= 12
-    x = inference.normalize(inference.decode_batch(list(enumerate(sorted(int8_run["val"].rglob("*.jpg")))), 32)[1])
+    x = imaging.normalize(inference.decode_batch(list(enumerate(sorted(int8_run["val"].rglob("*.jpg")))), 32)[1])
     probs = [inference.softmax(session(int8_run[m]).run(None, {"input": x})[0]) for m in ("fp32", "int8")]
     assert np.abs(probs[0] - probs[1]).max() < 0.03
     assert (int8_run["fp32"].parent / "labels.txt").read_text().split() == ["daisy", "roses", "tulips"]
@@ -122,7 +121,7 @@ def test_int8_losing_more_than_max_drop_writes_nothing_unless_kept(tiny_run, tmp
     monkeypatch.setattr(export_onnx, "quantize_int8", lambda fp32, int8, *a: (shutil.copy(fp32, int8), (8, 0))[1])
     monkeypatch.setattr(export_onnx, "top1", lambda *a: ([90.0, 88.5], [100.0, 97.0], 6))
     out = tmp_path / "out" / "m.onnx"
-    with pytest.raises(UserError, match=r"INT8 loses 1.50 points .*--max-drop 1.0.*neither file was written"):
+    with pytest.raises(cli.UserError, match=r"INT8 loses 1.50 points .*--max-drop 1.0.*neither file was written"):
         export_onnx.main(export_args(tiny_run, out, "--int8", "--data-path", tmp_path / "data"))
     assert not out.parent.exists() and list(private_tmp.iterdir()) == []  # the folder made for it too
     export_onnx.main(export_args(tiny_run, out, "--int8", "--data-path", tmp_path / "data", "--keep-int8"))
@@ -146,10 +145,10 @@ def test_ctrl_c_while_quantizing_leaves_nothing_behind(tiny_run, tmp_path, priva
 
 def test_int8_outputs_and_calibration_folder_are_checked_first(tiny_run, tmp_path):
     (tmp_path / "m.int8.onnx").write_bytes(b"mine")
-    with pytest.raises(UserError, match=r"m.int8.onnx already exists; --overwrite replaces it"):
+    with pytest.raises(cli.UserError, match=r"m.int8.onnx already exists; --overwrite replaces it"):
         export_onnx.main(export_args(tiny_run, tmp_path / "m.onnx", "--int8"))
     args = export_args(tiny_run, tmp_path / "n.onnx", "--int8", "tensorrt", "--calib-dir", tmp_path / "nothing")
-    with pytest.raises(UserError, match="calibration folder not found"):
+    with pytest.raises(cli.UserError, match="calibration folder not found"):
         export_onnx.main(args)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.int8.onnx"]
     assert (tmp_path / "m.int8.onnx").read_bytes() == b"mine"
@@ -206,8 +205,8 @@ def test_numpy_preprocessing_equals_torchvision_and_the_torch_predictor_input(ti
     import torch
     from torchvision import transforms
 
-    import weights
-    from images import MEAN, STD
+    from helpers import weights
+    from helpers import imaging
 
     img_size = 224
     benchmark.make_images(tmp_path, 3)  # photo-sized JPEGs, 320-500 px
@@ -216,9 +215,9 @@ def test_numpy_preprocessing_equals_torchvision_and_the_torch_predictor_input(ti
     paths = sorted(p for p in tmp_path.rglob("*") if p.is_file())
     indices, batch, errors = inference.decode_batch(list(enumerate(paths)), img_size)
     assert indices == [0, 1, 2, 3, 4] and not errors
-    ours = inference.normalize(batch)
+    ours = imaging.normalize(batch)
     tv = transforms.Compose([transforms.Resize(int(round(img_size / 0.875))), transforms.CenterCrop(img_size),
-                             transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
+                             transforms.ToTensor(), transforms.Normalize(imaging.MEAN, imaging.STD)])
 
     def rgb(path):  # what the tutorial did, with the alpha put on white as images.py does
         img = Image.open(path)
@@ -277,14 +276,14 @@ def test_tensorrt_is_not_given_the_cpu_int8_model(int8_run, offered, capsys):
     assert inference.onnx_providers("auto", int8_run["int8"]) == [CUDA, CPU]
     note = capsys.readouterr().err.strip().splitlines()
     assert len(note) == 1 and "TensorRT cannot run" in note[0] and "--int8 tensorrt" in note[0]
-    with pytest.raises(UserError, match="TensorRT cannot run.*--int8 tensorrt"):
+    with pytest.raises(cli.UserError, match="TensorRT cannot run.*--int8 tensorrt"):
         inference.onnx_providers("tensorrt", int8_run["int8"])
 
 
 def test_cpu_only_onnxruntime_gives_cpu_or_a_one_line_error(int8_run, offered):
     offered("AzureExecutionProvider", CPU)
     assert inference.onnx_providers("auto", int8_run["fp32"]) == [CPU]
-    with pytest.raises(UserError, match="--provider tensorrt: this onnxruntime offers"):
+    with pytest.raises(cli.UserError, match="--provider tensorrt: this onnxruntime offers"):
         inference.onnx_providers("tensorrt", int8_run["fp32"])
 
 
@@ -346,7 +345,7 @@ def test_tutorial_baselines_predict_a_folder_and_one_image(tmp_path, capsys):
 
     import torch
 
-    import weights
+    from helpers import weights
     benchmark.make_images(tmp_path / "imgs", 5)
     torch.save(weights.build_model("resnet18", num_classes=5).state_dict(), tmp_path / "w.pth")
     (tmp_path / "class_indices.json").write_text(json.dumps({str(i): f"c{i}" for i in range(5)}))

@@ -9,11 +9,9 @@ import threading
 import pytest
 import torch
 
-import cli
-import weights
+from helpers import cli, files, weights
 import load_weights
 import split_data
-from cli import UserError
 from conftest import make_class_folders, parse
 
 
@@ -36,13 +34,13 @@ def sha256(path):
 def test_download_checks_sha256_and_leaves_no_partial_file(server, tmp_path):
     root, url = server
     (root / "f.bin").write_bytes(b"hello" * 1000)
-    good = cli.download(f"{url}/f.bin", tmp_path / "out" / "f.bin", sha256=sha256(root / "f.bin"), progress=False)
+    good = files.download(f"{url}/f.bin", tmp_path / "out" / "f.bin", sha256=sha256(root / "f.bin"), progress=False)
     assert good.read_bytes() == b"hello" * 1000
-    with pytest.raises(UserError, match="checksum mismatch"):
-        cli.download(f"{url}/f.bin", tmp_path / "bad" / "f.bin", sha256="0" * 64, progress=False)
+    with pytest.raises(cli.UserError, match="checksum mismatch"):
+        files.download(f"{url}/f.bin", tmp_path / "bad" / "f.bin", sha256="0" * 64, progress=False)
     assert not (tmp_path / "bad").exists()  # nor the folder made for it
-    with pytest.raises(UserError, match="could not download"):
-        cli.download(f"{url}/missing.bin", tmp_path / "m" / "x", progress=False)
+    with pytest.raises(cli.UserError, match="could not download"):
+        files.download(f"{url}/missing.bin", tmp_path / "m" / "x", progress=False)
     assert not (tmp_path / "m").exists()
 
 
@@ -57,8 +55,8 @@ def test_download_flowers_unpacks_and_splits(server, tmp_path, capsys):
     root, url = server
     make_flowers_tgz(root / "flower_photos.tgz", tmp_path)
     data = tmp_path / "data"
-    args = ["--data-root", data, "--download", "--url", f"{url}/flower_photos.tgz"]
-    with pytest.raises(UserError, match="checksum mismatch"):
+    args = ["--data-path", data, "--download", "--url", f"{url}/flower_photos.tgz"]
+    with pytest.raises(cli.UserError, match="checksum mismatch"):
         split_data.main(parse(split_data, args + ["--sha256", "ab" * 32]))
     assert not (data / "flower_photos").exists() and not list(data.glob("*.tgz*"))
     split_data.main(parse(split_data, args + ["--sha256", sha256(root / "flower_photos.tgz")]))
@@ -76,8 +74,8 @@ def test_archive_member_outside_target_is_refused(server, tmp_path):
             info.size = 3
             tar.addfile(info, io.BytesIO(b"bad"))
     data = tmp_path / "data"
-    with pytest.raises(UserError, match="outside"):
-        split_data.main(parse(split_data, ["--data-root", data, "--download", "--url", f"{url}/evil.tgz",
+    with pytest.raises(cli.UserError, match="outside"):
+        split_data.main(parse(split_data, ["--data-path", data, "--download", "--url", f"{url}/evil.tgz",
                                            "--sha256", sha256(evil)]))
     assert not (tmp_path / "escaped.txt").exists() and not (data / "flower_photos").exists()
     assert not list(data.glob(".unpack-*"))
@@ -97,7 +95,7 @@ def test_imagenet_weights_download_into_hub_cache_with_hash_prefix(server, tmp_p
     old = torch.hub.get_dir()
     torch.hub.set_dir(str(hub))
     try:
-        with pytest.raises(UserError, match="checksum mismatch.*Offline"):
+        with pytest.raises(cli.UserError, match="checksum mismatch.*Offline"):
             load_weights.main(parse(load_weights, ["--model", "resnet18", "--download", "--url", f"{url}/{bad.name}"]))
         net = load_weights.main(parse(load_weights, ["--model", "resnet18", "--download", "--url", f"{url}/{good.name}",
                                                      "--num-classes", "3", "--out", tmp_path / "adapted.pth"]))
@@ -106,7 +104,7 @@ def test_imagenet_weights_download_into_hub_cache_with_hash_prefix(server, tmp_p
         assert net.fc.out_features == 3
         torch.testing.assert_close(net.state_dict()["conv1.weight"], state["conv1.weight"])
         # offline: one line saying where to put the file
-        with pytest.raises(UserError, match=r"Offline\? Fetch .* put it at .*resnet34"):
+        with pytest.raises(cli.UserError, match=r"Offline\? Fetch .* put it at .*resnet34"):
             weights.imagenet_weights("resnet34", url="http://127.0.0.1:9/resnet34-b627a593.pth", progress=False)
     finally:
         torch.hub.set_dir(old)
@@ -116,6 +114,6 @@ def test_an_archive_the_user_put_there_is_unpacked_and_kept(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     make_flowers_tgz(data / "flower_photos.tgz", tmp_path)
-    split_data.main(parse(split_data, ["--data-root", data, "--download", "--url",
+    split_data.main(parse(split_data, ["--data-path", data, "--download", "--url",
                                        (data / "flower_photos.tgz").as_uri(), "--sha256", "none"]))
     assert (data / "flower_photos.tgz").exists() and (data / "train" / "roses").is_dir()

@@ -9,7 +9,7 @@ import load_weights
 import model
 import predict
 import train
-from cli import UserError
+from helpers import cli
 from conftest import TINY_TRAIN, make_class_folders, parse, run_script
 
 
@@ -26,7 +26,7 @@ def test_missing_image_file_and_folder(tmp_path):
     assert_one_line_error(run_script("predict.py", tmp_path / "nope.jpg"), "image not found", "nope.jpg")
     assert_one_line_error(run_script("batch_predict.py", tmp_path / "nodir"), "image folder not found")
     assert_one_line_error(run_script("train.py", "--data-path", tmp_path / "nodata"), "not found", "split_data.py")
-    assert_one_line_error(run_script("split_data.py", "--data-root", tmp_path / "x"), "--download", "--demo")
+    assert_one_line_error(run_script("split_data.py", "--data-path", tmp_path / "x"), "--download", "--demo")
 
 
 def test_missing_weights_and_class_file_say_what_to_do(tiny_run, tmp_path):
@@ -48,7 +48,7 @@ def test_empty_folder_and_empty_class_folder(tiny_run, tmp_path):
     make_class_folders(data / "val", per_class=1, classes=("a", "b"))
     (data / "train" / "c").mkdir()
     (data / "val" / "c").mkdir()
-    with pytest.raises(UserError, match="no images in the class folder"):
+    with pytest.raises(cli.UserError, match="no images in the class folder"):
         train.main(parse(train, TINY_TRAIN + ["--data-path", data, "--save-path", tmp_path / "w.pth"]))
 
 
@@ -64,7 +64,7 @@ def test_weights_with_another_class_count(tiny_run, tmp_path):
 def test_weights_of_another_architecture(tiny_run, tmp_path):
     r34 = tmp_path / "r34.pth"
     torch.save(model.resnet34(num_classes=3).state_dict(), r34)
-    with pytest.raises(UserError, match="holds resnet34 weights, but --model is resnet18; pass --model resnet34"):
+    with pytest.raises(cli.UserError, match="holds resnet34 weights, but --model is resnet18; pass --model resnet34"):
         batch_predict.main(parse(batch_predict, [tiny_run["data"] / "val" / "daisy", "--model", "resnet18",
                                                  "--weights", r34, "--class-indices", tiny_run["classes"]]))
     res = run_script("load_weights.py", "--model", "resnet50", "--weights", r34)
@@ -86,18 +86,37 @@ def test_load_weights_both_ways_agree(tmp_path, capsys):
 
 
 def test_resume_from_plain_weights_file_explains(tiny_run):
-    with pytest.raises(UserError, match="plain weights file, not a training checkpoint"):
+    with pytest.raises(cli.UserError, match="plain weights file, not a training checkpoint"):
         train.main(parse(train, ["--resume", tiny_run["weights"]]))
 
 
 def test_refuses_to_overwrite_an_earlier_run(tiny_run):
-    with pytest.raises(UserError, match="earlier run.*--resume.*--overwrite"):
+    with pytest.raises(cli.UserError, match="earlier run.*--resume.*--overwrite"):
         train.main(parse(train, TINY_TRAIN + ["--data-path", tiny_run["data"], "--save-path", tiny_run["weights"]]))
 
 
 def test_predict_corrupt_single_image(tiny_run, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"garbage")
-    with pytest.raises(UserError, match="cannot read image"):
+    with pytest.raises(cli.UserError, match="cannot read image"):
         predict.main(parse(predict, [bad, "--model", "resnet18", "--weights", tiny_run["weights"],
                                      "--class-indices", tiny_run["classes"]]))
+
+
+def test_one_folder_one_flag_and_overwrite_the_one_overwrite_flag():
+    import export_onnx
+    import split_data
+    # split_data.py's folder is train.py's --data-path; --data-root stays as a hidden alias
+    assert parse(split_data, ["--data-root", "d"]).data_path == parse(split_data, ["--data-path", "d"]).data_path == "d"
+    assert parse(split_data, []).data_path == train.settings.DEFAULTS.data_path
+    for script in (split_data, train, load_weights, export_onnx):
+        text = script.get_args_parser().format_help()
+        assert "--overwrite" in text and "--force" not in text and "--data-root" not in text, script.__name__
+        assert parse(script, ["--force"]).overwrite is True and parse(script, []).overwrite is False
+
+
+def test_no_amp_and_no_channels_last_are_the_same_settings_in_training_and_prediction():
+    for script in (train, predict, batch_predict):
+        args = parse(script, ["--no-amp", "--no-channels-last"])
+        assert (args.amp_dtype, args.channels_last) == ("none", False), script.__name__
+    assert (parse(predict, []).amp_dtype, parse(predict, []).channels_last) == ("auto", True)

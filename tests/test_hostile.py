@@ -18,7 +18,7 @@ from PIL import Image
 import batch_predict
 import split_data
 import train
-from cli import UserError
+from helpers import cli
 from conftest import ROOT, TINY_TRAIN, interrupted_run, make_class_folders, parse, run_script
 from test_errors import assert_one_line_error
 
@@ -52,7 +52,7 @@ def test_reports_never_land_on_costly_files_inputs_links_or_devices(tiny_run, tm
 def test_a_run_s_outputs_may_not_be_one_file(data, tmp_path):
     for extra in (["--save-path", tmp_path / "a.pth", "--class-indices", tmp_path / "a.pth"],
                   ["--save-path", tmp_path / "w.pth", "--checkpoint", tmp_path / "w.pth"]):
-        with pytest.raises(UserError, match="same file"):
+        with pytest.raises(cli.UserError, match="same file"):
             train.main(parse(train, TINY_TRAIN + ["--data-path", data, *extra]))
     assert list(tmp_path.iterdir()) == []
 
@@ -77,7 +77,7 @@ def test_a_resumed_run_writes_beside_its_checkpoint_and_nowhere_else(data, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy", "runs"]  # nothing written where we stand
     other = tmp_path / "unrelated.pth"
     other.write_bytes(b"mine")
-    with pytest.raises(UserError, match="--save-path .*contradicts the resumed run"):
+    with pytest.raises(cli.UserError, match="--save-path .*contradicts the resumed run"):
         train.main(parse(train, ["--resume", tmp_path / "copy" / "last.pth", "--epochs", "3", "--save-path", other]))
     assert other.read_bytes() == b"mine"
 
@@ -87,20 +87,20 @@ def test_a_damaged_checkpoint_setting_is_refused(tiny_run, tmp_path):
     for key, value in (("batch_size", 0), ("lr", "fast"), ("opt", "rocket")):
         bad = dict(ckpt, settings=dict(ckpt["settings"], **{key: value}))
         torch.save(bad, tmp_path / "bad.pth")
-        with pytest.raises(UserError, match=f"invalid setting --{key.replace('_', '-')}"):
+        with pytest.raises(cli.UserError, match=f"invalid setting --{key.replace('_', '-')}"):
             train.main(parse(train, ["--resume", tmp_path / "bad.pth"]))
 
 
 def test_split_refuses_a_link_to_a_folder_inside_train_and_deletes_nothing(tmp_path):
     make_class_folders(tmp_path / "flower_photos", per_class=4, classes=("a", "b"))
-    split_data.main(parse(split_data, ["--data-root", tmp_path]))
+    split_data.main(parse(split_data, ["--data-path", tmp_path]))
     stuff = tmp_path / "my_stuff"
     stuff.mkdir()
     (stuff / "precious.txt").write_text("mine")
     (tmp_path / "train" / "a" / "x").symlink_to(stuff)
     before = sorted(str(p) for p in (tmp_path / "train").rglob("*"))
-    with pytest.raises(UserError, match="no split put there.*train/a/x"):
-        split_data.main(parse(split_data, ["--data-root", tmp_path, "--overwrite"]))
+    with pytest.raises(cli.UserError, match="no split put there.*train/a/x"):
+        split_data.main(parse(split_data, ["--data-path", tmp_path, "--overwrite"]))
     assert sorted(str(p) for p in (tmp_path / "train").rglob("*")) == before
     assert (stuff / "precious.txt").read_text() == "mine"
 
@@ -109,7 +109,7 @@ def test_pipes_and_device_links_named_like_images_are_skipped_and_named(tiny_run
     src = make_class_folders(tmp_path / "flower_photos", per_class=4, classes=("a", "b"))
     os.mkfifo(src / "a" / "pipe.jpg")
     (src / "b" / "zero.jpg").symlink_to("/dev/zero")
-    split = split_data.main(parse(split_data, ["--data-root", tmp_path, "--mode", "copy"]))
+    split = split_data.main(parse(split_data, ["--data-path", tmp_path, "--mode", "copy"]))
     out = capsys.readouterr().out
     assert "pipe.jpg: not a regular file" in out and "zero.jpg: not a regular file" in out
     assert sum(len(t) + len(v) for t, v in split.values()) == 8
@@ -146,7 +146,7 @@ def jpeg_declaring(path, width, height):
 def test_a_huge_declared_jpeg_is_refused_before_decoding(tiny_run, tmp_path):
     bomb = jpeg_declaring(tmp_path / "big.jpg", 50000, 50000)  # 1/8 scale would still be 39 MP
     # ru_maxrss is the peak since the process began, and Linux carries the parent's across exec: a delta.
-    code = ("import resource, sys; sys.path.insert(0, %r); from images import load_rgb; from cli import UserError\n"
+    code = ("import resource, sys; sys.path.insert(0, %r); from helpers.imaging import load_rgb; from helpers.cli import UserError\n"
             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
             "try:\n    load_rgb(%r, min_side=800)\nexcept UserError as e:\n    print(e)\n"
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)" % (str(ROOT), str(bomb)))
@@ -198,8 +198,8 @@ def test_tar_members_that_are_devices_or_pipes_are_named(tmp_path):
         tar.addfile(info)
     data = tmp_path / "data"
     data.mkdir()
-    with pytest.raises(UserError, match="is a device or a pipe"):
-        split_data.main(parse(split_data, ["--data-root", data, "--download", "--url", archive, "--sha256", "none"]))
+    with pytest.raises(cli.UserError, match="is a device or a pipe"):
+        split_data.main(parse(split_data, ["--data-path", data, "--download", "--url", archive, "--sha256", "none"]))
     assert list(data.iterdir()) == []
 
 
@@ -248,7 +248,7 @@ def test_torch_save_on_a_full_disk_is_one_line_and_keeps_the_old_file(tiny_run, 
 
 def test_a_split_that_cannot_write_names_where_and_leaves_nothing(tmp_path):
     source = make_class_folders(tmp_path / "photos", per_class=4)
-    res = run_with_file_size_limit(300, "split_data.py", "--source", source, "--data-root", tmp_path / "new" / "root",
+    res = run_with_file_size_limit(300, "split_data.py", "--source", source, "--data-path", tmp_path / "new" / "root",
                                    "--max-size", "32")
     assert_one_line_error(res, "cannot write", str(tmp_path / "new" / "root"))
     assert not (tmp_path / "new").exists()
@@ -258,7 +258,7 @@ def test_a_split_that_cannot_write_names_where_and_leaves_nothing(tmp_path):
 def test_outputs_through_a_link_are_still_one_file(data, tmp_path):
     (tmp_path / "c").mkdir()
     (tmp_path / "alias").symlink_to("c")
-    with pytest.raises(UserError, match="same file"):
+    with pytest.raises(cli.UserError, match="same file"):
         train.main(parse(train, TINY_TRAIN + ["--data-path", data, "--save-path", tmp_path / "c" / "w.pth",
                                               "--checkpoint", tmp_path / "alias" / "w.pth"]))
     assert list((tmp_path / "c").iterdir()) == []
@@ -274,12 +274,12 @@ def test_no_output_lands_among_the_images_or_on_the_starting_weights(data, tiny_
                          (["--save-path", data / "train" / "daisy" / "w.pth"], "inside"),
                          (["--save-path", tmp_path / "w.pth", "--output-dir", data / "val"], "inside"),
                          (["--save-path", tmp_path / "w.pth", "--class-indices", data / "train" / "ci.json"], "inside")):
-        with pytest.raises(UserError, match=words):
+        with pytest.raises(cli.UserError, match=words):
             train.main(parse(train, base + extra))
     assert photo.read_bytes() == before and sorted(p.name for p in (data / "train" / "daisy").iterdir()) == listing
     start = tmp_path / "start.pth"
     shutil.copy(tiny_run["weights"], start)
-    with pytest.raises(UserError, match="also an input"):
+    with pytest.raises(cli.UserError, match="also an input"):
         train.main(parse(train, base[:2] + ["--weights", start] + base[4:] + ["--save-path", start]))
     res = run_script("load_weights.py", "--model", "resnet18", "--weights", start, "--num-classes", "3",
                      "--out", start, "--overwrite")
@@ -313,17 +313,17 @@ def test_an_empty_value_is_refused_not_taken_for_the_default(tiny_run):
 
 def test_class_folder_names_that_train_would_refuse_are_refused_by_the_split(tmp_path):
     source = make_class_folders(tmp_path / "photos", per_class=2, classes=("a", "b\nc"))
-    with pytest.raises(UserError, match="class names must be non-empty strings on one line"):
-        split_data.main(parse(split_data, ["--source", source, "--data-root", tmp_path / "root"]))
+    with pytest.raises(cli.UserError, match="class names must be non-empty strings on one line"):
+        split_data.main(parse(split_data, ["--source", source, "--data-path", tmp_path / "root"]))
     assert not (tmp_path / "root").exists()
 
 
 def test_a_refused_download_leaves_no_new_folders(tmp_path):
     junk = tmp_path / "junk.tgz"
     junk.write_bytes(b"not an archive")
-    with pytest.raises(UserError):
+    with pytest.raises(cli.UserError):
         split_data.main(parse(split_data, ["--download", "--url", junk, "--sha256", "none",
-                                           "--data-root", tmp_path / "new" / "deep" / "root"]))
+                                           "--data-path", tmp_path / "new" / "deep" / "root"]))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.tgz"]
 
 

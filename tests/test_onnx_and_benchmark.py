@@ -7,7 +7,7 @@ import pytest
 import batch_predict
 import benchmark
 import export_onnx
-from cli import UserError
+from helpers import cli
 from conftest import parse
 
 ort = pytest.importorskip("onnxruntime")
@@ -45,7 +45,7 @@ def test_softmax_in_graph_and_onnx_predictions_equal_pytorch(tiny_run, tmp_path,
 
 def test_export_without_onnx_says_how_to_install(tiny_run, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)
-    with pytest.raises(UserError, match="pip install onnx onnxruntime"):
+    with pytest.raises(cli.UserError, match="pip install onnx onnxruntime"):
         export_onnx.main(export_args(tiny_run, tmp_path / "m.onnx"))
 
 

@@ -14,15 +14,12 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-import gradcam
+from helpers import gradcam, imaging, inference, plots
 import model
-import plots
 import predict
 import split_data
 import train
 from conftest import ROOT, TINY_TRAIN, make_class_folders, parse
-from images import EvalTransform
-from inference import fold_batchnorm, normalize
 
 # ---------------------------------------------------------------- Grad-CAM
 
@@ -37,7 +34,7 @@ def quadrant_image(rng, colour, quadrant):
     """Grey noise, one quadrant filled with the colour that decides the class (none: no quadrant).
     Drawn at the size EvalTransform resizes to (73 px for a 64 px crop), halved where the crop is;
     returns the image and the mask of its coloured quadrant."""
-    side = EvalTransform(CAM_SIZE).resize
+    side = imaging.EvalTransform(CAM_SIZE).resize
     grey = rng.integers(60, 190) + rng.integers(-20, 21, (side, side, 1))
     noise = grey.clip(0, 255).astype(np.uint8).repeat(3, axis=2)
     mask = np.zeros((side, side), np.uint8)
@@ -51,7 +48,7 @@ def quadrant_image(rng, colour, quadrant):
 
 
 def crop(img):
-    return np.asarray(EvalTransform(CAM_SIZE).resize_crop(img))
+    return np.asarray(imaging.EvalTransform(CAM_SIZE).resize_crop(img))
 
 
 def train_quadrant_model(rng, n=72, epochs=4):
@@ -60,7 +57,7 @@ def train_quadrant_model(rng, n=72, epochs=4):
     torch.manual_seed(0)
     labels = np.arange(n) % len(CLASSES)
     crops = [crop(quadrant_image(rng, CLASSES[c], rng.integers(0, 4))[0]) for c in labels]
-    x, y = torch.from_numpy(normalize(np.stack(crops))), torch.from_numpy(labels)
+    x, y = torch.from_numpy(imaging.normalize(np.stack(crops))), torch.from_numpy(labels)
     net = model.resnet18(num_classes=len(CLASSES))
     # fc starts at zero: no class has evidence anywhere to begin with, so what each learns in a few
     # steps is what tells it from the others (a random fc adds evidence all over the image).
@@ -129,7 +126,7 @@ def test_cam_runs_on_every_architecture_folded_channels_last_and_under_autocast(
     assert plain.shape == (3, 64, 64) and plain.dtype == np.float32 and plain.min() >= 0 and plain.max() <= 1
     # Random weights may hold no evidence at all for a class (an all-0 map), but not for all three.
     assert any(m.max() == pytest.approx(1) and m.min() < 1 for m in plain)
-    fast = fold_batchnorm(net).to(memory_format=torch.channels_last)
+    fast = inference.fold_batchnorm(net).to(memory_format=torch.channels_last)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # predict.py's CPU autocast: the map stays fp32
         folded = gradcam.grad_cam(fast, x.contiguous(memory_format=torch.channels_last), [0, 1, 2])
     assert np.abs(folded - plain).max() < 1e-3
@@ -145,7 +142,7 @@ def test_cam_hooks_are_removed_and_weights_get_no_gradient():
 
 def test_cam_with_onnx_is_one_line_error_and_predict_imports_no_torch(tmp_path):
     code = ("import sys, predict\n"
-            "from cli import UserError\n"
+            "from helpers.cli import UserError\n"
             f"args = predict.get_args_parser().parse_args(['x.jpg', '--cam', '--onnx', {str(tmp_path / 'm.onnx')!r}])\n"
             "try:\n    predict.main(args)\nexcept UserError as e:\n    print(e)\n"
             "print('torch' in sys.modules)\n")
@@ -177,7 +174,7 @@ def gallery_run(tmp_path_factory):
     """train.py --eval-only of random weights on 12 val images: several are misclassified."""
     base = tmp_path_factory.mktemp("gallery")
     make_class_folders(base / "flower_photos", per_class=10)
-    split_data.main(parse(split_data, ["--data-root", base, "--val-rate", "0.4"]))
+    split_data.main(parse(split_data, ["--data-path", base, "--val-rate", "0.4"]))
     torch.manual_seed(1)
     torch.save(model.resnet18(num_classes=3).state_dict(), base / "random.pth")
     return base
@@ -191,7 +188,7 @@ def direct_predictions(data, weights):
     classes = sorted(p.name for p in (data / "val").iterdir())
     paths = sorted(str(p) for p in (data / "val").rglob("*.jpg"))
     with torch.no_grad():
-        x = torch.from_numpy(np.stack([EvalTransform(32)(Image.open(p).convert("RGB")) for p in paths]))
+        x = torch.from_numpy(np.stack([imaging.EvalTransform(32)(Image.open(p).convert("RGB")) for p in paths]))
         probs = torch.softmax(net(x), 1)
     return {p: (classes[i], prob) for p, i, prob in zip(paths, probs.argmax(1).tolist(), probs.max(1).values.tolist())}
 
@@ -266,7 +263,7 @@ def test_duplicates_never_straddle_train_and_val(tmp_path, capsys):
         plain = split_data.select_val(src, 0.3, seed)
         straddled += any(len({f in plain[c][1] for c, f in g}) > 1 for g in groups)
         root = tmp_path / f"seed{seed}"
-        split_data.main(parse(split_data, ["--data-root", root, "--source", src, "--val-rate", "0.3",
+        split_data.main(parse(split_data, ["--data-path", root, "--source", src, "--val-rate", "0.3",
                                            "--seed", seed]))
         assert not digests(root / "train") & digests(root / "val")
         assert len(list((root / "train").rglob("*.jpg"))) + len(list((root / "val").rglob("*.jpg"))) == 37
@@ -285,7 +282,7 @@ def test_split_without_duplicates_is_select_val_with_table_and_chart(tmp_path, c
     (src / "a" / "empty_1.jpg").touch()
     (src / "bb" / "empty_2.jpg").touch()
     expected = split_data.select_val(src, 0.25, 3)
-    split_data.main(parse(split_data, ["--data-root", tmp_path, "--val-rate", "0.25", "--seed", "3"]))
+    split_data.main(parse(split_data, ["--data-path", tmp_path, "--val-rate", "0.25", "--seed", "3"]))
     for cla, (train_files, val_files) in expected.items():
         assert sorted(p.name for p in (tmp_path / "train" / cla).iterdir()) == sorted(train_files)
         assert sorted(p.name for p in (tmp_path / "val" / cla).iterdir()) == sorted(val_files)

@@ -7,19 +7,16 @@ import math
 import random
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
 import torch.nn as nn
 
-import demo_data
-import device
+from helpers import cli, demo_data, devices, imaging, training
 import model
 import train
-import training
-from cli import UserError
-from conftest import ROOT, TINY_TRAIN, comparable, interrupted_run, parse, run_script
-from images import TrainTransform, open_image
+from conftest import ROOT, TINY_TRAIN, comparable, interrupted_run, parse, resolve, run_script
 
 CPU = torch.device("cpu")
 
@@ -67,11 +64,10 @@ def one_epoch(batches, accum_steps, clip_grad_norm=None, scaler=None, on_step=No
         optimizer.register_step_pre_hook(lambda opt, args, kwargs: on_step(net))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     s = argparse.Namespace(accum_steps=accum_steps, seed=0, epochs=1, clip_grad_norm=clip_grad_norm)
-    ctx = {"device": CPU, "world": training.World(), "memory_format": torch.contiguous_format, "amp_dtype": None,
-           "model_without_ddp": net}
+    env = training.Env(training.World(), CPU)
     loader = [(x, y, torch.arange(len(y))) for x, y in batches]
-    train.train_one_epoch(net, list(net.parameters()), loader, nn.CrossEntropyLoss(), optimizer, scheduler,
-                          scaler or device.grad_scaler(CPU, None), None, None, training.RunState(), s, ctx)
+    train.train_one_epoch(net, nn.CrossEntropyLoss(), optimizer, loader, s, env, state=training.RunState(),
+                          scheduler=scheduler, scaler=scaler or devices.grad_scaler(CPU, None))
     return net, scheduler.last_epoch
 
 
@@ -139,36 +135,34 @@ def test_model_ema_validated_saved_and_resumed(data, tmp_path):
         torch.testing.assert_close(ema[k], ends[k], rtol=1e-3, atol=1e-4)
 
 
-def test_the_better_of_model_and_ema_is_saved(data, tmp_path):
-    s = train.resolve_settings(run_args(data, tmp_path, "--model-ema"))
-    net = model.resnet18(num_classes=3)
-    ema = training.ema_model(net, 0.9)
-    ema.update_parameters(net)  # the first update copies
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.5)
-    ema.update_parameters(net)  # now an average: neither the start nor the model
-    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    state = training.RunState()
-    classes = ["daisy", "roses", "tulips"]
+def test_the_better_of_model_and_ema_is_saved(data, tmp_path, monkeypatch):
+    # Three epochs whose val accuracies (model, EMA) are chosen: the EMA wins, then the model, then
+    # neither beats the best. What each validation saw, and what best.pth held, are recorded.
+    accuracies = iter([0.5, 0.75, 0.9, 0.8, 0.6, 0.85])
+    seen, best_before = [], []
+    real_evaluate = train.evaluate
 
-    def epoch(acc, ema_acc):
-        train.end_of_epoch(s, state, training.World(), CPU, optimizer, scheduler, device.grad_scaler(CPU, None), ema,
-                           net, classes, 1.0, 0.5, 18, {"acc": acc, "loss": 1.0}, {"acc": ema_acc, "loss": 1.0})
-        return load(s.save_path)
+    def evaluate(net, loader, env, desc="valid"):
+        if desc == "best weights":
+            return real_evaluate(net, loader, env, desc)
+        if not desc.endswith("ema") and (tmp_path / "best.pth").exists():
+            best_before.append(load(tmp_path / "best.pth"))
+        seen.append({k: v.clone() for k, v in net.state_dict().items()})
+        return types.SimpleNamespace(acc=next(accuracies), loss=1.0)
 
-    def same(saved, module):
-        return all(torch.equal(saved[k], v) for k, v in module.state_dict().items())
+    monkeypatch.setattr(train, "evaluate", evaluate)
+    res = train.main(run_args(data, tmp_path, "--model-ema", "--epochs", "3"))
+    res_best = load(tmp_path / "best.pth")
+    model_1, ema_1, model_2, ema_2, model_3, ema_3 = seen
 
-    saved = epoch(0.5, 0.75)  # the EMA wins: its weights are saved, not the model's
-    assert same(saved, ema.module) and not same(saved, net)
-    assert state.best_acc == 0.75 and state.history[-1]["val_acc_ema"] == 0.75
-    saved = epoch(0.9, 0.8)  # the model wins
-    assert same(saved, net) and not same(saved, ema.module)
-    saved = epoch(0.6, 0.85)  # neither beats 0.9: nothing saved
-    assert same(saved, net) and state.best_acc == 0.9
-    assert load(s.checkpoint)["ema"]["n_averaged"].item() == 2
+    def same(a, b):
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    assert same(best_before[0], ema_1) and not same(best_before[0], model_1)  # the EMA won epoch 1
+    assert same(best_before[1], model_2) and not same(best_before[1], ema_2)  # the model won epoch 2
+    assert same(res_best, model_2)  # neither beat 0.9 in epoch 3: nothing saved
+    assert res["best_acc"] == 0.9 and res["history"][0]["val_acc_ema"] == 0.75
+    assert load(tmp_path / "last.pth")["ema"]["n_averaged"].item() == 15  # 5 optimizer steps an epoch
 
 
 # ---------------------------------------------------------------- --mixup-alpha, --cutmix-alpha
@@ -202,9 +196,9 @@ def test_mixup_cutmix_run_resume_exactly_and_leave_train_accuracy_out(data, tmp_
 
 
 def test_mixup_refused_in_one_line_without_torchvision_mixup(data, tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "mixup_available", lambda: False)
-    with pytest.raises(UserError, match="need torchvision 0.16 or later"):
-        train.resolve_settings(run_args(data, tmp_path, "--cutmix-alpha", "1.0"))
+    monkeypatch.setattr(training, "mixup_available", lambda: False)
+    with pytest.raises(cli.UserError, match="need torchvision 0.16 or later"):
+        resolve(run_args(data, tmp_path, "--cutmix-alpha", "1.0"))
 
 
 @pytest.mark.skipif(training.mixup_available(), reason="this torchvision has v2.MixUp (the floor venv has not)")
@@ -260,7 +254,7 @@ def test_clip_grad_norm_and_norm_weight_decay_in_a_run(data, tmp_path):
 # ---------------------------------------------------------------- --norm-weight-decay
 
 def decay_of(net, argv):
-    s = train.resolve_settings(parse(train, ["--model", "resnet18", "--opt", "adamw", *argv]))
+    s = resolve(parse(train, ["--model", "resnet18", "--opt", "adamw", *argv]))
     groups = training.build_optimizer(net, s).param_groups
     by_id = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
     return {name: by_id[id(p)] for name, p in net.named_parameters()}
@@ -290,20 +284,20 @@ def photo(tmp_path_factory):
 
 def transformed(photo, transform, seed):
     torch.manual_seed(seed)
-    with open_image(photo) as img:
+    with imaging.open_image(photo) as img:
         return transform(img)
 
 
 @pytest.mark.parametrize("choice", ["ta", "ra", "aa"])
 def test_auto_augment_changes_the_train_images(photo, choice):
-    plain, augmented = TrainTransform(32), TrainTransform(32, auto_augment=choice)
+    plain, augmented = imaging.TrainTransform(32), imaging.TrainTransform(32, auto_augment=choice)
     changed = [not torch.equal(transformed(photo, plain, seed), transformed(photo, augmented, seed))
                for seed in range(6)]
     assert sum(changed) >= 3  # the policy may draw an identity now and then
 
 
 def test_random_erase_blanks_a_rectangle(photo):
-    plain, erased = TrainTransform(32), TrainTransform(32, random_erase=1.0)
+    plain, erased = imaging.TrainTransform(32), imaging.TrainTransform(32, random_erase=1.0)
     a, b = transformed(photo, plain, 0), transformed(photo, erased, 0)
     differ = (a != b).any(0)
     assert differ.any()
@@ -323,7 +317,7 @@ def test_augment_flags_run_and_are_kept_for_resume(data, tmp_path):
 
 # ---------------------------------------------------------------- --compile
 
-@pytest.mark.skipif(device.compile_supported() is not None, reason=str(device.compile_supported()))
+@pytest.mark.skipif(devices.why_no_compile() is not None, reason=str(devices.why_no_compile()))
 def test_compile_runs_and_its_checkpoint_loads_into_a_plain_model(data, tmp_path):
     # torch.compile's default backend (inductor) takes minutes on a small CPU: the aot_eager backend
     # goes through the same capture (forward and backward graphs, the wrapper module) in seconds.
@@ -350,7 +344,7 @@ print("compiled", len(calls))
 
 
 def test_compile_refused_in_one_line_where_unsupported(data, tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "compile_supported", lambda: "torch 2.0.1 cannot compile on Python 3.11")
-    with pytest.raises(UserError, match="--compile: torch 2.0.1 cannot compile"):
-        train.resolve_settings(run_args(data, tmp_path, "--compile"))
-    train.resolve_settings(run_args(data, tmp_path))  # not asked for: no check
+    monkeypatch.setattr(devices, "why_no_compile", lambda: "torch 2.0.1 cannot compile on Python 3.11")
+    with pytest.raises(cli.UserError, match="--compile: torch 2.0.1 cannot compile"):
+        resolve(run_args(data, tmp_path, "--compile"))
+    resolve(run_args(data, tmp_path))  # not asked for: no check

@@ -17,14 +17,13 @@ import torch
 from PIL import Image
 
 import batch_predict
-import cli
+from helpers import cli, plots, settings
 import export_onnx
 import load_weights
 import model
 import predict
 import split_data
 import train
-from cli import UserError
 from conftest import ROOT, TINY_TRAIN, interrupted_run, make_class_folders, parse, run_script
 from test_errors import assert_one_line_error
 
@@ -46,25 +45,25 @@ def split_root(tmp_path):
 # ---------------------------------------------------------------- data loss
 
 def test_split_refuses_a_source_inside_train_or_val_and_the_reverse(split_root):
-    split_data.main(parse(split_data, ["--data-root", split_root]))
+    split_data.main(parse(split_data, ["--data-path", split_root]))
     before = snapshot(split_root)
     for source in (split_root / "train", split_root / "val" / "daisy"):
-        with pytest.raises(UserError, match="overlap"):
-            split_data.main(parse(split_data, ["--data-root", split_root, "--source", source, "--overwrite"]))
+        with pytest.raises(cli.UserError, match="overlap"):
+            split_data.main(parse(split_data, ["--data-path", split_root, "--source", source, "--overwrite"]))
     # the other direction: train/ and val/ would land inside the source
-    with pytest.raises(UserError, match="overlap"):
-        split_data.main(parse(split_data, ["--data-root", split_root / "flower_photos", "--overwrite",
+    with pytest.raises(cli.UserError, match="overlap"):
+        split_data.main(parse(split_data, ["--data-path", split_root / "flower_photos", "--overwrite",
                                            "--source", split_root / "flower_photos"]))
     assert snapshot(split_root) == before
 
 
 def test_split_overwrite_removes_only_its_own_files_also_copies(split_root):
-    args = ["--data-root", split_root, "--mode", "copy"]
+    args = ["--data-path", split_root, "--mode", "copy"]
     split_data.main(parse(split_data, args))
     mine = split_root / "val" / "roses" / "my_own.png"
     Image.new("RGB", (8, 8)).save(mine)
     before = snapshot(split_root)
-    with pytest.raises(UserError, match="1 file.*no split put there.*my_own.png"):
+    with pytest.raises(cli.UserError, match="1 file.*no split put there.*my_own.png"):
         split_data.main(parse(split_data, args + ["--overwrite"]))
     assert snapshot(split_root) == before
     mine.unlink()
@@ -77,8 +76,8 @@ def test_split_refuses_train_as_a_symlink(split_root, tmp_path):
     elsewhere.mkdir()
     (elsewhere / "keep.txt").write_text("mine")
     (split_root / "train").symlink_to(elsewhere)
-    with pytest.raises(UserError, match="symbolic link"):
-        split_data.main(parse(split_data, ["--data-root", split_root, "--overwrite"]))
+    with pytest.raises(cli.UserError, match="symbolic link"):
+        split_data.main(parse(split_data, ["--data-path", split_root, "--overwrite"]))
     assert (elsewhere / "keep.txt").read_text() == "mine"
 
 
@@ -90,10 +89,10 @@ def test_refused_and_eval_only_runs_keep_the_earlier_class_index_file(tiny_run, 
     make_class_folders(other / "val", per_class=1, classes=("ants", "bees"))
     base = TINY_TRAIN + ["--data-path", other, "--class-indices", classes]
     # refused: the earlier run's weights are there
-    with pytest.raises(UserError, match="earlier run"):
+    with pytest.raises(cli.UserError, match="earlier run"):
         train.main(parse(train, base + ["--save-path", tiny_run["weights"]]))
     # refused: a class-index file of other classes would be replaced
-    with pytest.raises(UserError, match="class_indices.json already exists.*--overwrite"):
+    with pytest.raises(cli.UserError, match="class_indices.json already exists.*--overwrite"):
         train.main(parse(train, base + ["--save-path", tmp_path / "new" / "w.pth"]))
     assert not (tmp_path / "new").exists()
     # --eval-only never writes it
@@ -120,13 +119,13 @@ def test_load_weights_and_export_refuse_to_replace_files(tiny_run, tmp_path):
     (folder / "labels.txt").write_text("my own labels\n")
     args = ["--model", "resnet18", "--weights", tiny_run["weights"], "--class-indices", tiny_run["classes"],
             "--img-size", "32", "--out", folder / "m.onnx", "--check-images", tmp_path / "none"]
-    with pytest.raises(UserError, match="labels.txt already exists"):
+    with pytest.raises(cli.UserError, match="labels.txt already exists"):
         export_onnx.main(parse(export_onnx, args))
     assert (folder / "labels.txt").read_text() == "my own labels\n" and not (folder / "m.onnx").exists()
     (folder / "labels.txt").unlink()
     export_onnx.main(parse(export_onnx, args))
     before = snapshot(folder)
-    with pytest.raises(UserError, match="m.onnx already exists.*--overwrite"):
+    with pytest.raises(cli.UserError, match="m.onnx already exists.*--overwrite"):
         export_onnx.main(parse(export_onnx, args))
     assert snapshot(folder) == before
 
@@ -135,7 +134,7 @@ def test_a_failed_onnx_check_keeps_no_file(tiny_run, tmp_path):
     pytest.importorskip("onnxruntime")
     args = ["--model", "resnet18", "--weights", tiny_run["weights"], "--class-indices", tiny_run["classes"],
             "--img-size", "32", "--out", tmp_path / "m.onnx", "--atol", "1e-12"]
-    with pytest.raises(UserError, match="differs from PyTorch.*not kept"):
+    with pytest.raises(cli.UserError, match="differs from PyTorch.*not kept"):
         export_onnx.main(parse(export_onnx, args))
     assert list(tmp_path.iterdir()) == []
 
@@ -180,7 +179,7 @@ def test_a_decompression_bomb_is_skipped_and_named(tiny_run, tmp_path, capsys):
 def test_an_extreme_aspect_ratio_costs_little_memory(tmp_path):
     strip = tmp_path / "strip.png"
     Image.new("RGB", (1, 20000), (10, 200, 30)).save(strip)
-    code = ("import resource, sys; sys.path.insert(0, %r); from images import EvalTransform, TrainTransform, open_image;"
+    code = ("import resource, sys; sys.path.insert(0, %r); from helpers.imaging import EvalTransform, TrainTransform, open_image;"
             "import numpy as np; before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
             "x = EvalTransform(112)(open_image(%r)); y = TrainTransform(112)(open_image(%r));"
             "print(x.shape, tuple(y.shape), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)"
@@ -215,9 +214,9 @@ def test_resume_refuses_a_contradicting_flag_and_names_both_values(data, tmp_pat
     interrupted_run(small_run(data, tmp_path, "--epochs", "2"), 3)
     ckpt = tmp_path / "last.pth"
     before = snapshot(tmp_path)
-    with pytest.raises(UserError, match=r"--data-path .*elsewhere contradicts the resumed run's .*flower_data"):
+    with pytest.raises(cli.UserError, match=r"--data-path .*elsewhere contradicts the resumed run's .*flower_data"):
         train.main(parse(train, ["--resume", ckpt, "--data-path", tmp_path / "elsewhere"]))
-    with pytest.raises(UserError, match=r"--lr 0.5 contradicts the resumed run's 0.001"):
+    with pytest.raises(cli.UserError, match=r"--lr 0.5 contradicts the resumed run's 0.001"):
         train.main(parse(train, ["--resume", ckpt, "--lr", "0.5"]))
     assert snapshot(tmp_path) == before
     # the same value again is no contradiction; --workers may change
@@ -258,9 +257,10 @@ def test_extending_a_cosine_run_never_jumps_mid_schedule(data, tmp_path, capsys,
 def _agree(rank, path, results):
     import torch.distributed as dist
     dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=2)
-    train.STOP["requested"] = rank == 1  # Ctrl-C reached only the second process
-    world = train.World(rank, 2)
-    results.put((rank, train.stop_requested(world, torch.device("cpu"))))
+    from helpers import training
+    training.CTRL_C.requested = rank == 1  # Ctrl-C reached only the second process
+    world = training.World(rank, 2)
+    results.put((rank, training.CTRL_C.agreed(world, torch.device("cpu"))))
     # Hand the answer over now and leave without tearing gloo down: on torch 2.0 a process may
     # block in destroy_process_group once its peer has gone, which is not what this test is about.
     results.close()
@@ -285,9 +285,9 @@ def test_processes_agree_on_a_ctrl_c_that_reached_only_one(tmp_path):
 
 
 def test_workers_0_leaves_the_global_random_state_alone(tiny_run):
-    from images import TrainTransform
-    from training import TrainFolder
-    ds = TrainFolder(tiny_run["data"] / "train", TrainTransform(32))
+    from helpers import imaging
+    from helpers import training
+    ds = training.ClassFolder(tiny_run["data"] / "train", imaging.TrainTransform(32))
     torch.manual_seed(123)
     state = torch.get_rng_state()
     ds[(0, 42)]
@@ -336,15 +336,15 @@ def test_a_full_disk_leaves_the_old_file_whole_and_no_temporary_file(tmp_path, m
         Path(f).write_bytes(b"half")
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(torch, "save", full)
-    with pytest.raises(UserError, match="disk is full.*best.pth"):
-        train.save({"x": 1}, target)
+    with pytest.raises(cli.UserError, match="disk is full.*best.pth"):
+        settings.save({"x": 1}, target)
     assert target.read_bytes() == b"the old weights" and [p.name for p in tmp_path.iterdir()] == ["best.pth"]
 
 
 def test_ctrl_c_during_the_final_report_is_one_line(data, tmp_path, monkeypatch, capsys):
     def interrupted(*a, **k):
         raise KeyboardInterrupt
-    monkeypatch.setattr(train, "plot_confusion", interrupted)
+    monkeypatch.setattr(plots, "plot_confusion", interrupted)
     argv = [str(a) for a in TINY_TRAIN + ["--data-path", data, "--save-path", tmp_path / "w.pth",
                                           "--class-indices", tmp_path / "ci.json"]]
     with pytest.raises(SystemExit) as stop:
@@ -384,12 +384,12 @@ def test_truncated_archive_and_url_as_a_plain_path(tmp_path):
     make_flowers_tgz(whole, tmp_path)
     cut = tmp_path / "cut.tgz"
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
-    res = run_script("split_data.py", "--data-root", data, "--download", "--url", cut, "--sha256", "none")
+    res = run_script("split_data.py", "--data-path", data, "--download", "--url", cut, "--sha256", "none")
     assert_one_line_error(res, "not a complete tar archive")
     assert cut.exists() and sorted(p.name for p in data.iterdir()) == []  # the user's file kept, nothing half-made
-    res = run_script("split_data.py", "--data-root", data, "--download", "--url", tmp_path / "nothing.tgz")
+    res = run_script("split_data.py", "--data-path", data, "--download", "--url", tmp_path / "nothing.tgz")
     assert_one_line_error(res, "neither a URL", "nor an existing file")
-    split_data.main(parse(split_data, ["--data-root", data, "--download", "--url", whole, "--sha256", "none"]))
+    split_data.main(parse(split_data, ["--data-path", data, "--download", "--url", whole, "--sha256", "none"]))
     assert (data / "train" / "daisy").is_dir()
 
 
@@ -409,8 +409,8 @@ def test_a_truncated_download_is_not_kept(tmp_path):
     data = tmp_path / "data"
     try:
         url = f"http://127.0.0.1:{httpd.server_address[1]}/flower_photos.tgz"
-        with pytest.raises(UserError, match="not a complete tar archive"):
-            split_data.main(parse(split_data, ["--data-root", data, "--download", "--url", url, "--sha256", "none"]))
+        with pytest.raises(cli.UserError, match="not a complete tar archive"):
+            split_data.main(parse(split_data, ["--data-path", data, "--download", "--url", url, "--sha256", "none"]))
     finally:
         httpd.shutdown()
     assert not data.exists()  # the broken download is gone (never reused as "the user's own"), its folder too
@@ -426,7 +426,7 @@ def test_hidden_files_sub_folders_and_notebook_checkpoints(tmp_path, capsys):
     Image.new("RGB", (40, 40), (200, 10, 10)).save(src / "a" / "2019" / "old.jpg")
     (src / ".ipynb_checkpoints").mkdir()
     Image.new("RGB", (40, 40)).save(src / ".ipynb_checkpoints" / "x.jpg")
-    split = split_data.main(parse(split_data, ["--data-root", tmp_path, "--val-rate", "0.25"]))
+    split = split_data.main(parse(split_data, ["--data-path", tmp_path, "--val-rate", "0.25"]))
     assert sorted(split) == ["a", "b"]
     assert "2019/old.jpg" in split["a"][0] + split["a"][1]
     assert not any(f.startswith("._") for t, v in split.values() for f in t + v)
@@ -441,7 +441,7 @@ def test_a_class_with_one_image_is_warned_about_and_still_trains(tmp_path, capsy
     src = tmp_path / "flower_photos"
     make_class_folders(src, per_class=6, classes=("a", "b"))
     make_class_folders(src, per_class=1, classes=("rare",))
-    split_data.main(parse(split_data, ["--data-root", tmp_path]))
+    split_data.main(parse(split_data, ["--data-path", tmp_path]))
     assert "class rare has 1 image(s) and none in val/" in capsys.readouterr().out
     res = train.main(parse(train, TINY_TRAIN + ["--data-path", tmp_path, "--save-path", tmp_path / "r" / "w.pth",
                                                 "--class-indices", tmp_path / "r" / "ci.json"]))
@@ -460,7 +460,7 @@ def test_an_archive_with_several_top_level_entries(tmp_path):
         tar.addfile(info, io.BytesIO(b"lic"))
     data = tmp_path / "data"
     data.mkdir()
-    split_data.main(parse(split_data, ["--data-root", data, "--download", "--url", archive, "--sha256", "none"]))
+    split_data.main(parse(split_data, ["--data-path", data, "--download", "--url", archive, "--sha256", "none"]))
     assert sorted(p.name for p in (data / "flower_photos").iterdir() if p.is_dir()) == ["daisy", "roses"]
 
 

@@ -3,7 +3,7 @@ import os
 import pytest
 
 import split_data
-from cli import UserError
+from helpers import cli
 from conftest import make_class_folders, parse
 
 TUTORIAL_COUNTS = {"daisy": 633, "dandelion": 898, "roses": 641, "sunflowers": 699, "tulips": 799}
@@ -38,7 +38,7 @@ def test_only_images_of_any_case_are_split(tmp_path):
     (src / "a" / "UPPER.JPG").write_bytes((src / "a" / "a_0.jpg").read_bytes())
     (src / "a" / "notes.txt").write_text("not an image")
     (src / "a" / "Thumbs.db").write_bytes(b"\0")
-    split_data.main(parse(split_data, ["--data-root", tmp_path, "--val-rate", "0.25"]))
+    split_data.main(parse(split_data, ["--data-path", tmp_path, "--val-rate", "0.25"]))
     train_files = sorted(os.listdir(tmp_path / "train" / "a")) + sorted(os.listdir(tmp_path / "val" / "a"))
     assert "UPPER.JPG" in train_files and "notes.txt" not in train_files and "Thumbs.db" not in train_files
     assert len(train_files) == 5
@@ -48,16 +48,16 @@ def test_existing_split_is_refused_then_replaced_with_overwrite_and_nothing_else
     make_class_folders(tmp_path / "flower_photos", per_class=5)
     keep = tmp_path / "my_notes.txt"
     keep.write_text("mine")
-    args = ["--data-root", tmp_path]
+    args = ["--data-path", tmp_path]
     split_data.main(parse(split_data, args))
     assert "processing done!" in capsys.readouterr().out
     stray = tmp_path / "train" / "daisy" / "stray.jpg"
     stray.write_bytes(b"x")
-    with pytest.raises(UserError, match="already exists.*--overwrite"):
+    with pytest.raises(cli.UserError, match="already exists.*--overwrite"):
         split_data.main(parse(split_data, args))
     assert stray.exists()  # refusing touched nothing
     # a file the split did not put there is never removed: the run is refused and names it
-    with pytest.raises(UserError, match="no split put there.*stray.jpg"):
+    with pytest.raises(cli.UserError, match="no split put there.*stray.jpg"):
         split_data.main(parse(split_data, args + ["--overwrite"]))
     assert stray.read_bytes() == b"x" and len(list((tmp_path / "train" / "daisy").iterdir())) == 5
     stray.unlink()
@@ -68,7 +68,7 @@ def test_existing_split_is_refused_then_replaced_with_overwrite_and_nothing_else
 
 def test_progress_lines_and_links(tmp_path, capsys):
     make_class_folders(tmp_path / "flower_photos", per_class=10, classes=("roses",))
-    split_data.main(parse(split_data, ["--data-root", tmp_path]))
+    split_data.main(parse(split_data, ["--data-path", tmp_path]))
     out = capsys.readouterr().out
     assert "[roses] processing [10/10]" in out and out.rstrip().splitlines()[-2] == "processing done!"
     linked = next((tmp_path / "train" / "roses").iterdir())
@@ -78,18 +78,18 @@ def test_progress_lines_and_links(tmp_path, capsys):
 def test_empty_class_folder_and_missing_source_are_one_line_errors(tmp_path):
     make_class_folders(tmp_path / "flower_photos", per_class=3, classes=("a",))
     (tmp_path / "flower_photos" / "empty").mkdir()
-    with pytest.raises(UserError, match="empty has no images"):
-        split_data.main(parse(split_data, ["--data-root", tmp_path]))
+    with pytest.raises(cli.UserError, match="empty has no images"):
+        split_data.main(parse(split_data, ["--data-path", tmp_path]))
     assert not (tmp_path / "train").exists()
-    with pytest.raises(UserError, match="not found.*--download.*--demo"):
-        split_data.main(parse(split_data, ["--data-root", tmp_path / "nothing"]))
+    with pytest.raises(cli.UserError, match="not found.*--download.*--demo"):
+        split_data.main(parse(split_data, ["--data-path", tmp_path / "nothing"]))
 
 
 def test_demo_makes_labelled_synthetic_data_and_example_images(tmp_path, capsys):
     imgs = tmp_path / "imgs"
     imgs.mkdir()
     (imgs / "daisy.jpg").write_bytes(b"user's own file")
-    split_data.main(parse(split_data, ["--data-root", tmp_path / "d", "--demo", "--demo-per-class", "10",
+    split_data.main(parse(split_data, ["--data-path", tmp_path / "d", "--demo", "--demo-per-class", "10",
                                        "--demo-imgs", imgs]))
     out = capsys.readouterr().out
     assert "SYNTHETIC" in out
@@ -101,8 +101,8 @@ def test_demo_makes_labelled_synthetic_data_and_example_images(tmp_path, capsys)
     # --demo never writes into a real data set
     real = tmp_path / "real"
     make_class_folders(real / "flower_photos", per_class=2, classes=("x",))
-    with pytest.raises(UserError, match="already holds a data set"):
-        split_data.main(parse(split_data, ["--data-root", real, "--demo", "--demo-imgs", imgs]))
+    with pytest.raises(cli.UserError, match="already holds a data set"):
+        split_data.main(parse(split_data, ["--data-path", real, "--demo", "--demo-imgs", imgs]))
 
 
 def test_max_size_writes_upright_resized_copies_that_overwrite_can_remove(tmp_path, capsys):
@@ -115,7 +115,7 @@ def test_max_size_writes_upright_resized_copies_that_overwrite_can_remove(tmp_pa
         for i in range(4):
             photo(src / cla / f"{i}.jpg", (1200, 900), orientation=6)  # shown as 900 x 1200
         Image.new("RGB", (60, 50), (9, 9, 9)).save(src / cla / "small.png")
-    args = ["--data-root", tmp_path, "--max-size", "100", "--val-rate", "0.25"]
+    args = ["--data-path", tmp_path, "--max-size", "100", "--val-rate", "0.25"]
     split_data.main(parse(split_data, args))
     placed = sorted((tmp_path / "train").rglob("*.*")) + sorted((tmp_path / "val").rglob("*.*"))
     assert len(placed) == 10

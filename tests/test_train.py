@@ -1,5 +1,6 @@
 """Training a user can trust: resume, mixed precision, metrics, recipes, several processes."""
 import csv
+import dataclasses
 import os
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import torch
 from PIL import Image
 
 import batch_predict
-import device
+from helpers import devices, reports, training
 import model
 import split_data
 import train
@@ -47,7 +48,7 @@ def test_history_curves_and_confusion_matrix(data, tmp_path):
     with open(tmp_path / "history.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    assert set(rows[0]) == set(train.HISTORY_FIELDS) and float(rows[0]["images_per_s"]) > 0
+    assert set(rows[0]) == set(reports.HISTORY_FIELDS) and float(rows[0]["images_per_s"]) > 0
     for png in ("curves.png", "confusion_matrix.png"):
         with Image.open(tmp_path / png) as im:
             im.verify()
@@ -57,14 +58,14 @@ def test_history_curves_and_confusion_matrix(data, tmp_path):
                                   "--output-dir", tmp_path / "ev", "--class-indices", tmp_path / "ci.json"]))
     assert ev["confusion"].sum().item() == 6 and (tmp_path / "ev" / "confusion_matrix.png").exists()
     assert ev["val_acc"] == pytest.approx(res["best_acc"])
-    assert "precision" in train.class_report(ev["confusion"], ev["classes"])
+    assert "precision" in reports.class_report(ev["confusion"], ev["classes"])
 
 
 def test_mixed_precision_runs_on_cpu_and_matches_fp32_accuracy(tmp_path, capsys):
-    if device.amp_dtype(torch.device("cpu")) is None:
+    if devices.amp_dtype(torch.device("cpu")) is None:
         pytest.skip("this CPU has no native bf16")
     root = tmp_path / "demo"
-    split_data.main(parse(split_data, ["--data-root", root, "--demo", "--demo-per-class", "80",
+    split_data.main(parse(split_data, ["--data-path", root, "--demo", "--demo-per-class", "80",
                                        "--demo-imgs", tmp_path / "imgs"]))
     common_args = ["--data-path", root, "--model", "resnet18", "--weights", "none", "--img-size", "64",
                    "--epochs", "4", "--lr", "1e-3", "--batch-size", "16", "--workers", "0",
@@ -83,13 +84,12 @@ def test_recipes_schedulers_and_param_groups(data, tmp_path):
     lrs = [h["lr"] for h in res["history"]]
     assert lrs[0] == pytest.approx(0.1) and lrs[-1] == pytest.approx(0.0, abs=1e-9)  # warm-up peak, cosine end
     net = model.resnet18(num_classes=3)
-    args = res["settings"]  # the run's settings, resolved
-    args.opt, args.lr = "adamw", 1.0
-    groups = train.build_optimizer(net, args).param_groups
+    args = dataclasses.replace(res["settings"], opt="adamw", lr=1.0)  # the run's settings, resolved
+    groups = training.build_optimizer(net, args).param_groups
     assert [g["lr"] for g in groups] == [1.0, 0.1] and len(groups[0]["params"]) == 2  # fc: weight, bias
-    args.lr_scheduler, args.warmup_epochs, args.epochs, args.lr_step_size = "step", 0, 4, 2
+    args = dataclasses.replace(args, lr_scheduler="step", warmup_epochs=0, epochs=4, lr_step_size=2)
     opt = torch.optim.SGD(net.parameters(), lr=1.0)
-    sched = train.build_scheduler(opt, args, steps_per_epoch=1)
+    sched = training.build_scheduler(opt, args, steps_per_epoch=1)
     seen = []
     for _ in range(4):
         seen.append(opt.param_groups[0]["lr"])

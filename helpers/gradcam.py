@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from images import normalize
+from helpers import imaging
 
 
 def _no_autocast(device):
@@ -63,6 +63,6 @@ def crop_heatmaps(net, device, crops, classes, batch_size=16):
     maps = []
     for start in range(0, len(crops), batch_size):
         batch = np.stack(crops[start:start + batch_size])
-        x = torch.from_numpy(normalize(batch)).to(device)
+        x = torch.from_numpy(imaging.normalize(batch)).to(device)
         maps.extend(grad_cam(net, x, classes[start:start + batch_size]))
     return maps

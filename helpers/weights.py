@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 import model as model_lib
-from cli import UserError, download, need_file
+from helpers import cli, files
 
 
 def default_save_path(model_name):
@@ -18,7 +18,7 @@ def default_save_path(model_name):
 
 def build_model(name, num_classes=1000, include_top=True):
     if name not in model_lib.MODELS:
-        raise UserError(f"unknown model {name!r}; choose one of {', '.join(model_lib.MODELS)}")
+        raise cli.UserError(f"unknown model {name!r}; choose one of {', '.join(model_lib.MODELS)}")
     return model_lib.MODELS[name](num_classes=num_classes, include_top=include_top)
 
 
@@ -30,13 +30,13 @@ def strip_wrapper_prefix(state_dict):
 
 def torch_load(path, what):
     """torch.load with weights_only=True: a file of tensors loads, a pickle that runs code does not."""
-    need_file(path, what)
+    files.need_file(path, what)
     with open(path, "rb") as f:
         head = f.read(4)
     # torch.save writes a zip archive (a pickle before torch 1.6): anything else (an ONNX file, a
     # class-index file, a photo) is named for what it is not, before torch tries to read it.
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
-        raise UserError(f"{path} is not a PyTorch weights file (a .pth written by torch.save): "
+        raise cli.UserError(f"{path} is not a PyTorch weights file (a .pth written by torch.save): "
                         "it is neither a zip nor a pickle")
     try:
         with warnings.catch_warnings():  # torch 2.0 warns about its own TypedStorage here, on stderr
@@ -46,9 +46,9 @@ def torch_load(path, what):
         if "weights_only" in str(e) or "Weights only load failed" in str(e):
             reason = "it holds Python objects beyond tensors, and loading those could run code: refused"
         else:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            first = cli.first_line(e)
             reason = first if len(first) > 12 else "neither a zip nor a pickle of tensors"
-        raise UserError(f"{path} is not a PyTorch weights file: {reason}") from None
+        raise cli.UserError(f"{path} is not a PyTorch weights file: {reason}") from None
 
 
 def read_state_dict(path, what="weights file"):
@@ -57,7 +57,7 @@ def read_state_dict(path, what="weights file"):
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UserError(f"{path} does not hold a state_dict of tensors")
+        raise cli.UserError(f"{path} does not hold a state_dict of tensors")
     return strip_wrapper_prefix(obj)
 
 
@@ -87,7 +87,7 @@ def check_architecture(net, model_name, state_dict, path):
     other = guess_architecture(state_dict)
     what = f"{other} weights" if other else "weights of an unknown model"
     hint = f"pass --model {other}" if other else "check the file"
-    raise UserError(f"{path} holds {what}, but --model is {model_name}; {hint}")
+    raise cli.UserError(f"{path} holds {what}, but --model is {model_name}; {hint}")
 
 
 def num_classes_of(state_dict):
@@ -95,25 +95,38 @@ def num_classes_of(state_dict):
     return None if w is None else w.shape[0]
 
 
+def check_num_classes(state_dict, num_classes, path, class_source=None):
+    """Trained weights must have as many outputs as there are class names; checked before a model
+    is built (a list of a million names is no model to build)."""
+    if num_classes_of(state_dict) != num_classes:
+        source = f"{class_source} lists" if class_source else "the model has"
+        raise cli.UserError(f"{path} was trained for {num_classes_of(state_dict)} classes but {source} {num_classes}; "
+                            "use the class_indices.json written by the same training run")
+
+
 def load_trained_weights(net, model_name, state_dict, path, class_source=None):
     """Trained weights, whose class count must be the model's (from the class-index file)."""
     check_architecture(net, model_name, state_dict, path)
-    n_file, n_model = num_classes_of(state_dict), net.fc.out_features
-    if n_file != n_model:
-        source = f"{class_source} lists" if class_source else "the model has"
-        raise UserError(f"{path} was trained for {n_file} classes but {source} {n_model}; "
-                        "use the class_indices.json written by the same training run")
+    check_num_classes(state_dict, net.fc.out_features, path, class_source)
     net.load_state_dict(state_dict)
     return net
+
+
+def load_backbone(net, state_dict):
+    """The tutorial's second way: every weight but fc's (whose class count is ImageNet's), loaded
+    with strict=False. Returns the missing and the unexpected keys."""
+    backbone = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+    return net.load_state_dict(backbone, strict=False)
 
 
 def load_pretrained(net, model_name, state_dict, path, verbose=True):
     """Start from pretrained weights: the backbone loads, an fc of another class count is dropped
     (the tutorial's second way: strict=False without fc.*)."""
     check_architecture(net, model_name, state_dict, path)
-    if num_classes_of(state_dict) != net.fc.out_features:
-        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
-    missing, unexpected = net.load_state_dict(state_dict, strict=False)
+    if num_classes_of(state_dict) == net.fc.out_features:
+        missing, unexpected = net.load_state_dict(state_dict, strict=False)
+    else:
+        missing, unexpected = load_backbone(net, state_dict)
     if verbose:
         print(f"loaded {path}: missing keys {missing}, unexpected keys {unexpected}")
     return net
@@ -128,7 +141,7 @@ def imagenet_url(model_name):
     try:
         return get_model_weights(model_name).IMAGENET1K_V1.url
     except (ValueError, KeyError, AttributeError):
-        raise UserError(f"no ImageNet weights known for {model_name!r}") from None
+        raise cli.UserError(f"no ImageNet weights known for {model_name!r}") from None
 
 
 def imagenet_cache_path(url):
@@ -145,7 +158,7 @@ def imagenet_weights(model_name, url=None, progress=True):
         return dest
     m = re.search(r"-([a-f0-9]{6,})\.", dest.name)
     try:
-        return download(url, dest, sha256=m.group(1) if m else None, progress=progress)
-    except UserError as e:
-        raise UserError(f"{e}. Offline? Fetch {url} on another machine and put it at {dest}, "
+        return files.download(url, dest, sha256=m.group(1) if m else None, progress=progress)
+    except cli.UserError as e:
+        raise cli.UserError(f"{e}. Offline? Fetch {url} on another machine and put it at {dest}, "
                         "or pass --weights PATH") from None

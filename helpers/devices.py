@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from cli import UserError
+from helpers import cli
 
 
 def select_device(name="auto"):
@@ -19,14 +19,14 @@ def select_device(name="auto"):
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+        raise cli.UserError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UserError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
+            raise cli.UserError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+            raise cli.UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UserError("--device mps asked for, but MPS is not available; use --device cpu")
+        raise cli.UserError("--device mps asked for, but MPS is not available; use --device cpu")
     return device
 
 
@@ -92,8 +92,8 @@ def peak_memory_mb(device):
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
-def compile_supported():
-    """None when torch.compile can run here, else the reason it cannot."""
+def why_no_compile():
+    """Why torch.compile cannot run here, or None when it can."""
     if not hasattr(torch, "compile"):
         return f"torch {torch.__version__} has no torch.compile (it needs torch 2.0 or later)"
     if sys.version_info >= (3, 11) and torch.__version__ < "2.1":

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
-from images import save_image
+from helpers import imaging
 
 CLASSES = ("daisy", "dandelion", "roses", "sunflowers", "tulips")
-NOTE = ("SYNTHETIC DEMO DATA drawn by demo_data.py, not photographs. "
+NOTE = ("SYNTHETIC DEMO DATA drawn by helpers/demo_data.py, not photographs. "
         "Replace this folder with the real flower_photos (split_data.py --download) for real results.\n")
 
 
@@ -125,7 +125,7 @@ def make_demo_dataset(root, per_class=120, seed=0, size_range=(96, 160)):
         (root / kind).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             size = rng.randint(*size_range)
-            save_image(draw_image(kind, rng, size), root / kind / f"{kind}_{i:04d}.jpg", quality=90)
+            imaging.save_image(draw_image(kind, rng, size), root / kind / f"{kind}_{i:04d}.jpg", quality=90)
     (root / "SYNTHETIC_DEMO_DATA.txt").write_text(NOTE)
     return root
 
@@ -140,10 +140,7 @@ def make_demo_images(folder, seed=1234, size=200):
         path = folder / f"{kind}.jpg"
         img = draw_image(kind, rng, size)
         if not path.exists():
-            save_image(img, path, quality=92)
+            imaging.save_image(img, path, quality=92)
             written.append(path)
     return written
 
-
-if __name__ == "__main__":  # a helper module, not a script: point at the script that uses it
-    raise SystemExit("demo_data.py is a helper module; make the demo data with: python split_data.py --demo")

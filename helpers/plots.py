@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from cli import atomic_path
+from helpers import files
 
 
 # What matplotlib writes without extra packages, checked before any work.
@@ -26,7 +26,7 @@ def new_figure(**kwargs):
 
 
 def save_figure(fig, path, dpi=100):
-    with atomic_path(path) as tmp:
+    with files.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format=Path(path).suffix.lstrip(".") or "png")
     return path
 
@@ -68,7 +68,7 @@ def plot_confusion(conf, classes, path):
     return save_figure(fig, path)
 
 
-def show_or_save(images, titles, save_path, default_path="predict.png", heatmaps=None, alpha=0.45):
+def show_or_save(images, titles, save_path, heatmaps=None, alpha=0.45):
     """One panel per image, titled; shown in a window on a display unless save_path is given,
     else written as PNG. Returns the path written, or None when shown.
     heatmaps: None, or one 2-D array in [0, 1] (or None) per image, drawn over the whole image with
@@ -97,13 +97,13 @@ def show_or_save(images, titles, save_path, default_path="predict.png", heatmaps
     if window:
         plt.show()
         return None
-    return save_figure(fig, save_path or default_path)
+    return save_figure(fig, save_path)
 
 
 def plot_errors(errors, path, max_panels=32):
     """The misclassified images, most confident mistakes first: errors = [(prob, image path, true
     class, predicted class)], already in that order."""
-    from images import load_rgb
+    from helpers import imaging
 
     shown = errors[:max_panels]
     cols = min(8, max(1, len(shown)))
@@ -114,7 +114,7 @@ def plot_errors(errors, path, max_panels=32):
         ax.axis("off")
     for ax, (prob, image, true, pred) in zip(axes.flat, shown):
         try:
-            ax.imshow(load_rgb(image, min_side=200, max_side=256))
+            ax.imshow(imaging.load_rgb(image, min_side=200, max_side=256))
         except Exception:  # an image gone since validation: its panel keeps the words
             pass
         ax.set_title(f"true: {true}\npred: {pred} ({prob:.2f})", fontsize=8, color="firebrick")

@@ -8,14 +8,12 @@ runs on a machine that has only onnxruntime, pillow and numpy (requirements-depl
 import collections
 import multiprocessing
 import os
-import signal
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from cli import UserError, img_size_arg, need_file, read_class_indices, read_labels, workers_arg
-from images import MEAN, STD, EvalTransform, normalize, open_image
+from helpers import cli, files, imaging
 
 # model.MODELS, by name: kept here so that the ONNX path need not import torch (a test keeps the
 # two lists equal).
@@ -30,7 +28,7 @@ def add_model_args(p):
     p.add_argument("--class-indices", default=None,
                    help="class-index file (default: ./class_indices.json; with --onnx, the labels.txt beside "
                         "the ONNX file when there)")
-    p.add_argument("--img-size", type=img_size_arg, default=224,
+    p.add_argument("--img-size", type=cli.img_size_arg, default=224,
                    help="crop size; images are resized to img-size/0.875 first (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     return p
@@ -38,8 +36,11 @@ def add_model_args(p):
 
 def add_runtime_args(p):
     """How predict.py and batch_predict.py run the model."""
-    p.add_argument("--no-amp", action="store_true", help="run in fp32 (default: bf16/fp16 where the hardware has it)")
-    p.add_argument("--no-channels-last", action="store_true", help="keep the NCHW memory format")
+    # The same flags and settings as train.py's: --no-amp is --amp-dtype none.
+    p.add_argument("--no-amp", dest="amp_dtype", action="store_const", const="none", default="auto",
+                   help="run in fp32 (default: bf16/fp16 where the hardware has it)")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False, default=True,
+                   help="keep the NCHW memory format")
     p.add_argument("--onnx", default=None, metavar="PATH",
                    help="run this ONNX file with ONNX Runtime instead (PyTorch is then not imported)")
     p.add_argument("--provider", default="auto", choices=("auto",) + tuple(PROVIDERS),
@@ -47,49 +48,44 @@ def add_runtime_args(p):
                         "as ONNX Runtime offers them (default: %(default)s)")
     p.add_argument("--trt-cache", default=None, metavar="DIR",
                    help="TensorRT engine cache (default: <onnx file>.trt_cache/ beside it)")
-    p.add_argument("--workers", type=workers_arg, default=None,
+    p.add_argument("--workers", type=cli.workers_arg, default=None,
                    help="decoding processes; 0 decodes in the main process (default: cpus - 1, at most 4)")
     return p
 
 
 def default_weights(args):
-    from weights import default_save_path  # torch: only on the PyTorch path
+    from helpers import weights
 
-    return args.weights or default_save_path(args.model)
+    return args.weights or weights.default_save_path(args.model)
 
 
 def resolve_classes(args):
     """Class names and where they came from. With --onnx and no --class-indices, the labels.txt that
     export_onnx.py wrote beside the model wins over a ./class_indices.json that may be another run's."""
     if args.onnx:  # the model first: a wrong --onnx is the problem to name, not a missing class file
-        need_file(args.onnx, "ONNX file", "make it with export_onnx.py")
+        files.need_file(args.onnx, "ONNX file", "make it with export_onnx.py")
     if args.class_indices:
-        return read_class_indices(args.class_indices), args.class_indices
+        return files.read_class_indices(args.class_indices), args.class_indices
     if args.onnx:
         labels = Path(args.onnx).with_name("labels.txt")
         if labels.exists():
-            need_file(labels, "labels file")
-            return read_labels(labels), str(labels)
-    return read_class_indices("./class_indices.json"), "./class_indices.json"
+            files.need_file(labels, "labels file")
+            return files.read_labels(labels), str(labels)
+    return files.read_class_indices(files.CLASS_INDICES), files.CLASS_INDICES
 
 
 # ---------------------------------------------------------------- decoding
 
-def _ignore_sigint():
-    # Ctrl-C is the main process's to handle; a worker that died of it would hang the pool.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def decode_batch(paths, img_size):
     """(indices of the readable images, their crops as uint8 NHWC, [(index, error)])."""
-    transform = EvalTransform(img_size)
+    transform = imaging.EvalTransform(img_size)
     good, crops, errors = [], [], []
     for i, path in paths:
         try:
-            with open_image(path) as img:
+            with imaging.open_image(path) as img:
                 crops.append(np.asarray(transform.resize_crop(img)))
             good.append(i)
-        except UserError as e:
+        except cli.UserError as e:
             errors.append((i, str(e)))
     batch = np.stack(crops) if crops else np.zeros((0, img_size, img_size, 3), np.uint8)
     return good, batch, errors
@@ -111,7 +107,7 @@ def decode_batches(paths, img_size=224, batch_size=16, workers=None):
         for job in jobs:
             yield decode_batch(job, img_size)
         return
-    with multiprocessing.Pool(workers, initializer=_ignore_sigint) as pool:
+    with multiprocessing.Pool(workers, initializer=cli.ignore_ctrl_c) as pool:
         pending = collections.deque()
         for job in jobs:
             pending.append(pool.apply_async(decode_batch, (job, img_size)))
@@ -155,43 +151,40 @@ def load_torch_model(args, num_classes, class_source=None):
     try:
         import torch  # noqa: F401
     except ImportError:
-        raise UserError("prediction with PyTorch needs torch (pip install -r requirements.txt); on a machine "
+        raise cli.UserError("prediction with PyTorch needs torch (pip install -r requirements.txt); on a machine "
                         "without it, predict with --onnx FILE (export_onnx.py makes it)") from None
-    from device import memory_format, select_device
-    from weights import build_model, load_trained_weights, num_classes_of, read_state_dict
+    from helpers import devices, weights
 
-    device = select_device(args.device)
-    weights = default_weights(args)
-    state_dict = read_state_dict(weights, "trained weights")
-    if num_classes_of(state_dict) != num_classes:  # before building: a list of 10**6 names is no model
-        raise UserError(f"{weights} was trained for {num_classes_of(state_dict)} classes but {class_source} lists "
-                        f"{num_classes}; use the class_indices.json written by the same training run")
-    net = build_model(args.model, num_classes=num_classes)
-    load_trained_weights(net, args.model, state_dict, weights, class_source)
+    device = devices.select_device(args.device)
+    weights_path = default_weights(args)
+    state_dict = weights.read_state_dict(weights_path, "trained weights")
+    weights.check_num_classes(state_dict, num_classes, weights_path, class_source)
+    net = weights.build_model(args.model, num_classes=num_classes)
+    weights.load_trained_weights(net, args.model, state_dict, weights_path, class_source)
     net = fold_batchnorm(net.eval()).requires_grad_(False)  # prediction needs no weight gradients, Grad-CAM neither
-    return net.to(device, memory_format=memory_format(not args.no_channels_last)), device
+    return net.to(device, memory_format=devices.memory_format(args.channels_last)), device
 
 
 def torch_predictor(args, net, device):
     import torch
 
-    from device import amp_dtype, autocast, dtype_name, memory_format
+    from helpers import devices
 
-    fmt = memory_format(not args.no_channels_last)
-    amp = None if args.no_amp else amp_dtype(device)
-    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
+    fmt = devices.memory_format(args.channels_last)
+    dtype = devices.amp_dtype(device, args.amp_dtype)
+    mean = torch.tensor(imaging.MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(imaging.STD, device=device).view(1, 3, 1, 1)
 
     @torch.inference_mode()
     def predict(batch):
         # NHWC uint8 to the device, then permuted: the float NCHW view is channels-last already.
         x = torch.from_numpy(batch).to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
         x = x.sub_(mean).div_(std).contiguous(memory_format=fmt)
-        with autocast(device, amp):
+        with devices.autocast(device, dtype):
             logits = net(x)
         return torch.softmax(logits.float(), dim=1).cpu().numpy()
 
-    return predict, f"PyTorch on {device}, mixed precision {dtype_name(amp)}"
+    return predict, f"PyTorch on {device}, mixed precision {devices.dtype_name(dtype)}"
 
 
 def fold_batchnorm(net):
@@ -214,7 +207,7 @@ def import_onnxruntime():
     try:
         import onnxruntime
     except ImportError:
-        raise UserError("--onnx needs ONNX Runtime: pip install onnxruntime (onnxruntime-gpu on a GPU; "
+        raise cli.UserError("--onnx needs ONNX Runtime: pip install onnxruntime (onnxruntime-gpu on a GPU; "
                         "see requirements-deploy.txt)") from None
     return onnxruntime
 
@@ -249,11 +242,6 @@ def quantized_for(model_path):
     return "cpu" if unsigned else "tensorrt"
 
 
-def is_quantized(model_path):
-    """A QDQ INT8 model (export_onnx.py --int8) holds QuantizeLinear nodes."""
-    return quantized_for(model_path) is not None
-
-
 def onnx_providers(provider, model_path, trt_cache=None, img_size=None, max_batch=None):
     """The provider list for ONNX Runtime: the one asked for, or the best it offers (auto).
     img_size and max_batch give TensorRT its input range, so it builds one engine for every batch."""
@@ -263,7 +251,7 @@ def onnx_providers(provider, model_path, trt_cache=None, img_size=None, max_batc
         names = [PROVIDERS[p] for p in ("tensorrt", "cuda", "cpu") if PROVIDERS[p] in available]
     else:
         if PROVIDERS[provider] not in available:
-            raise UserError(f"--provider {provider}: this onnxruntime offers {', '.join(available)}; install "
+            raise cli.UserError(f"--provider {provider}: this onnxruntime offers {', '.join(available)}; install "
                             "onnxruntime-gpu (built with TensorRT for --provider tensorrt) or use --provider cpu")
         names = [PROVIDERS[provider]] + (["CPUExecutionProvider"] if provider != "cpu" else [])
     trt = PROVIDERS["tensorrt"]
@@ -272,7 +260,7 @@ def onnx_providers(provider, model_path, trt_cache=None, img_size=None, max_batc
         why = (f"{model_path} is the CPU flavour of INT8 (unsigned activations), which TensorRT cannot run; "
                "export_onnx.py --int8 tensorrt makes one it can")
         if provider == "tensorrt":
-            raise UserError(why + ", or use the fp32 file")
+            raise cli.UserError(why + ", or use the fp32 file")
         names.remove(trt)
         print(f"note: {why}; using {names[0]}", file=sys.stderr)
     providers = []
@@ -302,7 +290,7 @@ def onnx_providers(provider, model_path, trt_cache=None, img_size=None, max_batc
 def onnx_predictor(path, num_classes, img_size, provider="auto", trt_cache=None, batch_size=16):
     """Like torch_predictor, with ONNX Runtime: PyTorch is not imported."""
     ort = import_onnxruntime()
-    need_file(path, "ONNX file", "make it with export_onnx.py")
+    files.need_file(path, "ONNX file", "make it with export_onnx.py")
     providers = onnx_providers(provider, path, trt_cache, img_size, batch_size)
     ort.set_default_logger_severity(3)  # its warnings are not the user's business: errors come as one line
     try:
@@ -312,24 +300,24 @@ def onnx_predictor(path, num_classes, img_size, provider="auto", trt_cache=None,
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(str(path), options, providers=providers)
     except Exception as e:
-        raise UserError(f"{path} is not a usable ONNX model: {str(e).strip().splitlines()[0]}") from None
+        raise cli.UserError(f"{path} is not a usable ONNX model: {cli.first_line(e)}") from None
     inp, out = session.get_inputs()[0], session.get_outputs()[0]
     if inp.type != "tensor(float)" or len(inp.shape) != 4:
-        raise UserError(f"{path} takes {inp.type} of {len(inp.shape)} dimensions; export_onnx.py's models take "
+        raise cli.UserError(f"{path} takes {inp.type} of {len(inp.shape)} dimensions; export_onnx.py's models take "
                         "float images (N, 3, H, W)")
     if isinstance(out.shape[-1], int) and out.shape[-1] != num_classes:
-        raise UserError(f"{path} outputs {out.shape[-1]} classes but the class names list {num_classes}")
+        raise cli.UserError(f"{path} outputs {out.shape[-1]} classes but the class names list {num_classes}")
     if isinstance(inp.shape[-1], int) and inp.shape[-1] != img_size:
-        raise UserError(f"{path} takes {inp.shape[-1]} px images; pass --img-size {inp.shape[-1]}")
+        raise cli.UserError(f"{path} takes {inp.shape[-1]} px images; pass --img-size {inp.shape[-1]}")
     probs = out.name == "probs"
 
     def predict(batch):
         try:
-            y = session.run([out.name], {inp.name: normalize(batch)})[0]
+            y = session.run([out.name], {inp.name: imaging.normalize(batch)})[0]
         except Exception as e:  # ONNX Runtime's own errors: a model of another shape than it says
-            raise UserError(f"{path}: ONNX Runtime failed: {str(e).strip().splitlines()[0][:200]}") from None
+            raise cli.UserError(f"{path}: ONNX Runtime failed: {cli.first_line(e, 200)}") from None
         if y.ndim != 2 or y.shape[1] != num_classes:
-            raise UserError(f"{path} gave outputs of shape {y.shape}, not (images, {num_classes} classes)")
+            raise cli.UserError(f"{path} gave outputs of shape {y.shape}, not (images, {num_classes} classes)")
         return y if probs else softmax(y.astype(np.float32))
 
     return predict, f"ONNX Runtime ({', '.join(session.get_providers())})"

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from cli import UserError
+from helpers import cli
 
 # A phone photo with a damaged EXIF block decodes fine, but Pillow's TIFF reader (which parses EXIF)
 # warns on stderr, two lines per image that name no file: not the user's business.
@@ -89,7 +89,7 @@ def save_image(img, path, **params):
     import io
     fmt = Image.registered_extensions().get(Path(path).suffix.lower())
     if fmt is None:
-        raise UserError(f"cannot write image {path}: Pillow knows no format for its ending")
+        raise cli.UserError(f"cannot write image {path}: Pillow knows no format for its ending")
     buf = io.BytesIO()
     img.save(buf, format=fmt, **(params if fmt == "JPEG" else {}))
     Path(path).write_bytes(buf.getvalue())
@@ -98,11 +98,11 @@ def save_image(img, path, **params):
 def open_image(path):
     """The image's header only (nothing decoded yet), or a UserError naming the file."""
     if not os.path.isfile(path):  # a pipe would block Image.open forever, a device never end
-        raise UserError(f"cannot read image {path}: not a regular file")
+        raise cli.UserError(f"cannot read image {path}: not a regular file")
     try:
         img = Image.open(path)
     except Exception as e:  # hostile files raise many kinds; all mean "not an image we can read"
-        raise UserError(f"cannot read image {path}: {_reason(e)}") from None
+        raise cli.UserError(f"cannot read image {path}: {cli.first_line(e)}") from None
     w, h = img.size
     # Checked on the declared size, before anything decodes: a JPEG may still shrink 8x a side.
     if w * h > MAX_PIXELS * (64 if img.format in ("JPEG", "MPO") else 1):
@@ -112,13 +112,8 @@ def open_image(path):
 
 
 def _too_large(path, w, h):
-    return UserError(f"cannot read image {path}: {w}x{h} pixels is more than the {MAX_PIXELS // 1_000_000} MP "
+    return cli.UserError(f"cannot read image {path}: {w}x{h} pixels is more than the {MAX_PIXELS // 1_000_000} MP "
                      "allowed (a decompression bomb, or an image to downscale first)")
-
-
-def _reason(e):
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 def oriented_size(img):
@@ -149,10 +144,10 @@ def decode_rgb(img, shrink=1.0, path=None):
         img.load()
         img = ImageOps.exif_transpose(img)
         return _to_rgb(img)
-    except UserError:
+    except cli.UserError:
         raise
     except Exception as e:
-        raise UserError(f"cannot read image {path}: {_reason(e)}") from None
+        raise cli.UserError(f"cannot read image {path}: {cli.first_line(e)}") from None
 
 
 def _to_rgb(img):

@@ -1,0 +1,19 @@
+"""What the scripts share. The scripts on top (train.py, predict.py, ...) are the design card;
+this package holds the machinery below them, one module for each kind of thing:
+
+    cli        one-line errors (run_cli, UserError), the argument parser and checked argument types
+    files      input and output checks, atomic writes, class-index and labels files, downloads
+    imaging    decoding images safely (size limits, EXIF, draft scaling) and the train/eval transforms
+    devices    the device, mixed precision, channels-last, peak memory (torch 2.0 to today)
+    weights    reading weight files safely, architecture checks, torchvision's ImageNet files
+    training   the data sets, sampler, optimizer, schedule, EMA and the state of a training run
+    settings   train.py's settings, resolved once into a frozen object, and its checkpoints
+    reports    what a run writes about itself: history.csv, the per-class table, predictions
+    inference  the PyTorch and ONNX Runtime predictors and the decoding pool (no torch on top)
+    plots      the figures (PNG when there is no display)
+    gradcam    Grad-CAM heatmaps for predict.py --cam
+    demo_data  synthetic flowers for a demo or a test when there is no real data set
+
+Scripts import modules, not names: `from helpers import files` and then `files.atomic_path(...)`.
+Nothing here imports a script; model.py is the one file on top that this package uses.
+"""

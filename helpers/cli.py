@@ -1,0 +1,160 @@
+"""The command line of every script, without PyTorch: one-line errors (run_cli, UserError, an
+ArgumentParser whose errors are one line) and the checked argument types.
+
+A script resolves its settings with these, checks its inputs and outputs with files.py, and only
+then writes. Bad input, a full disk, running out of memory or Ctrl-C end in one line on stderr and a
+non-zero exit; only a bug in the code shows a traceback.
+"""
+import argparse
+import math
+import os
+import signal
+import sys
+
+
+def _one_line_for_ctrl_c(kind, value, tb):
+    if issubclass(kind, KeyboardInterrupt):
+        print("error: interrupted (Ctrl-C)", file=sys.stderr)
+        return
+    sys.__excepthook__(kind, value, tb)
+
+
+def _ctrl_c_while_loading(signum, frame):
+    # Nothing is written before run_cli starts main: the process can simply end. A KeyboardInterrupt
+    # raised inside torch's C++ start-up code would instead abort it ("terminate called ...").
+    os.write(2, b"error: interrupted (Ctrl-C)\n")
+    os._exit(130)
+
+
+def one_line_ctrl_c():
+    """Called by each script before it imports torch, when run as a program: a Ctrl-C during
+    torch's seconds of importing, before run_cli is in charge, then ends in one line too (not a
+    traceback, nor torch's C++ "terminate called"). run_cli gives Ctrl-C back to Python's handler."""
+    sys.excepthook = _one_line_for_ctrl_c
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _ctrl_c_while_loading)
+
+
+def ignore_ctrl_c(*_):
+    """A worker process's start (DataLoader's worker_init_fn, a Pool's initializer): Ctrl-C is the
+    main process's to handle. It saves a checkpoint at the end of the step, or ends the pool; a
+    worker that died of the signal would hang it instead."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class UserError(Exception):
+    """A problem with the user's input or files: printed as one line, no traceback."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with its errors on one line like every other error of the scripts."""
+
+    def error(self, message):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+    def parse_known_args(self, args=None, namespace=None):
+        # An empty value ('' from an unset shell variable) would read as "not given" and quietly
+        # fall back to a default path: refused, for every flag and argument.
+        ns, rest = super().parse_known_args(args, namespace)
+        for action in self._actions:
+            value = getattr(ns, action.dest, None)
+            if value == "" or (isinstance(value, list) and "" in value):
+                self.error(f"{'/'.join(action.option_strings) or action.dest} is empty")
+        return ns, rest
+
+
+def add_overwrite(parser, help):
+    """--overwrite, the one flag that lets a script replace a file that cost training or a download
+    to make; --force is a hidden alias."""
+    parser.add_argument("--overwrite", action="store_true", help=help)
+    parser.add_argument("--force", dest="overwrite", action="store_true", help=argparse.SUPPRESS)
+
+
+def run_cli(main, parser, argv=None):
+    """Parse the command line and run main(args). Bad input, a full disk, running out of memory or
+    Ctrl-C end in one line on stderr and a non-zero exit; only a bug in the code shows a traceback."""
+    if signal.getsignal(signal.SIGINT) is _ctrl_c_while_loading:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    args = parser.parse_args(argv)
+    try:
+        main(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("error: interrupted (Ctrl-C); files being written were left as they were", file=sys.stderr)
+        sys.exit(130)
+    except MemoryError:
+        print("error: out of memory; try a smaller --batch-size or --img-size", file=sys.stderr)
+        sys.exit(1)
+    except OSError as e:  # disk full, permission denied, a vanished file: the system's own words
+        print(f"error: {describe_os_error(e)}", file=sys.stderr)
+        sys.exit(1)
+    except RuntimeError as e:  # torch's out-of-memory errors (CUDA and CPU) are RuntimeErrors
+        text = str(e)
+        if "out of memory" not in text and "can't allocate memory" not in text:
+            raise
+        print(f"error: out of memory ({first_line(e, 160)}); try smaller settings "
+              "(--batch-size, --img-size)", file=sys.stderr)
+        sys.exit(1)
+
+
+def first_line(e, limit=None):
+    """The first line of an exception's message (libraries' messages run to many lines), or its
+    kind when it has none."""
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:limit]
+
+
+def describe_os_error(e):
+    where = f": {e.filename}" if getattr(e, "filename", None) else ""
+    return f"{e.strerror or e}{where}"
+
+
+# ---------------------------------------------------------------- argument values
+
+def int_in(low, high=None):
+    """A whole number in [low, high] (high None: no upper bound)."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}" if high is None else
+                                             f"must be in [{low}, {high}], got {value}")
+        return value
+    parse.__name__ = "whole number"
+    return parse
+
+
+def float_in(low, high, low_open=False, high_open=False):
+    """A finite float in [low, high]; an end is left out when its *_open is set; None: no bound."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        too_low = low is not None and (value <= low if low_open else value < low)
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if too_low or too_high or not math.isfinite(value):
+            if high is None:
+                need = f"a finite number more than {low}" if low_open else f"a finite number at least {low}"
+            else:
+                need = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+            raise argparse.ArgumentTypeError(f"must be {need}, got {text}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+positive_int = int_in(1)
+positive_float = float_in(0, None, low_open=True)
+non_negative_float = float_in(0, None)
+# Bounds that keep one mistyped number from taking the machine: a 1024 px crop is already 20x the
+# work of 224 px; more workers than this only fight over the cores.
+img_size_arg = int_in(16, 1024)
+batch_size_arg = int_in(1, 1024)
+workers_arg = int_in(0, 64)
+seed_arg = int_in(0, 2**31 - 1)

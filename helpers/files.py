@@ -1,0 +1,278 @@
+"""Files, checked before the first side effect and written atomically: inputs that must exist,
+outputs that must be writable (and are not replaced without --overwrite when they cost training or
+a download to make), atomic writes, the class-index and labels files, and downloads.
+
+A write goes to a temporary file beside its target and is renamed into place, so a failure (disk
+full, Ctrl-C) leaves the old file whole and no temporary file behind.
+"""
+import contextlib
+import csv
+import errno
+import json
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from helpers import cli
+
+# Where train.py writes the class names and the prediction scripts read them, as in the tutorial.
+CLASS_INDICES = "./class_indices.json"
+
+
+# ---------------------------------------------------------------- inputs
+
+def need_file(path, what, hint=""):
+    path = Path(path)
+    if path.is_dir():
+        raise cli.UserError(f"{what} {path} is a folder, not a file" + (f"; {hint}" if hint else ""))
+    if path.exists() and not path.is_file():
+        raise cli.UserError(f"{what} {path} is not a regular file (a device, a pipe or a socket)")
+    if not path.is_file():
+        raise cli.UserError(f"{what} not found: {path}" + (f"; {hint}" if hint else ""))
+    return path
+
+
+def need_dir(path, what, hint=""):
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise cli.UserError(f"{what} {path} is a file, not a folder" + (f"; {hint}" if hint else ""))
+    if not path.is_dir():
+        raise cli.UserError(f"{what} not found: {path}" + (f"; {hint}" if hint else ""))
+    return path
+
+
+# ---------------------------------------------------------------- outputs
+
+def missing_dirs(folder):
+    """`folder` and those of its parents that do not exist yet, the deepest first."""
+    missing, probe = [], Path(folder)
+    while not probe.exists() and probe.parent != probe:
+        missing.append(probe)
+        probe = probe.parent
+    return missing
+
+
+def check_writable_dir(folder, what="output"):
+    """The folder, or its first existing ancestor (where it will be made), takes new files.
+    Tried for real with an invisible temporary file: os.access says yes to root on read-only
+    mounts."""
+    folder = Path(folder)
+    missing = missing_dirs(folder)
+    probe = missing[-1].parent if missing else folder
+    if not probe.is_dir():
+        raise cli.UserError(f"cannot write the {what} in {folder}: {probe} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise cli.UserError(f"cannot write the {what} in {folder}: {e.strerror or e} ({probe})") from None
+
+
+def check_output(path, what, overwrite=True, flag="--overwrite", same_content=None, suffixes=None, inputs=()):
+    """Check, before any work, that `path` can be written.
+
+    overwrite=False: an existing file is refused (it cost training or a download to make), unless it
+    already holds `same_content` (bytes): writing it again changes nothing. suffixes: the endings the
+    file must have (a cheap report given the name of a weights file would replace it). inputs: files
+    the run reads, which it must not write over. A device, pipe or link at the path is never replaced."""
+    path = Path(path)
+    if path.is_dir():
+        raise cli.UserError(f"the {what} {path} is a folder; give a file name")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise cli.UserError(f"the {what} {path} must end in {' or '.join(suffixes)}")
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise cli.UserError(f"{path} is a link or a special file, not a regular file; give another path for the {what}")
+    for source in inputs:
+        if path.exists() and Path(source).exists() and os.path.samefile(path, source):
+            raise cli.UserError(f"the {what} {path} is also an input of this run; give another path")
+    if path.exists() and not overwrite:
+        if same_content is not None and path.read_bytes() == same_content:
+            return path
+        raise cli.UserError(f"{path} already exists; {flag} replaces it, or choose another path for the {what}")
+    check_writable_dir(path.parent, what)
+    return path
+
+
+def check_distinct(paths):
+    """Outputs that would land on one file: {flag: path}; the later would destroy the earlier."""
+    seen = {}
+    for flag, path in paths.items():
+        key = os.path.realpath(path)  # a link to a folder would otherwise hide that two are one
+        if key in seen:
+            raise cli.UserError(f"{seen[key]} and {flag} are the same file ({path}); give each its own path")
+        seen[key] = flag
+
+
+def check_outside(path, folders, what):
+    """An output must not land inside a folder this run reads as data (a report written among the
+    training images would be trained on next time, weights written over a photo destroy it)."""
+    real = Path(os.path.realpath(path))
+    for folder in folders:
+        inside = Path(os.path.realpath(folder))
+        if real == inside or inside in real.parents:
+            raise cli.UserError(f"the {what} {path} would be written inside {folder}, which holds the images; "
+                            "give a path outside it")
+
+
+@contextlib.contextmanager
+def made_dirs(folder):
+    """Make `folder` and its missing parents; if the block fails, remove again those of them that
+    are still empty, so a refused or failed run leaves no new empty folders behind."""
+    folder = Path(folder)
+    new = missing_dirs(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        for d in new:  # deepest first
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
+
+
+# torch.save reports a failed write (a full disk, a file-size limit) as a RuntimeError from its C++
+# writer, in words that changed between versions.
+_WRITE_FAILURES = ("write", "iostream error", "unexpected pos")
+
+
+def _is_write_failure(e):
+    while e is not None:
+        if isinstance(e, RuntimeError) and any(m in str(e).lower() for m in _WRITE_FAILURES):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yields a temporary path beside `path` with the same suffix; renamed onto `path` when the
+    block ends without error, removed otherwise (disk full, Ctrl-C, a bug)."""
+    path = Path(path)
+    with made_dirs(path.parent):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; the file gets the usual permissions
+        try:
+            yield Path(tmp)
+            os.replace(tmp, path)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                raise cli.UserError(f"the disk is full (or the file too large for it) while writing {path}; "
+                                "it was left as it was") from None
+            raise cli.UserError(f"cannot write {path}: {cli.describe_os_error(e)}") from None
+        except RuntimeError as e:
+            if not _is_write_failure(e):
+                raise
+            raise cli.UserError(f"cannot write {path} (is the disk full?); it was left as it was") from None
+        finally:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+
+
+def atomic_write_bytes(path, data):
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path, text):
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def atomic_csv(path, header):
+    """A csv.writer, its header row written, whose file is renamed onto `path` when the block ends
+    without error (atomic_path)."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        yield writer
+
+
+# ---------------------------------------------------------------- the class-index file
+
+def class_indices_bytes(classes):
+    """The tutorial's class_indices.json: {"0": "daisy", ...}, indent 4."""
+    return json.dumps({str(i): c for i, c in enumerate(classes)}, indent=4).encode()
+
+
+def check_class_names(names, where):
+    """Names become lines of labels.txt and titles of figures: non-empty text on one line."""
+    bad = [c for c in names if not isinstance(c, str) or not c.strip() or any(ch in c for ch in "\n\r\t\x00")]
+    if bad:
+        raise cli.UserError(f"{where}: class names must be non-empty strings on one line, found {bad[0]!r}")
+    return names
+
+
+def read_class_indices(path):
+    """The class names, in index order, from class_indices.json."""
+    need_file(path, "class-index file", "train.py writes it; pass --class-indices to point at it")
+    try:
+        mapping = json.loads(Path(path).read_text(encoding="utf-8"))
+        classes = [mapping[str(i)] for i in range(len(mapping))]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as e:
+        reason = "nested too deeply" if isinstance(e, RecursionError) else e
+        raise cli.UserError(f"{path} is not a class-index file like {{\"0\": \"daisy\", ...}}: {reason}") from None
+    if not classes:
+        raise cli.UserError(f"{path} lists no classes")
+    return check_class_names(classes, str(path))
+
+
+def read_labels(path):
+    """Class names from the labels.txt written beside an ONNX file, one per line."""
+    try:
+        classes = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise cli.UserError(f"cannot read labels file {path}: {e}") from None
+    if not classes:
+        raise cli.UserError(f"{path} lists no classes")
+    return classes
+
+
+# ---------------------------------------------------------------- downloads
+
+def as_url(text):
+    """A URL as given, or an existing file's path as a file:// URL."""
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text):
+        return text
+    if Path(text).is_file():
+        return Path(text).resolve().as_uri()
+    raise cli.UserError(f"{text} is neither a URL (https://, http://, file://) nor an existing file")
+
+
+def download(url, dest, sha256=None, progress=True, timeout=60):
+    """Fetch url to dest with torch.hub's downloader: bytes go to a temporary file beside dest that
+    is renamed only once complete and matching `sha256` (a full digest or its start), so a broken
+    or interrupted download never looks like a finished file."""
+    import socket
+
+    from torch.hub import download_url_to_file  # here: only downloads need torch
+
+    if url.startswith("file:"):  # a local "download": /dev/zero would fill the disk
+        source = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
+        if not source.is_file():
+            raise cli.UserError(f"could not download {url}: {source} is not a regular file")
+    dest = Path(dest)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)  # torch.hub sets none: a stalled server would hang forever
+    try:
+        with made_dirs(dest.parent):
+            download_url_to_file(url, str(dest), hash_prefix=sha256.lower() if sha256 else None, progress=progress)
+    except RuntimeError as e:
+        if "hash" not in str(e):
+            raise
+        got = str(e).rsplit("got", 1)[-1].strip(' "()')
+        raise cli.UserError(f"checksum mismatch for {url}: expected SHA-256 {sha256}..., got {got}; "
+                        "the file was not kept (a broken download or a wrong --url)") from None
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise cli.UserError(f"could not download {url}: {getattr(e, 'reason', None) or e}") from None
+    finally:
+        socket.setdefaulttimeout(previous)
+    return dest

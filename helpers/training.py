@@ -1,0 +1,396 @@
+"""The pieces train.py puts together: the run's environment (torchrun's processes, the device and
+its precision), Ctrl-C at the end of a step, the image folders and their resumable sampler, mixup
+and cutmix, gradient accumulation, the optimiser's parameter groups, the learning-rate schedule, the
+weights' moving average and the state of a run. Like torchvision's
+references/classification/{sampler,transforms,utils}.py, each piece is small and can be tested on
+its own."""
+import contextlib
+import dataclasses
+import math
+import os
+import signal
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.utils.data.distributed import DistributedSampler
+from torchvision.datasets import ImageFolder
+
+from helpers import cli, devices, files, imaging
+
+
+@dataclasses.dataclass(frozen=True)
+class World:
+    """The processes of a torchrun launch (or just this one)."""
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls):
+        """What torchrun tells each process in its environment."""
+        return cls(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
+                   int(os.environ.get("LOCAL_RANK", "0")))
+
+    @property
+    def distributed(self):
+        return self.size > 1
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Env:
+    """Where and how a run computes; made once, after the settings, and never changed."""
+    world: World
+    device: torch.device
+    amp_dtype: torch.dtype = None  # None: fp32
+    memory_format: torch.memory_format = torch.contiguous_format
+
+
+@contextlib.contextmanager
+def environment(s, world):
+    """The run's Env: torchrun's process group started (NCCL on GPUs, gloo otherwise) for the
+    block, and ended after it; the device the settings chose, its autocast dtype and memory format."""
+    device = devices.select_device(s.device)
+    if world.distributed:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed image sizes: cuDNN picks its fastest kernels once
+    try:
+        yield Env(world, device, devices.amp_dtype(device, s.amp_dtype), devices.memory_format(s.channels_last))
+    finally:
+        if world.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def unwrap(model):
+    """The plain model inside DistributedDataParallel and torch.compile's wrappers."""
+    while isinstance(getattr(model, "module", None), nn.Module) or hasattr(model, "_orig_mod"):
+        model = getattr(model, "_orig_mod", None) or model.module
+    return model
+
+
+# ---------------------------------------------------------------- Ctrl-C at the end of a step
+
+class Interrupted(Exception):
+    """Raised at the end of an optimizer step after a Ctrl-C: the run saves where it is."""
+
+
+class CtrlC:
+    """While active, the first Ctrl-C asks the run to stop after its current step (a checkpoint is
+    then saved); a second one stops at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to quit now)", file=sys.stderr)
+
+    @contextlib.contextmanager
+    def active(self):
+        self.requested = False
+        previous = signal.signal(signal.SIGINT, self._handler)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            self.requested = False
+
+    def agreed(self, world, device):
+        """Whether to stop now. Under torchrun every process gets its own Ctrl-C, at its own step:
+        they agree (any of them asked) so that none waits alone in an all-reduce."""
+        if not world.distributed:
+            return self.requested
+        flag = torch.tensor([float(self.requested)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+CTRL_C = CtrlC()  # one per process: there is one SIGINT
+
+
+# ---------------------------------------------------------------- data
+
+
+class ClassFolder(ImageFolder):
+    """torchvision's ImageFolder with three changes:
+    - items are asked for as (index, seed): the seed drives the sample's random augmentation, so a
+      resumed run draws exactly the augmentations the uninterrupted run would have;
+    - the loader only opens the file: the transform decodes it, at the scale its crop needs;
+    - hidden files and folders are not read ('.ipynb_checkpoints', macOS '._x.jpg'), a class may be
+      given (val/ takes train/'s), and an unreadable image is named and skipped: in training another
+      image takes its place (every process keeps its batch size), in validation it is left out.
+    """
+
+    def __init__(self, root, transform, class_to_idx=None, replace_unreadable=False):
+        self.given_class_to_idx = class_to_idx
+        self.replace_unreadable = replace_unreadable
+        self.warned = set()
+        super().__init__(str(root), transform, loader=imaging.open_image, is_valid_file=imaging.is_image_file)
+
+    def find_classes(self, directory):
+        if self.given_class_to_idx is not None:
+            return list(self.given_class_to_idx), dict(self.given_class_to_idx)
+        classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
+        if not classes:
+            raise cli.UserError(f"{directory} has no class folders; run split_data.py first")
+        return classes, {c: i for i, c in enumerate(classes)}
+
+    @staticmethod
+    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=True):
+        # By hand: torchvision walks into hidden folders and round links, reads pipes, and before
+        # 0.17 refuses an empty class.
+        samples = []
+        for cls, idx in sorted(class_to_idx.items(), key=lambda kv: kv[1]):
+            not_regular = []
+            samples += [(str(p), idx) for p in imaging.list_images(os.path.join(directory, cls), True, not_regular)]
+            for p in not_regular:
+                print(f"warning: skipped: {p} is not a regular file", file=sys.stderr)
+        return samples
+
+    def __getitem__(self, item):
+        index, seed = item
+        for _ in range(10):
+            path, target = self.samples[index]
+            try:
+                with imaging.open_image(path) as img, torch.random.fork_rng(devices=[]):
+                    if seed is not None:
+                        torch.manual_seed(seed)  # forked: the process's own random state is untouched
+                    return self.transform(img), target, index
+            except cli.UserError as e:
+                if path not in self.warned:
+                    self.warned.add(path)
+                    print(f"warning: skipped: {e}", file=sys.stderr)
+                if not self.replace_unreadable:
+                    return None
+                index = (index + 1) % len(self.samples)
+        raise cli.UserError(f"10 unreadable images in a row in {self.root}; check the data set")
+
+
+def train_folder(root, transform):
+    """The train set: class folders with images in each, their names fit for files and figures."""
+    train_set = ClassFolder(files.need_dir(root, "train folder", "run split_data.py first"), transform,
+                            replace_unreadable=True)
+    files.check_class_names(train_set.classes, str(root))
+    empty = [c for i, c in enumerate(train_set.classes) if i not in set(train_set.targets)]
+    if empty:
+        raise cli.UserError(f"no images in the class folder(s) {', '.join(empty)} of {root}; "
+                            "add images or remove the folder(s)")
+    return train_set
+
+
+def val_folder(root, train_set, transform, warn=True):
+    """The val set, with the train set's classes (val/ must hold no other)."""
+    files.need_dir(root, "val folder", "run split_data.py first")
+    extra = sorted(set(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")) -
+                   set(train_set.classes))
+    if extra:
+        raise cli.UserError(f"train/ and val/ under {Path(root).parent} hold different classes: "
+                            f"{', '.join(extra)} only in val/")
+    val_set = ClassFolder(root, transform, class_to_idx=train_set.class_to_idx)
+    if not len(val_set):
+        raise cli.UserError(f"no images in {root}; run split_data.py with a --val-rate above 0")
+    missing = [c for i, c in enumerate(train_set.classes) if i not in set(val_set.targets)]
+    if missing and warn:
+        print(f"warning: val/ has no images of {', '.join(missing)}: their accuracy cannot be measured", file=sys.stderr)
+    return val_set
+
+
+def collate_skip_none(batch):
+    """default_collate without the images that could not be read."""
+    batch = [b for b in batch if b is not None]
+    if not batch:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+    return torch.utils.data.default_collate(batch)
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler (shuffled by seed and epoch, sharded, padded) that also skips the samples an
+    interrupted epoch already went through, and hands each sample the seed of its augmentation."""
+
+    def __init__(self, dataset, world, shuffle, seed=0):
+        super().__init__(dataset, num_replicas=world.size, rank=world.rank, shuffle=shuffle, seed=seed)
+        self.skip = 0
+
+    def set_epoch(self, epoch, skip=0):
+        super().set_epoch(epoch)
+        self.skip = skip
+
+    def __iter__(self):
+        first = (self.seed + self.epoch) * len(self.dataset)
+        for i in list(super().__iter__())[self.skip:]:
+            yield i, (first + i if self.shuffle else None)
+
+    def __len__(self):
+        return max(0, self.num_samples - self.skip)
+
+
+def _transforms_v2():
+    # torchvision 0.15 (v2 in beta) warns at length when v2 is imported: not the user's concern.
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torchvision.transforms import v2
+    return v2
+
+
+def mixup_available():
+    return hasattr(_transforms_v2(), "MixUp")
+
+
+def batch_mixer(s, num_classes):
+    """torchvision's MixUp and/or CutMix (one of them per batch), or None."""
+    if not (s.mixup_alpha or s.cutmix_alpha):
+        return None
+    v2 = _transforms_v2()
+    mixers = ([v2.MixUp(alpha=s.mixup_alpha, num_classes=num_classes)] if s.mixup_alpha else []) + \
+             ([v2.CutMix(alpha=s.cutmix_alpha, num_classes=num_classes)] if s.cutmix_alpha else [])
+    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
+
+
+def batch_seed(seed, epoch, step):
+    """The seed of a batch's mixing: a resumed run mixes each batch as the uninterrupted one did."""
+    return seed * 1_000_003 + epoch * 10_007 + step
+
+
+def mix(mixer, images, labels, seed):
+    """The batch mixed by `mixer` (drawn from its own seed, the process's random state untouched),
+    with soft targets; or, without a mixer, the batch as it is."""
+    if mixer is None:
+        return images, labels
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return mixer(images, labels)
+
+
+def accumulation(step, accum_steps, n_batches):
+    """(whether batch `step` of the epoch ends an optimizer step, how many batches that step has).
+    With --accum-steps k the loss of each batch counts 1/k of a step of k batches; the last group
+    of an epoch may be shorter."""
+    first = step // accum_steps * accum_steps
+    last = min(first + accum_steps, n_batches)
+    return step + 1 == last, last - first
+
+
+def add_to_sums(sums, loss, logits, labels, hard_labels=True):
+    """The epoch's running sums (loss x images, correct, images), kept on the device: no wait for
+    the GPU at each step. In place with Python numbers: a tensor made from one would be a blocking
+    copy to the GPU. Under mixing there are no hard labels to count."""
+    sums[0] += loss.detach().float() * len(labels)
+    if hard_labels:
+        sums[1] += (logits.argmax(1) == labels).sum()
+    sums[2] += len(labels)
+
+
+def parameter_groups(net, s):
+    """The new fc at --lr, the pretrained layers at lr x --backbone-lr-scale; with
+    --norm-weight-decay, norm layers and biases get that weight decay (usually 0)."""
+    norm_params = {id(p) for m in net.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
+                   for p in m.parameters()}
+    groups = {}
+    for name, p in net.named_parameters():
+        if not p.requires_grad:
+            continue
+        head = name.startswith("fc.")
+        no_decay = s.norm_weight_decay is not None and (id(p) in norm_params or name.endswith(".bias"))
+        key = (not head, no_decay)  # the head's groups first
+        if key not in groups:
+            groups[key] = {"params": [], "lr": s.lr * (1.0 if head else s.backbone_lr_scale),
+                           "weight_decay": s.norm_weight_decay if no_decay else s.weight_decay}
+        groups[key]["params"].append(p)
+    return [groups[k] for k in sorted(groups)]
+
+
+def build_optimizer(net, s):
+    groups = parameter_groups(net, s)
+    if s.opt == "sgd":
+        return torch.optim.SGD(groups, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+    cls = torch.optim.AdamW if s.opt == "adamw" else torch.optim.Adam
+    return cls(groups, lr=s.lr, weight_decay=s.weight_decay)
+
+
+def lr_factor(step, s, steps_per_epoch, anchor=None):
+    """The learning rate's factor at an optimizer step: linear warm-up, then constant, cosine to
+    zero, or step decay. anchor = (step, factor): where a resumed run changed --epochs, the cosine
+    goes on from the factor it had there to zero at the new end, so the rate never jumps."""
+    total = s.epochs * steps_per_epoch
+    warmup = int(s.warmup_epochs * steps_per_epoch)
+    if s.lr_scheduler == "cosine" and anchor and step >= anchor[0]:
+        return anchor[1] * 0.5 * (1 + math.cos(math.pi * (step - anchor[0]) / max(1, total - anchor[0])))
+    if step < warmup:
+        return (step + 1) / warmup
+    if s.lr_scheduler == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    if s.lr_scheduler == "step":
+        return s.lr_gamma ** (step // (s.lr_step_size * steps_per_epoch))
+    return 1.0
+
+
+def build_scheduler(optimizer, s, steps_per_epoch, anchor=None):
+    """Stepped every optimizer step, not every epoch: warm-up and cosine are smooth on small data."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, s, steps_per_epoch, anchor))
+
+
+def continue_cosine(s, old_epochs, done, steps_per_epoch, anchor, verbose=True):
+    """The cosine's anchor when a resumed run changes --epochs. Mid-schedule, the rate goes on from
+    where it is down to zero at the new end: no jump. A schedule that had already ended (rate 0)
+    goes on as if planned for the new length from the start: the rate rises once, and we say so."""
+    now = lr_factor(done, dataclasses.replace(s, epochs=old_epochs), steps_per_epoch, anchor)
+    if now > 1e-3:
+        if verbose:
+            print(f"note: --epochs {s.epochs}: the cosine schedule goes on from its current rate "
+                  f"({now * s.lr:.3g}) to zero at epoch {s.epochs}")
+        return (done, now)
+    if verbose:
+        print(f"note: --epochs {s.epochs}: the cosine schedule had ended; it goes on as if planned for {s.epochs} "
+              f"epochs, so the rate rises from 0 to {lr_factor(done, s, steps_per_epoch) * s.lr:.3g}")
+    return None
+
+
+def ema_model(net, decay):
+    """An exponential moving average of the weights and of the BatchNorm statistics (use_buffers),
+    with the usual warm-up min(decay, (1 + n) / (10 + n)) so that short runs are not averaged
+    towards their random start."""
+    from torch.optim.swa_utils import AveragedModel
+
+    def average(ema_p, p, n):
+        d = min(decay, (1 + float(n)) / (10 + float(n)))
+        return ema_p * d + p * (1 - d)
+
+    return AveragedModel(net, avg_fn=average, use_buffers=True)
+
+
+class RunState:
+    """Where a run is: epochs done, batches done in the current epoch, the running sums and seconds of
+    that epoch, the best accuracy, the history and the learning-rate anchor. All a checkpoint needs
+    beyond the model and optimiser, to go on exactly where it stopped."""
+
+    def __init__(self):
+        self.epoch, self.step, self.seconds = 0, 0, 0.0
+        # loss sum, correct, images: this epoch, this process (float32: MPS has no float64)
+        self.sums = torch.zeros(3)
+        self.best_acc = -1.0  # -1: the first epoch's weights are always kept
+        self.history, self.lr_anchor = [], None
+
+    def state_dict(self):
+        return {"epoch": self.epoch, "step": self.step, "seconds": self.seconds, "sums": self.sums.cpu(),
+                "best_acc": self.best_acc, "history": self.history, "lr_anchor": self.lr_anchor}
+
+    def load_state_dict(self, d):
+        self.epoch, self.step, self.seconds = d["epoch"], d["step"], d["seconds"]
+        self.sums = d["sums"].float()
+        self.best_acc, self.history, self.lr_anchor = d["best_acc"], list(d["history"]), d.get("lr_anchor")
+
+    def next_epoch(self):
+        self.epoch, self.step, self.seconds = self.epoch + 1, 0, 0.0
+        self.sums = torch.zeros(3)
