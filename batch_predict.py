@@ -26,11 +26,15 @@ def get_args_parser(add_help=True):
     p.add_argument("--csv", default=None, metavar="PATH",
                    help="also write path, top-k classes and probabilities here (replaced if there)")
     inference.add_model_args(p)
+    inference.add_min_prob_arg(p)
     return inference.add_runtime_args(p)
 
 
-def csv_header(topk):
-    return ["path"] + [h for k in range(1, topk + 1) for h in ((f"class_{k}", f"prob_{k}") if k > 1 else ("class", "prob"))]
+def csv_header(topk, min_prob=None):
+    """path, [prediction: the class reported, or unknown below --min-prob,] then the top-k classes
+    and their probabilities."""
+    return (["path"] + (["prediction"] if min_prob is not None else [])
+            + [h for k in range(1, topk + 1) for h in ((f"class_{k}", f"prob_{k}") if k > 1 else ("class", "prob"))])
 
 
 def main(args):
@@ -47,7 +51,7 @@ def main(args):
     predictor, runs_on = inference.load_predictor(args, len(classes), class_source)
     topk = min(args.topk, len(classes))
 
-    rows, skipped = [], []
+    rows, reported, skipped = [], [], []  # reported: the class or 'unknown'
     for path in not_regular:
         skipped.append((path, f"{path} is not a regular file"))
         print(f"skipped: {path} is not a regular file", file=sys.stderr)
@@ -59,15 +63,21 @@ def main(args):
             continue
         top = np.argsort(-probs, kind="stable")[:topk]
         pairs = [(classes[i], float(probs[i])) for i in top]
-        line = f"image: {path}  class: {pairs[0][0]}  prob: {pairs[0][1]:.3}"
+        shown = inference.shown_class(*pairs[0], args.min_prob)
+        line = f"image: {path}  class: {shown}  prob: {pairs[0][1]:.3}"
+        if shown != pairs[0][0]:  # below --min-prob
+            line += f"  (top: {pairs[0][0]})"
         if topk > 1:
             line += "  (" + ", ".join(f"{c}: {p:.3}" for c, p in pairs[1:]) + ")"
         print(line)
         rows.append((str(path), pairs))
+        reported.append(shown)
     seconds = time.perf_counter() - start
     if args.csv:
-        with files.atomic_csv(args.csv, csv_header(topk)) as w:
-            w.writerows([path] + [x for c, p in pairs for x in (c, f"{p:.6f}")] for path, pairs in rows)
+        with files.atomic_csv(args.csv, csv_header(topk, args.min_prob)) as w:
+            for (path, pairs), shown in zip(rows, reported):
+                prediction = [shown] if args.min_prob is not None else []
+                w.writerow([path] + prediction + [x for c, p in pairs for x in (c, f"{p:.6f}")])
     print(f"predicted {len(rows)} images, skipped {len(skipped)}"
           f"{' (unreadable: ' + ', '.join(str(p) for p, _ in skipped) + ')' if skipped else ''}"
           f", {len(rows) / max(seconds, 1e-9):.1f} images/s with {runs_on}" + (f"; wrote {args.csv}" if args.csv else ""))

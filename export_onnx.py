@@ -110,7 +110,7 @@ def compare_with_pytorch(net, onnx_path, inputs, atol):
         diff = float(np.abs(got - ref).max())
         worst = max(worst, diff)
         print(f"check {name}: batch {x.shape[0]}, largest difference {diff:.2e}")
-    if worst > atol:
+    if not worst <= atol:  # a NaN compares false with everything: "not <=" catches it
         raise cli.UserError(f"ONNX output differs from PyTorch by {worst:.2e} (> --atol {atol}); the export is wrong "
                         "and was not kept")
     return worst

@@ -26,6 +26,7 @@ def get_args_parser(add_help=True):
     p.add_argument("--cam", action="store_true",
                    help="overlay a Grad-CAM heatmap of the top class on the crop the model saw (needs PyTorch)")
     inference.add_model_args(p)
+    inference.add_min_prob_arg(p)
     return inference.add_runtime_args(p)
 
 
@@ -58,7 +59,12 @@ def main(args):
         for name, p in zip(classes, probs.tolist()):
             print(f"class: {name:10}   prob: {p:.3}")
         best = int(probs.argmax())
-        titles.append(f"class: {classes[best]}   prob: {probs[best]:.3}")
+        shown_class = inference.shown_class(classes[best], probs[best], args.min_prob)
+        if shown_class != classes[best]:
+            print(f"prediction: {shown_class} (the top class, {classes[best]}, has {probs[best]:.3} < --min-prob "
+                  f"{args.min_prob})")
+        titles.append(f"class: {shown_class}   prob: {probs[best]:.3}"
+                      + (f" ({classes[best]}?)" if shown_class != classes[best] else ""))
         if args.cam:  # the heatmap is the crop's: the crop is what the panel shows
             with imaging.open_image(path) as img:
                 shown.append(np.asarray(imaging.EvalTransform(args.img_size).resize_crop(img)))

@@ -1,9 +1,10 @@
-"""Split <data-root>/flower_photos/<class>/ images into <data-root>/train and <data-root>/val.
+"""Split <data-path>/flower_photos/<class>/ images into <data-path>/train and <data-path>/val (and test/).
 
     python split_data.py                 # the tutorial's split: 10% of each class to val, seed 0
     python split_data.py --download      # fetch and unpack the flower photos first
     python split_data.py --demo          # synthetic demo flowers, when there is no real data
     python split_data.py --max-size 320  # resized copies instead of links, for slow storage
+    python split_data.py --test-rate 0.1 # also a test/ that training never reads, for evaluate.py
 
 What it promises about your files: the source folder is only read. An existing train/ and val/ are
 replaced only with --overwrite, and then only the files an earlier split put there are removed;
@@ -14,7 +15,6 @@ from helpers import cli
 if __name__ == "__main__":
     cli.one_line_ctrl_c()  # before torch loads: a Ctrl-C during its import ends in one line too
 import argparse
-import hashlib
 import json
 import multiprocessing
 import os
@@ -22,6 +22,7 @@ import random
 import shutil
 import tarfile
 import tempfile
+import time
 from collections import defaultdict
 import urllib.parse
 import urllib.request
@@ -47,6 +48,9 @@ def get_args_parser(add_help=True):
                    help="the <class>/<images> folder to split (default: <data-path>/flower_photos)")
     p.add_argument("--val-rate", type=cli.float_in(0, 1, high_open=True), default=0.1,
                    help="share of each class for val (default: %(default)s)")
+    p.add_argument("--test-rate", type=cli.float_in(0, 1, high_open=True), default=0.0,
+                   help="share of each class for test/, which train.py never reads: evaluate.py's honest number "
+                        "(default: %(default)s, the tutorial's train/val split exactly)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the selection (default: %(default)s)")
     cli.add_overwrite(p, "replace an earlier split's train/ and val/ (only the files it put there are removed)")
     p.add_argument("--mode", choices=("link", "copy", "symlink"), default="link",
@@ -89,35 +93,38 @@ def class_images(source):
     return found
 
 
-def select_val(source, val_rate=0.1, seed=0):
+SIDES = ("train", "val", "test")
+
+
+def share(n, rate):
+    k = int(n * rate)
+    return 1 if k == 0 and rate > 0 and n > 1 else k  # every class in val (and test), or it cannot be measured
+
+
+def select_val(source, val_rate=0.1, seed=0, test_rate=0.0):
     """The tutorial's selection: one random.seed, then random.sample of each class in turn. Classes
-    and files are sorted first, so the split is the same on every machine.
-    Returns {class: (train_files, val_files)}."""
+    and files are sorted first, so the split is the same on every machine. With test_rate, each
+    class's test images are drawn after its val images, from the rest: test_rate 0 draws nothing
+    more, so train/ and val/ are the tutorial's exactly.
+    Returns {class: (train_files, val_files, test_files)}."""
     rng = random.Random(seed)
+    found = class_images(source)
+    val = {cla: set(rng.sample(images, k=share(len(images), val_rate))) for cla, images in found.items()}
     split = {}
-    for cla, images in class_images(source).items():
-        k = int(len(images) * val_rate)
-        if k == 0 and val_rate > 0 and len(images) > 1:
-            k = 1  # every class must be in val, or validation cannot see it
-        val = set(rng.sample(images, k=k))
-        split[cla] = ([f for f in images if f not in val], [f for f in images if f in val])
+    for cla, images in found.items():  # after every class's val: the tutorial's val whatever the test rate
+        rest = [f for f in images if f not in val[cla]]
+        test = set(rng.sample(rest, k=min(share(len(images), test_rate), len(rest) - 1))) if test_rate else set()
+        split[cla] = ([f for f in rest if f not in test], [f for f in images if f in val[cla]],
+                      [f for f in rest if f in test])
     return split
-
-
-def file_digest(path, chunk=1 << 20):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def find_duplicates(source, split):
     """Groups of byte-identical images, as lists of (class, file). Only files of a size seen twice
     are hashed, so a folder without duplicates costs one stat per file."""
     by_size = defaultdict(list)
-    for cla, (train, val) in split.items():
-        for f in train + val:
+    for cla, sides in split.items():
+        for f in sum(sides, []):
             size = (Path(source) / cla / f).stat().st_size
             if size:
                 by_size[size].append((cla, f))
@@ -125,24 +132,26 @@ def find_duplicates(source, split):
     for members in by_size.values():
         if len(members) > 1:
             for cla, f in members:
-                by_digest[file_digest(Path(source) / cla / f)].append((cla, f))
+                by_digest[files.file_sha256(Path(source) / cla / f)].append((cla, f))
     return [sorted(g) for g in by_digest.values() if len(g) > 1]
 
 
 def keep_duplicates_together(split, groups):
-    """Copies of one image never straddle train and val (val would grade the model on a photo it
-    trained on): a group with a copy in train goes to train whole. Returns the files moved."""
+    """Copies of one image never straddle train, val and test (val or test would grade the model on
+    a photo it trained on): a group goes whole to the first side holding a copy of it, in the order
+    train, val, test. Returns the (class, file, side it left) of the files moved."""
     moved = []
     for group in groups:
-        if any(f in split[cla][0] for cla, f in group):
-            for cla, f in group:
-                train, val = split[cla]
-                if f in val:
-                    val.remove(f)
-                    train.append(f)
-                    moved.append((cla, f))
-    for train, _ in split.values():
-        train.sort()
+        home = min(side for cla, f in group for side in range(3) if f in split[cla][side])
+        for cla, f in group:
+            for side in range(home + 1, 3):
+                if f in split[cla][side]:
+                    split[cla][side].remove(f)
+                    split[cla][home].append(f)
+                    moved.append((cla, f, SIDES[side]))
+    for sides in split.values():
+        for names in sides:
+            names.sort()
     return moved
 
 
@@ -255,15 +264,15 @@ def resized_copy(job):
 
 
 def write_split(source, out_root, split, mode="link", max_size=None, workers=None):
-    """train/ and val/ built in a temporary folder under out_root, then moved into place."""
+    """train/ and val/ (and test/) built in a temporary folder under out_root, then moved into place."""
     source, out_root = Path(source), Path(out_root)
     tmp = Path(tempfile.mkdtemp(prefix=".split-", dir=out_root))
     try:
         jobs = []
-        for cla, (train_files, val_files) in split.items():
-            num, val_set = len(train_files) + len(val_files), set(val_files)
-            for index, name in enumerate(sorted(train_files + val_files)):
-                side = "val" if name in val_set else "train"
+        for cla, sides in split.items():
+            side_of = {name: side for side, names in zip(SIDES, sides) for name in names}
+            for index, name in enumerate(sorted(side_of)):
+                side, num = side_of[name], len(side_of)
                 dst = tmp / side / cla / name
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 if max_size:
@@ -283,7 +292,7 @@ def write_split(source, out_root, split, mode="link", max_size=None, workers=Non
                         raise cli.UserError(f"cannot write {out_root / dst.relative_to(tmp)}: {error}")
                     if warning:
                         print(f"warning: copied as it is: {warning}")
-        for side in ("train", "val"):
+        for side in sides_of(split):
             for cla in split:
                 (tmp / side / cla).mkdir(parents=True, exist_ok=True)  # a class with no val image too
         return tmp
@@ -292,30 +301,36 @@ def write_split(source, out_root, split, mode="link", max_size=None, workers=Non
         raise
 
 
+def sides_of(split):
+    """train and val, and test when the split has one."""
+    return SIDES if any(test for _, _, test in split.values()) else SIDES[:2]
+
+
 def balance_table(split):
-    lines = [f"{'class':<20}{'train':>8}{'val':>8}"]
-    for cla, (train, val) in split.items():
-        lines.append(f"{cla:<20}{len(train):>8}{len(val):>8}")
-    lines.append(f"{'total':<20}{sum(len(t) for t, _ in split.values()):>8}{sum(len(v) for _, v in split.values()):>8}")
+    sides = sides_of(split)
+    lines = [f"{'class':<20}" + "".join(f"{side:>8}" for side in sides)]
+    for cla, names in split.items():
+        lines.append(f"{cla:<20}" + "".join(f"{len(n):>8}" for n in names[:len(sides)]))
+    lines.append(f"{'total':<20}" + "".join(f"{sum(len(n[i]) for n in split.values()):>8}" for i in range(len(sides))))
     return "\n".join(lines)
 
 
 def split_dataset(source, out_root, *, val_rate=0.1, seed=0, overwrite=False, mode="link", max_size=None,
-                  to_remove=None, split=None):
+                  to_remove=None, split=None, test_rate=0.0):
     """Select (unless `split` is given), keep duplicates together, build the new split beside the
     old, then swap them."""
     source = files.need_dir(source, "image folder",
                       "put <class>/<images> there, or run with --download (flowers) or --demo (synthetic)")
     out_root = Path(out_root)
-    targets = [out_root / "train", out_root / "val"]
+    targets = [out_root / side for side in SIDES]
     if to_remove is None:
         to_remove = check_targets(targets, source, overwrite)
-    split = split or select_val(source, val_rate, seed)
+    split = split or select_val(source, val_rate, seed, test_rate)
     files.check_writable_dir(out_root, "split")
     groups = find_duplicates(source, split)
     moved = keep_duplicates_together(split, groups)
 
-    with files.made_dirs(out_root):  # a failed split leaves no new empty folder
+    with files.made_dirs(out_root), files.locked(out_root, "a split, or a training run reading it"):
         tmp = write_split(source, out_root, split, mode, max_size)
         try:
             # The manifest is written beside the new split and moved with it: a full disk fails here,
@@ -323,20 +338,39 @@ def split_dataset(source, out_root, *, val_rate=0.1, seed=0, overwrite=False, mo
             write_manifest(tmp, split)
             remove_earlier_split([t for t in targets if t.exists()], to_remove)
             for t in targets:
-                os.replace(tmp / t.name, t)
+                if (tmp / t.name).exists():  # test/ only with --test-rate
+                    os.replace(tmp / t.name, t)
             os.replace(tmp / MANIFEST, out_root / MANIFEST)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+    remove_stale_folders(out_root)
     report(split, groups, moved, out_root)
     return split
+
+
+def remove_stale_folders(out_root):
+    """The partial copies that killed splits and downloads left (.split-*, .unpack-*): removed once
+    older than any split lasts; named when newer (another split may be writing one)."""
+    found = [d for prefix in (".split-", ".unpack-") for d in Path(out_root).glob(prefix + "*")
+             if d.is_dir() and not d.is_symlink()]
+    stale = [d for d in found if time.time() - d.stat().st_mtime > 6 * 3600]
+    for d in stale:
+        shutil.rmtree(d, ignore_errors=True)
+    if stale:
+        print(f"note: removed {len(stale)} partial folder(s) that interrupted runs left in {out_root}: "
+              + ", ".join(d.name for d in stale[:3]))
+    recent = [d.name for d in found if d not in stale]
+    if recent:
+        print(f"note: {out_root} holds partial folder(s) of another or an interrupted split: {', '.join(recent[:3])}; "
+              "remove them when no split is running")
 
 
 def write_manifest(out_root, split):
     """Size and time of every file placed, so a later --overwrite knows them for the split's own
     (a rename keeps both)."""
     entries = {}
-    for cla, (train, val) in split.items():
-        for side, names in (("train", train), ("val", val)):
+    for cla, sides in split.items():
+        for side, names in zip(SIDES, sides):
             for name in names:
                 st = os.lstat(Path(out_root) / side / cla / name)
                 entries[f"{side}/{cla}/{name}"] = [st.st_size, st.st_mtime_ns]
@@ -347,21 +381,22 @@ def report(split, groups, moved, out_root):
     """Duplicates, classes without val images, the balance table and split.png; then the
     tutorial's last line and the counts."""
     if groups:
+        left = ", ".join(f"{sum(m[2] == side for m in moved)} from {side}" for side in SIDES[1:] if any(m[2] == side for m in moved))
         print(f"found {sum(len(g) for g in groups)} byte-identical images in {len(groups)} groups; each group is kept "
-              f"on one side of the split ({len(moved)} moved from val to train)")
+              f"on one side of the split ({len(moved)} moved{': ' + left if left else ''})")
         for g in groups:
             if len({cla for cla, _ in g}) > 1:
                 print("warning: the same image is in several classes (a labelling error?): "
                       + " = ".join(f"{cla}/{f}" for cla, f in g))
-    for cla, (train, val) in split.items():
+    for cla, (train, val, _) in split.items():
         if not val:
             print(f"warning: class {cla} has {len(train)} image(s) and none in val/: its accuracy cannot be measured")
     print(balance_table(split))
     print(f"wrote {plots.plot_split(split, out_root / 'split.png')}")
     print("processing done!")
-    n_train = sum(len(t) for t, _ in split.values())
-    n_val = sum(len(v) for _, v in split.values())
-    print(f"{n_train} images in {out_root / 'train'}, {n_val} in {out_root / 'val'}, {len(split)} classes")
+    counts = [sum(len(sides[i]) for sides in split.values()) for i in range(3)]
+    rest = "".join(f", {n} in {out_root / side}" for side, n in list(zip(sides_of(split), counts))[1:])
+    print(f"{counts[0]} images in {out_root / 'train'}{rest}, {len(split)} classes")
 
 
 # ---------------------------------------------------------------- getting the data
@@ -458,9 +493,11 @@ def main(args):
     source = Path(args.source) if args.source else data_root / "flower_photos"
     if args.download and args.demo:
         raise cli.UserError("--download and --demo exclude each other")
+    if args.val_rate + args.test_rate >= 1:
+        raise cli.UserError(f"--val-rate {args.val_rate} and --test-rate {args.test_rate} leave nothing for train/")
     if args.download and args.source:
         raise cli.UserError("--download unpacks into <data-root>/flower_photos; leave out --source")
-    targets = [data_root / "train", data_root / "val"]
+    targets = [data_root / side for side in SIDES]
     to_remove = check_targets(targets, source, args.overwrite)
     files.check_writable_dir(data_root, "split")
     url = sha = None
@@ -473,7 +510,8 @@ def main(args):
     split = None  # with --download or --demo, the images are not there yet
     if not (args.download or args.demo):
         split = select_val(files.need_dir(source, "image folder", "put <class>/<images> there, or run with --download "
-                                                            "(flowers) or --demo (synthetic)"), args.val_rate, args.seed)
+                                                            "(flowers) or --demo (synthetic)"), args.val_rate, args.seed,
+                           args.test_rate)
     # Then act.
     if args.download:
         with files.made_dirs(data_root):
@@ -481,7 +519,8 @@ def main(args):
     if args.demo:
         make_demo(source, args.demo_per_class, args.seed, args.demo_imgs)
     return split_dataset(source, data_root, val_rate=args.val_rate, seed=args.seed, overwrite=args.overwrite,
-                         mode=args.mode, max_size=args.max_size, to_remove=to_remove, split=split)
+                         mode=args.mode, max_size=args.max_size, to_remove=to_remove, split=split,
+                         test_rate=args.test_rate)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def main(args):
     world = training.World.from_env()
     ckpt = settings.read_checkpoint(args.resume) if args.resume else None
     s = settings.resolve(args, get_args_parser(), world, ckpt)
-    with training.environment(s, world) as env:  # torchrun's processes, the device, its precision
+    with training.environment(s, world) as env, contextlib.ExitStack() as held:  # env: processes, device, precision
         if world.is_main:
             print(f"using {env.device} device.")
         torch.manual_seed(s.seed)
@@ -43,13 +43,19 @@ def main(args):
         classes = train_set.classes
         if ckpt and ckpt["classes"] != classes:
             raise cli.UserError(f"{s.resume} was trained on classes {ckpt['classes']}, but {s.data_path} has {classes}")
+        data = settings.data_fingerprint(train_set, val_set)
+        if ckpt:
+            settings.check_same_data(ckpt, data, s.resume)
         start_weights = read_start_weights(s) if not ckpt and not s.eval_only else None
+        class_weights = training.class_weights(s.class_weights, train_set)
         settings.check_run_files(s, classes, resumed=ckpt is not None)
         if world.is_main:
             print(f"using {len(train_set)} images for training, {len(val_set)} images for validation.")
+            print(training.describe_balance(train_set, "train/"))
             print(f"Using {s.workers} dataloader workers every process")
         if s.eval_only:
             return evaluate_only(s, env, val_set, val_loader, classes)
+        held.enter_context(settings.locked(s, world))  # no other run writes here, nor re-splits the data
 
         # 2. The model, its optimiser and schedule: from a checkpoint, or from the starting weights.
         model, model_without_ddp = build_model(s, env, len(classes), ckpt, start_weights)
@@ -71,10 +77,12 @@ def main(args):
 
         # 3. The epochs. Each ends in the tutorial's best-accuracy save and a checkpoint; a Ctrl-C
         # stops at the end of a step, saves where the run is, and says how to go on.
-        criterion = nn.CrossEntropyLoss(label_smoothing=s.label_smoothing)
+        criterion = nn.CrossEntropyLoss(
+            weight=class_weights.to(env.device) if class_weights is not None else None,  # --class-weights
+            label_smoothing=s.label_smoothing)
         mixer = training.batch_mixer(s, len(classes))  # mixup/cutmix, or None
         parts = dict(model=model_without_ddp, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema,
-                     classes=classes)
+                     classes=classes, data=data)
         try:
             with training.CTRL_C.active():
                 while state.epoch < s.epochs:
@@ -86,13 +94,16 @@ def main(args):
                     desc = f"valid epoch[{state.epoch + 1}/{s.epochs}]"
                     val = evaluate(model_without_ddp, val_loader, env, desc)
                     val_ema = evaluate(ema.module, val_loader, env, desc + " ema") if ema is not None else None
-                    use_ema = val_ema is not None and val_ema.acc > val.acc  # keep the better of the two
-                    val_accurate = val_ema.acc if use_ema else val.acc
+                    # What "best" means: the tutorial's accuracy, or --select-by; the better of model and EMA.
+                    use_ema = val_ema is not None and val_ema.score(s.select_by) > val.score(s.select_by)
+                    val_accurate = (val_ema if use_ema else val).score(s.select_by)
                     if val_accurate > state.best_acc:  # the tutorial's best-accuracy save
                         state.best_acc = val_accurate
                         if world.is_main:
-                            best = ema.module if use_ema else model_without_ddp
-                            settings.save(best.state_dict(), s.save_path)  # torch.save, atomically
+                            best = (ema.module if use_ema else model_without_ddp).state_dict()
+                            if weights.non_finite(best):  # a NaN model scores by chance: never "best"
+                                raise training.Diverged("nan", state.epoch, state.step)
+                            settings.save(best, s.save_path)  # torch.save, atomically
                     state.history.append(reports.history_row(
                         state.epoch + 1, train_loss=train_loss, train_acc=train_acc, val=val, val_ema=val_ema,
                         lr=optimizer.param_groups[0]["lr"], seconds=state.seconds, seen=seen,
@@ -105,6 +116,9 @@ def main(args):
                         settings.save(settings.checkpoint(s, state, **parts), s.checkpoint)
                         reports.write_history(state.history, Path(s.output_dir) / "history.csv")
                         plots.plot_curves(state.history, Path(s.output_dir) / "curves.png")
+        except training.Diverged as e:  # nothing more is saved: the last checkpoint holds the last good epoch
+            kept = f"{s.checkpoint} holds the last good epoch" if Path(s.checkpoint).exists() else "nothing was saved"
+            raise cli.UserError(f"{e}: training diverged; lower --lr (it is {s.lr:g}) and train again ({kept})") from None
         except training.Interrupted:
             if world.is_main:
                 settings.save(settings.checkpoint(s, state, **parts), s.checkpoint)
@@ -120,8 +134,9 @@ def main(args):
         model_without_ddp.load_state_dict(weights.read_state_dict(s.save_path))
         result = evaluate(model_without_ddp, val_loader, env, "best weights")
         if world.is_main:
-            print(f"best val_accuracy: {state.best_acc:.3f}, weights in {s.save_path}")
-            reports.final_report(result, val_set.samples, classes, s.output_dir)
+            best = "val_accuracy" if s.select_by == "acc" else f"val {s.select_by}"
+            print(f"best {best}: {state.best_acc:.3f}, weights in {s.save_path}")
+            report(result, val_set, classes, s.output_dir)
         return {"best_acc": state.best_acc, "history": state.history, "classes": classes,
                 "confusion": result.confusion, "settings": s}
 
@@ -164,7 +179,10 @@ def train_one_epoch(model, criterion, optimizer, loader, s, env, *, state, sched
             state.step += 1
             # loss.item() waits for the GPU: only when the bar is redrawn, not every step.
             if env.world.is_main and time.perf_counter() - last_shown > 0.5:
-                bar.set_description(f"train epoch[{state.epoch + 1}/{s.epochs}] loss:{loss.item():.3f}", refresh=False)
+                shown = loss.item()
+                if not math.isfinite(shown) and not env.world.distributed:  # torchrun: all see it at the end
+                    raise training.Diverged(shown, state.epoch, state.step)
+                bar.set_description(f"train epoch[{state.epoch + 1}/{s.epochs}] loss:{shown:.3f}", refresh=False)
                 last_shown = time.perf_counter()
             if update and training.CTRL_C.agreed(env.world, env.device):
                 raise training.Interrupted
@@ -176,6 +194,8 @@ def train_one_epoch(model, criterion, optimizer, loader, s, env, *, state, sched
     if env.world.distributed:
         dist.all_reduce(totals)
     loss_sum, correct, seen = totals.tolist()
+    if not math.isfinite(loss_sum):  # every process has the same all-reduced sum: all stop together
+        raise training.Diverged(loss_sum, state.epoch, state.step)
     train_acc = correct / max(seen, 1) if mixer is None else float("nan")  # no hard labels under mixing
     return loss_sum / max(seen, 1), train_acc, seen
 
@@ -191,7 +211,7 @@ def evaluate(net, loader, env, desc="valid"):
     # DistributedSampler repeats a few images to even out the processes: each image counts once.
     index, first = np.unique(rows["index"], return_index=True)
     return reports.Evaluation(index=index, true=rows["true"][first], pred=rows["pred"][first],
-                              prob=rows["prob"][first], losses=rows["loss"][first],
+                              prob=rows["prob"][first], losses=rows["loss"][first], in_top5=rows["top5"][first],
                               num_classes=len(loader.dataset.classes))
 
 
@@ -207,14 +227,16 @@ def predict_rows(net, loader, env, desc):
         images = images.to(env.device, non_blocking=True, memory_format=env.memory_format)
         with devices.autocast(env.device, env.amp_dtype):
             logits = net(images).float()
+        labels_on_device = labels.to(env.device)
         prob, pred = torch.softmax(logits, dim=1).max(1)
-        loss = nn.functional.cross_entropy(logits, labels.to(env.device), reduction="none")
-        batches.append((indices, labels, pred, prob, loss))
+        loss = nn.functional.cross_entropy(logits, labels_on_device, reduction="none")
+        top5 = (logits.topk(min(5, logits.shape[1]), dim=1).indices == labels_on_device[:, None]).any(1)
+        batches.append((indices, labels, pred, prob, loss, top5))
         if training.CTRL_C.requested and not env.world.distributed:
             raise training.Interrupted
-    names = ("index", "true", "pred", "prob", "loss")
+    names = ("index", "true", "pred", "prob", "loss", "top5")
     if not batches:
-        return {k: np.zeros(0, np.float32 if k in ("prob", "loss") else np.int64) for k in names}
+        return {k: np.zeros(0, {"prob": np.float32, "loss": np.float32, "top5": bool}.get(k, np.int64)) for k in names}
     return {k: torch.cat(column).cpu().numpy() for k, column in zip(names, zip(*batches))}
 
 
@@ -227,8 +249,17 @@ def evaluate_only(s, env, val_set, val_loader, classes):
     result = evaluate(net, val_loader, env)
     if env.world.is_main:
         print(f"{path}: val_loss: {result.loss:.3f}  val_accuracy: {result.acc:.3f}")
-        reports.final_report(result, val_set.samples, classes, s.output_dir)
+        report(result, val_set, classes, s.output_dir)
     return {"val_acc": result.acc, "confusion": result.confusion, "classes": classes}
+
+
+def report(result, val_set, classes, out_dir):
+    """evaluate.py's report, on val/: the per-class table, the confusion matrix, val_predictions.csv
+    and the gallery of errors."""
+    out = Path(out_dir)
+    return reports.final_report(result, [path for path, _ in val_set.samples], classes,
+                                confusion_png=out / "confusion_matrix.png", predictions_csv=out / "val_predictions.csv",
+                                errors_png=out / "val_errors.png")
 
 
 # ---------------------------------------------------------------- the builders
@@ -238,7 +269,8 @@ def load_data(s, env):
     root = files.need_dir(s.data_path, "data folder", "run split_data.py first")
     train_set = training.train_folder(root / "train", imaging.TrainTransform(s.img_size, s.auto_augment, s.random_erase))
     val_set = training.val_folder(root / "val", train_set, imaging.EvalTransform(s.img_size), env.world.is_main)
-    train_sampler = training.ResumableSampler(train_set, env.world, shuffle=True, seed=s.seed)
+    train_sampler = training.ResumableSampler(train_set, env.world, shuffle=True, seed=s.seed,
+                                              balanced=s.balanced_sampler)
     val_sampler = training.ResumableSampler(val_set, env.world, shuffle=False)
     common = dict(batch_size=s.batch_size, num_workers=s.workers, pin_memory=env.device.type == "cuda",
                   persistent_workers=s.workers > 0, worker_init_fn=cli.ignore_ctrl_c,
@@ -255,8 +287,9 @@ def read_start_weights(s):
     file's state_dict (read now, not after the first writes, and not read again), or None."""
     if s.start == "imagenet":
         cached = weights.imagenet_cache_path(weights.imagenet_url(s.model))  # refuses a model without them
-        if not cached.is_file():
-            files.check_writable_dir(cached.parent, "ImageNet weights")
+        if cached.is_file():
+            return weights.read_state_dict(weights.check_hash_prefix(cached))
+        files.check_writable_dir(cached.parent, "ImageNet weights")  # downloaded when the model is built
         return None
     if s.start == "none":
         return None
@@ -277,8 +310,10 @@ def build_model(s, env, num_classes, ckpt, start_weights=None):
         if env.world.is_main:
             print("training from scratch (use more than 20 epochs)")
     else:
-        path = weights.imagenet_weights(s.model, progress=env.world.is_main) if s.start == "imagenet" else s.weights
-        state_dict = start_weights if s.start == "file" else weights.read_state_dict(path)
+        path = s.weights if s.start == "file" else weights.imagenet_cache_path(weights.imagenet_url(s.model))
+        state_dict = start_weights
+        if state_dict is None:  # ImageNet weights not in the hub cache yet
+            state_dict = weights.read_state_dict(weights.imagenet_weights(s.model, progress=env.world.is_main))
         weights.load_pretrained(model, s.model, state_dict, path, verbose=env.world.is_main)
     if s.freeze_backbone:
         for name, p in model.named_parameters():
@@ -328,7 +363,7 @@ def get_args_parser(add_help=True):
                    help=f"epochs in all (default: {d.epochs}; a resumed run keeps its own unless given: then the run "
                         "is extended or shortened)")
     g.add_argument("--batch-size", type=cli.batch_size_arg, help=f"images per step, per process (default: {d.batch_size})")
-    g.add_argument("--lr", type=cli.non_negative_float, help=f"learning rate (default: {d.lr:g})")
+    g.add_argument("--lr", type=cli.float_in(0, 100, low_open=True), help=f"learning rate (default: {d.lr:g})")
     g.add_argument("--img-size", type=cli.img_size_arg,
                    help=f"train crop; val resizes to img-size/0.875 (default: {d.img_size})")
     g.add_argument("--workers", type=cli.workers_arg, help="data loader processes (default: min(cpus, batch, 8))")
@@ -353,8 +388,8 @@ def get_args_parser(add_help=True):
     g = p.add_argument_group("recipes")
     g.add_argument("--opt", choices=("adam", "adamw", "sgd"), help=f"optimizer (default: {d.opt})")
     g.add_argument("--momentum", type=cli.float_in(0, 1, high_open=True), help=f"SGD momentum (default: {d.momentum})")
-    g.add_argument("--weight-decay", type=cli.non_negative_float, help=f"weight decay (default: {d.weight_decay:g})")
-    g.add_argument("--norm-weight-decay", type=cli.non_negative_float,
+    g.add_argument("--weight-decay", type=cli.float_in(0, 100), help=f"weight decay (default: {d.weight_decay:g})")
+    g.add_argument("--norm-weight-decay", type=cli.float_in(0, 100),
                    help="weight decay of norm layers and biases (default: as --weight-decay; 0 is usual)")
     g.add_argument("--lr-scheduler", choices=("none", "cosine", "step"), help=f"(default: {d.lr_scheduler})")
     g.add_argument("--warmup-epochs", type=cli.non_negative_float,
@@ -381,6 +416,14 @@ def get_args_parser(add_help=True):
                    help="keep an exponential moving average of the weights; validate both, keep the better")
     g.add_argument("--model-ema-decay", type=cli.float_in(0, 1, high_open=True),
                    help=f"EMA decay per optimizer step, warmed up as min(decay, (1+n)/(10+n)) (default: {d.model_ema_decay})")
+    g = p.add_argument_group("classes of different sizes")
+    g.add_argument("--class-weights", metavar="auto|FILE",
+                   help="weigh the loss by class: auto (inverse class frequency, as scikit-learn's 'balanced') or "
+                        "a JSON file of {class: weight} (default: off)")
+    g.add_argument("--balanced-sampler", action="store_true", default=None,
+                   help="draw each class equally often in every epoch (with replacement; seeded, resumable)")
+    g.add_argument("--select-by", choices=("acc", "balanced_acc", "macro_f1"),
+                   help=f"what the best weights are best at on val/ (default: {d.select_by}, the tutorial's)")
     g = p.add_argument_group("evaluation, several GPUs")
     g.add_argument("--eval-only", action="store_true", help="only evaluate --weights (default: --save-path) on val/")
     g.add_argument("--sync-bn", action="store_true", default=None, help="synchronised BatchNorm across GPUs (torchrun)")

@@ -8,10 +8,14 @@ full, Ctrl-C) leaves the old file whole and no temporary file behind.
 import contextlib
 import csv
 import errno
+import glob
+import hashlib
 import json
 import os
 import re
+import sys
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -80,6 +84,7 @@ def check_output(path, what, overwrite=True, flag="--overwrite", same_content=No
     file must have (a cheap report given the name of a weights file would replace it). inputs: files
     the run reads, which it must not write over. A device, pipe or link at the path is never replaced."""
     path = Path(path)
+    check_name_fits(path, what)
     if path.is_dir():
         raise cli.UserError(f"the {what} {path} is a folder; give a file name")
     if suffixes and path.suffix.lower() not in suffixes:
@@ -95,6 +100,50 @@ def check_output(path, what, overwrite=True, flag="--overwrite", same_content=No
         raise cli.UserError(f"{path} already exists; {flag} replaces it, or choose another path for the {what}")
     check_writable_dir(path.parent, what)
     return path
+
+
+def check_name_fits(path, what):
+    """The name, and the name of its temporary sibling (atomic_path), fit the file system: found
+    now, not after an epoch of training that could then not be saved."""
+    path = Path(path)
+    missing = missing_dirs(path.parent)
+    probe = missing[-1].parent if missing else path.parent
+    try:
+        longest = os.pathconf(probe, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        longest = 255
+    for name in [path.name] + [d.name for d in missing]:
+        if len(os.fsencode(name)) > longest:
+            raise cli.UserError(f"the {what} {path}: the name {name[:40]}... is longer than the {longest} bytes a "
+                                "file name may have here; give a shorter one")
+    overhead = len(os.fsencode(temporary_name(path))) - len(os.fsencode(path.name))
+    if len(os.fsencode(path.name)) + overhead > longest:
+        raise cli.UserError(f"the {what} {path}: its name is too long to be written safely (the temporary file "
+                            f"beside it would exceed {longest} bytes); give a name of at most "
+                            f"{longest - overhead} bytes")
+
+
+def temporary_name(path):
+    """The name atomic_path gives a file's temporary sibling: `.name.XXXXXXXX.tmp.suffix`."""
+    return f".{path.name}.XXXXXXXX.tmp{path.suffix}"
+
+
+STALE_SECONDS = 15 * 60  # no atomic write of ours lasts that long: its temporary is an interrupted run's
+
+
+def remove_stale_temporaries(path):
+    """Temporary siblings of `path` that a killed run left (kill -9, a power cut: nothing could
+    remove them), older than STALE_SECONDS: removed, and named."""
+    path = Path(path)
+    stale = []
+    for p in path.parent.glob(glob.escape(f".{path.name}.") + "*" + glob.escape(f".tmp{path.suffix}")):
+        with contextlib.suppress(OSError):
+            if p.is_file() and not p.is_symlink() and time.time() - p.stat().st_mtime > STALE_SECONDS:
+                p.unlink()
+                stale.append(p.name)
+    if stale:
+        print(f"note: removed {len(stale)} temporary file(s) an interrupted run left beside {path}: "
+              f"{', '.join(stale[:3])}{' ...' if len(stale) > 3 else ''}", file=sys.stderr)
 
 
 def check_distinct(paths):
@@ -163,6 +212,7 @@ def atomic_path(path):
         try:
             yield Path(tmp)
             os.replace(tmp, path)
+            remove_stale_temporaries(path)
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
                 raise cli.UserError(f"the disk is full (or the file too large for it) while writing {path}; "
@@ -237,6 +287,48 @@ def read_labels(path):
 
 
 # ---------------------------------------------------------------- downloads
+
+LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def locked(folder, what, shared=False):
+    """Hold `folder` for the block: an exclusive lock refuses a second run that would write into it
+    (two trainings with one --save-path, a split while a training reads the data), a shared one
+    lets several readers in and keeps a writer out. fcntl's locks end with the process, whatever
+    kills it; the empty file .lock is removed again by the writer that made it. Where locks are not to
+    be had (Windows, a read-only folder, a file system without them), the block runs unlocked."""
+    path = Path(folder) / LOCK
+    made = not path.exists() and not shared  # a shared lock file stays: another reader may hold it still
+    try:
+        import fcntl
+        f = open(path, "a+")
+    except (ImportError, OSError):
+        yield
+        return
+    with f:
+        try:
+            fcntl.flock(f, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise cli.UserError(f"{folder} is in use by another run ({what}); wait for it to end, or choose "
+                                "another folder") from None
+        except OSError:  # no locks on this file system (some network mounts)
+            made = False
+        try:
+            yield
+        finally:
+            if made:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+
+
+def file_sha256(path, chunk=1 << 20):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
 
 def as_url(text):
     """A URL as given, or an existing file's path as a file:// URL."""

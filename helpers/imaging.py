@@ -104,16 +104,20 @@ def open_image(path):
     except Exception as e:  # hostile files raise many kinds; all mean "not an image we can read"
         raise cli.UserError(f"cannot read image {path}: {cli.first_line(e)}") from None
     w, h = img.size
-    # Checked on the declared size, before anything decodes: a JPEG may still shrink 8x a side.
-    if w * h > MAX_PIXELS * (64 if img.format in ("JPEG", "MPO") else 1):
+    # Checked on the declared size, before anything decodes: a baseline JPEG may still shrink 8x a
+    # side. A progressive one cannot: libjpeg keeps every DCT coefficient of the whole image (2 bytes
+    # a sample, draft() or not), so a 38000 x 38000 one takes gigabytes to decode.
+    jpeg = img.format in ("JPEG", "MPO")
+    progressive = jpeg and (img.info.get("progressive") or img.info.get("progression"))
+    if w * h > MAX_PIXELS * (4 if progressive else 64 if jpeg else 1):
         img.close()
-        raise _too_large(path, w, h)
+        raise _too_large(path, w, h, "a progressive JPEG is decoded whole" if progressive else "")
     return img
 
 
-def _too_large(path, w, h):
+def _too_large(path, w, h, why=""):
     return cli.UserError(f"cannot read image {path}: {w}x{h} pixels is more than the {MAX_PIXELS // 1_000_000} MP "
-                     "allowed (a decompression bomb, or an image to downscale first)")
+                         f"allowed (a decompression bomb, or an image to downscale first{'; ' + why if why else ''})")
 
 
 def oriented_size(img):
@@ -158,6 +162,13 @@ def _to_rgb(img):
         img = img.point(lambda v: v * (1 / 256)) if img.getextrema()[1] > 255 else img
         img = img.convert("L")
     elif img.mode == "F":
+        # 32-bit float (scientific TIFFs): 0..1 is scaled to 0..255, another range stretched to it;
+        # a plain convert would clip 0..1 to black.
+        lo, hi = img.getextrema()
+        if 0 <= lo and hi <= 1:
+            img = img.point(lambda v: v * 255)
+        elif hi > 255 or lo < 0:
+            img = img.point(lambda v: (v - lo) * (255 / max(hi - lo, 1e-12)))
         img = img.convert("L")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")

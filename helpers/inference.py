@@ -53,6 +53,22 @@ def add_runtime_args(p):
     return p
 
 
+UNKNOWN = "unknown"
+
+
+def add_min_prob_arg(p):
+    """--min-prob: a classifier always picks one of its classes, even for a photo of none of them."""
+    p.add_argument("--min-prob", type=cli.float_in(0, 1), default=None, metavar="P",
+                   help="report an image whose top probability is below P as 'unknown' (a classifier always picks "
+                        "one of its classes, also for a photo of none of them) (default: off)")
+    return p
+
+
+def shown_class(name, prob, min_prob):
+    """The class to report: the top one, or 'unknown' below --min-prob."""
+    return UNKNOWN if min_prob is not None and prob < min_prob else name
+
+
 def default_weights(args):
     from helpers import weights
 

@@ -49,21 +49,27 @@ def plot_curves(history, path):
 
 
 def plot_confusion(conf, classes, path):
-    """conf: rows true class, columns predicted (a NumPy array or tensor)."""
+    """conf: rows true class, columns predicted. Two panels: the counts, and each row divided by
+    its class's images (recall on the diagonal), which is what shows a small class's errors."""
     import numpy as np
 
     conf = np.asarray(conf)
     n = len(classes)
-    fig = new_figure(figsize=(1.2 + 0.8 * n, 1 + 0.7 * n))
-    ax = fig.subplots()
-    ax.imshow(conf, cmap="Blues")
-    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true", title="confusion matrix")
-    ax.set_xticklabels(classes, rotation=45, ha="right")
-    ax.set_yticklabels(classes)
-    thresh = conf.max() / 2
-    for i in range(n):
-        for j in range(n):
-            ax.text(j, i, int(conf[i, j]), ha="center", va="center", color="white" if conf[i, j] > thresh else "black")
+    support = conf.sum(axis=1, keepdims=True)
+    normalized = np.divide(conf, support, out=np.zeros(conf.shape), where=support > 0)
+    fig = new_figure(figsize=(2 * (1.2 + 0.8 * n), 1 + 0.7 * n))
+    for ax, values, title, fmt in zip(fig.subplots(1, 2), (conf, normalized),
+                                      ("confusion matrix (images)", "row-normalised (recall on the diagonal)"),
+                                      ("{:.0f}", "{:.2f}")):
+        ax.imshow(values, cmap="Blues", vmin=0)
+        ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true", title=title)
+        ax.set_xticklabels(classes, rotation=45, ha="right")
+        ax.set_yticklabels(classes)
+        thresh = values.max() / 2
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, fmt.format(values[i, j]), ha="center", va="center",
+                        color="white" if values[i, j] > thresh else "black")
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -100,7 +106,7 @@ def show_or_save(images, titles, save_path, heatmaps=None, alpha=0.45):
     return save_figure(fig, save_path)
 
 
-def plot_errors(errors, path, max_panels=32):
+def plot_errors(errors, path, max_panels=32, what="validation"):
     """The misclassified images, most confident mistakes first: errors = [(prob, image path, true
     class, predicted class)], already in that order."""
     from helpers import imaging
@@ -119,26 +125,29 @@ def plot_errors(errors, path, max_panels=32):
             pass
         ax.set_title(f"true: {true}\npred: {pred} ({prob:.2f})", fontsize=8, color="firebrick")
     more = f" (the {len(shown)} most confident of {len(errors)})" if len(errors) > len(shown) else ""
-    fig.suptitle(f"misclassified validation images{more}" if errors else "no misclassified validation images")
+    fig.suptitle(f"misclassified {what} images{more}" if errors else f"no misclassified {what} images")
     fig.tight_layout()
     return save_figure(fig, path)
 
 
 def plot_split(split, path):
-    """Train and val images per class, as bars: split = {class: (train files, val files)}."""
+    """Images per class on each side, as stacked bars: split = {class: (train, val, test files)}."""
     import numpy as np
 
     classes = list(split)
     x = np.arange(len(classes))
     fig = new_figure(figsize=(max(5, 0.7 * len(classes) + 2), 4))
     ax = fig.subplots()
-    train = [len(t) for t, _ in split.values()]
-    val = [len(v) for _, v in split.values()]
-    ax.bar(x, train, label=f"train ({sum(train)})")
-    ax.bar(x, val, bottom=train, label=f"val ({sum(val)})")
+    bottom = np.zeros(len(classes))
+    for side, i in (("train", 0), ("val", 1), ("test", 2)):
+        counts = np.array([len(sides[i]) if len(sides) > i else 0 for sides in split.values()])
+        if side == "test" and not counts.any():
+            break  # no test split: the tutorial's two bars
+        ax.bar(x, counts, bottom=bottom, label=f"{side} ({counts.sum()})")
+        bottom += counts
     ax.set_xticks(x)
     ax.set_xticklabels(classes, rotation=45 if len(classes) > 6 else 0, ha="right" if len(classes) > 6 else "center")
-    ax.set(ylabel="images", title="images per class", ylim=(0, 1.2 * max(t + v for t, v in zip(train, val))))
-    ax.legend(loc="upper right", ncol=2)  # in the headroom above the bars, never over them
+    ax.set(ylabel="images", title="images per class", ylim=(0, 1.2 * max(bottom.max(), 1)))
+    ax.legend(loc="upper right", ncol=3)  # in the headroom above the bars, never over them
     fig.tight_layout()
     return save_figure(fig, path)

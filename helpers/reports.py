@@ -2,14 +2,13 @@
 history.csv, the predictions of a folder of images (Evaluation), the per-class table,
 val_predictions.csv, and the figures of the final report (confusion matrix, error gallery)."""
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 
 from helpers import files, plots
 
-HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_acc_ema", "lr", "seconds",
-                  "images_per_s", "peak_mem_mb")
+HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_balanced_acc", "val_macro_f1",
+                  "val_acc_ema", "lr", "seconds", "images_per_s", "peak_mem_mb")
 # What a run writes into --output-dir: cheap reports, replaced by the next run.
 RUN_REPORTS = ("history.csv", "curves.png", "confusion_matrix.png", "val_predictions.csv", "val_errors.png")
 
@@ -17,12 +16,14 @@ RUN_REPORTS = ("history.csv", "curves.png", "confusion_matrix.png", "val_predict
 @dataclasses.dataclass(frozen=True)
 class Evaluation:
     """Every image's prediction, in the data set's order: its index in the data set, its true and
-    predicted class, the predicted class's probability and the image's loss."""
+    predicted class, the predicted class's probability, the image's loss and whether the true class
+    is among the five most probable."""
     index: np.ndarray
     true: np.ndarray
     pred: np.ndarray
     prob: np.ndarray
     losses: np.ndarray
+    in_top5: np.ndarray
     num_classes: int
 
     @property
@@ -39,12 +40,92 @@ class Evaluation:
         n = self.num_classes
         return np.bincount(self.true * n + self.pred, minlength=n * n).reshape(n, n)
 
+    def metrics(self, classes):
+        return metrics(self.confusion, classes, self.in_top5)
+
+    def score(self, select_by):
+        """What "best weights" means (train.py --select-by): acc, balanced_acc or macro_f1."""
+        if select_by == "acc":
+            return self.acc
+        m = self.metrics([str(i) for i in range(self.num_classes)])
+        return m["balanced_accuracy"] if select_by == "balanced_acc" else m["macro"]["f1"]
+
+
+def metrics(conf, classes, in_top5=None):
+    """The numbers of a per-class report, from a confusion matrix (rows: true class), as
+    scikit-learn's classification_report computes them: precision, recall, F1, specificity and
+    support per class; accuracy, balanced accuracy, macro and weighted averages; top-5 accuracy
+    where there are more than five classes. A class with no images has no recall (None: missing,
+    not 0) and is left out of the averages, as scikit-learn's labels= would leave it out."""
+    conf = np.asarray(conf, dtype=np.int64)
+    total = int(conf.sum())
+    per_class = {}
+    for i, name in enumerate(classes):
+        tp, predicted, support = int(conf[i, i]), int(conf[:, i].sum()), int(conf[i].sum())
+        fp, fn = predicted - tp, support - tp
+        tn = total - tp - fp - fn
+        per_class[name] = {
+            "precision": tp / predicted if predicted else (0.0 if support else None),  # never predicted: 0
+            "recall": tp / support if support else None,
+            "f1": 2 * tp / (2 * tp + fp + fn) if support else None,
+            "specificity": tn / (tn + fp) if tn + fp else None,
+            "support": support,
+        }
+    present = [c for c in per_class.values() if c["support"]]
+    n_present = sum(c["support"] for c in present)
+
+    def average(key, weighted):
+        if not present:
+            return None
+        if weighted:
+            return sum(c[key] * c["support"] for c in present) / n_present
+        return sum(c[key] for c in present) / len(present)
+
+    top5 = None
+    if len(classes) > 5 and in_top5 is not None:
+        top5 = float(np.mean(in_top5)) if len(in_top5) else None
+    return {
+        "accuracy": int(np.trace(conf)) / total if total else None,
+        "balanced_accuracy": average("recall", False),
+        "top5_accuracy": top5,
+        "per_class": per_class,
+        "macro": {k: average(k, False) for k in ("precision", "recall", "f1")},
+        "weighted": {k: average(k, True) for k in ("precision", "recall", "f1")},
+    }
+
+
+def metrics_table(m):
+    """The per-class table, then the overall numbers, as text (classification_report's layout)."""
+    def cell(x, width=12):
+        return f"{'-':>{width}}" if x is None else f"{x:>{width}.3f}"
+
+    width = max([15] + [len(c) + 2 for c in m["per_class"]])
+    lines = [f"{'class':<{width}}{'precision':>12}{'recall':>12}{'f1':>12}{'specificity':>12}{'images':>8}"]
+    for name, c in m["per_class"].items():
+        lines.append(f"{name:<{width}}{cell(c['precision'])}{cell(c['recall'])}{cell(c['f1'])}"
+                     f"{cell(c['specificity'])}{c['support']:>8}")
+    total = sum(c["support"] for c in m["per_class"].values())
+    lines.append(f"{'accuracy':<{width}}{'':>24}{cell(m['accuracy'])}{'':>12}{total:>8}")
+    lines.append(f"{'balanced acc.':<{width}}{'':>24}{cell(m['balanced_accuracy'])}")
+    for key in ("macro", "weighted"):
+        a = m[key]
+        lines.append(f"{key + ' avg':<{width}}{cell(a['precision'])}{cell(a['recall'])}{cell(a['f1'])}")
+    if m["top5_accuracy"] is not None:
+        lines.append(f"{'top-5 accuracy':<{width}}{'':>24}{cell(m['top5_accuracy'])}")
+    missing = [name for name, c in m["per_class"].items() if not c["support"]]
+    if missing:
+        lines.append(f"no images of {', '.join(missing)}: their recall is missing (-), not 0")
+    return "\n".join(lines)
+
 
 def history_row(epoch, *, train_loss, train_acc, val, val_ema, lr, seconds, seen, peak_mem_mb):
     """One epoch's line of history.csv (and of the run's returned history)."""
+    m = val.metrics([str(i) for i in range(val.num_classes)])
     row = {"epoch": epoch, "train_loss": round(train_loss, 5), "train_acc": round(train_acc, 5),
-           "val_loss": round(val.loss, 5), "val_acc": round(val.acc, 5), "lr": lr, "seconds": round(seconds, 2),
-           "images_per_s": round(seen / max(seconds, 1e-9), 2), "peak_mem_mb": round(peak_mem_mb, 1)}
+           "val_loss": round(val.loss, 5), "val_acc": round(val.acc, 5),
+           "val_balanced_acc": round(m["balanced_accuracy"] or 0.0, 5), "val_macro_f1": round(m["macro"]["f1"] or 0.0, 5),
+           "lr": lr, "seconds": round(seconds, 2), "images_per_s": round(seen / max(seconds, 1e-9), 2),
+           "peak_mem_mb": round(peak_mem_mb, 1)}
     if val_ema is not None:
         row["val_acc_ema"] = round(val_ema.acc, 5)
     return row
@@ -55,31 +136,19 @@ def write_history(history, path):
         w.writerows([row.get(k, "") for k in HISTORY_FIELDS] for row in history)
 
 
-def class_report(conf, classes):
-    """Per-class precision, recall and (one-vs-rest) accuracy, as a printable table."""
-    conf = np.asarray(conf)
-    total = int(conf.sum())
-    lines = [f"{'class':<15}{'precision':>10}{'recall':>10}{'accuracy':>10}{'images':>8}"]
-    for i, name in enumerate(classes):
-        tp = int(conf[i, i])
-        predicted, actual = int(conf[:, i].sum()), int(conf[i].sum())
-        tn = total - predicted - actual + tp
-        lines.append(f"{name:<15}{tp / max(predicted, 1):>10.3f}{tp / max(actual, 1):>10.3f}"
-                     f"{(tp + tn) / max(total, 1):>10.3f}{actual:>8}")
-    lines.append(f"{'overall':<15}{'':>20}{int(conf.trace()) / max(total, 1):>10.3f}{total:>8}")
-    return "\n".join(lines)
-
-
-def final_report(result, samples, classes, out_dir):
-    """The per-class table, confusion_matrix.png, val_predictions.csv and val_errors.png.
-    samples: the data set's (path, class) list, which result.index points into."""
-    out_dir = Path(out_dir)
-    print(class_report(result.confusion, classes))
-    plots.plot_confusion(result.confusion, classes, out_dir / "confusion_matrix.png")
+def final_report(result, paths, classes, *, confusion_png, predictions_csv, errors_png, what="validation"):
+    """The one report of train.py, train.py --eval-only and evaluate.py: the per-class table
+    printed, the confusion matrix (counts and row-normalised), a CSV of every image's prediction and
+    the gallery of errors. paths: the image of each index in result.index. Returns the metrics."""
+    m = result.metrics(classes)
+    print(metrics_table(m))
+    plots.plot_confusion(result.confusion, classes, confusion_png)
     rows = list(zip(result.index.tolist(), result.true.tolist(), result.pred.tolist(), result.prob.tolist()))
-    with files.atomic_csv(out_dir / "val_predictions.csv", ["path", "true", "predicted", "prob", "correct"]) as w:
-        w.writerows([samples[i][0], classes[t], classes[p], f"{prob:.6f}", int(t == p)] for i, t, p, prob in rows)
-    errors = [(prob, samples[i][0], classes[t], classes[p]) for i, t, p, prob in rows if t != p]
-    plots.plot_errors(sorted(errors, key=lambda e: -e[0]), out_dir / "val_errors.png")
-    print(f"wrote {out_dir / 'confusion_matrix.png'}, {out_dir / 'val_predictions.csv'} and "
-          f"{out_dir / 'val_errors.png'} ({len(errors)} misclassified)")
+    if predictions_csv:
+        with files.atomic_csv(predictions_csv, ["path", "true", "predicted", "prob", "correct"]) as w:
+            w.writerows([paths[i], classes[t], classes[p], f"{prob:.6f}", int(t == p)] for i, t, p, prob in rows)
+    errors = [(prob, paths[i], classes[t], classes[p]) for i, t, p, prob in rows if t != p]
+    plots.plot_errors(sorted(errors, key=lambda e: -e[0]), errors_png, what=what)
+    written = [str(p) for p in (confusion_png, predictions_csv, errors_png) if p]
+    print(f"wrote {', '.join(written[:-1])} and {written[-1]} ({len(errors)} misclassified)")
+    return m

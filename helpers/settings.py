@@ -10,7 +10,9 @@ settings. It is read and checked before any work, and written atomically at the 
 epoch and when a Ctrl-C stops the run.
 """
 import argparse
+import contextlib
 import dataclasses
+import hashlib
 import os
 from pathlib import Path
 
@@ -63,6 +65,10 @@ class Settings:
     model_ema: bool = False
     model_ema_decay: float = 0.998
     sync_bn: bool = False
+    # classes of different sizes
+    class_weights: str = None  # None, "auto" or a JSON file of {class: weight}
+    balanced_sampler: bool = False
+    select_by: str = "acc"  # what "best weights" means: acc, balanced_acc or macro_f1
     # how this run was started
     resume: str = dataclasses.field(default=None, metadata=RUN)
     overwrite: bool = dataclasses.field(default=False, metadata=RUN)
@@ -82,11 +88,12 @@ SAVED = tuple(f.name for f in dataclasses.fields(Settings) if not f.metadata)
 FIXED_ON_RESUME = ("data_path", "model", "batch_size", "lr", "img_size", "freeze_backbone", "seed", "opt", "momentum",
                    "weight_decay", "norm_weight_decay", "lr_scheduler", "warmup_epochs", "lr_step_size", "lr_gamma",
                    "label_smoothing", "auto_augment", "random_erase", "mixup_alpha", "cutmix_alpha",
-                   "backbone_lr_scale", "accum_steps", "clip_grad_norm", "model_ema", "model_ema_decay", "sync_bn")
+                   "backbone_lr_scale", "accum_steps", "clip_grad_norm", "model_ema", "model_ema_decay", "sync_bn",
+                   "class_weights", "balanced_sampler", "select_by")
 # Where a run writes. A checkpoint keeps them relative to its own folder, so a resumed run writes
 # beside the checkpoint it resumes (also from another folder, also a copied run), and nowhere else.
 RUN_FILES = ("save_path", "checkpoint", "output_dir", "class_indices")
-PATH_SETTINGS = ("data_path", "weights") + RUN_FILES
+PATH_SETTINGS = ("data_path", "weights", "class_weights") + RUN_FILES
 
 
 def flag(name):
@@ -186,7 +193,28 @@ def checked_settings(ckpt, path, parser):
     return saved
 
 
-def checkpoint(s, state, *, model, optimizer, scheduler, scaler, ema, classes):
+def data_fingerprint(train_set, val_set):
+    """What a run trained on: the images of train/ and val/ (their names and sizes), so that a
+    resumed run can tell that the data set changed under it (exact resume would silently break)."""
+    h = hashlib.sha256()
+    for ds in (train_set, val_set):
+        for path, target in ds.samples:
+            with contextlib.suppress(OSError):
+                h.update(f"{os.path.relpath(path, ds.root)}\0{target}\0{os.path.getsize(path)}\n".encode("utf-8",
+                                                                                                      "surrogateescape"))
+    return {"train": len(train_set), "val": len(val_set), "sha256": h.hexdigest()}
+
+
+def check_same_data(ckpt, fingerprint, path):
+    saved = ckpt.get("data")
+    if saved and saved != fingerprint:
+        raise cli.UserError(f"the data set changed since {path} was saved ({saved['train']} train and {saved['val']} "
+                            f"val images then, {fingerprint['train']} and {fingerprint['val']} now, or other files): "
+                            f"a resumed run would not be the one it continues; start a new run from its weights "
+                            f"(--weights {path}), or put the data back")
+
+
+def checkpoint(s, state, *, model, optimizer, scheduler, scaler, ema, classes, data):
     """What last.pth holds: all a resumed run needs to go on exactly where this one is."""
     saved = {k: getattr(s, k) for k in SAVED}
     folder = os.path.abspath(os.path.dirname(s.checkpoint))
@@ -198,7 +226,7 @@ def checkpoint(s, state, *, model, optimizer, scheduler, scaler, ema, classes):
     return {**state.state_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "ema": ema.state_dict() if ema is not None else None, "classes": classes, "model_name": s.model,
-            "img_size": s.img_size, "settings": saved}
+            "img_size": s.img_size, "settings": saved, "data": data}
 
 
 def restore(ckpt, *, optimizer, scheduler, scaler, ema):
@@ -217,6 +245,20 @@ def save(obj, path):
 
 
 # ---------------------------------------------------------------- the run's files
+
+@contextlib.contextmanager
+def locked(s, world):
+    """For the run: its output folder held exclusively (a second run with the same --save-path is
+    refused, not mixed with this one's weights), and the data folder shared (split_data.py cannot
+    re-split it under the run)."""
+    out = Path(s.save_path).parent
+    with contextlib.ExitStack() as stack:
+        if world.is_main:
+            stack.enter_context(files.made_dirs(out))
+            stack.enter_context(files.locked(out, f"a training run writing {s.save_path}"))
+        if not world.is_main or os.path.realpath(s.data_path) != os.path.realpath(out):
+            stack.enter_context(files.locked(s.data_path, "a training run reading it", shared=True))
+        yield
 
 def check_run_files(s, classes, resumed):
     """Before any work: every file the run writes can be written, no two are the same file, and none

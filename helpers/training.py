@@ -6,6 +6,7 @@ references/classification/{sampler,transforms,utils}.py, each piece is small and
 its own."""
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import signal
@@ -81,6 +82,14 @@ def unwrap(model):
 
 class Interrupted(Exception):
     """Raised at the end of an optimizer step after a Ctrl-C: the run saves where it is."""
+
+
+class Diverged(Exception):
+    """The training loss became NaN or infinite: the weights are lost, and every later step too."""
+
+    def __init__(self, loss, epoch, step):
+        super().__init__(f"the training loss became {loss} at epoch {epoch + 1}, step {step}")
+        self.loss, self.epoch, self.step = loss, epoch, step
 
 
 class CtrlC:
@@ -197,13 +206,100 @@ def val_folder(root, train_set, transform, warn=True):
     if extra:
         raise cli.UserError(f"train/ and val/ under {Path(root).parent} hold different classes: "
                             f"{', '.join(extra)} only in val/")
+    if os.path.realpath(root) == os.path.realpath(train_set.root):
+        raise cli.UserError(f"{root} is {train_set.root} (a link to it): validation would grade the model on the "
+                            "photos it trains on; run split_data.py to make a val/ of its own")
     val_set = ClassFolder(root, transform, class_to_idx=train_set.class_to_idx)
     if not len(val_set):
         raise cli.UserError(f"no images in {root}; run split_data.py with a --val-rate above 0")
+    check_apart(train_set, val_set)
     missing = [c for i, c in enumerate(train_set.classes) if i not in set(val_set.targets)]
     if missing and warn:
         print(f"warning: val/ has no images of {', '.join(missing)}: their accuracy cannot be measured", file=sys.stderr)
     return val_set
+
+
+def class_counts(dataset):
+    """Images of each class of an ImageFolder, in class order."""
+    counts = [0] * len(dataset.classes)
+    for t in dataset.targets:
+        counts[t] += 1
+    return counts
+
+
+def describe_balance(dataset, where):
+    """The images of each class and the ratio of the largest class to the smallest; above 3, the
+    flags that help."""
+    counts = class_counts(dataset)
+    ratio = max(counts) / max(min(counts), 1)
+    text = (f"images per class in {where}: " + ", ".join(f"{c} {n}" for c, n in zip(dataset.classes, counts))
+            + f" (largest/smallest: {ratio:.1f})")
+    if ratio > 3:
+        text += ("\nnote: the classes are imbalanced: --class-weights auto, --balanced-sampler or --select-by "
+                 "balanced_acc may help the small ones (docs/training.md)")
+    return text
+
+
+def class_weights(choice, dataset):
+    """The loss's class weights for --class-weights: None; 'auto', inverse class frequency normalised
+    as scikit-learn's "balanced" (images / (classes x the class's images)); or a JSON file of
+    {class: weight}, every class of the data set given a positive weight."""
+    if choice is None:
+        return None
+    counts = class_counts(dataset)
+    if choice == "auto":
+        return torch.tensor([len(dataset.targets) / (len(counts) * n) for n in counts])
+    path = files.need_file(choice, "class-weights file", "give --class-weights auto or a JSON file of {class: weight}")
+    try:
+        given = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(given, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise cli.UserError(f"{path} is not a JSON file of {{class: weight}}: {cli.first_line(e)}") from None
+    unknown = sorted(set(given) - set(dataset.classes))
+    missing = [c for c in dataset.classes if c not in given]
+    if unknown or missing:
+        raise cli.UserError(f"{path} must give a weight to each class of the data set ({', '.join(dataset.classes)})"
+                            + (f"; not classes of it: {', '.join(unknown)}" if unknown else "")
+                            + (f"; missing: {', '.join(missing)}" if missing else ""))
+    bad = [c for c, w in given.items() if isinstance(w, bool) or not isinstance(w, (int, float))
+           or not math.isfinite(w) or w <= 0]
+    if bad:
+        raise cli.UserError(f"{path}: the weight of {bad[0]} must be a positive number, not {given[bad[0]]!r}")
+    return torch.tensor([float(given[c]) for c in dataset.classes])
+
+
+def check_apart(train_set, val_set):
+    """val/ shares no image with train/: not the same file (a hard link, a link) and not the same
+    bytes (a copy). Only files of a size found on both sides are hashed: a proper split costs one
+    stat per file."""
+    def stats(ds):
+        found = {}
+        for path, _ in ds.samples:
+            with contextlib.suppress(OSError):
+                found[path] = os.stat(path)
+        return found
+    train, val = stats(train_set), stats(val_set)
+    inodes = {(st.st_dev, st.st_ino): p for p, st in train.items()}
+    shared = [(p, inodes[(st.st_dev, st.st_ino)]) for p, st in val.items() if (st.st_dev, st.st_ino) in inodes]
+    if not shared:
+        by_size = {}
+        for p, st in train.items():
+            if st.st_size:  # empty files are alike, and unreadable anyway
+                by_size.setdefault(st.st_size, []).append(p)
+        digests = {}
+        for p, st in val.items():
+            if st.st_size in by_size:
+                for q in by_size[st.st_size]:
+                    digests.setdefault(q, files.file_sha256(q))
+                mine = files.file_sha256(p)
+                same = [q for q in by_size[st.st_size] if digests[q] == mine]
+                shared += [(p, same[0])] if same else []
+    if shared:
+        val_path, train_path = shared[0]
+        raise cli.UserError(f"{Path(val_set.root).name}/ shares {len(shared)} image(s) with train/ ({val_path} is "
+                            f"{train_path}): validation would grade the model on photos it trains on; run "
+                            "split_data.py again (it keeps copies on one side)")
 
 
 def collate_skip_none(batch):
@@ -216,11 +312,17 @@ def collate_skip_none(batch):
 
 class ResumableSampler(DistributedSampler):
     """DistributedSampler (shuffled by seed and epoch, sharded, padded) that also skips the samples an
-    interrupted epoch already went through, and hands each sample the seed of its augmentation."""
+    interrupted epoch already went through, and hands each sample the seed of its augmentation.
+    balanced: each epoch draws len(dataset) samples with replacement, each class equally often
+    (--balanced-sampler), by seed and epoch, then shards them as DistributedSampler does."""
 
-    def __init__(self, dataset, world, shuffle, seed=0):
+    def __init__(self, dataset, world, shuffle, seed=0, balanced=False):
         super().__init__(dataset, num_replicas=world.size, rank=world.rank, shuffle=shuffle, seed=seed)
         self.skip = 0
+        self.weights = None
+        if balanced:
+            counts = class_counts(dataset)
+            self.weights = torch.tensor([1.0 / counts[t] for t in dataset.targets], dtype=torch.float64)
 
     def set_epoch(self, epoch, skip=0):
         super().set_epoch(epoch)
@@ -228,8 +330,16 @@ class ResumableSampler(DistributedSampler):
 
     def __iter__(self):
         first = (self.seed + self.epoch) * len(self.dataset)
-        for i in list(super().__iter__())[self.skip:]:
-            yield i, (first + i if self.shuffle else None)
+        if self.weights is None:
+            for i in list(super().__iter__())[self.skip:]:
+                yield i, (first + i if self.shuffle else None)
+            return
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        drawn = torch.multinomial(self.weights, self.total_size, replacement=True, generator=g).tolist()
+        # An image drawn twice gets two augmentations: the seed follows the place in the draw.
+        mine = list(range(self.rank, self.total_size, self.num_replicas))[self.skip:]
+        for place in mine:
+            yield drawn[place], first + place
 
     def __len__(self):
         return max(0, self.num_samples - self.skip)

@@ -104,10 +104,24 @@ def check_num_classes(state_dict, num_classes, path, class_source=None):
                             "use the class_indices.json written by the same training run")
 
 
+def non_finite(state_dict):
+    """The names of the tensors holding NaN or infinity (a diverged run's weights)."""
+    return [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+
+
+def check_finite(state_dict, path):
+    bad = non_finite(state_dict)
+    if bad:
+        raise cli.UserError(f"{path} holds NaN or infinite weights ({bad[0]}{' and more' if len(bad) > 1 else ''}): "
+                            "the run that made them diverged; train again with a lower --lr")
+
+
 def load_trained_weights(net, model_name, state_dict, path, class_source=None):
-    """Trained weights, whose class count must be the model's (from the class-index file)."""
+    """Trained weights, whose class count must be the model's (from the class-index file), and whose
+    values are numbers (a diverged run's NaN weights predict class 0 for everything)."""
     check_architecture(net, model_name, state_dict, path)
     check_num_classes(state_dict, net.fc.out_features, path, class_source)
+    check_finite(state_dict, path)
     net.load_state_dict(state_dict)
     return net
 
@@ -149,16 +163,31 @@ def imagenet_cache_path(url):
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
 
 
+def hash_prefix(path):
+    """The start of the file's SHA-256 that torch.hub's file names carry (resnet34-b627a593.pth)."""
+    m = re.search(r"-([a-f0-9]{6,})\.", Path(path).name)
+    return m.group(1) if m else None
+
+
+def check_hash_prefix(path):
+    """A file in the hub cache is trusted by its bytes, not by its name: one copied there by hand
+    (the offline way) must match the hash its name promises."""
+    expected = hash_prefix(path)
+    if expected and not files.file_sha256(path).startswith(expected):
+        raise cli.UserError(f"{path} is not the file its name says (its SHA-256 does not start with {expected}): "
+                            "a wrong or damaged copy; delete it, or put the right file there")
+    return Path(path)
+
+
 def imagenet_weights(model_name, url=None, progress=True):
     """Path of torchvision's ImageNet file for the model in the torch hub cache, downloaded and
     checked against the hash prefix in its name (torch.hub's convention) if it is not there."""
     url = url or imagenet_url(model_name)
     dest = imagenet_cache_path(url)
     if dest.is_file():
-        return dest
-    m = re.search(r"-([a-f0-9]{6,})\.", dest.name)
+        return check_hash_prefix(dest)
     try:
-        return files.download(url, dest, sha256=m.group(1) if m else None, progress=progress)
+        return files.download(url, dest, sha256=hash_prefix(dest), progress=progress)
     except cli.UserError as e:
         raise cli.UserError(f"{e}. Offline? Fetch {url} on another machine and put it at {dest}, "
                         "or pass --weights PATH") from None

@@ -43,7 +43,10 @@ def run_script(script, *argv, cwd=None):
 def make_class_folders(root, per_class=6, size=40, classes=("daisy", "roses", "tulips")):
     """<root>/<class>/*.jpg of synthetic flowers."""
     import random
-    rng = random.Random(0)
+    import zlib
+    # Drawn from the folder's name: train/ and val/ made by two calls hold other pictures (a copy in
+    # both would be refused as val sharing images with train).
+    rng = random.Random(zlib.crc32(Path(root).name.encode()))
     for c in classes:
         (Path(root) / c).mkdir(parents=True, exist_ok=True)
         kind = c if c in demo_data.CLASSES else demo_data.CLASSES[hash(c) % 5]

@@ -1,7 +1,9 @@
 """Deployment: the INT8 export, prediction without PyTorch, the execution providers and the
 whole-process benchmark."""
 import contextlib
+import csv
 import io
+import json
 import os
 import re
 import shutil
@@ -199,6 +201,20 @@ def test_onnx_prediction_imports_neither_torch_nor_torchvision(int8_run, tmp_pat
     assert "skipped: cannot read image" in batch.stderr and "(unreadable: " in batch.stdout
     assert "with ONNX Runtime (CPUExecutionProvider)" in batch.stdout
     assert len(re.findall(r"^class: \w+ +prob: ", one.stdout, re.M)) == 3 and (tmp_path / "p.png").is_file()
+
+
+def test_evaluate_with_int8_onnx_imports_no_torch_and_reports_every_image(int8_run, tmp_path):
+    res = run_listing_modules("evaluate.py", int8_run["val"], "--onnx", int8_run["int8"], "--img-size", "32",
+                              "--json", tmp_path / "r.json", "--csv", tmp_path / "r.csv", "--output-dir", tmp_path)
+    assert res.returncode == 0, res.stderr
+    modules = res.stdout.rsplit("MODULES", 1)[1].split()
+    assert "onnxruntime" in modules and "torch" not in modules and "torchvision" not in modules
+    report = json.loads((tmp_path / "r.json").read_text())
+    with open(tmp_path / "r.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert report["images"] == len(rows) == 18 and report["model"] == str(int8_run["int8"])
+    assert report["accuracy"] == pytest.approx(sum(int(r["correct"]) for r in rows) / 18)
+    assert (tmp_path / "val_confusion_matrix.png").is_file()
 
 
 def test_numpy_preprocessing_equals_torchvision_and_the_torch_predictor_input(tiny_run, tmp_path, monkeypatch):

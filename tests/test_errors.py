@@ -120,3 +120,12 @@ def test_no_amp_and_no_channels_last_are_the_same_settings_in_training_and_predi
         args = parse(script, ["--no-amp", "--no-channels-last"])
         assert (args.amp_dtype, args.channels_last) == ("none", False), script.__name__
     assert (parse(predict, []).amp_dtype, parse(predict, []).channels_last) == ("auto", True)
+
+
+@pytest.mark.parametrize("argv", [["--lr", "0"], ["--lr", "-0"], ["--lr", "1e-400"], ["--lr", "1e300"],
+                                  ["--weight-decay", "1e300"], ["--norm-weight-decay", "-1"]])
+def test_a_learning_rate_that_trains_nothing_or_overflows_is_refused_in_one_line(argv, capsys):
+    with pytest.raises(SystemExit) as stop:
+        parse(train, argv)
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and err.count("\n") == 0 and err.startswith(f"error: argument {argv[0]}: must be in")

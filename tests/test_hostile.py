@@ -11,6 +11,7 @@ import sys
 import tarfile
 import time
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -112,7 +113,7 @@ def test_pipes_and_device_links_named_like_images_are_skipped_and_named(tiny_run
     split = split_data.main(parse(split_data, ["--data-path", tmp_path, "--mode", "copy"]))
     out = capsys.readouterr().out
     assert "pipe.jpg: not a regular file" in out and "zero.jpg: not a regular file" in out
-    assert sum(len(t) + len(v) for t, v in split.values()) == 8
+    assert sum(len(t) + len(v) for t, v, _ in split.values()) == 8
     folder = tmp_path / "imgs"
     folder.mkdir()
     shutil.copy(next((tiny_run["data"] / "val" / "daisy").iterdir()), folder / "ok.jpg")
@@ -132,15 +133,37 @@ def test_a_round_link_in_a_class_folder_adds_no_images(data, tmp_path, capsys):
     assert res["classes"] == ["daisy", "roses", "tulips"]
 
 
-def jpeg_declaring(path, width, height):
+def jpeg_declaring(path, width, height, progressive=False):
     """A tiny JPEG whose header says width x height (a real 8x8 image with its size bytes changed)."""
     buf = io.BytesIO()
-    Image.new("RGB", (8, 8)).save(buf, "JPEG")
+    Image.new("RGB", (8, 8)).save(buf, "JPEG", progressive=progressive)
     data = bytearray(buf.getvalue())
-    sof = data.index(b"\xff\xc0")
+    sof = data.index(b"\xff\xc2" if progressive else b"\xff\xc0")
     data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
     path.write_bytes(bytes(data))
     return path
+
+
+def test_a_progressive_jpeg_is_bounded_by_its_whole_size_not_its_draft(tmp_path):
+    from helpers import imaging
+    # 12000 x 12000 at 1/8 would be 2.25 MP: fine for a baseline JPEG, but libjpeg keeps a progressive
+    # one's coefficients for the whole 144 MP (about 430 MB at 4:2:0) whatever the draft.
+    baseline = jpeg_declaring(tmp_path / "baseline.jpg", 12000, 12000)
+    progressive = jpeg_declaring(tmp_path / "progressive.jpg", 12000, 12000, progressive=True)
+    imaging.open_image(baseline).close()
+    with pytest.raises(cli.UserError, match="more than the 24 MP allowed.*a progressive JPEG is decoded whole"):
+        imaging.open_image(progressive)
+    small = tmp_path / "small.jpg"
+    Image.new("RGB", (64, 48), (200, 10, 10)).save(small, "JPEG", progressive=True)
+    assert imaging.load_rgb(small).size == (64, 48)  # progressive photos of a normal size still read
+
+
+def test_float_tiffs_are_scaled_not_black(tmp_path):
+    from helpers import imaging
+    for name, values in (("unit", np.linspace(0, 1, 32 * 32)), ("wide", np.linspace(-500, 3000, 32 * 32))):
+        Image.fromarray(values.reshape(32, 32).astype(np.float32), mode="F").save(tmp_path / f"{name}.tif")
+        pixels = np.asarray(imaging.load_rgb(tmp_path / f"{name}.tif"))
+        assert pixels.min() == 0 and pixels.max() == 255, name
 
 
 def test_a_huge_declared_jpeg_is_refused_before_decoding(tiny_run, tmp_path):
@@ -357,3 +380,26 @@ def test_an_opset_beyond_what_torch_writes_is_one_line_before_exporting(tiny_run
                      "--class-indices", tiny_run["classes"], "--out", tmp_path / "m.onnx", "--opset", "99")
     assert_one_line_error(res, "--opset 99", "writes opsets up to")
     assert res.stdout == "" and list(tmp_path.iterdir()) == []
+
+
+def test_a_name_too_long_for_its_temporary_sibling_is_refused_before_training(data, tmp_path):
+    long_name = "w" * 245 + ".pth"  # fits the file system (249 bytes), its .name.XXXXXXXX.tmp.pth sibling does not
+    with pytest.raises(cli.UserError, match="too long to be written safely"):
+        train.main(parse(train, TINY_TRAIN + ["--data-path", data, "--save-path", tmp_path / long_name,
+                                              "--class-indices", tmp_path / "ci.json"]))
+    assert list(tmp_path.iterdir()) == []  # refused before the first step, nothing written
+    with pytest.raises(cli.UserError, match="longer than the 255 bytes"):
+        batch_predict.main(parse(batch_predict, [data / "val" / "daisy", "--csv", tmp_path / ("p" * 300 + ".csv")]))
+
+
+def test_temporaries_of_a_killed_run_are_removed_by_the_next_write_and_named(tmp_path, capsys):
+    from helpers import files
+    target = tmp_path / "w.pth"
+    old = tmp_path / ".w.pth.k3j4h5g6.tmp.pth"  # what a kill -9 during torch.save leaves
+    fresh = tmp_path / ".w.pth.a1b2c3d4.tmp.pth"  # another run may be writing this one now
+    for p in (old, fresh):
+        p.write_bytes(b"partial")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    files.atomic_write_bytes(target, b"weights")
+    assert target.read_bytes() == b"weights" and not old.exists() and fresh.exists()
+    assert f"removed 1 temporary file(s) an interrupted run left beside {target}: {old.name}" in capsys.readouterr().err

@@ -283,15 +283,15 @@ def test_split_without_duplicates_is_select_val_with_table_and_chart(tmp_path, c
     (src / "bb" / "empty_2.jpg").touch()
     expected = split_data.select_val(src, 0.25, 3)
     split_data.main(parse(split_data, ["--data-path", tmp_path, "--val-rate", "0.25", "--seed", "3"]))
-    for cla, (train_files, val_files) in expected.items():
+    for cla, (train_files, val_files, _) in expected.items():
         assert sorted(p.name for p in (tmp_path / "train" / cla).iterdir()) == sorted(train_files)
         assert sorted(p.name for p in (tmp_path / "val" / cla).iterdir()) == sorted(val_files)
     out = capsys.readouterr().out
     assert "byte-identical" not in out
     table = out[out.index("class "):].splitlines()
     assert table[1].split() == ["a", str(len(expected["a"][0])), str(len(expected["a"][1]))]
-    assert table[4].split() == ["total", str(sum(len(t) for t, _ in expected.values())),
-                                str(sum(len(v) for _, v in expected.values()))]
+    assert table[4].split() == ["total", str(sum(len(t) for t, _, _ in expected.values())),
+                                str(sum(len(v) for _, v, _ in expected.values()))]
     chart = Image.open(tmp_path / "split.png")
     assert chart.size[0] > 300 and f"wrote {tmp_path / 'split.png'}" in out
 

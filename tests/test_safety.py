@@ -429,7 +429,7 @@ def test_hidden_files_sub_folders_and_notebook_checkpoints(tmp_path, capsys):
     split = split_data.main(parse(split_data, ["--data-path", tmp_path, "--val-rate", "0.25"]))
     assert sorted(split) == ["a", "b"]
     assert "2019/old.jpg" in split["a"][0] + split["a"][1]
-    assert not any(f.startswith("._") for t, v in split.values() for f in t + v)
+    assert not any(f.startswith("._") for t, v, _ in split.values() for f in t + v)
     (tmp_path / "train" / ".ipynb_checkpoints").mkdir()
     res = train.main(parse(train, TINY_TRAIN + ["--data-path", tmp_path, "--save-path", tmp_path / "r" / "w.pth",
                                                 "--class-indices", tmp_path / "r" / "ci.json"]))
@@ -488,3 +488,82 @@ def test_predict_many_images_with_a_bad_one_in_a_single_batch_keeps_the_others(t
                                                   "--save-fig", tmp_path / "f.png", "--workers", "0"]))
     assert [r[0] for r in results] == [str(p) for p in good]
     assert np.isclose(sum(results[0][2]), 1, atol=1e-3)
+
+
+def test_a_diverged_run_stops_in_one_line_keeping_the_last_good_checkpoint(data, tmp_path, monkeypatch):
+    calls = [0]
+    real_forward = torch.nn.CrossEntropyLoss.forward
+
+    def forward(self, logits, target):  # the loss of epoch 2's second batch onwards is NaN
+        calls[0] += 1
+        loss = real_forward(self, logits, target)
+        return loss * float("nan") if calls[0] > 6 else loss
+    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", forward)
+    args = parse(train, TINY_TRAIN + ["--data-path", data, "--batch-size", "4", "--epochs", "3",
+                                      "--save-path", tmp_path / "w.pth", "--class-indices", tmp_path / "ci.json"])
+    with pytest.raises(cli.UserError, match=r"loss became nan at epoch 2, step \d: training diverged; lower --lr "
+                                            r"\(it is 0.001\) and train again \(.*last.pth holds the last good epoch\)"):
+        train.main(args)
+    ckpt = torch.load(tmp_path / "last.pth", weights_only=True)
+    assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    best = torch.load(tmp_path / "w.pth", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in best.values() if v.is_floating_point())
+    # NaN weights are refused by prediction and export, whoever made them
+    broken = {k: v * float("nan") if v.is_floating_point() else v for k, v in best.items()}
+    torch.save(broken, tmp_path / "nan.pth")
+    img = next((data / "val" / "daisy").iterdir())
+    for script, argv in ((predict, [img, "--save-fig", tmp_path / "p.png"]), (export_onnx, ["--out", tmp_path / "m.onnx"])):
+        with pytest.raises(cli.UserError, match="holds NaN or infinite weights .*diverged; train again with a lower --lr"):
+            script.main(parse(script, argv + ["--model", "resnet18", "--img-size", "32", "--weights", tmp_path / "nan.pth",
+                                              "--class-indices", tmp_path / "ci.json"]))
+    assert not (tmp_path / "p.png").exists() and not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("how", ["link", "hard links", "a copy of one"])
+def test_a_val_that_shares_images_with_train_is_refused(tmp_path, how):
+    make_class_folders(tmp_path / "d" / "train", per_class=4)
+    if how == "link":
+        os.symlink(tmp_path / "d" / "train", tmp_path / "d" / "val")
+    else:
+        make_class_folders(tmp_path / "d" / "val", per_class=2, size=48)  # other photos
+        source = tmp_path / "d" / "train" / "roses" / "roses_1.jpg"
+        target = tmp_path / "d" / "val" / "roses" / "same.jpg"
+        os.link(source, target) if how == "hard links" else shutil.copy(source, target)
+    with pytest.raises(cli.UserError, match="(shares 1 image|is .*train .a link to it.).*grade the model on"):
+        train.main(parse(train, TINY_TRAIN + ["--data-path", tmp_path / "d", "--save-path", tmp_path / "w.pth",
+                                              "--class-indices", tmp_path / "ci.json"]))
+    assert not (tmp_path / "w.pth").exists() and not (tmp_path / "ci.json").exists()
+
+
+def test_resuming_after_the_data_set_changed_is_refused_then_goes_on_once_it_is_back(tmp_path):
+    data = tmp_path / "d"
+    make_class_folders(data / "train", per_class=4)
+    make_class_folders(data / "val", per_class=1)
+    args = parse(train, TINY_TRAIN + ["--data-path", data, "--batch-size", "4", "--epochs", "2",
+                                      "--save-path", tmp_path / "run" / "w.pth", "--class-indices", tmp_path / "ci.json"])
+    assert interrupted_run(args, 2) == 130
+    added = data / "train" / "daisy" / "new.jpg"
+    shutil.copy(data / "val" / "daisy" / "daisy_0.jpg", tmp_path / "new.jpg")
+    make_class_folders(tmp_path / "more", per_class=1, size=52, classes=("daisy",))
+    shutil.copy(tmp_path / "more" / "daisy" / "daisy_0.jpg", added)
+    resume = parse(train, ["--resume", tmp_path / "run" / "last.pth", "--workers", "0"])
+    with pytest.raises(cli.UserError, match=r"the data set changed since .*last.pth was saved \(12 train and 3 val "
+                                            r"images then, 13 and 3 now"):
+        train.main(resume)
+    added.unlink()
+    assert len(train.main(resume)["history"]) == 2
+
+
+def test_a_second_run_into_the_same_folder_and_a_split_under_a_training_run_are_refused(data, tmp_path):
+    from helpers import files
+    out = tmp_path / "run"
+    argv = TINY_TRAIN + ["--data-path", data, "--save-path", out / "w.pth", "--class-indices", out / "ci.json"]
+    out.mkdir()
+    with files.locked(out, "the first run"):  # what a first train.py holds while it trains
+        with pytest.raises(cli.UserError, match=f"{out} is in use by another run"):
+            train.main(parse(train, argv))
+    assert sorted(p.name for p in out.iterdir()) == []  # refused before its first write; no .lock left
+    with files.locked(data, "a training run reading it", shared=True):  # a training run reads the data
+        with pytest.raises(cli.UserError, match=f"{data} is in use by another run"):
+            split_data.main(parse(split_data, ["--data-path", data, "--val-rate", "0.25", "--overwrite"]))
+    assert train.main(parse(train, argv))["history"] and not (out / ".lock").exists()

@@ -17,8 +17,8 @@ def test_flower_counts_give_the_tutorials_3306_364(tmp_path):
             (src / cla / f"{i:05d}.jpg").touch()
     (src / "LICENSE.txt").touch()
     split = split_data.select_val(src, 0.1, 0)
-    assert sum(len(t) for t, v in split.values()) == 3306
-    assert sum(len(v) for t, v in split.values()) == 364
+    assert sum(len(t) for t, v, _ in split.values()) == 3306
+    assert sum(len(v) for t, v, _ in split.values()) == 364
 
 
 def test_split_is_deterministic_and_complete(tmp_path):
@@ -27,7 +27,7 @@ def test_split_is_deterministic_and_complete(tmp_path):
     b = split_data.select_val(src, 0.2, seed=0)
     c = split_data.select_val(src, 0.2, seed=1)
     assert a == b and a != c
-    for cla, (train, val) in a.items():
+    for cla, (train, val, _) in a.items():
         assert len(val) == 2 and not set(train) & set(val)
         assert sorted(train + val) == sorted(os.listdir(src / cla))
 

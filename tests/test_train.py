@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import batch_predict
-from helpers import devices, reports, training
+from helpers import cli, devices, reports, training
 import model
 import split_data
 import train
@@ -58,7 +58,7 @@ def test_history_curves_and_confusion_matrix(data, tmp_path):
                                   "--output-dir", tmp_path / "ev", "--class-indices", tmp_path / "ci.json"]))
     assert ev["confusion"].sum().item() == 6 and (tmp_path / "ev" / "confusion_matrix.png").exists()
     assert ev["val_acc"] == pytest.approx(res["best_acc"])
-    assert "precision" in reports.class_report(ev["confusion"], ev["classes"])
+    assert "precision" in reports.metrics_table(reports.metrics(ev["confusion"], ev["classes"]))
 
 
 def test_mixed_precision_runs_on_cpu_and_matches_fp32_accuracy(tmp_path, capsys):
@@ -108,20 +108,29 @@ def test_freeze_backbone_trains_only_fc(data, tmp_path):
     assert after["fc.weight"].shape == (3, 512)
 
 
-def test_weights_imagenet_uses_the_hub_cache(data, tmp_path, monkeypatch):
+def test_weights_imagenet_uses_the_hub_cache_and_checks_its_hash(data, tmp_path, monkeypatch):
+    from helpers import files, weights
     hub = tmp_path / "hub"
     (hub / "checkpoints").mkdir(parents=True)
     torch.manual_seed(0)
     ref = model.resnet18().state_dict()
-    torch.save(ref, hub / "checkpoints" / "resnet18-f37072fd.pth")
+    torch.save(ref, hub / "file.pth")
+    name = f"resnet18-{files.file_sha256(hub / 'file.pth')[:8]}.pth"  # torch.hub's convention
+    (hub / "file.pth").rename(hub / "checkpoints" / name)
+    monkeypatch.setattr(weights, "imagenet_url", lambda m: f"https://download.pytorch.org/models/{name}")
     old = torch.hub.get_dir()
     torch.hub.set_dir(str(hub))
     try:
-        train.main(run_args(data, tmp_path, "--epochs", "1", "--weights", "imagenet", "--lr", "0"))
+        train.main(run_args(data, tmp_path, "--epochs", "1", "--weights", "imagenet", "--freeze-backbone"))
+        got = torch.load(tmp_path / "best.pth", weights_only=True)
+        torch.testing.assert_close(got["layer2.0.conv1.weight"], ref["layer2.0.conv1.weight"])
+        # a wrong file copied there by hand under the real name is refused, before anything is written
+        torch.save(model.resnet18().state_dict(), hub / "checkpoints" / name)
+        with pytest.raises(cli.UserError, match=f"{name} is not the file its name says"):
+            train.main(run_args(data, tmp_path / "again", "--epochs", "1", "--weights", "imagenet"))
+        assert not (tmp_path / "again").exists()
     finally:
         torch.hub.set_dir(old)
-    got = torch.load(tmp_path / "best.pth", weights_only=True)
-    torch.testing.assert_close(got["layer2.0.conv1.weight"], ref["layer2.0.conv1.weight"])
 
 
 def test_two_gloo_processes_train_and_save(data, tmp_path):

@@ -1,0 +1,124 @@
+"""Measure a model on a folder of class sub-folders: the per-class report, the confusion matrix and
+the errors. Trained weights run with PyTorch; an ONNX file (fp32 or INT8) with ONNX Runtime only.
+
+    python evaluate.py                                # <data-path>/test when there, else val/
+    python evaluate.py data_set/flower_data/test --json test.json --csv test.csv
+    python evaluate.py --onnx resNet34.int8.onnx      # PyTorch is not imported
+
+val/ chose the best weights, so its accuracy is optimistic: split_data.py --test-rate 0.1 keeps a
+test/ folder that training never reads, and this is the number to report.
+"""
+from helpers import cli
+if __name__ == "__main__":
+    cli.one_line_ctrl_c()  # before torch loads: a Ctrl-C during its import ends in one line too
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from helpers import files, imaging, inference, reports
+
+
+def main(args):
+    # Settle everything first: the folder and its classes, the model's classes, every output.
+    folder = Path(args.folder) if args.folder else default_folder(args.data_path)
+    files.need_dir(folder, "folder to evaluate", "give a folder of <class>/<images>, e.g. <data-path>/test")
+    classes, class_source = inference.resolve_classes(args)
+    paths, true, not_regular = folder_images(folder, classes, class_source)
+    model_file = Path(args.onnx or inference.default_weights(args))
+    out_dir = Path(args.output_dir or model_file.parent)
+    files.check_writable_dir(out_dir, "report")
+    confusion_png, errors_png = out_dir / f"{folder.name}_confusion_matrix.png", out_dir / f"{folder.name}_errors.png"
+    outputs = {"confusion matrix": (confusion_png, None), "error gallery": (errors_png, None),
+               "--json": (args.json, (".json",)), "--csv": (args.csv, (".csv",))}
+    outputs = {what: (Path(path), suffixes) for what, (path, suffixes) in outputs.items() if path}
+    for what, (path, suffixes) in outputs.items():  # cheap reports: replaced, but never among the images
+        files.check_outside(path, [folder], what)
+        files.check_output(path, what, suffixes=suffixes)
+    files.check_distinct({what: path for what, (path, _) in outputs.items()})
+    empty = [c for i, c in enumerate(classes) if i not in set(true)]
+    predictor, runs_on = inference.load_predictor(args, len(classes), class_source)
+
+    # Then act: every image, in batches decoded beside the model.
+    print(f"evaluating {model_file} on {len(paths)} images of {folder} ({runs_on})")
+    if empty:
+        print(f"warning: {folder} has no images of {', '.join(empty)}: their recall is missing", file=sys.stderr)
+    kept, probs, skipped = [], [], [str(p) for p in not_regular]
+    for p in not_regular:
+        print(f"skipped: {p} is not a regular file", file=sys.stderr)
+    results = inference.predict_paths(paths, predictor, args.img_size, args.batch_size, args.workers)
+    for i, (path, p, error) in enumerate(tqdm(results, total=len(paths), file=sys.stdout, desc="evaluate")):
+        if p is None:
+            skipped.append(str(path))
+            tqdm.write(f"skipped: {error}", file=sys.stderr)
+            continue
+        kept.append(i)
+        probs.append(p)
+    if not kept:
+        raise cli.UserError(f"none of the {len(paths)} images of {folder} could be read")
+    result = evaluation(np.stack(probs), np.asarray(true)[kept])
+    m = reports.final_report(result, [str(paths[i]) for i in kept], classes, confusion_png=confusion_png,
+                             predictions_csv=args.csv, errors_png=errors_png, what=folder.name)
+    if args.json:
+        report = {**m, "images": len(kept), "skipped": len(skipped), "model": str(model_file), "folder": str(folder)}
+        files.atomic_write_text(args.json, json.dumps(report, indent=2, ensure_ascii=False))
+        print(f"wrote {args.json}")
+    return {**m, "images": len(kept), "skipped": skipped}
+
+
+def default_folder(data_path):
+    """test/ when split_data.py --test-rate made one, else val/."""
+    test = Path(data_path) / "test"
+    return test if test.is_dir() else Path(data_path) / "val"
+
+
+def folder_images(folder, classes, class_source):
+    """The folder's images and their class indices in the model's class list, matched by name. A
+    folder class the model does not know is refused: its images could only be counted wrong."""
+    names = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    if not names:
+        raise cli.UserError(f"{folder} has no class folders; it must hold <class>/<images>")
+    unknown = [c for c in names if c not in classes]
+    if unknown:
+        raise cli.UserError(f"{folder} has class folder(s) {', '.join(unknown)} that the model does not know "
+                            f"(its classes, from {class_source}: {', '.join(classes)})")
+    paths, true, not_regular = [], [], []
+    for name in names:
+        found = imaging.list_images(folder / name, True, not_regular)
+        paths += found
+        true += [classes.index(name)] * len(found)
+    if not paths:
+        raise cli.UserError(f"no images in the class folders of {folder}")
+    return paths, true, not_regular
+
+
+def evaluation(probs, true):
+    """reports.Evaluation from the probabilities of each image and its true class."""
+    pred = probs.argmax(1)
+    p_true = probs[np.arange(len(true)), true]
+    top5 = (np.argsort(-probs, axis=1, kind="stable")[:, :5] == true[:, None]).any(1)
+    return reports.Evaluation(index=np.arange(len(true)), true=true, pred=pred, prob=probs.max(1),
+                              losses=-np.log(np.maximum(p_true, np.finfo(np.float32).tiny)), in_top5=top5,
+                              num_classes=probs.shape[1])
+
+
+def get_args_parser(add_help=True):
+    p = cli.ArgumentParser(description="Measure a model on a folder of <class>/<images>", add_help=add_help)
+    p.add_argument("folder", nargs="?", default=None,
+                   help="folder of class sub-folders (default: <data-path>/test when there, else <data-path>/val)")
+    p.add_argument("--data-path", default="data_set/flower_data", help="train.py's data folder (default: %(default)s)")
+    p.add_argument("--batch-size", type=cli.batch_size_arg, default=16, help="images per batch (default: %(default)s)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write every number here (replaced if there)")
+    p.add_argument("--csv", default=None, metavar="PATH",
+                   help="also write path,true,predicted,prob,correct for every image (replaced if there)")
+    p.add_argument("--output-dir", default=None,
+                   help="where <folder>_confusion_matrix.png and <folder>_errors.png go (default: beside the model)")
+    inference.add_model_args(p)
+    return inference.add_runtime_args(p)
+
+
+if __name__ == "__main__":
+    cli.run_cli(main, get_args_parser())
