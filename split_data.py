@@ -87,8 +87,8 @@ def class_images(source):
         for p in not_regular:
             print(f"warning: skipped {p}: not a regular file (a pipe, a device or a broken link)")
         if not images:
-            raise cli.UserError(f"class folder {source / cla} has no images (looked for .jpg .jpeg .png .bmp .webp .gif "
-                            ".tif, sub-folders included); add images or remove the folder")
+            raise cli.UserError(f"class folder {source / cla} has no images (looked for "
+                                f"{' '.join(imaging.IMG_EXTENSIONS)}, sub-folders included); add images or remove the folder")
         found[cla] = images
     return found
 

@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, features
 
 from helpers import cli
 
@@ -24,7 +24,31 @@ from helpers import cli
 # warns on stderr, two lines per image that name no file: not the user's business.
 warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+def _has(feature):
+    try:
+        return bool(features.check(feature))
+    except (ValueError, KeyError):  # a Pillow that does not know the feature
+        return False
+
+
+def _heif_opener():
+    try:
+        import pillow_heif  # optional: iPhone photos (pip install pillow-heif)
+    except ImportError:
+        return False
+    pillow_heif.register_heif_opener()
+    return True
+
+
+# Phone photos: AVIF, which Pillow reads since 11.3, and HEIC/HEIF (iPhones), which it reads with the
+# optional pillow-heif. They are always listed as images, so that one this Pillow cannot read is
+# skipped and named with what to install, never silently left out.
+CANNOT_READ = {}
+if not _has("avif"):
+    CANNOT_READ[".avif"] = "AVIF photos need Pillow 11.3 or later: pip install -U pillow"
+if not _heif_opener():
+    CANNOT_READ[".heic"] = CANNOT_READ[".heif"] = "HEIC/HEIF photos need pillow-heif: pip install pillow-heif"
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".avif", ".heic", ".heif")
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
@@ -99,6 +123,9 @@ def open_image(path):
     """The image's header only (nothing decoded yet), or a UserError naming the file."""
     if not os.path.isfile(path):  # a pipe would block Image.open forever, a device never end
         raise cli.UserError(f"cannot read image {path}: not a regular file")
+    needs = CANNOT_READ.get(os.path.splitext(str(path))[1].lower())
+    if needs:
+        raise cli.UserError(f"cannot read image {path}: {needs}")
     try:
         img = Image.open(path)
     except Exception as e:  # hostile files raise many kinds; all mean "not an image we can read"

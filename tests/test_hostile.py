@@ -403,3 +403,27 @@ def test_temporaries_of_a_killed_run_are_removed_by_the_next_write_and_named(tmp
     files.atomic_write_bytes(target, b"weights")
     assert target.read_bytes() == b"weights" and not old.exists() and fresh.exists()
     assert f"removed 1 temporary file(s) an interrupted run left beside {target}: {old.name}" in capsys.readouterr().err
+
+
+def test_phone_formats_are_read_or_skipped_by_name_with_what_to_install(tiny_run, tmp_path, capsys):
+    from helpers import imaging
+    folder = tmp_path / "phone"
+    shutil.copytree(tiny_run["data"] / "val" / "daisy", folder)
+    (folder / "IMG_0001.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))  # an iPhone photo's start
+    avif = folder / "IMG_0002.avif"
+    if ".avif" not in imaging.CANNOT_READ:
+        Image.new("RGB", (40, 40), (250, 250, 240)).save(avif)  # Pillow 11.3+ writes AVIF too
+    else:
+        avif.write_bytes(b"\x00\x00\x00\x1cftypavif" + bytes(64))
+    rows, skipped = batch_predict.main(parse(batch_predict, [folder, "--model", "resnet18", "--img-size", "32",
+                                                             "--weights", tiny_run["weights"], "--class-indices",
+                                                             tiny_run["classes"], "--workers", "0"]))
+    predicted = {os.path.basename(p) for p, _ in rows}
+    said = {os.path.basename(str(p)): why for p, why in skipped}
+    assert len(rows) + len(skipped) == len(list(folder.iterdir()))  # none left out without a word
+    if ".heic" in imaging.CANNOT_READ:
+        assert "pip install pillow-heif" in said["IMG_0001.HEIC"]
+    if ".avif" in imaging.CANNOT_READ:
+        assert "pip install -U pillow" in said["IMG_0002.avif"]
+    else:
+        assert "IMG_0002.avif" in predicted
