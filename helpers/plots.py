@@ -19,6 +19,37 @@ def has_display():
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
+# Fonts that hold Chinese (and Japanese, Korean) glyphs: the tutorial's readers name classes in Chinese.
+CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei",
+             "SimHei", "Microsoft YaHei", "PingFang SC", "Heiti SC", "Noto Sans CJK JP", "Noto Sans CJK TC")
+_said = set()
+
+
+def use_fonts_for(texts):
+    """Before drawing `texts` (class names, titles): where one holds characters beyond Latin ones,
+    a CJK font of the system's is put first, found with matplotlib's font manager. Without one,
+    the glyphs are drawn as boxes with no warnings on stderr, and we say once how to install one."""
+    import warnings
+
+    import matplotlib
+    from matplotlib import font_manager
+
+    if all(ord(ch) < 0x2E80 for text in texts for ch in str(text)):  # below the CJK blocks: nothing to do
+        return
+    have = {f.name for f in font_manager.fontManager.ttflist}
+    found = [name for name in CJK_FONTS if name in have]
+    if found:
+        family = matplotlib.rcParams["font.sans-serif"]
+        matplotlib.rcParams["font.sans-serif"] = found + [f for f in family if f not in found]
+        matplotlib.rcParams["font.family"] = "sans-serif"
+        return
+    warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from (current )?font")
+    if "cjk" not in _said:
+        _said.add("cjk")
+        print("note: no CJK font here, so Chinese class names show as boxes in the figures; install one "
+              "(Debian/Ubuntu/JetPack: sudo apt install fonts-noto-cjk)", file=sys.stderr)
+
+
 def new_figure(**kwargs):
     from matplotlib.figure import Figure  # no pyplot: works without a display
 
@@ -55,6 +86,7 @@ def plot_confusion(conf, classes, path):
 
     conf = np.asarray(conf)
     n = len(classes)
+    use_fonts_for(classes)
     support = conf.sum(axis=1, keepdims=True)
     normalized = np.divide(conf, support, out=np.zeros(conf.shape), where=support > 0)
     fig = new_figure(figsize=(2 * (1.2 + 0.8 * n), 1 + 0.7 * n))
@@ -81,6 +113,7 @@ def show_or_save(images, titles, save_path, heatmaps=None, alpha=0.45):
     `alpha` (stretched to it: a Grad-CAM map may be of another size than the picture)."""
     import numpy as np
 
+    use_fonts_for(titles)
     cols = min(len(images), 4)
     rows = math.ceil(len(images) / cols)
     window = not save_path and has_display()
@@ -112,6 +145,7 @@ def plot_errors(errors, path, max_panels=32, what="validation"):
     from helpers import imaging
 
     shown = errors[:max_panels]
+    use_fonts_for([e[2] for e in shown] + [e[3] for e in shown])
     cols = min(8, max(1, len(shown)))
     rows = max(1, math.ceil(len(shown) / cols))
     fig = new_figure(figsize=(2.2 * cols, 2.5 * rows + 0.4))
@@ -135,6 +169,7 @@ def plot_split(split, path):
     import numpy as np
 
     classes = list(split)
+    use_fonts_for(classes)
     x = np.arange(len(classes))
     fig = new_figure(figsize=(max(5, 0.7 * len(classes) + 2), 4))
     ax = fig.subplots()

@@ -295,3 +295,28 @@ def test_split_without_duplicates_is_select_val_with_table_and_chart(tmp_path, c
     chart = Image.open(tmp_path / "split.png")
     assert chart.size[0] > 300 and f"wrote {tmp_path / 'split.png'}" in out
 
+
+
+def test_chinese_class_names_get_a_cjk_font_or_one_note_and_no_glyph_warnings(tmp_path, monkeypatch, capsys):
+    import types
+    import warnings
+
+    import matplotlib
+    from matplotlib import font_manager
+    names = ["雏菊", "玫瑰", "郁金香"]
+    monkeypatch.setattr(plots, "_said", set())
+    monkeypatch.setattr(font_manager.fontManager, "ttflist",
+                        [f for f in font_manager.fontManager.ttflist if f.name not in plots.CJK_FONTS])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plots.plot_confusion(np.eye(3, dtype=int), names, tmp_path / "a.png")
+        plots.plot_split({n: (["x"] * 3, ["y"], []) for n in names}, tmp_path / "b.png")
+    assert not [w for w in caught if "Glyph" in str(w.message)]
+    err = capsys.readouterr().err
+    assert err.count("no CJK font here") == 1 and "fonts-noto-cjk" in err  # said once, not per figure
+    # where the system has one, it is put first
+    monkeypatch.setattr(font_manager.fontManager, "ttflist", [types.SimpleNamespace(name="WenQuanYi Zen Hei")])
+    monkeypatch.setitem(matplotlib.rcParams, "font.sans-serif", ["DejaVu Sans"])
+    monkeypatch.setitem(matplotlib.rcParams, "font.family", list(matplotlib.rcParams["font.family"]))
+    plots.use_fonts_for(names)
+    assert matplotlib.rcParams["font.sans-serif"][:2] == ["WenQuanYi Zen Hei", "DejaVu Sans"]
