@@ -17,6 +17,9 @@ import numpy as np
 from helpers import files, imaging, inference, plots
 
 
+MAX_PANELS = 32
+
+
 def get_args_parser(add_help=True):
     p = cli.ArgumentParser(description="Predict the class of images", add_help=add_help)
     p.add_argument("images", nargs="*", default=["data/imgs/daisy.jpg"], help="image files (default: data/imgs/daisy.jpg)")
@@ -47,8 +50,10 @@ def main(args):
         torch_model = inference.load_torch_model(args, len(classes), class_source)  # one net for both
     predictor, _ = inference.load_predictor(args, len(classes), class_source, torch_model)
 
-    shown, titles, results = [], [], []
-    for path, probs, error in inference.predict_paths(list(args.images), predictor, args.img_size, args.batch_size, args.workers):
+    shown, titles, results = [], [], []  # the figure's panels (at most MAX_PANELS), every image's result
+    crops = []  # --cam: the crop each heatmap is of, every image's (small)
+    for path, probs, error in inference.predict_paths(list(args.images), predictor, args.img_size, args.batch_size,
+                                                      args.workers):
         if probs is None:
             if len(args.images) == 1:
                 raise cli.UserError(error)
@@ -63,22 +68,26 @@ def main(args):
         if shown_class != classes[best]:
             print(f"prediction: {shown_class} (the top class, {classes[best]}, has {probs[best]:.3} < --min-prob "
                   f"{args.min_prob})")
-        titles.append(f"class: {shown_class}   prob: {probs[best]:.3}"
-                      + (f" ({classes[best]}?)" if shown_class != classes[best] else ""))
+        results.append((path, classes[best], probs, None))
         if args.cam:  # the heatmap is the crop's: the crop is what the panel shows
             with imaging.open_image(path) as img:
-                shown.append(np.asarray(imaging.EvalTransform(args.img_size).resize_crop(img)))
-            titles[-1] += f"\nGrad-CAM on the {args.img_size} px crop"
-        else:
-            shown.append(imaging.load_rgb(path, min_side=800, max_side=1024))  # a figure panel needs no more
-        results.append((path, classes[best], probs, None))
+                crops.append(np.asarray(imaging.EvalTransform(args.img_size).resize_crop(img)))
+        if len(shown) == MAX_PANELS:  # a figure of hundreds of panels is hundreds of MB: batch_predict.py's job
+            continue
+        titles.append(f"class: {shown_class}   prob: {probs[best]:.3}"
+                      + (f" ({classes[best]}?)" if shown_class != classes[best] else "")
+                      + (f"\nGrad-CAM on the {args.img_size} px crop" if args.cam else ""))
+        # a figure panel needs no more than 1024 px
+        shown.append(crops[-1] if args.cam else imaging.load_rgb(path, min_side=800, max_side=1024))
     heatmaps = None
-    if args.cam and shown:
-        heatmaps = gradcam.crop_heatmaps(*torch_model, shown, [int(r[2].argmax()) for r in results],
-                                         args.batch_size)
+    if args.cam and crops:
+        heatmaps = gradcam.crop_heatmaps(*torch_model, crops, [int(r[2].argmax()) for r in results], args.batch_size)
         results = [r[:3] + (h,) for r, h in zip(results, heatmaps)]
+    if len(results) > len(shown):
+        print(f"note: the figure shows the first {len(shown)} of {len(results)} images; batch_predict.py predicts a "
+              "folder (with --csv)")
     if shown:
-        written = plots.show_or_save(shown, titles, figure, heatmaps=heatmaps)
+        written = plots.show_or_save(shown, titles, figure, heatmaps=heatmaps and heatmaps[:len(shown)])
         if written:
             print(f"figure saved to {written}")
     return results

@@ -384,13 +384,17 @@ def report(split, groups, moved, out_root):
         left = ", ".join(f"{sum(m[2] == side for m in moved)} from {side}" for side in SIDES[1:] if any(m[2] == side for m in moved))
         print(f"found {sum(len(g) for g in groups)} byte-identical images in {len(groups)} groups; each group is kept "
               f"on one side of the split ({len(moved)} moved{': ' + left if left else ''})")
-        for g in groups:
-            if len({cla for cla, _ in g}) > 1:
-                print("warning: the same image is in several classes (a labelling error?): "
-                      + " = ".join(f"{cla}/{f}" for cla, f in g))
+        across = [g for g in groups if len({cla for cla, _ in g}) > 1]
+        for g in across[:5]:
+            print("warning: the same image is in several classes (a labelling error?): "
+                  + " = ".join(f"{cla}/{f}" for cla, f in g[:4]) + (" = ..." if len(g) > 4 else ""))
+        if len(across) > 5:
+            print(f"warning: ... and {len(across) - 5} more images in several classes")
     for cla, (train, val, _) in split.items():
         if not val:
-            print(f"warning: class {cla} has {len(train)} image(s) and none in val/: its accuracy cannot be measured")
+            why = " (its val images had copies in train/ and moved there)" if any(m[0] == cla for m in moved) else ""
+            print(f"warning: class {cla} has {len(train)} image(s) and none in val/{why}: its accuracy cannot be "
+                  "measured")
     print(balance_table(split))
     print(f"wrote {plots.plot_split(split, out_root / 'split.png')}")
     print("processing done!")

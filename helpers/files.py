@@ -16,6 +16,7 @@ import re
 import sys
 import tempfile
 import time
+import unicodedata
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -254,10 +255,27 @@ def class_indices_bytes(classes):
 
 
 def check_class_names(names, where):
-    """Names become lines of labels.txt and titles of figures: non-empty text on one line."""
+    """Names become lines of labels.txt, keys of JSON and titles of figures: non-empty text on one
+    line, that UTF-8 can hold (a Latin-1 folder name from an old zip cannot), and no two that read
+    the same (spelled in two Unicode forms, or apart only by spaces at their ends)."""
     bad = [c for c in names if not isinstance(c, str) or not c.strip() or any(ch in c for ch in "\n\r\t\x00")]
     if bad:
         raise cli.UserError(f"{where}: class names must be non-empty strings on one line, found {bad[0]!r}")
+    for c in names:
+        try:
+            c.encode("utf-8")
+        except UnicodeEncodeError:
+            raise cli.UserError(f"{where}: the class name {os.fsencode(c)!r} is not valid UTF-8 text (a name from "
+                                "an old zip or a network share?); rename the folder") from None
+    seen = {}
+    for c in names:
+        key = unicodedata.normalize("NFC", c).strip()
+        if key in seen:
+            how = "differ only by spaces at their ends" if seen[key].strip() == c.strip() else \
+                "differ only in their Unicode form (NFC and NFD)"
+            raise cli.UserError(f"{where}: the class names {seen[key]!r} and {c!r} {how}: they look like one class; "
+                                "rename or merge the folders")
+        seen[key] = c
     return names
 
 

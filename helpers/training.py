@@ -211,7 +211,8 @@ def val_folder(root, train_set, transform, warn=True):
                             "photos it trains on; run split_data.py to make a val/ of its own")
     val_set = ClassFolder(root, transform, class_to_idx=train_set.class_to_idx)
     if not len(val_set):
-        raise cli.UserError(f"no images in {root}; run split_data.py with a --val-rate above 0")
+        raise cli.UserError(f"no images in {root}: split_data.py was run with --val-rate 0, or every val image had "
+                            "a copy in train/ and moved there; run split_data.py again with a --val-rate above 0")
     check_apart(train_set, val_set)
     missing = [c for i, c in enumerate(train_set.classes) if i not in set(val_set.targets)]
     if missing and warn:

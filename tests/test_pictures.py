@@ -320,3 +320,16 @@ def test_chinese_class_names_get_a_cjk_font_or_one_note_and_no_glyph_warnings(tm
     monkeypatch.setitem(matplotlib.rcParams, "font.family", list(matplotlib.rcParams["font.family"]))
     plots.use_fonts_for(names)
     assert matplotlib.rcParams["font.sans-serif"][:2] == ["WenQuanYi Zen Hei", "DejaVu Sans"]
+
+
+def test_predict_on_many_images_caps_the_figure_and_predicts_them_all(tiny_run, tmp_path, capsys, monkeypatch):
+    import predict
+    images = sorted(make_class_folders(tmp_path / "many", per_class=12, size=36).rglob("*.jpg"))
+    assert len(images) == 36 > predict.MAX_PANELS
+    drawn = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path, dpi=100: drawn.append(len(fig.axes)) or path)
+    results = predict.main(parse(predict, [*images, "--model", "resnet18", "--img-size", "32", "--weights",
+                                           tiny_run["weights"], "--class-indices", tiny_run["classes"],
+                                           "--save-fig", tmp_path / "p.png", "--workers", "0"]))
+    assert len(results) == len(images) and drawn == [predict.MAX_PANELS]
+    assert f"the figure shows the first 32 of {len(images)} images; batch_predict.py" in capsys.readouterr().out

@@ -126,3 +126,22 @@ def test_max_size_writes_upright_resized_copies_that_overwrite_can_remove(tmp_pa
     before = {p.name: p.stat().st_size for p in (src / "a").iterdir()}
     split_data.main(parse(split_data, args + ["--overwrite"]))  # its own resized copies are its to replace
     assert {p.name: p.stat().st_size for p in (src / "a").iterdir()} == before
+
+
+@pytest.mark.parametrize("names, words", [(("caf\u00e9", "cafe\u0301"), "Unicode form"),
+                                          (("roses", "roses "), "spaces at their ends")])
+def test_class_folders_that_read_the_same_are_refused(tmp_path, names, words):
+    for name in names:
+        make_class_folders(tmp_path / "flower_photos", per_class=2, classes=(name,))
+    with pytest.raises(cli.UserError, match=words):
+        split_data.main(parse(split_data, ["--data-path", tmp_path]))
+    assert not (tmp_path / "train").exists()
+
+
+def test_a_class_name_that_is_not_utf8_is_refused_before_any_work(tmp_path):
+    src = tmp_path / "flower_photos"
+    make_class_folders(src, per_class=2, classes=("daisy",))
+    os.rename(src / "daisy", os.path.join(os.fsencode(src), b"marguerite-\xe9"))  # Latin-1, from an old zip
+    with pytest.raises(cli.UserError, match=r"is not valid UTF-8 text.*rename the folder"):
+        split_data.main(parse(split_data, ["--data-path", tmp_path]))
+    assert not (tmp_path / "train").exists()
