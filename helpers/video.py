@@ -148,7 +148,8 @@ def check_reachable(source, timeout):
         raise cli.UserError(f"cannot reach {source.name}: {e.strerror or e} ({where})") from None
 
 
-def why_not_opened(source, timeout):
+def why_not_opened(source, timeout, slow=False):
+    """Why OpenCV could not open the source, as far as can be told; slow: it took the whole timeout."""
     if source.kind == "file":
         return f"cannot read video {source.name}: OpenCV cannot open it (not a video, or a codec this OpenCV lacks)"
     if source.kind == "camera":
@@ -159,14 +160,17 @@ def why_not_opened(source, timeout):
                 "right, nvargus-daemon running?)")
     if source.kind == "pipeline":
         return "cannot open the GStreamer pipeline (gst-launch-1.0 with the same elements says why)"
+    if slow:
+        return f"cannot open {source.name}: no answer within --timeout {timeout:g} s"
     answer = "it answered, but not with a video OpenCV can read (is the path right?)"
-    if urllib.parse.urlsplit(source.target).scheme.lower() == "http":
+    if urllib.parse.urlsplit(source.target).scheme.lower() == "http":  # its status says more
         try:
             urllib.request.urlopen(source.target, timeout=timeout).close()
         except urllib.error.HTTPError as e:
             answer = f"the server answered HTTP {e.code} {e.reason}"
-        except (OSError, ValueError):
-            pass
+        except (OSError, ValueError) as e:  # URLError is an OSError
+            if isinstance(getattr(e, "reason", e), socket.timeout):
+                answer = f"no answer within --timeout {timeout:g} s"
     return f"cannot open {source.name}: {answer}"
 
 
@@ -188,6 +192,7 @@ class Capture:
     first: np.ndarray
     corrupt: int  # bad frames before the first good one
     fps: float  # the source's frame rate, as it says (30 when it says nothing usable)
+    opened_at: float  # time.perf_counter() when the first frame came: a live source's time 0
 
     @property
     def size(self):
@@ -206,19 +211,20 @@ def _open(source, timeout):
 
     def work():
         try:
+            start = time.perf_counter()
             try:
                 cap = cv2.VideoCapture(*args)
             except (TypeError, cv2.error):  # an OpenCV without the timeouts
                 cap = cv2.VideoCapture(*args[:2])
             if not cap.isOpened():
-                box["why"] = why_not_opened(source, timeout)
+                box["why"] = why_not_opened(source, timeout, time.perf_counter() - start >= 0.9 * timeout)
                 return
             for bad in range(RETRIES["live" if source.live else "file"]):
                 ok, frame = cap.read()
                 frame = to_bgr(frame) if ok else None
                 if frame is not None:
                     fps = cap.get(cv2.CAP_PROP_FPS)
-                    box["capture"] = Capture(cap, frame, bad, fps if 1 <= fps <= 240 else 30.0)
+                    box["capture"] = Capture(cap, frame, bad, fps if 1 <= fps <= 240 else 30.0, time.perf_counter())
                     return
             cap.release()
             box["why"] = (f"cannot read video {source.name}: OpenCV opened it but decoded no frame" if not source.live
@@ -283,19 +289,20 @@ class Reader:
         self._stop = threading.Event()
         self._error = None
         self._queue = queue.Queue(maxsize=2 * batch_size + 2)  # a file's frames, decoded ahead
-        self._latest, self._ended, self._received = None, False, 0  # a live source's
+        self._latest, self._ended, self._received = None, False, int(source.live)  # a live source's
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     # -- the reader thread
 
     def _frames(self):
-        """(index, time_s, BGR image) of each good frame of the source, until its end, the limits,
-        stop() or a loss that reconnecting did not mend."""
+        """(index, time_s, BGR image, seq) of each good frame of the source (seq: its number among the
+        good ones), until its end, the limits, stop() or a loss that reconnecting did not mend."""
         cap, live = self.capture.cap, self.source.live
-        image = None if live else self.capture.first  # a live source's first frame is stale by now
-        index, good, failures, start = self.capture.corrupt, 0, 0, time.perf_counter()
-        while not self._stop.is_set():
+        # A live source's first frame came before the model loaded: stale now, counted but not predicted.
+        image = None if live else self.capture.first
+        index, good, failures = self.capture.corrupt + int(live), int(live), 0
+        while not self._stop.is_set() and (self.max_frames is None or good < self.max_frames):
             if image is None:
                 ok, raw = cap.read()
                 image = to_bgr(raw) if ok else None
@@ -314,14 +321,12 @@ class Reader:
             index += failures
             failures = 0
             msec = cap.get(cv2.CAP_PROP_POS_MSEC) if not live else 0
-            t = time.perf_counter() - start if live else (msec / 1000 if msec > 0 or index == 0 else
-                                                          index / self.capture.fps)
+            t = (time.perf_counter() - self.capture.opened_at if live else
+                 msec / 1000 if msec > 0 or index == 0 else index / self.capture.fps)
             if self.max_seconds is not None and t >= self.max_seconds:
                 return
             yield index, t, image, good
             index, good, image = index + 1, good + 1, None
-            if self.max_frames is not None and good >= self.max_frames:
-                return
 
     def _reopen(self, at):
         """The first frame of the source opened again, or None (self.lost says why)."""
