@@ -63,10 +63,12 @@ def main(args):
         files.check_output(args.save, "video", suffixes=tuple(video.SAVE_FOURCC), inputs=inputs)
     classes, class_source = inference.resolve_classes(args)
     capture = video.open_source(source, args.timeout)
+    if source.live:
+        args.batch_size = 1  # the newest frame, one at a time (and TensorRT's engine built for that)
     predictor, runs_on = inference.load_predictor(args, len(classes), class_source)
     topk = min(args.topk, len(classes))
     window = video.Window(f"video_predict.py: {source.name}", args.show)
-    reader = video.Reader(source, capture, args.img_size, 1 if source.live else args.batch_size, args.every,
+    reader = video.Reader(source, capture, args.img_size, args.batch_size, args.every,
                           args.max_frames, args.max_seconds, args.reconnect, args.reconnect_delay, args.timeout,
                           keep_images=bool(args.save) or window.on)
     smooth, meter, label = video.Smoother(args.smooth), video.RateMeter(), ""
