@@ -427,10 +427,10 @@ def predict_folder(args):
 def make_clip(path, frames=300, size=(640, 480), fps=30):
     """A clip of demo flowers, a new kind every second, each panned slowly; mp4v, which pip's OpenCV
     writes without extra libraries."""
-    import cv2
     import numpy as np
 
-    from helpers import demo_data
+    from helpers import demo_data, video
+    cv2 = video.need_cv2()
     rng = random.Random(2)
     w, h = size
     out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
@@ -446,9 +446,10 @@ def make_clip(path, frames=300, size=(640, 480), fps=30):
 def naive_video(args):
     """The loop a user writes by hand, the baseline of --video, in its own process: OpenCV reads a
     frame, PIL and the tutorial's transforms, the model in fp32, one frame at a time."""
-    import cv2
     from PIL import Image
 
+    from helpers import video
+    cv2 = video.need_cv2()
     device = devices.select_device(args.device)
     net = tutorial_net(args, device)
     tf = tutorial_transforms(args.img_size)[1]

@@ -68,8 +68,9 @@ def main(args):
     predictor, runs_on = inference.load_predictor(args, len(classes), class_source)
     topk = min(args.topk, len(classes))
     window = video.Window(f"video_predict.py: {source.name}", args.show)
-    reader = video.Reader(source, capture, args.img_size, args.batch_size, args.every,
-                          args.max_frames, args.max_seconds, args.reconnect, args.reconnect_delay, args.timeout,
+    reader = video.Reader(source, capture, args.img_size, batch_size=args.batch_size, every=args.every,
+                          max_frames=args.max_frames, max_seconds=args.max_seconds, reconnect=args.reconnect,
+                          reconnect_delay=args.reconnect_delay, timeout=args.timeout,
                           keep_images=bool(args.save) or window.on)
     smooth, meter, label = video.Smoother(args.smooth), video.RateMeter(), ""
 
@@ -86,10 +87,11 @@ def main(args):
                 if frame.crop is not None:
                     p = smooth(next(probs))
                     pairs = [(classes[i], float(p[i])) for i in np.argsort(-p, kind="stable")[:topk]]
-                    label = f"{pairs[0][0]} {pairs[0][1]:.2f}"
-                    print(f"frame: {frame.index}  time: {frame.time_s:.2f} s  class: {pairs[0][0]}  prob: {pairs[0][1]:.3}")
+                    (name, prob), label = pairs[0], f"{pairs[0][0]} {pairs[0][1]:.2f}"
+                    print(f"frame: {frame.index}  time: {frame.time_s:.2f} s  class: {name}  prob: {prob:.3}")
                     if table:
-                        table.writerow([frame.index, f"{frame.time_s:.3f}"] + [x for c, q in pairs for x in (c, f"{q:.6f}")])
+                        table.writerow([frame.index, f"{frame.time_s:.3f}"] + [x for c, q in pairs
+                                                                                for x in (c, f"{q:.6f}")])
                 if frame.image is not None:
                     video.draw_label(frame.image, f"{label}  {meter.rate:.1f} fps")
                     if save:

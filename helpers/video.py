@@ -200,9 +200,9 @@ class Capture:
 
 
 def _open(source, timeout):
-    """(Capture, None) or (None, why). A live source that gives no frame within about 2 x timeout
-    (opening, then its first frame) counts as not answering, whether or not this OpenCV honours
-    its own timeouts; a stalled opening is left behind in its thread."""
+    """(Capture, None) or (None, why). A live source that gives no frame within the timeout (and a
+    second) counts as not answering, whether or not this OpenCV honours its own timeouts; a stalled
+    opening is left behind in its thread."""
     args = [source.target, source.api]
     if source.kind == "stream" and hasattr(cv2, "CAP_PROP_OPEN_TIMEOUT_MSEC"):
         ms = int(timeout * 1000)
@@ -235,7 +235,7 @@ def _open(source, timeout):
             done.set()
 
     threading.Thread(target=work, daemon=True).start()
-    if not done.wait(2 * timeout + 1 if source.live else None):
+    if not done.wait(timeout + 1 if source.live else None):
         return None, f"{source.name}: no frame within --timeout {timeout:g} s"
     return box.get("capture"), box.get("why")
 
@@ -383,7 +383,7 @@ class Reader:
             yield from (self._live_batches(stop) if self.source.live else self._file_batches(stop))
         finally:
             self._stop.set()
-            self._thread.join(timeout=self.timeout + 2)
+            self._thread.join(timeout=2)  # a stalled stream's read may hold it longer: it is a daemon
             if self.source.live:  # the frames that came after the last one predicted
                 self._pass_over(self._received - self.read, self.read > 0)
                 self.read = self._received
@@ -590,8 +590,11 @@ class Stop:
         self.ctrl_c = self.requested = True
 
     def __enter__(self):
-        self._previous = signal.signal(signal.SIGINT, self._on_ctrl_c)
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():  # where Python runs signal handlers
+            self._previous = signal.signal(signal.SIGINT, self._on_ctrl_c)
         return self
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self._previous)
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
