@@ -1,5 +1,5 @@
 # make demo: set up .venv and run the whole pipeline (on SYNTHETIC demo flowers when no real data set is there)
-# make test: set up .venv and run the tests (CPU only, no network)
+# make test: set up .venv and run the tests (CPU only, no network; requirements-test.txt brings OpenCV for video_predict.py's)
 # make test-floor: the same tests in .venv-floor, on the oldest versions requirements.txt allows (CI runs both)
 PYTHON ?= python3
 VENV ?= .venv
@@ -25,7 +25,7 @@ $(VENV)/.run-deps: requirements.txt | $(BIN)/python
 	$(BIN)/python -m pip install -r requirements.txt
 	touch $@
 
-$(VENV)/.test-deps: requirements-test.txt $(VENV)/.run-deps
+$(VENV)/.test-deps: requirements-test.txt requirements-video.txt $(VENV)/.run-deps
 	$(BIN)/python -m pip install -r requirements-test.txt
 	touch $@
 
@@ -46,7 +46,7 @@ demo: $(VENV)/.run-deps
 test: $(VENV)/.test-deps
 	$(BIN)/python -m pytest -q tests
 
-$(FLOOR_VENV)/.deps: requirements-floor.txt requirements-test.txt requirements.txt
+$(FLOOR_VENV)/.deps: requirements-floor.txt requirements-test.txt requirements-video.txt requirements.txt
 	@echo "== floor: $(or $(FLOOR_PYTHON),python3 (no Python 3.8 here)) with $$(grep -E '^torch' requirements-floor.txt | tr '\n' ' ')"
 	$(or $(FLOOR_PYTHON),$(PYTHON)) -m venv $(FLOOR_VENV)
 	$(FLOOR_VENV)/bin/python -m pip install -r requirements-floor.txt

@@ -4,6 +4,8 @@
     python benchmark.py --device cpu --steps 5 --json
     python benchmark.py --predict-folder bench/imgs       # whole processes: the tutorial's loop, batch_predict.py,
                                                           # --onnx fp32 and INT8; predict.py on one image
+    python benchmark.py --video [clip.mp4]                # whole processes on a video: a naive loop by hand,
+                                                          # video_predict.py with PyTorch, --onnx fp32 and INT8
 
 Figures come after warm-up; the ratio column is against the plain fp32 (NCHW) path of the same run.
 With --predict-folder every figure is a whole process, start-up included, and the ratio is against the
@@ -54,6 +56,13 @@ def get_args_parser(add_help=True):
                    help="instead: images/s of one data-loader worker, the tutorial's decoding and transforms against "
                         "ours (JPEG draft), on flower-sized photos and on 12 MP phone photos")
     p.add_argument("--loader-images", type=cli.int_in(1, 10_000), default=12, help="photos of each kind for --loader (default: %(default)s)")
+    p.add_argument("--video", nargs="?", const=True, default=None, metavar="FILE",
+                   help="instead: time whole processes on this video (a generated 640x480 30 fps clip when none is "
+                        "given): a naive loop by hand, video_predict.py with PyTorch, with --onnx fp32 and INT8; "
+                        "frames/s, and each as a share of its model's own images/s at the same batch and size")
+    p.add_argument("--video-frames", type=cli.int_in(1, 100_000), default=300,
+                   help="frames of the generated clip (default: %(default)s)")
+    p.add_argument("--naive-video", default=None, help=argparse.SUPPRESS)  # the naive loop's own process
     p.add_argument("--one-path", default=None, help=argparse.SUPPRESS)  # one path in its own process: its peak memory
     p.add_argument("--tutorial-predict", default=None, help=argparse.SUPPRESS)  # the baseline's own process
     p.add_argument("--weights", default=None, help=argparse.SUPPRESS)
@@ -260,6 +269,13 @@ def cpu_name():
 
 # ---------------------------------------------------------------- whole-process prediction
 
+def tutorial_net(args, device):
+    """The baselines' model, as the tutorial loads it: fp32, NCHW, nothing folded."""
+    net = weights.build_model(args.model, num_classes=5)
+    net.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
+    return net.to(device).eval()
+
+
 def tutorial_predict(args):
     """The tutorial's prediction, as the baseline, run in its own process by --predict-folder: for a
     folder, its batch_predict loop (decode one by one in the main process, fp32, NCHW, batches of 5);
@@ -268,9 +284,7 @@ def tutorial_predict(args):
 
     from torchvision import transforms  # the tutorial's preprocessing, and its import cost
     device = devices.select_device(args.device)
-    net = weights.build_model(args.model, num_classes=5)
-    net.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
-    net.to(device).eval()
+    net = tutorial_net(args, device)
     tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
                              transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
     classes = js.loads((Path(args.weights).parent / "class_indices.json").read_text())
@@ -408,9 +422,174 @@ def predict_folder(args):
             "date": time.strftime("%Y-%m-%d"), "results": results}
 
 
+# ---------------------------------------------------------------- video
+
+def make_clip(path, frames=300, size=(640, 480), fps=30):
+    """A clip of demo flowers, a new kind every second, each panned slowly; mp4v, which pip's OpenCV
+    writes without extra libraries."""
+    import numpy as np
+
+    from helpers import demo_data, video
+    cv2 = video.need_cv2()
+    rng = random.Random(2)
+    w, h = size
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    for i in range(frames):
+        if i % fps == 0:
+            scene = np.asarray(demo_data.draw_image(demo_data.CLASSES[i // fps % 5], rng, w + fps))
+        top = (scene.shape[0] - h) // 2
+        out.write(cv2.cvtColor(np.ascontiguousarray(scene[top:top + h, i % fps:i % fps + w]), cv2.COLOR_RGB2BGR))
+    out.release()
+    return Path(path)
+
+
+def naive_video(args):
+    """The loop a user writes by hand, the baseline of --video, in its own process: OpenCV reads a
+    frame, PIL and the tutorial's transforms, the model in fp32, one frame at a time."""
+    from PIL import Image
+
+    from helpers import video
+    cv2 = video.need_cv2()
+    device = devices.select_device(args.device)
+    net = tutorial_net(args, device)
+    tf = tutorial_transforms(args.img_size)[1]
+    cap = cv2.VideoCapture(args.naive_video)
+    n, start = 0, time.perf_counter()
+    with torch.no_grad():
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            img = Image.fromarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))  # the careful user's RGB
+            probs = torch.softmax(net(tf(img).unsqueeze(0).to(device)), dim=1)[0]
+            print(f"frame {n}: class {int(probs.argmax())} prob {float(probs.max()):.3}")
+            n += 1
+    print(f"read {n} frames, {n / (time.perf_counter() - start):.1f} frames/s")
+
+
+def model_rate(predict, batch_size, img_size, seconds=3.0):
+    """Images/s of a predictor alone (a uint8 NHWC batch to probabilities), on a ready batch."""
+    import numpy as np
+    batch = np.random.default_rng(0).integers(0, 256, (batch_size, img_size, img_size, 3), dtype=np.uint8)
+    predict(batch)
+    predict(batch)
+    n, start = 0, time.perf_counter()
+    while n < 3 or time.perf_counter() - start < seconds:
+        predict(batch)
+        n += 1
+    return n * batch_size / (time.perf_counter() - start)
+
+
+def timed_output(cmd):
+    """Seconds for a whole process, and its last line on stdout; a failure ends the benchmark."""
+    start = time.perf_counter()
+    res = subprocess.run([sys.executable] + [str(c) for c in cmd], capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if res.returncode != 0:
+        last = (res.stderr.strip().splitlines() or ["no message"])[-1]
+        raise cli.UserError(f"{Path(str(cmd[0])).name} failed: {last.replace('error: ', '')}")
+    return seconds, (res.stdout.strip().splitlines() or [""])[-1]
+
+
+def video_benchmark(args):
+    """Whole processes on one video: frames/s of each (its own closing line: decoding included,
+    start-up not) and of the whole process, each against its model's own images/s at the same batch
+    and size, measured here afterwards."""
+    import re
+
+    from helpers import video
+    cv2 = video.need_cv2()
+    given = None if args.video is True else args.video  # --video alone: a generated clip
+    if given:
+        files.need_file(given, "video file")
+    device = devices.select_device(args.device)
+    here, bs, size = Path(__file__).resolve().parent, args.batch_size, args.img_size
+    with tempfile.TemporaryDirectory() as tmp_dir:  # the clip, throwaway weights and models
+        tmp = Path(tmp_dir)
+        clip = Path(given) if given else make_clip(tmp / "clip.mp4", args.video_frames)
+        calib = tmp / "calib"  # INT8 calibrated on frames of the clip itself
+        calib.mkdir()
+        cap = cv2.VideoCapture(str(clip))
+        for i in range(32):
+            ok, frame = cap.read()
+            if not ok:
+                break
+            cv2.imwrite(str(calib / f"frame_{i:02d}.png"), frame)
+        cap.release()
+        weights_path, classes, onnx32 = tmp / "w.pth", tmp / "class_indices.json", tmp / "m.onnx"
+        torch.manual_seed(0)  # random weights: the speed is the same as trained ones'
+        torch.save(weights.build_model(args.model, num_classes=5).state_dict(), weights_path)
+        classes.write_text(json.dumps({str(i): f"class{i}" for i in range(5)}))
+        model = ["--model", args.model, "--weights", weights_path, "--class-indices", classes, "--img-size", size]
+        int8 = onnx32.with_name("m.int8.onnx")
+        run_quietly([here / "export_onnx.py", *model, "--out", onnx32, "--int8", "--calib-dir", calib,
+                     "--calib-images", "32", "--data-path", tmp / "no-data", "--check-images", calib])
+        script = [here / "video_predict.py", clip, "--no-show", "--batch-size", bs]
+        runs = [("naive loop (OpenCV, PIL, tutorial transforms, fp32, 1 frame at a time)",
+                 [here / "benchmark.py", "--naive-video", clip, *model[:4], "--img-size", size, "--device", device]),
+                (f"video_predict.py (PyTorch, batch {bs})", script + model + ["--device", device]),
+                (f"video_predict.py --onnx fp32 (batch {bs})", script + ["--onnx", onnx32, "--img-size", size]),
+                (f"video_predict.py --onnx INT8 (batch {bs})", script + ["--onnx", int8, "--img-size", size])]
+        if trt_offered():  # TensorRT builds its engine on the first run: made untimed, as a deployment would
+            for _, cmd in runs[2:]:
+                timed_output(cmd)
+        results = []
+        for name, cmd in runs:
+            seconds, last = timed_output(cmd)
+            frames, fps = int(re.search(r"read (\d+) frames", last)[1]), float(re.search(r"([\d.]+) frames/s", last)[1])
+            results.append({"path": name, "frames": frames, "fps": fps, "seconds": seconds,
+                            "process_fps": frames / seconds})
+            print(f"  {name:72} {fps:7.1f} frames/s  ({seconds:.1f} s whole)", file=sys.stderr)
+        # Each model alone, here and now, as its run fed it: the naive net at batch 1 in fp32, the others
+        # through the predictor video_predict.py uses.
+        plain = tutorial_net(argparse.Namespace(model=args.model, weights=weights_path), device)
+
+        @torch.no_grad()
+        def naive_model(batch):
+            return net_probs(plain, batch, device)
+
+        settings = dict(model=args.model, weights=str(weights_path), img_size=size, device=str(device), amp_dtype="auto",
+                        channels_last=True, provider="auto", trt_cache=None, batch_size=bs)
+        predictors = [naive_model] + [inference.load_predictor(argparse.Namespace(**settings, onnx=o), 5)[0]
+                                      for o in (None, str(onnx32), str(int8))]
+        for r, predict, batch in zip(results, predictors, (1, bs, bs, bs)):
+            r["model_images_per_s"] = model_rate(predict, batch, size)
+            r["share"] = r["fps"] / r["model_images_per_s"]
+            r["ratio"] = r["fps"] / results[0]["fps"]
+    return {"task": f"whole processes on {given or f'a generated 640x480 30 fps clip of {args.video_frames} frames'}",
+            "model": args.model, "batch_size": bs, "img_size": size, "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "results": results}
+
+
+def net_probs(net, batch, device):
+    x = torch.from_numpy(imaging.normalize(batch)).to(device)
+    return torch.softmax(net(x), dim=1).cpu().numpy()
+
+
+def print_video_report(report):
+    print(f"{report['model']} at {report['img_size']} px on {report['device_name']} ({report['date']}), "
+          f"{report['task']}:")
+    print(f"{'path':72} {'frames/s':>9} {'whole':>8} {'model alone':>12} {'share':>6} {'ratio':>7}")
+    for r in report["results"]:
+        print(f"{r['path']:72} {r['fps']:9.1f} {r['process_fps']:8.1f} {r['model_images_per_s']:12.1f} "
+              f"{r['share']:6.0%} {r['ratio']:6.2f}x")
+    print("frames/s: the script's own loop (decoding and the model, start-up not); whole: frames / the process's "
+          "seconds; share: frames/s against the model alone at the same batch and size; ratio: against the naive loop")
+
+
 def main(args):
     if args.tutorial_predict:
         return tutorial_predict(args)
+    if args.naive_video:
+        return naive_video(args)
+    if args.video is not None:
+        report = video_benchmark(args)
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            print_video_report(report)
+        return report
     if args.one_path:
         return one_path(args)
     if args.loader:

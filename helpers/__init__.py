@@ -11,6 +11,8 @@ this package holds the machinery below them, one module for each kind of thing:
     reports    what a run writes about itself: history.csv, the per-class table, predictions
     inference  the PyTorch and ONNX Runtime predictors and the decoding pool (no torch on top)
     plots      the figures (PNG when there is no display)
+    video      cameras, video files, streams and CSI for video_predict.py: the reader thread, the
+               annotated video, the window (OpenCV, imported here only)
     gradcam    Grad-CAM heatmaps for predict.py --cam
     demo_data  synthetic flowers for a demo or a test when there is no real data set
 

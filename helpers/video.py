@@ -1,0 +1,600 @@
+"""Video for video_predict.py, with OpenCV: the sources (a camera, a video file, a network stream,
+a Jetson's CSI camera, a GStreamer pipeline), the reader thread that decodes beside the model, the
+annotated video writer and the window.
+
+A live source (a camera, a stream) is read in a thread as fast as it sends: the newest frame is
+the one predicted, the frames that came while the model was busy are dropped and counted. A file
+is read frame by frame, nothing dropped, and its frames are batched. Every frame is predicted as
+the model was trained: RGB (OpenCV decodes BGR), then predict.py's eval transform.
+
+OpenCV is imported here and nowhere else, so the other scripts run without it; torch is not
+imported at all (video_predict.py --onnx runs without it).
+"""
+import contextlib
+import dataclasses
+import os
+import queue
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from helpers import cli, files, imaging, plots
+
+# OpenCV's warnings and FFmpeg's complaints about each broken packet name no file and would bury the
+# one line that says what is wrong (a user who sets these variables keeps their own).
+os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+try:
+    import cv2
+except ImportError:
+    cv2 = None
+
+STREAM_SCHEMES = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}  # and their default ports
+SAVE_FOURCC = {".mp4": "mp4v", ".avi": "MJPG"}  # what pip's OpenCV encodes without extra libraries
+# Failed reads in a row that still count as corrupt frames, not as the end: FFmpeg answers at once
+# at the end of a file, and a stream that dropped answers at once every time.
+RETRIES = {"file": 50, "live": 5}
+
+
+def need_cv2():
+    if cv2 is None:
+        raise cli.UserError("video_predict.py needs OpenCV: pip install -r requirements-video.txt "
+                            "(opencv-python-headless), or on a Jetson use JetPack's own (python3-opencv)")
+    return cv2
+
+
+def has_gstreamer():
+    return bool(re.search(r"^\s*GStreamer:\s*YES", cv2.getBuildInformation(), re.M))
+
+
+# ---------------------------------------------------------------- sources
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    name: str  # for messages: the path, the URL without its password, "camera 0", "csi://0"
+    kind: str  # "file", "camera", "stream", "csi" or "pipeline"
+    target: object  # what cv2.VideoCapture opens
+    api: int  # OpenCV's backend for it
+
+    @property
+    def live(self):
+        return self.kind != "file"
+
+
+def csi_pipeline(sensor, width=1280, height=720, fps=30):
+    """A Jetson CSI camera through nvarguscamerasrc, converted to BGR on the way (nvvidconv), the
+    newest frame only (appsink drop)."""
+    return (f"nvarguscamerasrc sensor-id={sensor} ! video/x-raw(memory:NVMM), width={width}, height={height}, "
+            f"framerate={fps}/1 ! nvvidconv ! video/x-raw, format=BGRx ! videoconvert ! video/x-raw, format=BGR ! "
+            "appsink drop=true max-buffers=1")
+
+
+def need_gstreamer(what):
+    if not has_gstreamer():
+        raise cli.UserError(f"{what} needs OpenCV built with GStreamer, and this one ({cv2.__version__}) is not: "
+                            "pip's opencv-python-headless never is; on a Jetson use JetPack's own (python3-opencv, "
+                            "in a venv made with --system-site-packages and without pip's opencv)")
+
+
+def hide_password(url):
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    return parts._replace(netloc=f"{user.split(':', 1)[0]}:***@{host}").geturl()
+
+
+def parse_source(text):
+    """What SOURCE names, or a one-line error: a camera index or device, a video file, a stream URL,
+    csi://N, or a GStreamer pipeline (elements joined by '!')."""
+    need_cv2()
+    if re.fullmatch(r"\d+", text):
+        return Source(f"camera {text}", "camera", int(text), cv2.CAP_ANY)
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", text)
+    if scheme and scheme[1].lower() == "csi":
+        sensor = re.fullmatch(r"csi://(\d+)", text, re.I)
+        if not sensor:
+            raise cli.UserError(f"{text}: a CSI camera is csi://N, N its sensor id (csi://0)")
+        need_gstreamer(f"{text} (the Jetson's CSI camera, through nvarguscamerasrc)")
+        return Source(text, "csi", csi_pipeline(int(sensor[1])), cv2.CAP_GSTREAMER)
+    if scheme and scheme[1].lower() in STREAM_SCHEMES:
+        return Source(hide_password(text), "stream", text, cv2.CAP_FFMPEG)
+    if scheme:
+        raise cli.UserError(f"{text}: {scheme[1]}:// is no source this script reads; give a video file, a camera "
+                            "(0 or /dev/video0), rtsp://, http(s)://, csi://N or a GStreamer pipeline")
+    if text.startswith("/dev/") and not os.path.isfile(text):
+        if not os.path.exists(text):
+            raise cli.UserError(f"camera {text} not found (ls /dev/video* lists the cameras)")
+        return Source(text, "camera", text, cv2.CAP_V4L2)
+    if "!" in text and not os.path.exists(text):
+        need_gstreamer("a GStreamer pipeline")
+        pipeline = text if "appsink" in text else text + " ! videoconvert ! video/x-raw, format=BGR ! appsink"
+        return Source("the GStreamer pipeline", "pipeline", pipeline, cv2.CAP_GSTREAMER)
+    files.need_file(text, "video file", "give a video file, a camera (0 or /dev/video0), a URL (rtsp://, http://) "
+                                        "or csi://N")
+    if imaging.is_image_file(text):
+        raise cli.UserError(f"{text} is an image, not a video; predict.py {text} predicts it")
+    return Source(text, "file", text, cv2.CAP_ANY)
+
+
+def check_reachable(source, timeout):
+    """A stream's host takes a connection on its port, or a one-line error (refused, unknown host, no
+    answer within the timeout): OpenCV alone would only say that it could not open the URL."""
+    parts = urllib.parse.urlsplit(source.target)
+    try:
+        port = parts.port or STREAM_SCHEMES[parts.scheme.lower()]
+    except ValueError:
+        raise cli.UserError(f"{source.name}: the port is not a number") from None
+    if not parts.hostname:
+        raise cli.UserError(f"{source.name}: the URL names no host")
+    where = f"{parts.hostname}:{port}"
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except socket.gaierror:
+        raise cli.UserError(f"cannot reach {source.name}: unknown host {parts.hostname}") from None
+    except socket.timeout:
+        raise cli.UserError(f"cannot reach {source.name}: no answer from {where} within --timeout {timeout:g} s") from None
+    except OSError as e:
+        raise cli.UserError(f"cannot reach {source.name}: {e.strerror or e} ({where})") from None
+
+
+def why_not_opened(source, timeout, slow=False):
+    """Why OpenCV could not open the source, as far as can be told; slow: it took the whole timeout."""
+    if source.kind == "file":
+        return f"cannot read video {source.name}: OpenCV cannot open it (not a video, or a codec this OpenCV lacks)"
+    if source.kind == "camera":
+        return (f"cannot open {source.name}: no such camera, or another program is using it "
+                "(ls /dev/video* lists the cameras)")
+    if source.kind == "csi":
+        return (f"cannot open {source.name}: nvarguscamerasrc did not start (is the camera connected, the sensor id "
+                "right, nvargus-daemon running?)")
+    if source.kind == "pipeline":
+        return "cannot open the GStreamer pipeline (gst-launch-1.0 with the same elements says why)"
+    if slow:
+        return f"cannot open {source.name}: no answer within --timeout {timeout:g} s"
+    answer = "it answered, but not with a video OpenCV can read (is the path right?)"
+    if urllib.parse.urlsplit(source.target).scheme.lower() == "http":  # its status says more
+        try:
+            urllib.request.urlopen(source.target, timeout=timeout).close()
+        except urllib.error.HTTPError as e:
+            answer = f"the server answered HTTP {e.code} {e.reason}"
+        except (OSError, ValueError) as e:  # URLError is an OSError
+            if isinstance(getattr(e, "reason", e), socket.timeout):
+                answer = f"no answer within --timeout {timeout:g} s"
+    return f"cannot open {source.name}: {answer}"
+
+
+def to_bgr(frame):
+    """A decoded frame as 8-bit BGR, or None for a frame that is not one (counted as corrupt)."""
+    if frame is None or frame.dtype != np.uint8 or frame.size == 0:
+        return None
+    if frame.ndim == 2:
+        return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    if frame.ndim == 3 and frame.shape[2] == 4:
+        return cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+    return frame if frame.ndim == 3 and frame.shape[2] == 3 else None
+
+
+@dataclasses.dataclass
+class Capture:
+    """An opened source and its first good frame."""
+    cap: object
+    first: np.ndarray
+    corrupt: int  # bad frames before the first good one
+    fps: float  # the source's frame rate, as it says (30 when it says nothing usable)
+    opened_at: float  # time.perf_counter() when the first frame came: a live source's time 0
+
+    @property
+    def size(self):
+        return self.first.shape[1], self.first.shape[0]
+
+
+def _open(source, timeout):
+    """(Capture, None) or (None, why). A live source that gives no frame within the timeout (and a
+    second) counts as not answering, whether or not this OpenCV honours its own timeouts; a stalled
+    opening is left behind in its thread."""
+    args = [source.target, source.api]
+    if source.kind == "stream" and hasattr(cv2, "CAP_PROP_OPEN_TIMEOUT_MSEC"):
+        ms = int(timeout * 1000)
+        args.append([cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
+    box, done = {}, threading.Event()
+
+    def work():
+        try:
+            start = time.perf_counter()
+            try:
+                cap = cv2.VideoCapture(*args)
+            except (TypeError, cv2.error):  # an OpenCV without the timeouts
+                cap = cv2.VideoCapture(*args[:2])
+            if not cap.isOpened():
+                box["why"] = why_not_opened(source, timeout, time.perf_counter() - start >= 0.9 * timeout)
+                return
+            for bad in range(RETRIES["live" if source.live else "file"]):
+                ok, frame = cap.read()
+                frame = to_bgr(frame) if ok else None
+                if frame is not None:
+                    fps = cap.get(cv2.CAP_PROP_FPS)
+                    box["capture"] = Capture(cap, frame, bad, fps if 1 <= fps <= 240 else 30.0, time.perf_counter())
+                    return
+            cap.release()
+            box["why"] = (f"cannot read video {source.name}: OpenCV opened it but decoded no frame" if not source.live
+                          else f"{source.name} opened, but sent no frame")
+        except cv2.error as e:
+            box["why"] = f"cannot open {source.name}: {cli.first_line(e)}"
+        finally:
+            done.set()
+
+    threading.Thread(target=work, daemon=True).start()
+    if not done.wait(timeout + 1 if source.live else None):
+        return None, f"{source.name}: no frame within --timeout {timeout:g} s"
+    return box.get("capture"), box.get("why")
+
+
+def open_source(source, timeout):
+    """The opened source with its first frame, or a one-line error saying why not."""
+    if source.kind == "stream":
+        check_reachable(source, timeout)
+    capture, why = _open(source, timeout)
+    if capture is None:
+        raise cli.UserError(why)
+    return capture
+
+
+# ---------------------------------------------------------------- reading
+
+@dataclasses.dataclass
+class Frame:
+    index: int  # its number in the source, from 0 (corrupt frames have numbers too)
+    time_s: float  # its time in the video (a file) or since the start (a live source)
+    image: object  # BGR as decoded, or None when nothing draws or shows it
+    crop: object = None  # the model's RGB crop (uint8 HWC), for a frame that is predicted
+    seq: int = 0  # its number among the good frames
+
+
+def model_crop(image, transform):
+    """The frame as the model was trained on it: RGB, then predict.py's eval transform."""
+    return np.asarray(transform.resize_crop(Image.fromarray(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))))
+
+
+class Reader:
+    """The frames of an opened source, decoded in a thread of its own while the model runs.
+
+    batches(stop) yields lists of Frames, in order. From a file: every frame, nothing dropped; one in
+    `every` carries its crop (made in the reader thread) and a list holds up to `batch_size` of those.
+    From a live source: one frame, the newest; those that came while the model was busy are dropped
+    (counted), and a lost source is reopened `reconnect` times, `reconnect_delay` seconds apart.
+    A frame that fails to decode is skipped and counted as corrupt. Afterwards `lost` says why a live
+    source ended early (None if it did not)."""
+
+    def __init__(self, source, capture, img_size, batch_size=8, every=1, max_frames=None, max_seconds=None,
+                 reconnect=0, reconnect_delay=1.0, timeout=10.0, keep_images=True):
+        self.source, self.capture = source, capture
+        self.transform = imaging.EvalTransform(img_size)
+        self.batch_size, self.every, self.keep_images = batch_size, every, keep_images
+        self.max_frames, self.max_seconds = max_frames, max_seconds
+        self.reconnect, self.reconnect_delay, self.timeout = reconnect, reconnect_delay, timeout
+        self.read = self.predicted = self.dropped = self.skipped = 0
+        self.corrupt = capture.corrupt
+        self.lost = None
+        self._stop = threading.Event()
+        self._error = None
+        self._queue = queue.Queue(maxsize=2 * batch_size + 2)  # a file's frames, decoded ahead
+        self._latest, self._ended, self._received = None, False, int(source.live)  # a live source's
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    # -- the reader thread
+
+    def _frames(self):
+        """(index, time_s, BGR image, seq) of each good frame of the source (seq: its number among the
+        good ones), until its end, the limits, stop() or a loss that reconnecting did not mend."""
+        cap, live = self.capture.cap, self.source.live
+        # A live source's first frame came before the model loaded: stale now, counted but not predicted.
+        image = None if live else self.capture.first
+        index, good, failures = self.capture.corrupt + int(live), int(live), 0
+        while not self._stop.is_set() and (self.max_frames is None or good < self.max_frames):
+            if image is None:
+                ok, raw = cap.read()
+                image = to_bgr(raw) if ok else None
+            if image is None:
+                failures += 1
+                if failures < RETRIES["live" if live else "file"]:
+                    continue
+                if not live:
+                    return
+                image = self._reopen(index)
+                if image is None:
+                    return
+                cap, failures = self.capture.cap, 0
+                continue
+            self.corrupt += failures
+            index += failures
+            failures = 0
+            msec = cap.get(cv2.CAP_PROP_POS_MSEC) if not live else 0
+            t = (time.perf_counter() - self.capture.opened_at if live else
+                 msec / 1000 if msec > 0 or index == 0 else index / self.capture.fps)
+            if self.max_seconds is not None and t >= self.max_seconds:
+                return
+            yield index, t, image, good
+            index, good, image = index + 1, good + 1, None
+
+    def _reopen(self, at):
+        """The first frame of the source opened again, or None (self.lost says why)."""
+        self.capture.cap.release()
+        for attempt in range(1, self.reconnect + 1):
+            print(f"note: lost {self.source.name} at frame {at}; reconnecting ({attempt}/{self.reconnect}) in "
+                  f"{self.reconnect_delay:g} s", file=sys.stderr)
+            if self._stop.wait(self.reconnect_delay):
+                return None
+            if self.source.kind == "stream":
+                try:
+                    check_reachable(self.source, self.timeout)
+                except cli.UserError:
+                    continue
+            capture, _ = _open(self.source, self.timeout)
+            if capture is not None:
+                print(f"note: reconnected to {self.source.name}", file=sys.stderr)
+                self.capture.cap = capture.cap
+                self.corrupt += capture.corrupt
+                return capture.first
+        self.lost = (f"lost {self.source.name} at frame {at}" +
+                     (f"; {self.reconnect} reconnects failed" if self.reconnect else " (--reconnect N reopens it)"))
+        return None
+
+    def _run(self):
+        try:
+            for index, t, image, seq in self._frames():
+                if self.source.live:
+                    with self._cond:
+                        self._latest, self._received = Frame(index, t, image, seq=seq), seq + 1
+                        self._cond.notify()
+                    continue
+                predict = seq % self.every == 0
+                frame = Frame(index, t, image if self.keep_images else None,
+                              model_crop(image, self.transform) if predict else None, seq)
+                while not self._stop.is_set():
+                    with contextlib.suppress(queue.Full):
+                        self._queue.put(frame, timeout=0.1)
+                        break
+        except BaseException as e:  # handed to the main thread, which raises it
+            self._error = e
+        finally:
+            self.capture.cap.release()
+            with self._cond:
+                self._ended = True
+                self._cond.notify()
+
+    # -- the main thread
+
+    def batches(self, stop):
+        """Lists of Frames to predict and show, until the source ends or stop is set."""
+        self._thread.start()
+        try:
+            yield from (self._live_batches(stop) if self.source.live else self._file_batches(stop))
+        finally:
+            self._stop.set()
+            self._thread.join(timeout=2)  # a stalled stream's read may hold it longer: it is a daemon
+            if self.source.live:  # the frames that came after the last one predicted
+                self._pass_over(self._received - self.read, self.read > 0)
+                self.read = self._received
+        if self._error is not None:
+            raise self._error
+
+    def _pass_over(self, n, after_one):
+        """n frames not predicted: up to every - 1 after a predicted one are --every's, the rest dropped."""
+        skipped = min(n, self.every - 1) if after_one else 0
+        self.skipped += skipped
+        self.dropped += n - skipped
+
+    def _next_queued(self, stop):
+        """The next frame the reader thread decoded, or None once it ended (or stop is set)."""
+        while not stop:
+            try:
+                return self._queue.get(timeout=0.1)
+            except queue.Empty:
+                if self._ended:  # it ended after its last put: whatever it put is there now
+                    with contextlib.suppress(queue.Empty):
+                        return self._queue.get_nowait()
+                    return None
+        return None
+
+    def _file_batches(self, stop):
+        pending, n = [], 0
+        while True:
+            frame = self._next_queued(stop)
+            if frame is None:
+                break
+            self.read += 1
+            if frame.crop is None:
+                self.skipped += 1
+            else:
+                self.predicted += 1
+                n += 1
+            pending.append(frame)
+            if n >= self.batch_size or len(pending) >= 4 * self.batch_size:
+                yield pending
+                pending, n = [], 0
+        if pending:
+            yield pending
+
+    def _live_batches(self, stop):
+        taken = -1  # seq of the frame predicted last
+        while True:
+            with self._cond:
+                want = 0 if taken < 0 else taken + self.every
+                while not stop and not self._ended and (self._latest is None or self._latest.seq < want):
+                    self._cond.wait(0.1)
+                frame = self._latest
+                if stop or frame is None or frame.seq < want:
+                    return
+            self._pass_over(frame.seq - taken - 1, taken >= 0)
+            self.read, self.predicted, taken = frame.seq + 1, self.predicted + 1, frame.seq
+            frame.crop = model_crop(frame.image, self.transform)
+            if not self.keep_images:
+                frame.image = None
+            yield [frame]
+
+    def counts(self):
+        return (f"read {self.read} frames, predicted {self.predicted}, dropped {self.dropped}, skipped {self.skipped}"
+                + (f", corrupt {self.corrupt}" if self.corrupt else ""))
+
+
+# ---------------------------------------------------------------- the main loop's helpers
+
+def csv_header(topk):
+    """frame,time_s,class,prob, then class_2,prob_2 and onward, as batch_predict.py's CSV."""
+    return ["frame", "time_s", "class", "prob"] + [f"{name}_{k}" for k in range(2, topk + 1) for name in ("class", "prob")]
+
+
+class Smoother:
+    """An exponential moving average of the probabilities over frames (`keep` of the average stays
+    each frame); keep 0 passes them through."""
+
+    def __init__(self, keep=0.0):
+        self.keep, self.average = keep, None
+
+    def __call__(self, probs):
+        if self.keep and self.average is not None:
+            probs = self.keep * self.average + (1 - self.keep) * probs
+        self.average = probs
+        return probs
+
+
+class RateMeter:
+    """Frames predicted per second over the last few seconds, for the overlay."""
+
+    def __init__(self, window=2.0):
+        self.window, self.ticks = window, []
+
+    def tick(self, n):
+        now = time.perf_counter()
+        self.ticks = [(t, k) for t, k in self.ticks if now - t < self.window] + [(now, n)]
+
+    @property
+    def rate(self):
+        if len(self.ticks) < 2:
+            return 0.0
+        return sum(k for _, k in self.ticks[1:]) / max(self.ticks[-1][0] - self.ticks[0][0], 1e-9)
+
+
+def draw_label(image, text):
+    """The text in the top-left corner, white on a dark box, sized to the frame."""
+    scale = max(0.4, image.shape[0] / 720)
+    thickness = max(1, round(2 * scale))
+    (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    pad = round(6 * scale)
+    cv2.rectangle(image, (0, 0), (w + 2 * pad, h + base + 2 * pad), (0, 0, 0), cv2.FILLED)
+    cv2.putText(image, text, (pad, h + pad), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+    return image
+
+
+@contextlib.contextmanager
+def video_writer(path, size, fps):
+    """A function that writes one BGR frame to `path` (.mp4 or .avi) at `size` and `fps`, encoding in
+    a thread of its own. The file is written under a temporary name and renamed into place when the
+    block ends (files.atomic_path): the end, a lost stream or a Ctrl-C that stops the loop leave a
+    playable video of every frame written."""
+    fourcc = SAVE_FOURCC[Path(path).suffix.lower()]
+    with files.atomic_path(path) as tmp:
+        out = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*fourcc), fps, size)
+        if not out.isOpened():
+            raise cli.UserError(f"cannot write video {path}: this OpenCV has no {fourcc} encoder")
+        jobs, failed, written = queue.Queue(maxsize=8), [], [0]
+
+        def work():
+            while True:
+                frame = jobs.get()
+                if frame is None:
+                    return
+                if not failed:
+                    try:
+                        out.write(frame if frame.shape[1::-1] == tuple(size) else cv2.resize(frame, size))
+                    except cv2.error as e:
+                        failed.append(e)
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+
+        def write(frame):
+            if failed:
+                raise cli.UserError(f"cannot write video {path}: {cli.first_line(failed[0])}")
+            jobs.put(frame)
+            written[0] += 1
+
+        try:
+            yield write
+        finally:
+            jobs.put(None)
+            thread.join()
+            out.release()
+        if failed or (written[0] and tmp.stat().st_size == 0):
+            raise cli.UserError(f"cannot write video {path} (is the disk full?); it was left as it was")
+
+
+class Window:
+    """The annotated frames in a window, where there is a display and this OpenCV can show one;
+    headless otherwise, said once. show() is False once the user closed it or pressed q or Esc."""
+
+    def __init__(self, title, wanted=True):
+        self.title, self.on = title, False
+        if not wanted:
+            return
+        why = "no display"
+        if plots.has_display():
+            try:
+                cv2.namedWindow(title, cv2.WINDOW_NORMAL)
+                self.on = True
+            except cv2.error:
+                why = "this OpenCV shows no windows (opencv-python-headless)"
+        if not self.on:
+            print(f"note: {why}: running headless (--save writes the annotated video)", file=sys.stderr)
+
+    def show(self, image):
+        if not self.on:
+            return True
+        cv2.imshow(self.title, image)
+        key = cv2.waitKey(1) & 0xFF
+        return key not in (ord("q"), 27) and cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) >= 1
+
+    def close(self):
+        if self.on:
+            cv2.destroyWindow(self.title)
+
+
+class Stop:
+    """Whether the loop should end. Within the block the first Ctrl-C sets it (so the outputs are
+    closed and renamed into place) and a second one interrupts at once; the window sets it too."""
+
+    def __init__(self):
+        self.requested = self.ctrl_c = False
+
+    def __bool__(self):
+        return self.requested
+
+    def set(self):
+        self.requested = True
+
+    def _on_ctrl_c(self, signum, frame):
+        if self.ctrl_c:
+            raise KeyboardInterrupt
+        self.ctrl_c = self.requested = True
+
+    def __enter__(self):
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():  # where Python runs signal handlers
+            self._previous = signal.signal(signal.SIGINT, self._on_ctrl_c)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)

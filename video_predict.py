@@ -1,0 +1,115 @@
+"""Classify what a camera sees, or a video file, or a network stream, frame by frame.
+
+    python video_predict.py 0                                # the first camera (or /dev/video0)
+    python video_predict.py clip.mp4 --csv clip.csv --save clip_labelled.mp4
+    python video_predict.py rtsp://user:pass@192.168.1.20:554/stream --onnx resNet34.int8.onnx
+    python video_predict.py csi://0 --onnx resNet34.onnx     # a Jetson's CSI camera (JetPack's OpenCV)
+
+From a camera or a stream the newest frame is predicted and the ones the model could not keep up
+with are dropped (counted); a file is read frame by frame, in batches. Needs OpenCV
+(pip install -r requirements-video.txt). Ctrl-C, the end or a lost stream leave a complete CSV and
+a playable video.
+"""
+from helpers import cli
+if __name__ == "__main__":
+    cli.one_line_ctrl_c()  # before torch loads: a Ctrl-C during its import ends in one line too
+import contextlib
+import sys
+import time
+
+import numpy as np
+
+from helpers import files, inference, video
+
+
+def get_args_parser(add_help=True):
+    p = cli.ArgumentParser(description="Predict the frames of a camera, a video file or a stream", add_help=add_help)
+    p.add_argument("source", help="a camera (0, /dev/video0), a video file, rtsp:// or http(s):// URL, csi://N "
+                                  "(a Jetson's CSI camera) or a GStreamer pipeline")
+    p.add_argument("--batch-size", type=cli.batch_size_arg, default=8,
+                   help="frames per batch from a file; a live source is predicted one newest frame at a time "
+                        "(default: %(default)s)")
+    p.add_argument("--topk", type=cli.positive_int, default=1, help="classes to report per frame (default: %(default)s)")
+    p.add_argument("--csv", default=None, metavar="PATH", help="write frame, time_s, top-k classes and probabilities")
+    p.add_argument("--save", default=None, metavar="PATH",
+                   help="write the frames with their class, probability and frames/s drawn on them (.mp4 or .avi), "
+                        "at the source's size and frame rate")
+    p.add_argument("--no-show", dest="show", action="store_false", help="no window, even with a display")
+    p.add_argument("--every", type=cli.positive_int, default=1, help="predict one frame in N (default: %(default)s)")
+    p.add_argument("--max-frames", type=cli.positive_int, default=None, help="stop after N frames of the source")
+    p.add_argument("--max-seconds", type=cli.positive_float, default=None,
+                   help="stop after S seconds (of the video for a file, since the start for a live source)")
+    p.add_argument("--smooth", type=cli.float_in(0, 1, high_open=True), default=0.0, metavar="A",
+                   help="average the probabilities over frames, keeping A of the average each frame (0.8: about "
+                        "the last 5 frames), so that the label does not flicker (default: 0, off)")
+    p.add_argument("--timeout", type=cli.positive_float, default=10.0,
+                   help="seconds a camera or stream may take to answer or to send a frame (default: %(default)s)")
+    p.add_argument("--reconnect", type=cli.int_in(0, 1000), default=3,
+                   help="times a lost camera or stream is reopened (default: %(default)s)")
+    p.add_argument("--reconnect-delay", type=cli.non_negative_float, default=2.0,
+                   help="seconds between tries (default: %(default)s)")
+    inference.add_model_args(p)
+    return inference.add_runtime_args(p)
+
+
+def main(args):
+    # Settle everything first: the source, the outputs, the classes, the model.
+    video.need_cv2()
+    source = video.parse_source(args.source)
+    inputs = [args.source] if source.kind == "file" else []
+    if args.csv:
+        files.check_output(args.csv, "CSV file", suffixes=(".csv",), inputs=inputs)
+    if args.save:
+        files.check_output(args.save, "video", suffixes=tuple(video.SAVE_FOURCC), inputs=inputs)
+    classes, class_source = inference.resolve_classes(args)
+    capture = video.open_source(source, args.timeout)
+    if source.live:
+        args.batch_size = 1  # the newest frame, one at a time (and TensorRT's engine built for that)
+    predictor, runs_on = inference.load_predictor(args, len(classes), class_source)
+    topk = min(args.topk, len(classes))
+    window = video.Window(f"video_predict.py: {source.name}", args.show)
+    reader = video.Reader(source, capture, args.img_size, batch_size=args.batch_size, every=args.every,
+                          max_frames=args.max_frames, max_seconds=args.max_seconds, reconnect=args.reconnect,
+                          reconnect_delay=args.reconnect_delay, timeout=args.timeout,
+                          keep_images=bool(args.save) or window.on)
+    smooth, meter, label = video.Smoother(args.smooth), video.RateMeter(), ""
+
+    with video.Stop() as stop, contextlib.ExitStack() as outputs:
+        table = outputs.enter_context(files.atomic_csv(args.csv, video.csv_header(topk))) if args.csv else None
+        save = outputs.enter_context(video.video_writer(args.save, capture.size, capture.fps)) if args.save else None
+        outputs.callback(window.close)
+        start = time.perf_counter()
+        for batch in reader.batches(stop):
+            crops = [frame.crop for frame in batch if frame.crop is not None]
+            probs = iter(predictor(np.stack(crops))) if crops else iter(())
+            meter.tick(len(crops))
+            for frame in batch:
+                if frame.crop is not None:
+                    p = smooth(next(probs))
+                    pairs = [(classes[i], float(p[i])) for i in np.argsort(-p, kind="stable")[:topk]]
+                    (name, prob), label = pairs[0], f"{pairs[0][0]} {pairs[0][1]:.2f}"
+                    print(f"frame: {frame.index}  time: {frame.time_s:.2f} s  class: {name}  prob: {prob:.3}")
+                    if table:
+                        table.writerow([frame.index, f"{frame.time_s:.3f}"] + [x for c, q in pairs
+                                                                                for x in (c, f"{q:.6f}")])
+                if frame.image is not None:
+                    video.draw_label(frame.image, f"{label}  {meter.rate:.1f} fps")
+                    if save:
+                        save(frame.image)
+                    if not window.show(frame.image):
+                        stop.set()  # the window was closed, or q or Esc pressed
+        seconds = time.perf_counter() - start
+    written = [p for p in (args.csv, args.save) if p]
+    print(f"{reader.counts()}, {reader.predicted / max(seconds, 1e-9):.1f} frames/s with {runs_on}"
+          + (f"; wrote {', '.join(written)}" if written else ""))
+    kept = f"; {' and '.join(written)} hold everything up to it" if written else ""
+    if reader.lost:
+        raise cli.UserError(reader.lost + kept)
+    if stop.ctrl_c:
+        print(f"interrupted (Ctrl-C) after {reader.read} frames{kept}", file=sys.stderr)
+        sys.exit(130)
+    return reader
+
+
+if __name__ == "__main__":
+    cli.run_cli(main, get_args_parser())
