@@ -49,6 +49,7 @@ def get_args_parser(add_help=True):
     p.add_argument("--reconnect-delay", type=cli.non_negative_float, default=2.0,
                    help="seconds between tries (default: %(default)s)")
     inference.add_model_args(p)
+    inference.add_min_prob_arg(p)
     return inference.add_runtime_args(p)
 
 
@@ -75,7 +76,7 @@ def main(args):
     smooth, meter, label = video.Smoother(args.smooth), video.RateMeter(), ""
 
     with video.Stop() as stop, contextlib.ExitStack() as outputs:
-        table = outputs.enter_context(files.atomic_csv(args.csv, video.csv_header(topk))) if args.csv else None
+        table = outputs.enter_context(files.atomic_csv(args.csv, video.csv_header(topk, args.min_prob))) if args.csv else None
         save = outputs.enter_context(video.video_writer(args.save, capture.size, capture.fps)) if args.save else None
         outputs.callback(window.close)
         start = time.perf_counter()
@@ -87,11 +88,15 @@ def main(args):
                 if frame.crop is not None:
                     p = smooth(next(probs))
                     pairs = [(classes[i], float(p[i])) for i in np.argsort(-p, kind="stable")[:topk]]
-                    (name, prob), label = pairs[0], f"{pairs[0][0]} {pairs[0][1]:.2f}"
-                    print(f"frame: {frame.index}  time: {frame.time_s:.2f} s  class: {name}  prob: {prob:.3}")
+                    name, prob = pairs[0]
+                    shown = inference.shown_class(name, prob, args.min_prob)  # or unknown, below --min-prob
+                    label = f"{shown} {prob:.2f}"
+                    print(f"frame: {frame.index}  time: {frame.time_s:.2f} s  class: {shown}  prob: {prob:.3}"
+                          + (f"  (top: {name})" if shown != name else ""))
                     if table:
-                        table.writerow([frame.index, f"{frame.time_s:.3f}"] + [x for c, q in pairs
-                                                                                for x in (c, f"{q:.6f}")])
+                        prediction = [shown] if args.min_prob is not None else []
+                        table.writerow([frame.index, f"{frame.time_s:.3f}"] + prediction
+                                       + [x for c, q in pairs for x in (c, f"{q:.6f}")])
                 if frame.image is not None:
                     video.draw_label(frame.image, f"{label}  {meter.rate:.1f} fps")
                     if save:

@@ -451,9 +451,11 @@ class Reader:
 
 # ---------------------------------------------------------------- the main loop's helpers
 
-def csv_header(topk):
-    """frame,time_s,class,prob, then class_2,prob_2 and onward, as batch_predict.py's CSV."""
-    return ["frame", "time_s", "class", "prob"] + [f"{name}_{k}" for k in range(2, topk + 1) for name in ("class", "prob")]
+def csv_header(topk, min_prob=None):
+    """frame,time_s,[prediction,]class,prob, then class_2,prob_2 and onward, as batch_predict.py's CSV
+    (prediction: the class reported, or unknown below --min-prob)."""
+    return (["frame", "time_s"] + (["prediction"] if min_prob is not None else []) + ["class", "prob"]
+            + [f"{name}_{k}" for k in range(2, topk + 1) for name in ("class", "prob")])
 
 
 class Smoother:

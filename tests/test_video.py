@@ -160,6 +160,15 @@ def test_every_max_frames_max_seconds_and_smooth_with_onnx(color_model, clip, tm
 
 
 @needs_cv2
+def test_min_prob_reports_unknown_frames_and_keeps_the_real_class_beside_it(color_model, clip, tmp_path, capsys):
+    run(clip, *onnx_flags(color_model), "--max-frames", "6", "--min-prob", "1", "--csv", tmp_path / "u.csv")
+    rows = csv_rows(tmp_path / "u.csv")
+    assert rows[0][:5] == ["frame", "time_s", "prediction", "class", "prob"]
+    assert [r[2] for r in rows[1:]] == ["unknown"] * 6 and [r[3] for r in rows[1:]] == ["blue"] * 6
+    assert capsys.readouterr().out.count("class: unknown") == 6
+
+
+@needs_cv2
 def test_corrupt_frames_in_a_file_are_skipped_and_counted(color_model, tmp_path, capsys):
     path = write_clip(tmp_path / "broken.avi", color_frames(per_color=4))
     data = bytearray(path.read_bytes())
