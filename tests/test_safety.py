@@ -117,13 +117,17 @@ def test_load_weights_and_export_refuse_to_replace_files(tiny_run, tmp_path):
     folder = tmp_path / "onnx"
     folder.mkdir()
     (folder / "labels.txt").write_text("my own labels\n")
+    (folder / "m.labels.txt").write_text("my own labels\n")
     args = ["--model", "resnet18", "--weights", tiny_run["weights"], "--class-indices", tiny_run["classes"],
             "--img-size", "32", "--out", folder / "m.onnx", "--check-images", tmp_path / "none"]
-    with pytest.raises(cli.UserError, match="labels.txt already exists"):
+    with pytest.raises(cli.UserError, match="m.labels.txt already exists"):  # the model's own labels file
         export_onnx.main(parse(export_onnx, args))
-    assert (folder / "labels.txt").read_text() == "my own labels\n" and not (folder / "m.onnx").exists()
-    (folder / "labels.txt").unlink()
+    assert not (folder / "m.onnx").exists()
+    (folder / "m.labels.txt").unlink()
+    # labels.txt of other classes is left as it is: the model's names are in its own file and in it.
     export_onnx.main(parse(export_onnx, args))
+    assert (folder / "labels.txt").read_text() == "my own labels\n"
+    assert (folder / "m.labels.txt").read_text().split() == ["daisy", "roses", "tulips"]
     before = snapshot(folder)
     with pytest.raises(cli.UserError, match="m.onnx already exists.*--overwrite"):
         export_onnx.main(parse(export_onnx, args))
