@@ -2,7 +2,7 @@
 
     python train.py                               # the tutorial: resnet34, ImageNet weights, 3 epochs
     python train.py --weights none --epochs 30    # from scratch
-    python train.py --resume ./last.pth           # continue an interrupted run
+    python train.py --resume ./last.pth           # continue a run stopped by Ctrl-C, SIGTERM or SIGHUP
     torchrun --nproc_per_node=2 train.py ...      # several GPUs (or CPU processes)
 
 The tutorial's loop is here, in its order: main() settles the settings and checks every input and
@@ -69,14 +69,14 @@ def main(args):
                   + (f", gradient accumulation: {s.accum_steps} batches" if s.accum_steps > 1 else ""))
             files.atomic_write_bytes(s.class_indices, files.class_indices_bytes(classes))  # the first write
 
-        # 3. The epochs. Each ends in the tutorial's best-accuracy save and a checkpoint; a Ctrl-C
-        # stops at the end of a step, saves where the run is, and says how to go on.
+        # 3. The epochs. Each ends in the tutorial's best-accuracy save and a checkpoint; Ctrl-C,
+        # SIGTERM or SIGHUP stops at the end of a step, saves where the run is, and says how to go on.
         criterion = nn.CrossEntropyLoss(label_smoothing=s.label_smoothing)
         mixer = training.batch_mixer(s, len(classes))  # mixup/cutmix, or None
         parts = dict(model=model_without_ddp, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema,
                      classes=classes)
         try:
-            with training.CTRL_C.active():
+            with training.STOP.active():
                 while state.epoch < s.epochs:
                     devices.reset_peak_memory(env.device)
                     train_sampler.set_epoch(state.epoch, skip=state.step * s.batch_size)
@@ -105,12 +105,12 @@ def main(args):
                         settings.save(settings.checkpoint(s, state, **parts), s.checkpoint)
                         reports.write_history(state.history, Path(s.output_dir) / "history.csv")
                         plots.plot_curves(state.history, Path(s.output_dir) / "curves.png")
-        except training.Interrupted:
+        except training.Interrupted as stop:
             if world.is_main:
                 settings.save(settings.checkpoint(s, state, **parts), s.checkpoint)
-                print(f"saved {s.checkpoint} at epoch {state.epoch + 1}, step {state.step}; resume with:\n"
-                      f"  python train.py --resume {s.checkpoint}", file=sys.stderr)
-            sys.exit(130)
+                print(f"stopped by {training.Stop.name(stop.signum)}: saved {s.checkpoint} at epoch {state.epoch + 1}, "
+                      f"step {state.step}; resume with:\n  python train.py --resume {s.checkpoint}", file=sys.stderr)
+            sys.exit(128 + stop.signum)
         if world.is_main:
             print("Finished Training")
 
@@ -128,7 +128,7 @@ def main(args):
 
 def train_one_epoch(model, criterion, optimizer, loader, s, env, *, state, scheduler, scaler, ema=None, mixer=None):
     """The epoch's remaining batches. Every --accum-steps batches the optimizer steps; after each
-    optimizer step a Ctrl-C (agreed by all processes) ends the epoch with Interrupted, `state`
+    optimizer step a stop signal (agreed by all processes) ends the epoch with Interrupted, `state`
     then holding exactly what was done. Returns the epoch's train loss, accuracy and images."""
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -166,8 +166,8 @@ def train_one_epoch(model, criterion, optimizer, loader, s, env, *, state, sched
             if env.world.is_main and time.perf_counter() - last_shown > 0.5:
                 bar.set_description(f"train epoch[{state.epoch + 1}/{s.epochs}] loss:{loss.item():.3f}", refresh=False)
                 last_shown = time.perf_counter()
-            if update and training.CTRL_C.agreed(env.world, env.device):
-                raise training.Interrupted
+            if update and training.STOP.agreed(env.world, env.device):
+                raise training.Interrupted(training.STOP.signum)
     finally:
         state.seconds += time.perf_counter() - start
         state.sums = sums.cpu()
@@ -210,8 +210,8 @@ def predict_rows(net, loader, env, desc):
         prob, pred = torch.softmax(logits, dim=1).max(1)
         loss = nn.functional.cross_entropy(logits, labels.to(env.device), reduction="none")
         batches.append((indices, labels, pred, prob, loss))
-        if training.CTRL_C.requested and not env.world.distributed:
-            raise training.Interrupted
+        if training.STOP.requested and not env.world.distributed:
+            raise training.Interrupted(training.STOP.signum)
     names = ("index", "true", "pred", "prob", "loss")
     if not batches:
         return {k: np.zeros(0, np.float32 if k in ("prob", "loss") else np.int64) for k in names}
@@ -241,7 +241,7 @@ def load_data(s, env):
     train_sampler = training.ResumableSampler(train_set, env.world, shuffle=True, seed=s.seed)
     val_sampler = training.ResumableSampler(val_set, env.world, shuffle=False)
     common = dict(batch_size=s.batch_size, num_workers=s.workers, pin_memory=env.device.type == "cuda",
-                  persistent_workers=s.workers > 0, worker_init_fn=cli.ignore_ctrl_c,
+                  persistent_workers=s.workers > 0, worker_init_fn=cli.ignore_stop_signals,
                   collate_fn=training.collate_skip_none, prefetch_factor=4 if s.workers > 0 else None)
     # A last batch of one image fails in BatchNorm at small sizes: it is left out of the epoch.
     train_loader = DataLoader(train_set, sampler=train_sampler, drop_last=len(train_sampler) % s.batch_size == 1,
