@@ -3,7 +3,7 @@ precision and image size, what the machine has free, the batch size that fits, a
 errors recognised whichever allocator ran out (CUDA's, the CPU's, Python's, ONNX Runtime's).
 
 The estimate is a fixed part plus a part per image, from a table measured on a CPU
-(bench/train_memory.sh; docs/jetson.md says what it means on a board). It is an estimate: it
+(bench/train_memory.py; docs/jetson.md says what it means on a board). It is an estimate: it
 warns before the first step, it stops nothing; an out-of-memory error that comes anyway is handled
 where it happens (train.py saves the last finished step; prediction halves its batch).
 
@@ -14,21 +14,28 @@ import dataclasses
 import sys
 from pathlib import Path
 
-# MB per image at 224 px: (training in fp32, training with 16-bit autocast, inference with 16-bit
-# autocast), channels-last as train.py runs. The process's peak RSS over two batch sizes (the
-# slope), on this project's 2-core AMD EPYC, torch 2.14.1, 2026-12-01: `bash bench/train_memory.sh`.
+# Training's MB per image at 224 px in fp32, channels-last as train.py runs, with Adam: the slope of
+# the process's peak RSS between batches 4 and 12, each in a process of its own.
+# `python bench/train_memory.py`, 2026-12-01, a 2-core AMD EPYC (no AVX-512), torch 2.14.1.
 PER_IMAGE_MB = {
-    "resnet18": (30.0, 16.0, 2.0),
-    "resnet34": (47.0, 24.0, 2.0),
-    "resnet50": (120.0, 62.0, 4.0),
-    "resnet101": (180.0, 92.0, 4.0),
-    "resnet152": (250.0, 128.0, 4.0),
-    "resnext50_32x4d": (160.0, 82.0, 5.0),
-    "resnext101_32x8d": (300.0, 155.0, 8.0),
+    "resnet18": 28.8,
+    "resnet34": 42.2,
+    "resnet50": 93.1,
+    "resnet101": 145.8,
+    "resnet152": 181.0,
+    "resnext50_32x4d": 133.3,
+    "resnext101_32x8d": 262.7,
 }
-# The rest of the fixed part, beside the parameters' bytes: Python, torch and its libraries, the
-# allocator's slack (the same table: fixed part minus 16 bytes a parameter, resnet18 to resnext101).
-BASE_MB = 700.0
+# 16-bit autocast keeps about half of that: 24 MB against 47 MB for resnet34, measured where bf16 is
+# native (docs/benchmarks.md, training memory per batch size). On a CPU that only emulates bf16 the
+# figure is not meaningful (oneDNN keeps fp32 copies), and train.py does not choose it there.
+HALF = 0.51
+# --freeze-backbone: the frozen layers run as in inference and keep nothing for a backward pass
+# (resnet18: 8.2 MB per image against 28.8 in training, the same table).
+FROZEN = 0.3
+# The fixed part beside the parameters' bytes (16 a parameter with Adam): Python, torch, its libraries
+# and the allocator's slack; 668-769 MB over the seven architectures in the same table.
+BASE_MB = 730.0
 # A Jetson's GPU shares the system's memory: its CUDA context and libraries come on top (NVIDIA's
 # order of magnitude for JetPack 5; not measured here).
 CUDA_CONTEXT_MB = 1300.0
@@ -57,14 +64,14 @@ def estimate(model, n_params, n_trainable, batch_size, img_size, half, *, optimi
     """The estimate for one training process. half: 16-bit autocast; n_trainable: the parameters
     that get gradients (all of them, or the fc alone with --freeze-backbone); gpu: the tensors are
     on a GPU of their own (the CPU-side base is not counted against its memory)."""
-    fp32, fp16, infer = PER_IMAGE_MB.get(model, PER_IMAGE_MB["resnet34"])
-    scale = (img_size / 224) ** 2
     frozen = n_trainable < n_params / 2  # --freeze-backbone: the backbone runs as in inference
-    per_image = (infer if frozen else fp16 if half else fp32) * scale
+    per_image = PER_IMAGE_MB.get(model, PER_IMAGE_MB["resnet34"]) * (img_size / 224) ** 2
+    per_image *= FROZEN if frozen else HALF if half else 1.0
     state_bytes = 8 if optimizer in ("adam", "adamw") else (4 if momentum else 0)
     param_bytes = 4 * n_params + (4 + state_bytes) * n_trainable + (4 * n_params if ema else 0)
-    # One decoded batch per worker and prefetched batch (4 each), float32, in shared memory.
-    per_image += 4 * max(workers, 1) * 3 * img_size * img_size * 4 / MB
+    # The data loader's decoded batches, float32: 4 prefetched per worker (in shared memory), or the one
+    # the main process decodes.
+    per_image += (4 * workers if workers else 1) * 3 * img_size * img_size * 4 / MB
     return Estimate((0 if gpu else BASE_MB) + param_bytes / MB, per_image, batch_size)
 
 
@@ -194,13 +201,13 @@ def report(check, s, half):
         return
     what = (f"{s.model}, batch {s.batch_size}, {'16-bit' if half else 'fp32'}, {s.img_size} px"
             + (f", {check.processes} processes" if check.processes > 1 else ""))
-    need = check.needed_mb()
+    peak, need = check.est.total_mb * check.processes, check.needed_mb()
     if check.fits():
-        print(f"memory: about {fmt_mb(need)} more needed ({what}), {fmt_mb(check.free_mb)} {check.where}")
+        print(f"memory: about {fmt_mb(peak)} at the peak ({what}), {fmt_mb(check.free_mb)} {check.where}")
         return
-    print(f"warning: this run needs about {fmt_mb(need)} more memory ({what}: {fmt_mb(check.est.fixed_mb)} fixed + "
-          f"{fmt_mb(check.est.per_image_mb)} per image), but {fmt_mb(check.free_mb)} is {check.where}: it will not "
-          f"fit; {advice(check, s.accum_steps)}", file=sys.stderr)
+    print(f"warning: this run needs about {fmt_mb(peak)} at the peak ({what}: {fmt_mb(check.est.fixed_mb)} fixed + "
+          f"{fmt_mb(check.est.per_image_mb)} per image), {fmt_mb(need)} more than it holds now, but "
+          f"{fmt_mb(check.free_mb)} is {check.where}: it will not fit; {advice(check, s.accum_steps)}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- out-of-memory errors

