@@ -154,13 +154,12 @@ class Check:
 def check_training(s, env, net, processes=1):
     """The estimate of this run's peak (settings s, its Env, the model on its device) against
     what the machine has free."""
-    import torch
     n_params = sum(p.numel() for p in net.parameters())
     n_trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     gpu = env.device.type == "cuda" and not is_integrated(env.device)
     est = estimate(s.model, n_params, n_trainable, s.batch_size, s.img_size, env.amp_dtype is not None,
                    optimizer=s.opt, momentum=s.momentum, ema=s.model_ema, workers=s.workers, gpu=gpu)
-    if env.device.type == "cuda" and not gpu and not torch.cuda.is_initialized():
+    if env.device.type == "cuda" and not gpu:  # a Jetson: the process's peak includes the CUDA context
         est = dataclasses.replace(est, fixed_mb=est.fixed_mb + CUDA_CONTEXT_MB)
     free, where, held = free_memory(env.device)
     return Check(est, free, where, held, processes)
