@@ -2,7 +2,7 @@
 
     python batch_predict.py                          # data/imgs, batches of 5
     python batch_predict.py photos/ --recursive --topk 3 --csv out.csv
-    python batch_predict.py photos/ --onnx resNet34.onnx   # ONNX Runtime; PyTorch is not imported
+    python batch_predict.py photos/ --onnx resNet34.onnx   # ONNX Runtime, no PyTorch; nothing else beside the file
 
 Unreadable files are skipped and named; the other images are all predicted.
 """

@@ -7,8 +7,12 @@ with --int8, also an INT8 model for fast prediction on a CPU (or TensorRT), chec
     trtexec --onnx=resNet34.onnx --fp16 --saveEngine=resNet34.engine     # on a Jetson / TensorRT
 
 Input `input` (N, 3, H, W), normalised as in training; output `logits`, or `probs` with --softmax.
-labels.txt beside the file holds the class names, one per line, in output order. The file is kept
-only when ONNX Runtime's output matches PyTorch's.
+The file carries in its metadata what prediction needs: the class names, the input size, the mean
+and std, the architecture, and the top-1 accuracy on <data-path>/val it was checked at (when that
+folder is there). predict.py and batch_predict.py --onnx FILE need nothing else. <name>.labels.txt
+and labels.txt beside it hold the class names, one per line, in output order, for trtexec and
+DeepStream (labels.txt is left as it is when it holds another model's). The file is kept only when
+ONNX Runtime's output matches PyTorch's.
 
 --int8 is ONNX Runtime's static post-training quantization (QDQ, per-channel weights), calibrated on
 --calib-images training images. The fp32 and the INT8 model are then measured on <data-path>/val
@@ -18,6 +22,8 @@ Either both files are written or neither.
 from helpers import cli
 if __name__ == "__main__":
     cli.one_line_ctrl_c()  # before torch loads: a Ctrl-C during its import ends in one line too
+import contextlib
+import dataclasses
 import itertools
 import random
 import sys
@@ -39,7 +45,7 @@ def get_args_parser(add_help=True):
     p = cli.ArgumentParser(description="Export trained weights to ONNX and check the result", add_help=add_help)
     inference.add_model_args(p)
     p.add_argument("--out", default=None, help="ONNX file (default: the weights' name with .onnx)")
-    cli.add_overwrite(p, "replace an existing ONNX file and labels.txt")
+    cli.add_overwrite(p, "replace an existing ONNX file and its labels files")
     p.add_argument("--opset", type=cli.int_in(11), default=17, help="ONNX opset, 11 or more (default: %(default)s)")
     p.add_argument("--softmax", action="store_true", help="put the softmax in the graph: output probabilities")
     p.add_argument("--check-images", default="data/imgs", help="real images for the check, when there (default: %(default)s)")
@@ -51,7 +57,8 @@ def get_args_parser(add_help=True):
                         "(unsigned activations, its fastest), or with 'tensorrt' <out>.int8-tensorrt.onnx (symmetric "
                         "signed, what TensorRT's INT8 needs)")
     q.add_argument("--data-path", default="data_set/flower_data",
-                   help="the data set: calibration images from its train/, accuracy on its val/ (default: %(default)s)")
+                   help="the data set: accuracy on its val/ (recorded in the files), INT8 calibration images from its "
+                        "train/ (default: %(default)s)")
     q.add_argument("--calib-dir", default=None,
                    help="images to calibrate on, in <class>/ folders or not (default: <data-path>/train)")
     q.add_argument("--calib-images", type=cli.int_in(8), default=200,
@@ -174,7 +181,6 @@ def quantize_int8(fp32, int8, paths, img_size, flavour):
     """Static INT8 quantization of the fp32 file into `int8`: QDQ, per-channel weights, min-max
     ranges from the calibration images. "cpu": unsigned activations (ONNX Runtime's fastest on a
     CPU); "tensorrt": symmetric signed ones, as TensorRT requires."""
-    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
 
     signed = flavour == "tensorrt"
@@ -187,11 +193,16 @@ def quantize_int8(fp32, int8, paths, img_size, flavour):
                         reduce_range=False, activation_type=QuantType.QInt8 if signed else QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
                         extra_options={"ActivationSymmetric": signed, "WeightSymmetric": True})
-    # Which flavour this is, for inference.quantized_for on a machine without the onnx package.
-    model = onnx.load(str(int8))
-    onnx.helper.set_model_props(model, {"int8_for": flavour})
-    onnx.save(model, str(int8))
     return reader.used, reader.skipped
+
+
+def write_metadata(path, info):
+    """The file's metadata_props become info's (inference.ModelInfo): what prediction reads back.
+    An INT8 file's "int8_for" also tells inference.quantized_for its flavour without the onnx package."""
+    import onnx
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, info.to_metadata())
+    onnx.save(model, str(path))
 
 
 def top1(models, paths, labels, img_size):
@@ -213,21 +224,27 @@ def top1(models, paths, labels, img_size):
     return [100 * c / max(seen, 1) for c in correct], [100 * a / max(seen, 1) for a in agree], seen
 
 
-def check_int8(fp32, int8, val_dir, classes, args):
-    """Measure both models on val/ and print them side by side; raise when INT8 loses more than
-    --max-drop points (unless --keep-int8)."""
+def check_accuracy(fp32, int8, val_dir, classes, args):
+    """Measure the model (and its INT8 twin) on val/ and print the figures, side by side; raise when
+    INT8 loses more than --max-drop points (unless --keep-int8). Returns (fp32 top-1, INT8 top-1,
+    images) as fractions, or Nones when there is no val/ to measure on."""
     paths, labels = val_images(val_dir, classes)
     if not paths:
-        print(f"no {val_dir} with folders named after the classes: INT8 accuracy not measured")
-        return None
-    (acc32, acc8), (_, same), seen = top1([fp32, int8], paths, labels, args.img_size)
+        print(f"no {val_dir} with folders named after the classes: {'fp32 and INT8 ' if int8 else ''}accuracy not "
+              "measured")
+        return None, None, None
+    accs, agree, seen = top1([fp32] + ([int8] if int8 else []), paths, labels, args.img_size)
+    if not int8:
+        print(f"top-1 on {seen} images of {val_dir}: fp32 {accs[0]:.2f}%")
+        return accs[0] / 100, None, seen
+    (acc32, acc8), same = accs, agree[1]
     drop = acc32 - acc8
     print(f"top-1 on {seen} images of {val_dir}: fp32 {acc32:.2f}%   INT8 {acc8:.2f}%   ({-drop:+.2f} points; "
           f"same class for {same:.1f}% of the images)")
     if drop > args.max_drop and not args.keep_int8:
         raise cli.UserError(f"INT8 loses {drop:.2f} points of top-1 (more than --max-drop {args.max_drop}), so neither "
                         "file was written; try more --calib-images, or --keep-int8 to keep it anyway")
-    return acc32, acc8
+    return acc32 / 100, acc8 / 100, seen
 
 
 # ---------------------------------------------------------------- main
@@ -235,6 +252,7 @@ def check_int8(fp32, int8, val_dir, classes, args):
 def main(args):
     onnx, _ = import_onnx()
     # Settle everything first: weights, classes, every output, the calibration images.
+    args.img_size = args.img_size or 224
     weights_path = inference.default_weights(args)
     class_source = args.class_indices or files.CLASS_INDICES
     classes = files.read_class_indices(class_source)
@@ -248,13 +266,19 @@ def main(args):
         newest = None
     if newest and args.opset > newest:
         raise cli.UserError(f"--opset {args.opset}: this torch ({torch.__version__}) writes opsets up to {newest}")
-    labels = out.parent / "labels.txt"
     labels_text = ("\n".join(classes) + "\n").encode()
+    own_labels = out.with_suffix(".labels.txt")  # this model's alone
+    labels = out.parent / "labels.txt"  # trtexec's and DeepStream's habit: shared by the models of a folder
     files.check_output(out, "ONNX file", overwrite=args.overwrite)
     if args.int8:
         out8 = files.check_output(int8_path(out, args.int8), "INT8 ONNX file", overwrite=args.overwrite)
         calib = calibration_images(args.calib_dir or Path(args.data_path) / "train", args.calib_images)
-    files.check_output(labels, "labels file", overwrite=args.overwrite, same_content=labels_text)
+    files.check_output(own_labels, "labels file", overwrite=args.overwrite, same_content=labels_text)
+    # A labels.txt of other classes (another model's, or yours) is left as it is: this model's are in
+    # its own labels file and in its metadata. Anything else wrong with the path is refused as ever.
+    other = labels.is_file() and not labels.is_symlink() and not args.overwrite and labels.read_bytes() != labels_text
+    shared_labels = None if other else files.check_output(labels, "labels file", overwrite=args.overwrite,
+                                                          same_content=labels_text)
     weights.check_num_classes(state_dict, len(classes), weights_path, class_source)
     net = weights.build_model(args.model, num_classes=len(classes))
     weights.load_trained_weights(net, args.model, state_dict, weights_path, class_source)
@@ -262,7 +286,8 @@ def main(args):
     inputs = check_inputs(args.img_size, args.check_images)
 
     # Export to a temporary file; it becomes `out` only once ONNX Runtime agrees with PyTorch (and,
-    # with --int8, the INT8 file passed too).
+    # with --int8, the INT8 file passed too), with what prediction needs in its metadata.
+    info = inference.ModelInfo(classes=classes, img_size=args.img_size, architecture=args.model)
     with files.atomic_path(out) as tmp:
         try:
             inference.export_onnx(net, tmp, args.img_size, args.opset, "probs" if args.softmax else "logits")
@@ -271,14 +296,24 @@ def main(args):
                                 f"{cli.first_line(e, 200)}") from None
         onnx.checker.check_model(onnx.load(str(tmp)))
         worst = compare_with_pytorch(net, tmp, inputs, args.atol)
-        if args.int8:
-            with files.atomic_path(out8) as tmp8:
+        with files.atomic_path(out8) if args.int8 else contextlib.nullcontext() as tmp8:
+            if args.int8:
                 print(f"calibrating INT8 ({args.int8}) on {len(calib)} images...", flush=True)
                 used, skipped = quantize_int8(tmp, tmp8, calib, args.img_size, args.int8)
                 print(f"calibrated on {used} images" + (f" ({skipped} unreadable, skipped)" if skipped else ""))
-                check_int8(tmp, tmp8, Path(args.data_path) / "val", classes, args)
-    files.atomic_write_bytes(labels, labels_text)
-    print(f"exported {out} (opset {args.opset}, dynamic batch) and {labels}")
+            acc32, acc8, seen = check_accuracy(tmp, tmp8, Path(args.data_path) / "val", classes, args)
+            write_metadata(tmp, dataclasses.replace(info, val_accuracy=acc32, val_images=seen))
+            if args.int8:
+                write_metadata(tmp8, dataclasses.replace(info, val_accuracy=acc8, val_images=seen,
+                                                         fp32_val_accuracy=acc32, int8_for=args.int8))
+    files.atomic_write_bytes(own_labels, labels_text)
+    if shared_labels:
+        files.atomic_write_bytes(shared_labels, labels_text)
+    print(f"exported {out} (opset {args.opset}, dynamic batch; classes, input size and accuracy in its metadata), "
+          f"{own_labels}" + (f" and {labels}" if shared_labels else ""))
+    if not shared_labels:
+        print(f"note: {labels} holds other classes (another model's?) and was left as it is; this model's are in "
+              f"{own_labels} and in {out} itself")
     print(f"ONNX Runtime matches PyTorch (largest difference {worst:.2e})")
     if args.int8:
         mb = out8.stat().st_size / 2**20

@@ -2,7 +2,7 @@
 
     python predict.py                         # data/imgs/daisy.jpg, as in the tutorial
     python predict.py a.jpg b.png --save-fig result.png
-    python predict.py photo.jpg --onnx resNet34.onnx      # ONNX Runtime; PyTorch is not imported
+    python predict.py photo.jpg --onnx resNet34.onnx      # ONNX Runtime, no PyTorch; the file holds its classes and size
     python predict.py photo.jpg --cam                     # and where the evidence for the top class is
 Without a display the figure is written as a PNG (predict.png unless --save-fig says otherwise).
 """

@@ -2,7 +2,7 @@
 
     python train.py                               # the tutorial: resnet34, ImageNet weights, 3 epochs
     python train.py --weights none --epochs 30    # from scratch
-    python train.py --resume ./last.pth           # continue an interrupted run
+    python train.py --resume ./last.pth           # continue a run stopped by Ctrl-C, SIGTERM, SIGHUP or memory
     torchrun --nproc_per_node=2 train.py ...      # several GPUs (or CPU processes)
 
 The tutorial's loop is here, in its order: main() settles the settings and checks every input and
@@ -26,7 +26,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from helpers import devices, files, imaging, plots, reports, settings, training, weights
+from helpers import devices, files, imaging, memory, plots, reports, settings, training, weights
 from model import MODELS
 
 
@@ -62,7 +62,7 @@ def main(args):
         ema = training.ema_model(model_without_ddp, s.model_ema_decay) if s.model_ema else None
         state = training.RunState()
         if ckpt:
-            state.load_state_dict(ckpt)
+            state.load_state_dict(ckpt, batch_size=s.batch_size)  # the batch size may change (same images per step)
         optimizer, scheduler, scaler = build_optimizer(s, env, model_without_ddp, len(train_loader), state, ckpt)
         if ckpt:
             settings.restore(ckpt, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema)
@@ -74,17 +74,21 @@ def main(args):
                   f"{'on' if s.channels_last else 'off'}"
                   + (f", gradient accumulation: {s.accum_steps} batches" if s.accum_steps > 1 else ""))
             files.atomic_write_bytes(s.class_indices, files.class_indices_bytes(classes))  # the first write
+            memory.report(memory.check_training(s, env, model_without_ddp, world.local_size), s,
+                          half=env.amp_dtype is not None)
 
-        # 3. The epochs. Each ends in the tutorial's best-accuracy save and a checkpoint; a Ctrl-C
-        # stops at the end of a step, saves where the run is, and says how to go on.
+        # 3. The epochs. Each ends in the tutorial's best-accuracy save and a checkpoint; Ctrl-C,
+        # SIGTERM or SIGHUP stops at the end of a step, saves where the run is, and says how to go on;
+        # so does running out of memory, naming a batch size that fits.
         criterion = nn.CrossEntropyLoss(
             weight=class_weights.to(env.device) if class_weights is not None else None,  # --class-weights
             label_smoothing=s.label_smoothing)
         mixer = training.batch_mixer(s, len(classes))  # mixup/cutmix, or None
         parts = dict(model=model_without_ddp, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema,
                      classes=classes, data=data)
+        started, out_of_memory = (state.epoch, state.step), None
         try:
-            with training.CTRL_C.active():
+            with training.STOP.active():
                 while state.epoch < s.epochs:
                     devices.reset_peak_memory(env.device)
                     train_sampler.set_epoch(state.epoch, skip=state.step * s.batch_size)
@@ -119,12 +123,22 @@ def main(args):
         except training.Diverged as e:  # nothing more is saved: the last checkpoint holds the last good epoch
             kept = f"{s.checkpoint} holds the last good epoch" if Path(s.checkpoint).exists() else "nothing was saved"
             raise cli.UserError(f"{e}: training diverged; lower --lr (it is {s.lr:g}) and train again ({kept})") from None
-        except training.Interrupted:
+        except training.Interrupted as stop:
             if world.is_main:
                 settings.save(settings.checkpoint(s, state, **parts), s.checkpoint)
-                print(f"saved {s.checkpoint} at epoch {state.epoch + 1}, step {state.step}; resume with:\n"
-                      f"  python train.py --resume {s.checkpoint}", file=sys.stderr)
-            sys.exit(130)
+                print(f"stopped by {training.Stop.name(stop.signum)}: saved {s.checkpoint} at epoch {state.epoch + 1}, "
+                      f"step {state.step}; resume with:\n  python train.py --resume {s.checkpoint}", file=sys.stderr)
+            sys.exit(128 + stop.signum)
+        except Exception as e:  # out of memory: handled below, once the failed step's tensors are freed
+            if not memory.is_out_of_memory(e):
+                raise
+            out_of_memory = cli.first_line(e, 120)
+        if out_of_memory:  # here, outside the except: the failed step's tensors are freed by now
+            saved = world.is_main and (state.epoch, state.step) != started  # a step finished in this run
+            if saved:
+                settings.save(settings.checkpoint(s, state, **parts), s.checkpoint)
+            check = memory.check_training(s, env, model_without_ddp, world.local_size)
+            raise cli.UserError(memory.out_of_memory_line(s, check, out_of_memory, state if saved else None))
         if world.is_main:
             print("Finished Training")
 
@@ -143,8 +157,9 @@ def main(args):
 
 def train_one_epoch(model, criterion, optimizer, loader, s, env, *, state, scheduler, scaler, ema=None, mixer=None):
     """The epoch's remaining batches. Every --accum-steps batches the optimizer steps; after each
-    optimizer step a Ctrl-C (agreed by all processes) ends the epoch with Interrupted, `state`
-    then holding exactly what was done. Returns the epoch's train loss, accuracy and images."""
+    optimizer step a stop signal (agreed by all processes) ends the epoch with Interrupted, `state`
+    then holding exactly what was done; after an out-of-memory error it holds the last finished
+    step. Returns the epoch's train loss, accuracy and images."""
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     sums = state.sums.to(env.device)  # loss x images, correct, images: summed on the device
@@ -152,6 +167,7 @@ def train_one_epoch(model, criterion, optimizer, loader, s, env, *, state, sched
     bar = tqdm(loader, file=sys.stdout, disable=not env.world.is_main, initial=state.step, total=n_batches,
                desc=f"train epoch[{state.epoch + 1}/{s.epochs}]")
     start = last_shown = time.perf_counter()
+    finished = training.LastStep(model, state, sums)  # where running out of memory goes back to
     try:
         for images, labels, _ in bar:
             images = images.to(env.device, non_blocking=True, memory_format=env.memory_format)
@@ -184,8 +200,14 @@ def train_one_epoch(model, criterion, optimizer, loader, s, env, *, state, sched
                     raise training.Diverged(shown, state.epoch, state.step)
                 bar.set_description(f"train epoch[{state.epoch + 1}/{s.epochs}] loss:{shown:.3f}", refresh=False)
                 last_shown = time.perf_counter()
-            if update and training.CTRL_C.agreed(env.world, env.device):
-                raise training.Interrupted
+            if update:
+                finished.mark(state, sums)
+                if training.STOP.agreed(env.world, env.device):
+                    raise training.Interrupted(training.STOP.signum)
+    except Exception as e:
+        if memory.is_out_of_memory(e):
+            sums = finished.restore(state)
+        raise
     finally:
         state.seconds += time.perf_counter() - start
         state.sums = sums.cpu()
@@ -232,8 +254,8 @@ def predict_rows(net, loader, env, desc):
         loss = nn.functional.cross_entropy(logits, labels_on_device, reduction="none")
         top5 = (logits.topk(min(5, logits.shape[1]), dim=1).indices == labels_on_device[:, None]).any(1)
         batches.append((indices, labels, pred, prob, loss, top5))
-        if training.CTRL_C.requested and not env.world.distributed:
-            raise training.Interrupted
+        if training.STOP.requested and not env.world.distributed:
+            raise training.Interrupted(training.STOP.signum)
     names = ("index", "true", "pred", "prob", "loss", "top5")
     if not batches:
         return {k: np.zeros(0, {"prob": np.float32, "loss": np.float32, "top5": bool}.get(k, np.int64)) for k in names}
@@ -273,7 +295,7 @@ def load_data(s, env):
                                               balanced=s.balanced_sampler)
     val_sampler = training.ResumableSampler(val_set, env.world, shuffle=False)
     common = dict(batch_size=s.batch_size, num_workers=s.workers, pin_memory=env.device.type == "cuda",
-                  persistent_workers=s.workers > 0, worker_init_fn=cli.ignore_ctrl_c,
+                  persistent_workers=s.workers > 0, worker_init_fn=cli.ignore_stop_signals,
                   collate_fn=training.collate_skip_none, prefetch_factor=4 if s.workers > 0 else None)
     # A last batch of one image fails in BatchNorm at small sizes: it is left out of the epoch.
     train_loader = DataLoader(train_set, sampler=train_sampler, drop_last=len(train_sampler) % s.batch_size == 1,

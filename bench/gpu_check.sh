@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CUDA paths on a GPU machine, in one short run: AMP (bf16 and fp16 + grad scaler), channels-last,
 # cudnn.benchmark, pinned memory, resume, prediction, ONNX export, the benchmark table, and ONNX Runtime's
-# CUDA and TensorRT providers (parity with PyTorch and images/s; they need onnxruntime-gpu).
+# CUDA and TensorRT providers (parity with PyTorch and images/s; they need onnxruntime-gpu), and TensorRT's
+# engine cache after a re-export under the same name (the stale-engine sequence).
 # Usage: bash bench/gpu_check.sh OUTDIR
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -51,13 +52,14 @@ step onnx runtime providers: parity with PyTorch fp32 on val/, images/s
 $PY -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
 V="$W/data/val --recursive --batch-size 32"
 $PY batch_predict.py $V $M --no-amp --csv $W/torch.csv | tail -1
-parity() {  # same top class and top probability as PyTorch fp32, image by image
-  $PY - "$W/torch.csv" "$1" <<'PYEOF'
+parity() {  # same top class and top probability as PyTorch fp32 ($2, default torch.csv), image by image
+  $PY - "${2:-$W/torch.csv}" "$1" <<'PYEOF'
 import csv, sys
 a, b = ({r["path"]: r for r in csv.DictReader(open(f))} for f in sys.argv[1:3])
 same = sum(a[p]["class"] == b[p]["class"] for p in a)
-diff = max(abs(float(a[p]["prob"]) - float(b[p]["prob"])) for p in a if a[p]["class"] == b[p]["class"])
-print(f"  parity with PyTorch fp32: same class {same}/{len(a)}, largest top-probability difference {diff:.4f}")
+diff = max((abs(float(a[p]["prob"]) - float(b[p]["prob"])) for p in a if a[p]["class"] == b[p]["class"]), default=0)
+print(f"  parity with PyTorch fp32 ({sys.argv[1].rsplit('/', 1)[-1]}): same class {same}/{len(a)}, largest "
+      f"top-probability difference {diff:.4f}")
 PYEOF
 }
 for run in "cuda m.onnx" "tensorrt m.onnx" "tensorrt m.int8-tensorrt.onnx" "auto m.int8.onnx"; do
@@ -76,6 +78,32 @@ for run in "cuda m.onnx" "tensorrt m.onnx" "tensorrt m.int8-tensorrt.onnx" "auto
   done
   parity $W/ort.csv
 done
+step "stale engines: export, predict with TensorRT, retrain, export again under the same name, predict: a fresh engine"
+if $PY -c "import onnxruntime as o, sys; sys.exit('TensorrtExecutionProvider' not in o.get_available_providers())"; then
+  S=$W/stale; rm -rf $S; mkdir -p $S
+  M2="--model resnet34 --weights $W/fp16/w.pth --class-indices $W/ci.json"  # the "retrained" model: another run's weights
+  $PY batch_predict.py $V $M2 --no-amp --csv $S/retrained_torch.csv | tail -1
+  $PY export_onnx.py $M --out $S/m.onnx --check-images $W/imgs --data-path $W/data 2>&1 | grep -E "top-1|exported|error"
+  for pass in first second; do
+    start=$(date +%s%N)
+    $PY batch_predict.py $V --onnx $S/m.onnx --provider tensorrt --csv $S/before.csv 2>&1 | tail -1
+    echo "  first model, $pass run: $(( ($(date +%s%N) - start) / 1000000 )) ms in all; cache: $(ls $S/m.trt_cache | tr '\n' ' ')"
+  done
+  parity $S/before.csv
+  $PY export_onnx.py $M2 --out $S/m.onnx --check-images $W/imgs --data-path $W/data --overwrite 2>&1 | grep -E "top-1|exported|error"
+  $PY batch_predict.py $V --onnx $S/m.onnx --provider tensorrt --csv $S/after.csv 2>&1 | grep -vE "^image: " | tail -3
+  echo "  cache after the re-export: $(ls $S/m.trt_cache | tr '\n' ' ') (the first model's folder pruned)"
+  parity $S/after.csv $S/retrained_torch.csv  # the new model's predictions, not the old engine's
+  $PY - "$S/before.csv" "$S/after.csv" <<'PYEOF'
+import csv, sys
+a, b = ({r["path"]: r for r in csv.DictReader(open(f))} for f in sys.argv[1:3])
+changed = sum(a[p]["class"] != b[p]["class"] or abs(float(a[p]["prob"]) - float(b[p]["prob"])) > 1e-3 for p in a)
+print(f"  predictions changed by the re-export: {changed}/{len(a)} images (0 would mean a stale engine)")
+PYEOF
+else
+  echo "TensorRT provider not offered by this onnxruntime: stale-engine check skipped"
+fi
+
 step benchmark batch 16 and 64
 $PY benchmark.py --device cuda --steps 30 --warmup 5 --no-onnx --json > $OUT/bench_b16.json && $PY -c "import json;r=json.load(open('$OUT/bench_b16.json'));[print(x) for x in r['results']]"
 $PY benchmark.py --device cuda --steps 30 --warmup 5 --batch-size 64 --no-onnx

@@ -36,10 +36,21 @@ def one_line_ctrl_c():
 
 
 def ignore_ctrl_c(*_):
-    """A worker process's start (DataLoader's worker_init_fn, a Pool's initializer): Ctrl-C is the
-    main process's to handle. It saves a checkpoint at the end of the step, or ends the pool; a
-    worker that died of the signal would hang it instead."""
+    """A worker process's start (a Pool's initializer): Ctrl-C is the main process's to handle. It
+    ends the pool; a worker that died of the signal would hang it instead. (SIGTERM is left alone:
+    it is how a pool ends its workers.)"""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def ignore_stop_signals(*_):
+    """A training data-loader worker's start (worker_init_fn): Ctrl-C, SIGTERM and SIGHUP reach the
+    whole process group (a terminal, a closed SSH session, a scheduler), but they are the main
+    process's to handle: it saves a checkpoint at the end of the step. A worker killed by one would
+    end the run first ("DataLoader worker ... is killed by signal"). The main process ends its
+    workers itself, and a worker whose parent is gone ends on its own."""
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 class UserError(Exception):
@@ -82,8 +93,8 @@ def run_cli(main, parser, argv=None):
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt:
-        print("error: interrupted (Ctrl-C); files being written were left as they were", file=sys.stderr)
+    except KeyboardInterrupt as e:  # Ctrl-C; or a second SIGTERM or SIGHUP in training (its name is the message)
+        print(f"error: interrupted ({e or 'Ctrl-C'}); files being written were left as they were", file=sys.stderr)
         sys.exit(130)
     except MemoryError:
         print("error: out of memory; try a smaller --batch-size or --img-size", file=sys.stderr)

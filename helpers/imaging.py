@@ -256,18 +256,23 @@ class EvalTransform:
         return img.resize((self.size, self.size), Image.BILINEAR, box=box)
 
 
-# ToTensor + Normalize as one multiply-add: (x / 255 - mean) / std = x * SCALE - SHIFT.
-SCALE = (1 / (255 * np.asarray(STD, dtype=np.float64))).astype(np.float32).reshape(3, 1, 1)
-SHIFT = (np.asarray(MEAN, dtype=np.float64) / np.asarray(STD, dtype=np.float64)).astype(np.float32).reshape(3, 1, 1)
-
-
-def normalize(batch):
+def normalize(batch, mean=MEAN, std=STD):
     """uint8 NHWC crops to the model's float32 NCHW input: ToTensor + Normalize in NumPy (equal to
-    torchvision's to 1e-6)."""
+    torchvision's to 1e-6). mean and std: an ONNX file's own, when it holds others."""
+    scale, shift = (SCALE, SHIFT) if (tuple(mean), tuple(std)) == (MEAN, STD) else scale_shift(mean, std)
     x = batch.transpose(0, 3, 1, 2).astype(np.float32, order="C")  # NCHW: one copy
-    x *= SCALE
-    x -= SHIFT
+    x *= scale
+    x -= shift
     return x
+
+
+def scale_shift(mean, std):
+    """ToTensor + Normalize as one multiply-add: (x / 255 - mean) / std = x * scale - shift."""
+    mean, std = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
+    return (1 / (255 * std)).astype(np.float32).reshape(3, 1, 1), (mean / std).astype(np.float32).reshape(3, 1, 1)
+
+
+SCALE, SHIFT = scale_shift(MEAN, STD)
 
 
 def to_normalized_array(img):

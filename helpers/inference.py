@@ -1,19 +1,25 @@
 """Prediction, shared by predict.py, batch_predict.py, export_onnx.py and benchmark.py: the model
-flags, the class names, decoding in a process pool, the PyTorch and the ONNX Runtime predictors,
-BatchNorm folding and the ONNX export.
+flags, the class names and input size (from an ONNX file's metadata when it has them), decoding in
+a process pool, the PyTorch and the ONNX Runtime predictors (TensorRT's engine cache keyed to the
+model's content), BatchNorm folding and the ONNX export.
 
 torch is imported inside the functions that need it, never at the top: with --onnx, prediction
 runs on a machine that has only onnxruntime, pillow and numpy (requirements-deploy.txt).
 """
 import collections
+import dataclasses
+import hashlib
+import json
 import multiprocessing
 import os
+import re
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from helpers import cli, files, imaging
+from helpers import cli, files, imaging, memory
 
 # model.MODELS, by name: kept here so that the ONNX path need not import torch (a test keeps the
 # two lists equal).
@@ -26,10 +32,11 @@ def add_model_args(p):
     p.add_argument("--model", default="resnet34", choices=MODEL_NAMES, help="architecture (default: %(default)s)")
     p.add_argument("--weights", default=None, help="trained weights (default: ./resNet34.pth, after the model)")
     p.add_argument("--class-indices", default=None,
-                   help="class-index file (default: ./class_indices.json; with --onnx, the labels.txt beside "
-                        "the ONNX file when there)")
-    p.add_argument("--img-size", type=cli.img_size_arg, default=224,
-                   help="crop size; images are resized to img-size/0.875 first (default: %(default)s)")
+                   help="class-index file (default: ./class_indices.json; with --onnx, the class names the ONNX "
+                        "file holds, or for a file without them the labels.txt beside it)")
+    p.add_argument("--img-size", type=cli.img_size_arg, default=None,
+                   help="crop size; images are resized to img-size/0.875 first (default: 224; with --onnx, the "
+                        "size the file holds)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     return p
 
@@ -76,18 +83,169 @@ def default_weights(args):
 
 
 def resolve_classes(args):
-    """Class names and where they came from. With --onnx and no --class-indices, the labels.txt that
-    export_onnx.py wrote beside the model wins over a ./class_indices.json that may be another run's."""
+    """Class names and where they came from; also settles args.img_size (None: not given).
+
+    With --onnx, a file that export_onnx.py made holds its class names and input size (ModelInfo):
+    they are used, and a --class-indices or --img-size that contradicts them is refused, naming
+    both. A file without them works as before: --class-indices, else the <name>.labels.txt or
+    labels.txt that export_onnx.py wrote beside it (which win over a ./class_indices.json that may
+    be another run's), and --img-size (default 224)."""
     if args.onnx:  # the model first: a wrong --onnx is the problem to name, not a missing class file
         files.need_file(args.onnx, "ONNX file", "make it with export_onnx.py")
+        info = model_info(args.onnx)
+        if info is not None:
+            if args.img_size is not None and args.img_size != info.img_size:
+                raise cli.UserError(f"--img-size {args.img_size} contradicts {args.onnx}, which was exported for "
+                                    f"{info.img_size} px images; leave --img-size out")
+            args.img_size = info.img_size
+            if args.class_indices:
+                check_same_classes(files.read_class_indices(args.class_indices), args.class_indices, info.classes,
+                                   args.onnx)
+            return info.classes, f"{args.onnx} (its metadata)"
+    if args.img_size is None:
+        args.img_size = 224
     if args.class_indices:
         return files.read_class_indices(args.class_indices), args.class_indices
     if args.onnx:
-        labels = Path(args.onnx).with_name("labels.txt")
-        if labels.exists():
-            files.need_file(labels, "labels file")
-            return files.read_labels(labels), str(labels)
+        for labels in (Path(args.onnx).with_suffix(".labels.txt"), Path(args.onnx).with_name("labels.txt")):
+            if labels.exists():
+                files.need_file(labels, "labels file")
+                return files.read_labels(labels), str(labels)
     return files.read_class_indices(files.CLASS_INDICES), files.CLASS_INDICES
+
+
+def check_same_classes(given, source, held, model_path):
+    """A class-index file given beside an ONNX file that holds its classes must say the same."""
+    if given == held:
+        return
+
+    def shown(names):
+        return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    if len(given) != len(held):
+        raise cli.UserError(f"{source} lists {len(given)} classes ({shown(given)}) but {model_path} holds "
+                            f"{len(held)} ({shown(held)}); leave --class-indices out: the ONNX file carries its own")
+    i = next(i for i, (a, b) in enumerate(zip(given, held)) if a != b)
+    raise cli.UserError(f"{source} names class {i} {given[i]!r} but {model_path} holds {held[i]!r} there; leave "
+                        "--class-indices out: the ONNX file carries its own")
+
+
+# ---------------------------------------------------------------- what an ONNX file carries
+
+META_VERSION = "1"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """What export_onnx.py writes into an ONNX file's metadata (metadata_props): all that
+    prediction needs beside the file, and where it was checked."""
+    classes: list
+    img_size: int
+    mean: tuple = imaging.MEAN
+    std: tuple = imaging.STD
+    architecture: str = None
+    val_accuracy: float = None  # top-1 on val/ when the export measured it (a fraction), else None
+    val_images: int = None
+    fp32_val_accuracy: float = None  # an INT8 file: the fp32 model's, on the same images
+    int8_for: str = None  # an INT8 file: "cpu" or "tensorrt"
+
+    def to_metadata(self):
+        """{key: text} for onnx.helper.set_model_props: plain text, JSON for the lists."""
+        meta = {"metadata_version": META_VERSION, "classes": json.dumps(list(self.classes)),
+                "img_size": str(self.img_size), "resize": str(int(round(self.img_size / 0.875))),
+                "mean": json.dumps(list(self.mean)), "std": json.dumps(list(self.std))}
+        for key in ("architecture", "val_accuracy", "val_images", "fp32_val_accuracy", "int8_for"):
+            value = getattr(self, key)
+            if value is not None:
+                meta[key] = f"{value:.6f}" if isinstance(value, float) else str(value)
+        return meta
+
+    @classmethod
+    def from_metadata(cls, meta, path):
+        """The ModelInfo in a file's metadata; None when it has none (a file made before export_onnx.py
+        wrote it, or elsewhere); a UserError naming the file when it is damaged."""
+        if "classes" not in meta:
+            return None
+        try:
+            classes = json.loads(meta["classes"])
+            mean, std = (tuple(float(v) for v in json.loads(meta.get(k, json.dumps(d))))
+                         for k, d in (("mean", imaging.MEAN), ("std", imaging.STD)))
+            img_size = int(meta["img_size"])
+
+            def number(key, kind):
+                return kind(meta[key]) if key in meta else None
+            info = cls(classes=classes, img_size=img_size, mean=mean, std=std, architecture=meta.get("architecture"),
+                       val_accuracy=number("val_accuracy", float), val_images=number("val_images", int),
+                       fp32_val_accuracy=number("fp32_val_accuracy", float), int8_for=meta.get("int8_for"))
+        except (KeyError, ValueError, TypeError, RecursionError) as e:
+            raise cli.UserError(f"{path} holds damaged metadata ({type(e).__name__}: {cli.first_line(e, 80)}); "
+                                "export it again with export_onnx.py") from None
+        if (not isinstance(classes, list) or not classes or len(mean) != 3 or len(std) != 3 or not all(std)
+                or not 16 <= img_size <= 1024):
+            raise cli.UserError(f"{path} holds damaged metadata (classes, img_size, mean or std out of range); "
+                                "export it again with export_onnx.py")
+        files.check_class_names(classes, f"{path}'s metadata")
+        return info
+
+
+def model_info(path):
+    """The ModelInfo of an ONNX file, or None when it carries none."""
+    return ModelInfo.from_metadata(read_metadata(path), path)
+
+
+def read_metadata(path):
+    """An ONNX file's metadata_props as {key: value}, read without the onnx package and without
+    loading the model: ModelProto's top-level fields are walked in the file and the graph (all but
+    a few bytes of it) is skipped over. ONNX Runtime's InferenceSession(...).get_modelmeta() gives
+    the same map (a test checks it) but loads the whole model first: 0.12-0.28 s for resnet34 here,
+    against a one-image --onnx prediction of 0.6-0.75 s. {} for a file that is not ONNX."""
+    props = {}
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            while f.tell() < size:
+                tag = _varint(f)
+                field, wire = tag >> 3, tag & 7
+                if wire == 0:
+                    _varint(f)
+                elif wire in (1, 5):
+                    f.seek(8 if wire == 1 else 4, os.SEEK_CUR)
+                elif wire == 2:
+                    n = _varint(f)
+                    if field == 14:  # metadata_props: StringStringEntryProto {1: key, 2: value}
+                        entry = _fields(f.read(n))
+                        props[entry.get(1, b"").decode()] = entry.get(2, b"").decode()
+                    else:
+                        f.seek(n, os.SEEK_CUR)
+                else:
+                    return {}  # groups, or not protobuf at all
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    return props
+
+
+def _varint(f):
+    shift = value = 0
+    while True:
+        byte = f.read(1)
+        if not byte or shift > 63:
+            raise ValueError("truncated varint")
+        value |= (byte[0] & 0x7F) << shift
+        if not byte[0] & 0x80:
+            return value
+        shift += 7
+
+
+def _fields(data):
+    """The length-delimited fields of a small message, by number."""
+    import io
+    f, out = io.BytesIO(data), {}
+    while f.tell() < len(data):
+        tag = _varint(f)
+        if tag & 7 != 2:
+            raise ValueError("unexpected field")
+        n = _varint(f)
+        out[tag >> 3] = f.read(n)
+    return out
 
 
 # ---------------------------------------------------------------- decoding
@@ -139,7 +297,8 @@ def softmax(logits):
 
 
 def predict_paths(paths, predictor, img_size=224, batch_size=16, workers=None):
-    """Yields (path, class probabilities or None, error) for every path, in the order given."""
+    """Yields (path, class probabilities or None, error) for every path, in the order given.
+    (load_predictor's predictors halve their batch when memory runs out.)"""
     for indices, batch, errors in decode_batches(paths, img_size, batch_size, workers):
         results = {i: (None, e) for i, e in errors}
         if indices:
@@ -153,12 +312,16 @@ def predict_paths(paths, predictor, img_size=224, batch_size=16, workers=None):
 
 def load_predictor(args, num_classes, class_source=None, torch_model=None):
     """A function from a uint8 NHWC batch to float32 class probabilities, and a one-line
-    description of what runs it. torch_model: (net, device) from load_torch_model, when the caller
-    needs the net too (predict.py --cam), so the weights are read once."""
+    description of what runs it; after resolve_classes (which settles args.img_size). When memory
+    runs out, the function halves its batch and goes on (memory.HalvingPredictor). torch_model:
+    (net, device) from load_torch_model, when the caller needs the net too (predict.py --cam), so
+    the weights are read once."""
     if args.onnx:
-        return onnx_predictor(args.onnx, num_classes, args.img_size, args.provider, args.trt_cache,
-                              getattr(args, "batch_size", 16))
-    return torch_predictor(args, *(torch_model or load_torch_model(args, num_classes, class_source)))
+        predictor, runs_on = onnx_predictor(args.onnx, num_classes, args.img_size, args.provider, args.trt_cache,
+                                            getattr(args, "batch_size", 16))
+    else:
+        predictor, runs_on = torch_predictor(args, *(torch_model or load_torch_model(args, num_classes, class_source)))
+    return memory.HalvingPredictor(predictor), runs_on
 
 
 def load_torch_model(args, num_classes, class_source=None):
@@ -238,6 +401,9 @@ def quantized_for(model_path):
     """None for a float model; for a QDQ INT8 model, "tensorrt" when every QuantizeLinear is signed
     (TensorRT runs those), else "cpu" (unsigned activations: ONNX Runtime's fast CPU flavour, which
     TensorRT cannot run)."""
+    flavour = read_metadata(model_path).get("int8_for")
+    if flavour in ("cpu", "tensorrt"):  # what export_onnx.py --int8 wrote
+        return flavour
     try:
         import onnx
     except ImportError:  # a deployment machine may have onnxruntime only: read the bytes
@@ -260,7 +426,10 @@ def quantized_for(model_path):
 
 def onnx_providers(provider, model_path, trt_cache=None, img_size=None, max_batch=None):
     """The provider list for ONNX Runtime: the one asked for, or the best it offers (auto).
-    img_size and max_batch give TensorRT its input range, so it builds one engine for every batch."""
+    img_size and max_batch give TensorRT its input range, so it builds one engine for every batch.
+    TensorRT's engines are kept in a folder of the cache named by the model's content and these
+    options (trt_engine_folder): a model exported again under the same name never meets the
+    engine of the one before."""
     ort = import_onnxruntime()
     available = ort.get_available_providers()
     if provider == "auto":
@@ -284,14 +453,9 @@ def onnx_providers(provider, model_path, trt_cache=None, img_size=None, max_batc
         if name != trt:
             providers.append(name)
             continue
-        cache = Path(trt_cache or Path(model_path).with_suffix(".trt_cache"))
         options = {
             "trt_fp16_enable": True,
             "trt_int8_enable": int8 == "tensorrt",  # the QDQ scales come from the model: no calibration table
-            "trt_engine_cache_enable": True,  # the engine is built once, then loaded (seconds, not minutes)
-            "trt_engine_cache_path": str(cache),
-            "trt_timing_cache_enable": True,
-            "trt_timing_cache_path": str(cache),
         }
         if img_size and max_batch:
             # Without a range TensorRT builds a new engine whenever a batch is larger or smaller than
@@ -299,14 +463,84 @@ def onnx_providers(provider, model_path, trt_cache=None, img_size=None, max_batc
             shape = f"x3x{img_size}x{img_size}"
             options.update(trt_profile_min_shapes=f"input:1{shape}", trt_profile_opt_shapes=f"input:{max_batch}{shape}",
                            trt_profile_max_shapes=f"input:{max_batch}{shape}")
+        root = Path(trt_cache or Path(model_path).with_suffix(".trt_cache"))
+        options.update({
+            "trt_engine_cache_enable": True,  # the engine is built once, then loaded (seconds, not minutes)
+            "trt_engine_cache_path": str(trt_engine_folder(model_path, root, options)),
+            # Tactic timings depend on the GPU and the layers, not the weights: shared by every model in the cache.
+            "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": str(root),
+        })
         providers.append((name, options))
     return providers
 
 
+ENGINE_FOLDER = re.compile(r"^[0-9a-f]{16}$")  # the cache folders trt_engine_folder makes: nothing else is pruned
+ENGINE_MARK = "model.json"
+
+
+def content_key(model_path, options):
+    """(sha256 of the file's bytes, sha256 of those and the TensorRT options that shape an engine)."""
+    h = hashlib.sha256()
+    with open(model_path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    content = h.hexdigest()
+    return content, hashlib.sha256((content + json.dumps(options, sort_keys=True)).encode()).hexdigest()
+
+
+def trt_engine_folder(model_path, root, options):
+    """The folder of `root` for this model's TensorRT engines: named by a hash of the file's bytes
+    and of the options (fp16, int8, the shape profile). ONNX Runtime names an engine by the model's
+    file name, its input and node names and the library versions, not by its weights: given one
+    folder for every version of a file, it would load the engine of a model exported before under
+    the same name. The same file finds its folder, and its engine, again.
+
+    Each folder holds model.json (the model's path, its hash, the options). Folders of models that
+    are gone, and of this file's former contents, are removed here (pruned): a Jetson's storage is
+    small and engines are tens of MB. Hashing costs about 0.1-0.3 s for resnet34's 85 MB."""
+    content, key = content_key(model_path, options)
+    folder = Path(root) / key[:16]
+    me = os.path.realpath(model_path)
+    try:
+        if not (folder / ENGINE_MARK).is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            files.atomic_write_text(folder / ENGINE_MARK, json.dumps(
+                {"model": me, "sha256": content, "options": options}, indent=2) + "\n")
+        prune_engine_folders(root, folder, me, content)
+    except OSError as e:
+        raise cli.UserError(f"cannot keep TensorRT's engine cache in {folder}: {cli.describe_os_error(e)}; "
+                            "--trt-cache DIR keeps it elsewhere") from None
+    return folder
+
+
+def prune_engine_folders(root, keep, model, content):
+    """Remove the engine folders of `root` whose model is gone, or is `model` with other content."""
+    for entry in sorted(Path(root).iterdir()):
+        if entry == keep or not ENGINE_FOLDER.match(entry.name) or not (entry / ENGINE_MARK).is_file():
+            continue
+        try:
+            mark = json.loads((entry / ENGINE_MARK).read_text())
+            owner, built_from = mark["model"], mark["sha256"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not ours to judge
+        if not os.path.exists(owner):
+            why = f"{owner} is gone"
+        elif owner == model and built_from != content:
+            why = f"built for an earlier {Path(model).name}"
+        else:
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        print(f"note: removed the TensorRT engine cache {entry} ({why})", file=sys.stderr)
+
+
 def onnx_predictor(path, num_classes, img_size, provider="auto", trt_cache=None, batch_size=16):
-    """Like torch_predictor, with ONNX Runtime: PyTorch is not imported."""
+    """Like torch_predictor, with ONNX Runtime: PyTorch is not imported. The input is normalised
+    with the mean and std the file holds (the ImageNet ones for a file without metadata)."""
     ort = import_onnxruntime()
     files.need_file(path, "ONNX file", "make it with export_onnx.py")
+    info = model_info(path)
+    mean, std = (info.mean, info.std) if info else (imaging.MEAN, imaging.STD)
     providers = onnx_providers(provider, path, trt_cache, img_size, batch_size)
     ort.set_default_logger_severity(3)  # its warnings are not the user's business: errors come as one line
     try:
@@ -329,8 +563,10 @@ def onnx_predictor(path, num_classes, img_size, provider="auto", trt_cache=None,
 
     def predict(batch):
         try:
-            y = session.run([out.name], {inp.name: imaging.normalize(batch)})[0]
+            y = session.run([out.name], {inp.name: imaging.normalize(batch, mean, std)})[0]
         except Exception as e:  # ONNX Runtime's own errors: a model of another shape than it says
+            if memory.is_out_of_memory(e):
+                raise  # the HalvingPredictor around this one halves the batch
             raise cli.UserError(f"{path}: ONNX Runtime failed: {cli.first_line(e, 200)}") from None
         if y.ndim != 2 or y.shape[1] != num_classes:
             raise cli.UserError(f"{path} gave outputs of shape {y.shape}, not (images, {num_classes} classes)")

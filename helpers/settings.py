@@ -7,7 +7,7 @@ come from) is set here; nothing changes the object afterwards.
 
 A checkpoint (last.pth) holds the model, the optimiser, the schedule, the run's state and its
 settings. It is read and checked before any work, and written atomically at the end of every
-epoch and when a Ctrl-C stops the run.
+epoch and when Ctrl-C, SIGTERM, SIGHUP or running out of memory stops the run.
 """
 import argparse
 import contextlib
@@ -108,7 +108,10 @@ def resolve(args, parser, world, ckpt=None):
     values = {k: getattr(DEFAULTS, k) for k in SAVED}
     if ckpt:
         saved = checked_settings(ckpt, args.resume, parser)
+        rebatch = check_rebatch(given, saved, args.resume)
         for k in FIXED_ON_RESUME + ("weights",) + RUN_FILES:
+            if k in rebatch:
+                continue
             if k in given and k in saved and not same_setting(k, given[k], saved[k]):
                 raise cli.UserError(f"{flag(k)} {given[k]} contradicts the resumed run's {saved[k]} ({args.resume}); "
                                     f"a resumed run keeps its settings and files: leave {flag(k)} out, or start a "
@@ -139,6 +142,26 @@ def resolve(args, parser, world, ckpt=None):
         raise cli.UserError(f"--compile: {devices.why_no_compile()}")
     return Settings(**vars(v), resume=args.resume, overwrite=args.overwrite, eval_only=args.eval_only, start=start,
                     weights_given="weights" in given)
+
+
+def check_rebatch(given, saved, path):
+    """A resumed run may take a smaller --batch-size (one that divides its own) when --accum-steps
+    keeps the images per optimizer step: what a run that ran out of memory needs. Returns the
+    names of the two settings when they change so, () when they are not given; refuses any other
+    change."""
+    if "batch_size" not in given and "accum_steps" not in given:
+        return ()
+    old_b, old_a = saved.get("batch_size", DEFAULTS.batch_size), saved.get("accum_steps", DEFAULTS.accum_steps)
+    b, a = given.get("batch_size", old_b), given.get("accum_steps", old_a)
+    if (b, a) == (old_b, old_a):
+        return ()
+    if b * a != old_b * old_a or old_b % b:
+        hint = f" (--batch-size {old_b // 2} --accum-steps {old_a * 2}, say)" if old_b % 2 == 0 else ""
+        raise cli.UserError(f"--batch-size {b} --accum-steps {a} contradicts the resumed run's --batch-size {old_b} "
+                            f"--accum-steps {old_a} ({path}): a resumed run keeps its {old_b * old_a} images per "
+                            f"optimizer step; a batch size that divides {old_b}, with --accum-steps making up the "
+                            f"rest, can change{hint}")
+    return ("batch_size", "accum_steps")
 
 
 def same_setting(name, a, b):

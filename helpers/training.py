@@ -1,5 +1,5 @@
 """The pieces train.py puts together: the run's environment (torchrun's processes, the device and
-its precision), Ctrl-C at the end of a step, the image folders and their resumable sampler, mixup
+its precision), a stop (Ctrl-C, SIGTERM, SIGHUP) at the end of a step, the image folders and their resumable sampler, mixup
 and cutmix, gradient accumulation, the optimiser's parameter groups, the learning-rate schedule, the
 weights' moving average and the state of a run. Like torchvision's
 references/classification/{sampler,transforms,utils}.py, each piece is small and can be tested on
@@ -28,12 +28,13 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    local_size: int = 1  # the processes on this machine
 
     @classmethod
     def from_env(cls):
         """What torchrun tells each process in its environment."""
         return cls(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
-                   int(os.environ.get("LOCAL_RANK", "0")))
+                   int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
     @property
     def distributed(self):
@@ -78,10 +79,14 @@ def unwrap(model):
     return model
 
 
-# ---------------------------------------------------------------- Ctrl-C at the end of a step
+# ---------------------------------------------------------------- Ctrl-C, SIGTERM, SIGHUP: a stop at the end of a step
 
 class Interrupted(Exception):
-    """Raised at the end of an optimizer step after a Ctrl-C: the run saves where it is."""
+    """Raised at the end of an optimizer step after a stop signal: the run saves where it is."""
+
+    def __init__(self, signum=signal.SIGINT):
+        super().__init__(signum)
+        self.signum = int(signum)
 
 
 class Diverged(Exception):
@@ -92,40 +97,77 @@ class Diverged(Exception):
         self.loss, self.epoch, self.step = loss, epoch, step
 
 
-class CtrlC:
-    """While active, the first Ctrl-C asks the run to stop after its current step (a checkpoint is
-    then saved); a second one stops at once."""
+class Stop:
+    """While active, the first Ctrl-C (SIGINT), SIGTERM (a job scheduler, `kill`, a shutdown) or
+    SIGHUP (the closed SSH session or terminal) asks the run to stop after its current step; a
+    checkpoint is then saved. A second one stops at once. One mechanism for the three: each is a
+    request to end the run without losing its work."""
+
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
     def __init__(self):
-        self.requested = False
+        self.signum = 0  # the signal that asked, 0: none
+
+    @property
+    def requested(self):
+        return self.signum != 0
+
+    @staticmethod
+    def name(signum):
+        return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
 
     def _handler(self, signum, frame):
+        if signum == getattr(signal, "SIGHUP", None):
+            quiet_closed_terminal()  # the terminal is gone: writing to it would fail (EIO) and end the run
         if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to quit now)", file=sys.stderr)
+            raise KeyboardInterrupt(self.name(signum))
+        self.signum = signum
+        print(f"\n{self.name(signum)}: stopping after this step and saving a checkpoint "
+              f"({self.name(signum)} again to quit now)", file=sys.stderr)
 
     @contextlib.contextmanager
     def active(self):
-        self.requested = False
-        previous = signal.signal(signal.SIGINT, self._handler)
+        self.signum = 0
+        previous = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
         try:
             yield self
         finally:
-            signal.signal(signal.SIGINT, previous)
-            self.requested = False
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            self.signum = 0
 
     def agreed(self, world, device):
-        """Whether to stop now. Under torchrun every process gets its own Ctrl-C, at its own step:
-        they agree (any of them asked) so that none waits alone in an all-reduce."""
+        """The signal to stop for now (0: go on). Under torchrun every process gets its own signal
+        (or only one of them does), at its own step: they agree (the largest number any of them got)
+        so that none waits alone in an all-reduce, and each knows which signal it was."""
         if not world.distributed:
-            return self.requested
-        flag = torch.tensor([float(self.requested)], device=device)
+            return self.signum
+        flag = torch.tensor([float(self.signum)], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        self.signum = int(flag.item())
+        return self.signum
 
 
-CTRL_C = CtrlC()  # one per process: there is one SIGINT
+STOP = Stop()  # one per process: a signal has one handler
+
+
+def quiet_closed_terminal():
+    """After a hang-up, stdout and stderr that were the terminal point nowhere: a print (or the
+    progress bar) would raise EIO and end the run before its checkpoint. They are sent to
+    /dev/null instead. A file or a pipe (nohup, tee, a log) is kept, and so is a terminal that is
+    still there (a `kill -HUP` by hand): the kernel answers a hung-up one as no terminal at all."""
+    import stat
+    devnull = None
+    for fd in (1, 2):
+        try:
+            if not stat.S_ISCHR(os.fstat(fd).st_mode) or os.isatty(fd):
+                continue
+            devnull = devnull if devnull is not None else os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, fd)
+        except OSError:
+            continue
+    if devnull is not None:
+        os.close(devnull)
 
 
 # ---------------------------------------------------------------- data
@@ -393,6 +435,38 @@ def accumulation(step, accum_steps, n_batches):
     return step + 1 == last, last - first
 
 
+class LastStep:
+    """Where running out of memory takes a run back to: the last finished optimizer step's batch
+    count, the epoch's sums and the model's buffers. The buffers too: a batch that failed half-way
+    through its forward pass has already moved the running statistics of the BatchNorm layers it
+    went through, and the saved checkpoint must be the finished step's, for the resumed run to be
+    the uninterrupted one. A copy of the buffers at each step: 0.08% of resnet34's bytes, 0.14 ms a step
+    on a 2-core AMD EPYC."""
+
+    def __init__(self, model, state, sums):
+        self.buffers = list(unwrap(model).buffers())
+        self.saved = [b.detach().clone() for b in self.buffers]
+        self.step, self.sums = state.step, sums.clone()
+
+    def mark(self, state, sums):
+        copy = getattr(torch, "_foreach_copy_", None)  # one call for all (torch 2.1+)
+        if copy is not None:
+            copy(self.saved, self.buffers)
+        else:
+            for saved, b in zip(self.saved, self.buffers):
+                saved.copy_(b)
+        self.step = state.step
+        self.sums.copy_(sums)
+
+    def restore(self, state):
+        """Back to the mark: the buffers restored, state.step set; returns the sums."""
+        with torch.no_grad():
+            for saved, b in zip(self.saved, self.buffers):
+                b.copy_(saved)
+        state.step = self.step
+        return self.sums.clone()
+
+
 def add_to_sums(sums, loss, logits, labels, hard_labels=True):
     """The epoch's running sums (loss x images, correct, images), kept on the device: no wait for
     the GPU at each step. In place with Python numbers: a tensor made from one would be a blocking
@@ -497,8 +571,14 @@ class RunState:
         return {"epoch": self.epoch, "step": self.step, "seconds": self.seconds, "sums": self.sums.cpu(),
                 "best_acc": self.best_acc, "history": self.history, "lr_anchor": self.lr_anchor}
 
-    def load_state_dict(self, d):
+    def load_state_dict(self, d, batch_size=None):
+        """batch_size: the resumed run's, when it changed (settings.resolve allows a divisor of the
+        saved one, with --accum-steps keeping the images per optimizer step): the step, counted in
+        batches, is then counted in the new ones."""
         self.epoch, self.step, self.seconds = d["epoch"], d["step"], d["seconds"]
+        saved = d["settings"].get("batch_size", batch_size)
+        if batch_size and saved != batch_size:
+            self.step = self.step * saved // batch_size
         self.sums = d["sums"].float()
         self.best_acc, self.history, self.lr_anchor = d["best_acc"], list(d["history"]), d.get("lr_anchor")
 

@@ -79,12 +79,18 @@ def data(tmp_path_factory):
     return root
 
 
-def interrupt_at_batch(n):
-    """A real SIGINT (as Ctrl-C sends) during the forward pass of the n-th training batch: the run
-    stops after the optimizer step that batch belongs to. Returns the hook's handle.
+def interrupt_at_batch(n, sig=signal.SIGINT):
+    """A real signal (SIGINT as Ctrl-C sends it, SIGTERM, SIGHUP) during the forward pass of the n-th
+    training batch: the run stops after the optimizer step that batch belongs to. Returns the hook's
+    handle.
 
     A module hook, not an optimizer-step hook: on torch 2.0, once torch.compile has run in the
     process, optimizer step hooks no longer fire."""
+    return at_training_batch(n, lambda: os.kill(os.getpid(), sig))
+
+
+def at_training_batch(n, action):
+    """action() during the forward pass of the n-th training batch; returns the hook's handle."""
     import model
     count = [0]
 
@@ -92,13 +98,14 @@ def interrupt_at_batch(n):
         if isinstance(module, model.ResNet) and module.training:
             count[0] += 1
             if count[0] == n:
-                os.kill(os.getpid(), signal.SIGINT)
+                action()
     return torch.nn.modules.module.register_module_forward_pre_hook(hook)
 
 
-def interrupted_run(args, at_batch):
-    """train.main(args), stopped by a Ctrl-C during its at_batch-th training batch; the exit code."""
-    handle = interrupt_at_batch(at_batch)
+def interrupted_run(args, at_batch, sig=signal.SIGINT):
+    """train.main(args), stopped by a signal (Ctrl-C's SIGINT unless told) during its at_batch-th
+    training batch; the exit code (128 + the signal's number)."""
+    handle = interrupt_at_batch(at_batch, sig)
     try:
         with pytest.raises(SystemExit) as stop:
             train.main(args)

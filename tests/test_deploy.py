@@ -1,5 +1,6 @@
-"""Deployment: the INT8 export, prediction without PyTorch, the execution providers and the
-whole-process benchmark."""
+"""Deployment: the INT8 export, what an ONNX file carries (classes, size, accuracy), prediction
+without PyTorch, the execution providers and TensorRT's engine cache, prediction that runs out of
+memory, and the whole-process benchmark."""
 import contextlib
 import csv
 import io
@@ -10,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,9 +20,10 @@ from PIL import Image
 import batch_predict
 import benchmark
 import export_onnx
-from helpers import cli, imaging, inference
+from helpers import cli, imaging, inference, memory
 import predict
 from conftest import ROOT, make_class_folders, parse, run_script
+from test_errors import assert_one_line_error
 
 ort = pytest.importorskip("onnxruntime")
 TRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
@@ -108,6 +111,58 @@ def test_int8_flavour_is_read_without_the_onnx_package(int8_run, trt_run, monkey
     assert inference.quantized_for(trt_run["int8"]) == "tensorrt"
 
 
+# ---------------------------------------------------------------- what the ONNX file carries
+
+def test_both_files_carry_classes_size_normalisation_architecture_and_accuracy(int8_run):
+    line = re.search(r"top-1 on (\d+) images of .*: fp32 ([\d.]+)%\s+INT8 ([\d.]+)%", int8_run["printed"])
+    for name, printed in (("fp32", line[2]), ("int8", line[3])):
+        meta = inference.read_metadata(int8_run[name])
+        assert meta == session(int8_run[name]).get_modelmeta().custom_metadata_map  # as ONNX Runtime reads it
+        info = inference.model_info(int8_run[name])
+        assert info.classes == ["daisy", "roses", "tulips"] and info.img_size == 32 and info.architecture == "resnet18"
+        assert info.mean == imaging.MEAN and info.std == imaging.STD and info.val_images == 18
+        assert info.val_accuracy == pytest.approx(float(printed) / 100, abs=1e-4)  # the figure it was checked at
+    int8 = inference.model_info(int8_run["int8"])
+    assert int8.int8_for == "cpu" and int8.fp32_val_accuracy == pytest.approx(float(line[2]) / 100, abs=1e-4)
+    assert inference.model_info(int8_run["fp32"]).int8_for is None
+
+
+def test_a_class_file_or_size_that_contradicts_the_file_is_refused_naming_both(int8_run, tiny_run, tmp_path):
+    def resolve(*argv):
+        args = parse(batch_predict, ["--onnx", int8_run["fp32"], *argv])
+        return inference.resolve_classes(args), args
+
+    swapped, fewer = tmp_path / "swapped.json", tmp_path / "fewer.json"
+    swapped.write_text('{"0": "daisy", "1": "tulips", "2": "roses"}')
+    fewer.write_text('{"0": "cat", "1": "dog"}')
+    with pytest.raises(cli.UserError, match=r"swapped.json names class 1 'tulips' but .*m.onnx holds 'roses' there"):
+        resolve("--class-indices", swapped)
+    with pytest.raises(cli.UserError, match=r"lists 2 classes \(cat, dog\) but .*m.onnx holds 3 \(daisy, roses, tulips\)"):
+        resolve("--class-indices", fewer)
+    with pytest.raises(cli.UserError, match=r"--img-size 64 contradicts .*m.onnx, which was exported for 32 px"):
+        resolve("--img-size", "64")
+    (classes, _), args = resolve("--img-size", "32", "--class-indices", tiny_run["classes"])  # agreeing: fine
+    assert classes == ["daisy", "roses", "tulips"] and args.img_size == 32
+    res = run_script("batch_predict.py", int8_run["val"] / "daisy", "--onnx", int8_run["fp32"], "--img-size", "64")
+    assert_one_line_error(res, "--img-size 64", "32 px")
+
+
+def test_a_file_without_metadata_works_as_before(int8_run, tmp_path):
+    import onnx
+    model = onnx.load(str(int8_run["fp32"]))
+    del model.metadata_props[:]  # a file exported before the metadata
+    onnx.save(model, str(tmp_path / "old.onnx"))
+    assert inference.model_info(tmp_path / "old.onnx") is None
+    (tmp_path / "labels.txt").write_text("daisy\nroses\ntulips\n")
+    common = [int8_run["val"], "--recursive", "--onnx", tmp_path / "old.onnx", "--workers", "0"]
+    with pytest.raises(cli.UserError, match="takes 32 px images; pass --img-size 32"):
+        batch_predict.main(parse(batch_predict, common))
+    old, _ = batch_predict.main(parse(batch_predict, common + ["--img-size", "32"]))
+    new, _ = batch_predict.main(parse(batch_predict, [int8_run["val"], "--recursive", "--onnx", int8_run["fp32"],
+                                                      "--workers", "0"]))
+    assert old == new and len(old) == 18
+
+
 @pytest.fixture
 def private_tmp(tmp_path, monkeypatch):
     """The system temp folder, private to the test, to see that nothing is left there."""
@@ -127,7 +182,7 @@ def test_int8_losing_more_than_max_drop_writes_nothing_unless_kept(tiny_run, tmp
         export_onnx.main(export_args(tiny_run, out, "--int8", "--data-path", tmp_path / "data"))
     assert not out.parent.exists() and list(private_tmp.iterdir()) == []  # the folder made for it too
     export_onnx.main(export_args(tiny_run, out, "--int8", "--data-path", tmp_path / "data", "--keep-int8"))
-    assert sorted(p.name for p in out.parent.iterdir()) == ["labels.txt", "m.int8.onnx", "m.onnx"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["labels.txt", "m.int8.onnx", "m.labels.txt", "m.onnx"]
     assert list(private_tmp.iterdir()) == []
 
 
@@ -185,13 +240,17 @@ def run_listing_modules(script, *argv):
                            *map(str, argv)], capture_output=True, text=True, env=env, timeout=300)
 
 
-def test_onnx_prediction_imports_neither_torch_nor_torchvision(int8_run, tmp_path):
+def test_onnx_prediction_imports_neither_torch_nor_torchvision_and_needs_only_the_file(int8_run, tmp_path):
     folder = tmp_path / "imgs"
     shutil.copytree(int8_run["val"] / "daisy", folder)
     (folder / "broken.jpg").write_bytes(b"not a jpeg")
-    batch = run_listing_modules("batch_predict.py", folder, "--onnx", int8_run["int8"], "--img-size", "32",
+    alone = tmp_path / "models"  # the files alone: no labels.txt, no class_indices.json, no --img-size
+    alone.mkdir()
+    for name in ("fp32", "int8"):
+        shutil.copy(int8_run[name], alone)
+    batch = run_listing_modules("batch_predict.py", folder, "--onnx", alone / "m.int8.onnx",
                                 "--batch-size", "2", "--workers", "2")  # decoded in a process pool
-    one = run_listing_modules("predict.py", folder / "daisy_0.jpg", "--onnx", int8_run["fp32"], "--img-size", "32",
+    one = run_listing_modules("predict.py", folder / "daisy_0.jpg", "--onnx", alone / "m.onnx",
                               "--save-fig", tmp_path / "p.png")
     for result in (batch, one):
         assert result.returncode == 0, result.stderr
@@ -260,6 +319,45 @@ def test_numpy_preprocessing_equals_torchvision_and_the_torch_predictor_input(ti
     torch.testing.assert_close(seen[0], torch.from_numpy(ours), rtol=0, atol=1e-6)
 
 
+def test_the_metadata_driven_onnx_input_equals_the_training_eval_transform(int8_run, tmp_path, monkeypatch):
+    """--onnx FILE alone: the size and the normalisation come from the file, and the tensor ONNX
+    Runtime is given is the training's eval transform of the image (and follows a file's own mean and std)."""
+    import onnx
+    paths = sorted(int8_run["val"].rglob("*.jpg"))[:5]
+    fed, real = [], ort.InferenceSession
+
+    class Recording:
+        def __init__(self, *a, **k):
+            self.session = real(*a, **k)
+
+        def __getattr__(self, name):
+            return getattr(self.session, name)
+
+        def run(self, names, feeds):
+            fed.append(next(iter(feeds.values())))
+            return self.session.run(names, feeds)
+
+    def metadata_path_input(model_path):
+        args = parse(batch_predict, ["--onnx", model_path, "--workers", "0"])
+        classes, source = inference.resolve_classes(args)
+        assert args.img_size == 32 and "metadata" in source
+        predictor, _ = inference.load_predictor(args, len(classes), source)
+        list(inference.predict_paths(paths, predictor, args.img_size, batch_size=8, workers=0))
+        return fed[-1]
+
+    monkeypatch.setattr(ort, "InferenceSession", Recording)
+    eval_transform = np.stack([imaging.EvalTransform(32)(imaging.load_rgb(p)) for p in paths])  # train.py's val
+    np.testing.assert_allclose(metadata_path_input(int8_run["fp32"]), eval_transform, rtol=0, atol=1e-6)
+    model = onnx.load(str(int8_run["fp32"]))
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    onnx.helper.set_model_props(model, {**inference.read_metadata(int8_run["fp32"]), "mean": json.dumps(mean),
+                                        "std": json.dumps(std)})
+    onnx.save(model, str(tmp_path / "own.onnx"))
+    crops = np.stack([np.asarray(imaging.EvalTransform(32).resize_crop(imaging.load_rgb(p))) for p in paths])
+    own = (crops.transpose(0, 3, 1, 2) / 255 - np.reshape(mean, (3, 1, 1))) / np.reshape(std, (3, 1, 1))
+    np.testing.assert_allclose(metadata_path_input(tmp_path / "own.onnx"), own, rtol=0, atol=1e-5)
+
+
 # ---------------------------------------------------------------- execution providers
 
 @pytest.fixture
@@ -277,13 +375,14 @@ def test_auto_takes_tensorrt_then_cuda_then_cpu_with_fp16_and_int8_for_qdq(int8_
     options = fp32[0][1]
     assert options["trt_fp16_enable"] is True and options["trt_int8_enable"] is False
     assert options["trt_engine_cache_enable"] is True
-    assert options["trt_engine_cache_path"] == str(int8_run["fp32"].with_suffix(".trt_cache"))
+    cache = int8_run["fp32"].with_suffix(".trt_cache")
+    assert Path(options["trt_engine_cache_path"]).parent == cache and options["trt_timing_cache_path"] == str(cache)
     assert options["trt_profile_min_shapes"] == "input:1x3x224x224"
     assert options["trt_profile_max_shapes"] == options["trt_profile_opt_shapes"] == "input:16x3x224x224"
     qdq = inference.onnx_providers("tensorrt", trt_run["int8"], tmp_path / "cache", 224, 8)
     assert qdq[0][0] == TRT and qdq[1] == CPU
     assert qdq[0][1]["trt_int8_enable"] is True and qdq[0][1]["trt_fp16_enable"] is True
-    assert qdq[0][1]["trt_engine_cache_path"] == str(tmp_path / "cache")
+    assert Path(qdq[0][1]["trt_engine_cache_path"]).parent == tmp_path / "cache"
     assert inference.onnx_providers("cuda", trt_run["int8"]) == [CUDA, CPU]
 
 
@@ -309,6 +408,98 @@ def test_provider_cuda_without_it_is_one_line_on_stderr(int8_run, tiny_run):
                         "--img-size", "32", "--provider", "cuda")
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.startswith("error: --provider cuda: this onnxruntime offers") and result.stderr.count("\n") == 1
+
+
+def test_a_re_exported_model_never_meets_the_engine_of_the_one_before(tiny_run, tmp_path, offered, monkeypatch,
+                                                                      capsys):
+    """The stale-engine sequence (export, predict, retrain, export --overwrite under the same name,
+    predict) with TensorRT faked: each session's options are recorded, the CPU runs it."""
+    import torch
+    offered(TRT, CUDA, CPU)
+    given, real = [], ort.InferenceSession
+
+    def recording(path, options=None, providers=None, **kwargs):
+        if isinstance(providers[0], tuple):
+            given.append(providers[0][1])
+        return real(path, options, providers=[CPU])
+
+    monkeypatch.setattr(ort, "InferenceSession", recording)
+    folder, imgs = tmp_path / "models", tiny_run["data"] / "val"
+    retrained = {k: v.clone() for k, v in torch.load(tiny_run["weights"], weights_only=True).items()}
+    retrained["fc.bias"] += torch.tensor([0.0, 0.0, 30.0])  # another model: it says tulips to everything
+    torch.save(retrained, tmp_path / "retrained.pth")
+    others = tmp_path / "others.json"
+    others.write_text('{"0": "iris", "1": "lily", "2": "rose"}')
+
+    def export(name, *extra):
+        export_quietly(export_args(tiny_run, folder / name, "--check-images", tmp_path / "none", *extra))
+
+    def predict_with(name, *extra):
+        rows, _ = batch_predict.main(parse(batch_predict, [imgs, "--recursive", "--onnx", folder / name,
+                                                           "--workers", "0", *extra]))
+        return [pairs for _, pairs in rows], Path(given[-1]["trt_engine_cache_path"])
+
+    export("m.onnx")
+    before, cache = predict_with("m.onnx")
+    assert cache.parent == folder / "m.trt_cache" and (cache / "model.json").is_file()
+    assert predict_with("m.onnx")[1] == cache  # the same file: the same cache, its engine loaded again
+    assert predict_with("m.onnx", "--batch-size", "3")[1] != cache  # another shape profile: another engine
+    # A second model in the same folder: labels.txt stays the first one's, each predicts its own names.
+    export("n.onnx", "--class-indices", others)
+    assert (folder / "labels.txt").read_text().split() == ["daisy", "roses", "tulips"]
+    assert (folder / "n.labels.txt").read_text().split() == ["iris", "lily", "rose"]
+    assert {pairs[0][0] for pairs in predict_with("n.onnx")[0]} <= {"iris", "lily", "rose"}
+    # Retrained, exported again under the same name: another cache, the old one pruned, new predictions.
+    export("m.onnx", "--weights", tmp_path / "retrained.pth", "--overwrite")
+    after, fresh = predict_with("m.onnx")
+    assert fresh.parent == cache.parent and fresh != cache and not cache.exists()
+    assert "built for an earlier m.onnx" in capsys.readouterr().err
+    assert {pairs[0][0] for pairs in after} == {"tulips"} and after != before
+    # One cache for several models (--trt-cache): a model that is gone loses its folder, the others keep theirs.
+    shared = ["--trt-cache", tmp_path / "shared"]
+    kept, gone = predict_with("m.onnx", *shared)[1], predict_with("n.onnx", *shared)[1]
+    (folder / "n.onnx").unlink()
+    assert predict_with("m.onnx", *shared)[1] == kept and kept.exists() and not gone.exists()
+    assert json.loads((kept / "model.json").read_text())["model"] == os.path.realpath(folder / "m.onnx")
+
+
+def test_prediction_that_runs_out_of_memory_halves_its_batch_and_goes_on(int8_run, monkeypatch, capsys):
+    common = [int8_run["val"], "--recursive", "--onnx", int8_run["fp32"], "--batch-size", "5", "--workers", "0"]
+    expected, _ = batch_predict.main(parse(batch_predict, common))
+    real = ort.InferenceSession
+    failure = getattr(ort.capi.onnxruntime_pybind11_state, "RuntimeException", RuntimeError)
+
+    class Small:  # a session whose allocation fails above 2 images, as ONNX Runtime's does
+        def __init__(self, *a, **k):
+            self.session = real(*a, **k)
+
+        def __getattr__(self, name):
+            return getattr(self.session, name)
+
+        def run(self, names, feeds):
+            if len(next(iter(feeds.values()))) > 2:
+                raise failure("Failed to allocate memory for requested buffer of size 61440")
+            return self.session.run(names, feeds)
+
+    monkeypatch.setattr(ort, "InferenceSession", Small)
+    capsys.readouterr()
+    rows, skipped = batch_predict.main(parse(batch_predict, common))
+    assert [r[0] for r in rows] == [r[0] for r in expected] and not skipped
+    for (_, got), (_, want) in zip(rows, expected):
+        assert got[0][0] == want[0][0] and got[0][1] == pytest.approx(want[0][1], abs=1e-5)
+    err = capsys.readouterr().err
+    assert err.count("out of memory") == 1 and "a batch of 5 images; going on with batches of 2" in err
+
+
+def test_halving_stops_at_one_image_and_lets_other_errors_through():
+    def fails(batch):
+        raise MemoryError
+    with pytest.raises(MemoryError):
+        memory.HalvingPredictor(fails)(np.zeros((4, 8, 8, 3), np.uint8))
+    broken = memory.HalvingPredictor(lambda batch: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        broken(np.zeros((4, 8, 8, 3), np.uint8))
+    assert broken.limit is None
 
 
 # ---------------------------------------------------------------- benchmark.py --predict-folder

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -117,13 +118,17 @@ def test_load_weights_and_export_refuse_to_replace_files(tiny_run, tmp_path):
     folder = tmp_path / "onnx"
     folder.mkdir()
     (folder / "labels.txt").write_text("my own labels\n")
+    (folder / "m.labels.txt").write_text("my own labels\n")
     args = ["--model", "resnet18", "--weights", tiny_run["weights"], "--class-indices", tiny_run["classes"],
             "--img-size", "32", "--out", folder / "m.onnx", "--check-images", tmp_path / "none"]
-    with pytest.raises(cli.UserError, match="labels.txt already exists"):
+    with pytest.raises(cli.UserError, match="m.labels.txt already exists"):  # the model's own labels file
         export_onnx.main(parse(export_onnx, args))
-    assert (folder / "labels.txt").read_text() == "my own labels\n" and not (folder / "m.onnx").exists()
-    (folder / "labels.txt").unlink()
+    assert not (folder / "m.onnx").exists()
+    (folder / "m.labels.txt").unlink()
+    # labels.txt of other classes is left as it is: the model's names are in its own file and in it.
     export_onnx.main(parse(export_onnx, args))
+    assert (folder / "labels.txt").read_text() == "my own labels\n"
+    assert (folder / "m.labels.txt").read_text().split() == ["daisy", "roses", "tulips"]
     before = snapshot(folder)
     with pytest.raises(cli.UserError, match="m.onnx already exists.*--overwrite"):
         export_onnx.main(parse(export_onnx, args))
@@ -258,9 +263,9 @@ def _agree(rank, path, results):
     import torch.distributed as dist
     dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=2)
     from helpers import training
-    training.CTRL_C.requested = rank == 1  # Ctrl-C reached only the second process
+    training.STOP.signum = signal.SIGTERM if rank == 1 else 0  # the signal reached only the second process
     world = training.World(rank, 2)
-    results.put((rank, training.CTRL_C.agreed(world, torch.device("cpu"))))
+    results.put((rank, training.STOP.agreed(world, torch.device("cpu"))))
     # Hand the answer over now and leave without tearing gloo down: on torch 2.0 a process may
     # block in destroy_process_group once its peer has gone, which is not what this test is about.
     results.close()
@@ -268,7 +273,7 @@ def _agree(rank, path, results):
     os._exit(0)
 
 
-def test_processes_agree_on_a_ctrl_c_that_reached_only_one(tmp_path):
+def test_processes_agree_on_a_signal_that_reached_only_one(tmp_path):
     ctx = torch.multiprocessing.get_context("spawn")
     results = ctx.Queue()
     procs = [ctx.Process(target=_agree, args=(r, tmp_path / "rendezvous", results)) for r in range(2)]
@@ -281,7 +286,7 @@ def test_processes_agree_on_a_ctrl_c_that_reached_only_one(tmp_path):
             p.join(30)
             if p.is_alive():
                 p.kill()
-    assert got == {0: True, 1: True}
+    assert got == {0: signal.SIGTERM, 1: signal.SIGTERM}  # both stop, and both know why
 
 
 def test_workers_0_leaves_the_global_random_state_alone(tiny_run):

@@ -2,6 +2,7 @@
 import csv
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
 
@@ -22,10 +23,20 @@ def run_args(data, out, *extra):
                                       "--batch-size", "4", "--class-indices", out / "ci.json", *extra])
 
 
-def test_interrupted_then_resumed_run_equals_uninterrupted(data, tmp_path, capsys):
-    full = train.main(run_args(data, tmp_path / "a"))
-    assert interrupted_run(run_args(data, tmp_path / "b"), 7) == 130  # 5 steps an epoch: stops in epoch 2
+@pytest.fixture(scope="module")
+def full_run(data, tmp_path_factory):
+    """The uninterrupted run that the stopped and resumed ones must equal."""
+    out = tmp_path_factory.mktemp("full")
+    return out, train.main(run_args(data, out))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["ctrl-c", "sigterm", "sighup"])
+def test_stopped_then_resumed_run_equals_uninterrupted(full_run, data, tmp_path, capsys, sig):
+    out, full = full_run
+    assert interrupted_run(run_args(data, tmp_path / "b"), 7, sig) == 128 + sig  # 5 steps an epoch: stops in epoch 2
     err = capsys.readouterr().err
+    name = training.Stop.name(sig)
+    assert f"{name}: stopping after this step" in err and f"stopped by {name}: saved" in err
     assert f"python train.py --resume {tmp_path / 'b' / 'last.pth'}" in err
     ckpt = torch.load(tmp_path / "b" / "last.pth", weights_only=True)
     assert (ckpt["epoch"], ckpt["step"]) == (1, 2)
@@ -36,11 +47,45 @@ def test_interrupted_then_resumed_run_equals_uninterrupted(data, tmp_path, capsy
     for r, f in zip(comparable(resumed["history"]), comparable(full["history"])):
         assert r == pytest.approx(f, rel=1e-3, abs=1e-4)
     assert resumed["best_acc"] == full["best_acc"] and len(resumed["history"]) == 3
-    a = torch.load(tmp_path / "a" / "best.pth", weights_only=True)
+    a = torch.load(out / "best.pth", weights_only=True)
     b = torch.load(tmp_path / "b" / "best.pth", weights_only=True)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4)
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted(p.name for p in (tmp_path / "b").iterdir())
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (tmp_path / "b").iterdir())
+
+
+def test_a_closed_terminal_stops_the_run_at_a_step_with_its_checkpoint(data, tmp_path):
+    """The SSH session to the board closes: the kernel hangs up the terminal and sends SIGHUP to the
+    run and its data-loader workers. The workers live on, the run writes no more to the gone
+    terminal (that would fail), saves its step and ends; the checkpoint resumes."""
+    import fcntl
+    import pty
+    import select
+    import termios
+    master, slave = pty.openpty()
+    cmd = [sys.executable, str(ROOT / "train.py")] + [str(a) for a in TINY_TRAIN] + [
+        "--data-path", str(data), "--epochs", "100", "--batch-size", "4", "--workers", "2",
+        "--save-path", str(tmp_path / "best.pth"), "--class-indices", str(tmp_path / "ci.json")]
+    proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, cwd=tmp_path, start_new_session=True,
+                            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),  # the run's terminal
+                            env=dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg"))
+    os.close(slave)
+    seen = b""
+    try:
+        while b"[epoch 1]" not in seen:  # the terminal shows the first epoch; then the session is closed
+            ready, _, _ = select.select([master], [], [], 300)
+            assert ready, seen[-2000:]
+            seen += os.read(master, 65536)
+    except OSError:
+        pytest.fail(f"the run ended early: {seen[-2000:]!r}")
+    finally:
+        os.close(master)  # the hang-up
+    assert proc.wait(timeout=300) == 128 + signal.SIGHUP
+    ckpt = torch.load(tmp_path / "last.pth", weights_only=True)
+    assert ckpt["epoch"] >= 1 and not list(tmp_path.glob(".*.tmp*"))  # written whole
+    resumed = train.main(parse(train, ["--resume", tmp_path / "last.pth", "--epochs", ckpt["epoch"] + 1,
+                                       "--workers", "0"]))
+    assert len(resumed["history"]) == ckpt["epoch"] + 1
 
 
 def test_history_curves_and_confusion_matrix(data, tmp_path):
