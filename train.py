@@ -87,6 +87,7 @@ def main(args):
         parts = dict(model=model_without_ddp, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema,
                      classes=classes, data=data)
         started, out_of_memory = (state.epoch, state.step), None
+        best_val = None  # the val predictions of the best weights, when this run saved them
         try:
             with training.STOP.active():
                 while state.epoch < s.epochs:
@@ -108,6 +109,7 @@ def main(args):
                             if weights.non_finite(best):  # a NaN model scores by chance: never "best"
                                 raise training.Diverged("nan", state.epoch, state.step)
                             settings.save(best, s.save_path)  # torch.save, atomically
+                        best_val = val_ema if use_ema else val
                     state.history.append(reports.history_row(
                         state.epoch + 1, train_loss=train_loss, train_acc=train_acc, val=val, val_ema=val_ema,
                         lr=optimizer.param_groups[0]["lr"], seconds=state.seconds, seen=seen,
@@ -142,11 +144,15 @@ def main(args):
         if world.is_main:
             print("Finished Training")
 
-        # 4. The best weights, evaluated once more for the report.
-        if world.distributed:
-            dist.barrier()  # the best weights are on disk before the other processes read them
-        model_without_ddp.load_state_dict(weights.read_state_dict(s.save_path))
-        result = evaluate(model_without_ddp, val_loader, env, "best weights")
+        # 4. The report, on the best weights' val predictions: those of the epoch that saved them, not
+        # a second pass over val/ (the same numbers: the same weights, images and precision). Only
+        # when an earlier run saved them (a resumed run that never beat its best) are they read back.
+        result = best_val
+        if result is None:
+            if world.distributed:
+                dist.barrier()  # the best weights are on disk before the other processes read them
+            model_without_ddp.load_state_dict(weights.read_state_dict(s.save_path))
+            result = evaluate(model_without_ddp, val_loader, env, "best weights")
         if world.is_main:
             best = "val_accuracy" if s.select_by == "acc" else f"val {s.select_by}"
             print(f"best {best}: {state.best_acc:.3f}, weights in {s.save_path}")

@@ -450,7 +450,7 @@ class LastStep:
 
     def mark(self, state, sums):
         copy = getattr(torch, "_foreach_copy_", None)  # one call for all (torch 2.1+)
-        if copy is not None:
+        if copy is not None and self.buffers:  # (a model without buffers: nothing to copy)
             copy(self.saved, self.buffers)
         else:
             for saved, b in zip(self.saved, self.buffers):

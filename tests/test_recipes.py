@@ -3,6 +3,7 @@ changes what it claims to (gradient accumulation, EMA, mixup/cutmix, clipping, n
 auto augment, random erasing, compile)."""
 import argparse
 import csv
+import dataclasses
 import math
 import random
 import subprocess
@@ -139,16 +140,17 @@ def test_the_better_of_model_and_ema_is_saved(data, tmp_path, monkeypatch):
     # Three epochs whose val accuracies (model, EMA) are chosen: the EMA wins, then the model, then
     # neither beats the best. What each validation saw, and what best.pth held, are recorded.
     accuracies = iter([0.5, 0.75, 0.9, 0.8, 0.6, 0.85])
-    seen, best_before = [], []
+    seen, best_before, evaluations = [], [], []
     real_evaluate = train.evaluate
 
     def evaluate(net, loader, env, desc="valid"):
-        if desc == "best weights":
-            return real_evaluate(net, loader, env, desc)
         if not desc.endswith("ema") and (tmp_path / "best.pth").exists():
             best_before.append(load(tmp_path / "best.pth"))
         seen.append({k: v.clone() for k, v in net.state_dict().items()})
-        return types.SimpleNamespace(acc=next(accuracies), loss=1.0)
+        real = real_evaluate(net, loader, env, desc)  # a real evaluation, whose accuracy is chosen
+        evaluations.append(real)
+        chosen = type("Chosen", (type(real),), {"acc": property(lambda self, acc=next(accuracies): acc)})
+        return chosen(**{f.name: getattr(real, f.name) for f in dataclasses.fields(real)})
 
     monkeypatch.setattr(train, "evaluate", evaluate)
     res = train.main(run_args(data, tmp_path, "--model-ema", "--epochs", "3"))
@@ -161,6 +163,8 @@ def test_the_better_of_model_and_ema_is_saved(data, tmp_path, monkeypatch):
     assert same(best_before[0], ema_1) and not same(best_before[0], model_1)  # the EMA won epoch 1
     assert same(best_before[1], model_2) and not same(best_before[1], ema_2)  # the model won epoch 2
     assert same(res_best, model_2)  # neither beat 0.9 in epoch 3: nothing saved
+    # The final report is that of the best weights (model_2's val predictions), not evaluated again.
+    assert len(seen) == 6 and (res["confusion"] == evaluations[2].confusion).all()
     assert res["best_acc"] == 0.9 and res["history"][0]["val_acc_ema"] == 0.75
     assert load(tmp_path / "last.pth")["ema"]["n_averaged"].item() == 15  # 5 optimizer steps an epoch
 

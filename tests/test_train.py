@@ -103,6 +103,8 @@ def test_history_curves_and_confusion_matrix(data, tmp_path):
                                   "--output-dir", tmp_path / "ev", "--class-indices", tmp_path / "ci.json"]))
     assert ev["confusion"].sum().item() == 6 and (tmp_path / "ev" / "confusion_matrix.png").exists()
     assert ev["val_acc"] == pytest.approx(res["best_acc"])
+    # The run's report reuses the best epoch's val predictions: the same as evaluating its weights again.
+    assert (ev["confusion"] == res["confusion"]).all()
     assert "precision" in reports.metrics_table(reports.metrics(ev["confusion"], ev["classes"]))
 
 
