@@ -62,6 +62,7 @@ def get_args_parser(add_help=True):
                         "frames/s, and each as a share of its model's own images/s at the same batch and size")
     p.add_argument("--video-frames", type=cli.int_in(1, 100_000), default=300,
                    help="frames of the generated clip (default: %(default)s)")
+    p.add_argument("--machine", action="store_true", help="only print the machine: CPU, native bf16, GPU, versions")
     p.add_argument("--naive-video", default=None, help=argparse.SUPPRESS)  # the naive loop's own process
     p.add_argument("--one-path", default=None, help=argparse.SUPPRESS)  # one path in its own process: its peak memory
     p.add_argument("--tutorial-predict", default=None, help=argparse.SUPPRESS)  # the baseline's own process
@@ -255,6 +256,17 @@ def loader_benchmark(args):
                 print(f"  {data:34} {name:16} tutorial {base:7.1f}  ours {fast:7.1f} images/s", file=sys.stderr)
     return {"task": "data loader, one worker", "model": "-", "device": "cpu", "device_name": cpu_name(),
             "date": time.strftime("%Y-%m-%d"), "results": results}
+
+
+def machine_line():
+    """The machine beside every figure: CPU model and cores, native bf16 or not, the GPU, versions."""
+    import torchvision
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    isa = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: "?")()  # ATen's kernels
+    capped = " (capped by ONEDNN_MAX_CPU_ISA)" if os.environ.get("ONEDNN_MAX_CPU_ISA") else ""
+    return (f"machine: {cpu_name()}, {isa} kernels | native bf16: {devices.cpu_bf16_native()}{capped} | "
+            f"GPU: {', '.join(gpus) or 'none'} | "
+            f"torch {torch.__version__}, torchvision {torchvision.__version__} | {time.strftime('%Y-%m-%d')}")
 
 
 def cpu_name():
@@ -579,6 +591,8 @@ def print_video_report(report):
 
 
 def main(args):
+    if args.machine:
+        return print(machine_line())
     if args.tutorial_predict:
         return tutorial_predict(args)
     if args.naive_video:
@@ -588,6 +602,7 @@ def main(args):
         if args.json:
             print(json.dumps(report, indent=2))
         else:
+            print(machine_line())
             print_video_report(report)
         return report
     if args.one_path:
@@ -601,6 +616,7 @@ def main(args):
     if args.json:
         print(json.dumps(report, indent=2))
         return report
+    print(machine_line())
     print(f"{report['model']} on {report['device_name']} ({report['date']}):")
     if args.loader:
         print(f"{'photos':34} {'transform':16} {'tutorial':>9} {'ours':>9} {'ratio':>7}   (images/s, one worker)")

@@ -42,12 +42,17 @@ def amp_dtype(device, choice="auto"):
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "cpu":
-        try:
-            native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        except (AttributeError, RuntimeError):
-            native = False
-        return torch.bfloat16 if native else None
+        return torch.bfloat16 if cpu_bf16_native() else None
     return None
+
+
+def cpu_bf16_native():
+    """Whether this CPU computes bf16 natively (AVX-512 BF16, AMX; oneDNN's own test). Without it,
+    autocast only adds conversions: fp32 is the ceiling."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def dtype_name(dtype):

@@ -24,9 +24,12 @@ from helpers import cli
 # warns on stderr, two lines per image that name no file: not the user's business.
 warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
 
+
 def _has(feature):
     try:
-        return bool(features.check(feature))
+        with warnings.catch_warnings():  # an older Pillow warns "Unknown feature" on stderr
+            warnings.simplefilter("ignore")
+            return bool(features.check(feature))
     except (ValueError, KeyError):  # a Pillow that does not know the feature
         return False
 
