@@ -186,7 +186,17 @@ def run_paths(args):
         r["ratio"] = r["images_per_s"] / base["images_per_s"]
     return {"model": args.model, "batch_size": args.batch_size, "img_size": args.img_size, "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
-            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "results": results}
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "results": results,
+            "defaults": defaults_line(device)}
+
+
+def defaults_line(device):
+    """What train.py and the prediction scripts choose here by default, and why (the rows above)."""
+    amp = devices.amp_dtype(device)
+    why = {"cpu": f"native bf16: {devices.cpu_bf16_native()}"}.get(device.type, device.type)
+    return (f"defaults here: mixed precision {devices.dtype_name(amp)} ({why}), channels-last "
+            f"{'on' if devices.channels_last(device) else 'off'} (on CPUs and GPUs with tensor cores, where it is "
+            "measured to help; --no-amp, --no-channels-last and --channels-last change them)")
 
 
 # ---------------------------------------------------------------- the data loader
@@ -561,7 +571,7 @@ def video_benchmark(args):
             return net_probs(plain, batch, device)
 
         settings = dict(model=args.model, weights=str(weights_path), img_size=size, device=str(device), amp_dtype="auto",
-                        channels_last=True, provider="auto", trt_cache=None, batch_size=bs)
+                        channels_last="auto", provider="auto", trt_cache=None, batch_size=bs)
         predictors = [naive_model] + [inference.load_predictor(argparse.Namespace(**settings, onnx=o), 5)[0]
                                       for o in (None, str(onnx32), str(int8))]
         for r, predict, batch in zip(results, predictors, (1, bs, bs, bs)):
@@ -630,6 +640,8 @@ def main(args):
         seconds = f"{r['seconds']:8.2f}" if "seconds" in r else " " * 8
         print(f"{r['task']:10} {r['path']:48} {seconds} {r['images_per_s']:9.1f} {r['ratio']:6.2f}x"
               + (f" {r['peak_mem_mb']:8.0f}" if memory else ""))
+    if "defaults" in report:
+        print(report["defaults"])
     return report
 
 

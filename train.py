@@ -71,7 +71,7 @@ def main(args):
                       f"best val_accuracy {max(state.best_acc, 0):.3f}")
         if world.is_main:
             print(f"mixed precision: {devices.dtype_name(env.amp_dtype)}, channels-last: "
-                  f"{'on' if s.channels_last else 'off'}"
+                  f"{'on' if env.memory_format == torch.channels_last else 'off'}"
                   + (f", gradient accumulation: {s.accum_steps} batches" if s.accum_steps > 1 else ""))
             files.atomic_write_bytes(s.class_indices, files.class_indices_bytes(classes))  # the first write
             memory.report(memory.check_training(s, env, model_without_ddp, world.local_size), s,
@@ -409,6 +409,9 @@ def get_args_parser(add_help=True):
     g.add_argument("--amp-dtype", choices=("auto", "bf16", "fp16", "none"),
                    help=f"mixed precision: auto picks bf16 where supported, else fp16 on CUDA (default: {d.amp_dtype})")
     g.add_argument("--no-amp", dest="amp_dtype", action="store_const", const="none", help="train in fp32")
+    g.add_argument("--channels-last", dest="channels_last", action="store_const", const=True,
+                   help="NHWC memory format even where auto leaves it off (default: auto, on where it is measured "
+                        "to help: CPUs, GPUs with tensor cores)")
     g.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False,
                    help="keep the NCHW memory format")
     g.add_argument("--compile", action="store_true", default=None,

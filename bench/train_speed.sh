@@ -7,7 +7,10 @@
 # Prints the machine, then per run: whole-process seconds, the train loop's images/s and the ratios.
 #
 # Usage: bash bench/train_speed.sh [DATA] [OUT]     (RUNS=3; about 3 minutes a run on a 2-core CPU)
+#   ISA=avx2 bash bench/train_speed.sh ...   on a CPU with native bf16, runs everything as on one without it:
+#   oneDNN and ATen's kernels capped at AVX2 (ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY), so bf16 is not native
 set -euo pipefail
+if [ "${ISA:-}" = avx2 ]; then export ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2; fi
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${2:-bench/out/train_speed}

@@ -30,6 +30,7 @@ def main():
     p.add_argument("--weights", default=None, help="ImageNet weights (the tutorial's resnet34-pre.pth); default: from scratch")
     p.add_argument("--save-path", default="./resNet34.pth")
     args = p.parse_args()
+    os.makedirs(os.path.dirname(os.path.abspath(args.save_path)), exist_ok=True)
 
     device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     print("using {} device.".format(device))

@@ -46,7 +46,10 @@ def add_runtime_args(p):
     # The same flags and settings as train.py's: --no-amp is --amp-dtype none.
     p.add_argument("--no-amp", dest="amp_dtype", action="store_const", const="none", default="auto",
                    help="run in fp32 (default: bf16/fp16 where the hardware has it)")
-    p.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False, default=True,
+    p.add_argument("--channels-last", dest="channels_last", action="store_const", const=True, default="auto",
+                   help="NHWC memory format even where auto leaves it off (default: auto, on where it is measured "
+                        "to help: CPUs, GPUs with tensor cores)")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False,
                    help="keep the NCHW memory format")
     p.add_argument("--onnx", default=None, metavar="PATH",
                    help="run this ONNX file with ONNX Runtime instead (PyTorch is then not imported)")
@@ -326,7 +329,7 @@ def load_predictor(args, num_classes, class_source=None, torch_model=None):
 
 def load_torch_model(args, num_classes, class_source=None):
     """The trained net as prediction runs it: BatchNorm folded, in eval mode, on --device,
-    channels-last unless --no-channels-last. Returns (net, device)."""
+    channels-last where devices.channels_last says (--channels-last, --no-channels-last). Returns (net, device)."""
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -341,7 +344,8 @@ def load_torch_model(args, num_classes, class_source=None):
     net = weights.build_model(args.model, num_classes=num_classes)
     weights.load_trained_weights(net, args.model, state_dict, weights_path, class_source)
     net = fold_batchnorm(net.eval()).requires_grad_(False)  # prediction needs no weight gradients, Grad-CAM neither
-    return net.to(device, memory_format=devices.memory_format(args.channels_last)), device
+    fmt = devices.memory_format(devices.channels_last(device, args.channels_last))
+    return net.to(device, memory_format=fmt), device
 
 
 def torch_predictor(args, net, device):
@@ -349,7 +353,7 @@ def torch_predictor(args, net, device):
 
     from helpers import devices
 
-    fmt = devices.memory_format(args.channels_last)
+    fmt = devices.memory_format(devices.channels_last(device, args.channels_last))
     dtype = devices.amp_dtype(device, args.amp_dtype)
     mean = torch.tensor(imaging.MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(imaging.STD, device=device).view(1, 3, 1, 1)

@@ -141,26 +141,40 @@ def show_or_save(images, titles, save_path, heatmaps=None, alpha=0.45):
 
 def plot_errors(errors, path, max_panels=32, what="validation"):
     """The misclassified images, most confident mistakes first: errors = [(prob, image path, true
-    class, predicted class)], already in that order."""
+    class, predicted class)], already in that order. Each panel's words are a text of the one axes."""
+    import numpy as np
+
     from helpers import imaging
 
     shown = errors[:max_panels]
     use_fonts_for([e[2] for e in shown] + [e[3] for e in shown])
     cols = min(8, max(1, len(shown)))
     rows = max(1, math.ceil(len(shown) / cols))
-    fig = new_figure(figsize=(2.2 * cols, 2.5 * rows + 0.4))
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, (prob, image, true, pred) in zip(axes.flat, shown):
+    # One picture of all the panels, drawn by hand into one array and shown on one axes: 32 axes of
+    # their own (subplots, tight_layout) took 1 s of a 2-core CPU at the end of every run, this 0.2 s.
+    cell, words, top = 220, 40, 40  # pixels: an image's square, its two lines of words, the title
+    canvas = np.full((rows * (cell + words), cols * cell, 3), 255, np.uint8)
+    for k, (prob, image, true, pred) in enumerate(shown):
+        r, c = divmod(k, cols)
         try:
-            ax.imshow(imaging.load_rgb(image, min_side=200, max_side=256))
+            img = np.asarray(imaging.load_rgb(image, min_side=cell, max_side=cell - 10))
         except Exception:  # an image gone since validation: its panel keeps the words
-            pass
-        ax.set_title(f"true: {true}\npred: {pred} ({prob:.2f})", fontsize=8, color="firebrick")
+            continue
+        y = r * (cell + words) + words + (cell - img.shape[0]) // 2
+        x = c * cell + (cell - img.shape[1]) // 2
+        canvas[y:y + img.shape[0], x:x + img.shape[1]] = img
+    height, width = canvas.shape[0] + top, canvas.shape[1]
+    fig = new_figure(figsize=(width / 100, height / 100))
+    ax = fig.add_axes((0, 0, 1, canvas.shape[0] / height))
+    ax.imshow(canvas, interpolation="nearest")
+    ax.axis("off")
+    for k, (prob, image, true, pred) in enumerate(shown):
+        r, c = divmod(k, cols)
+        ax.text(c * cell + cell / 2, r * (cell + words) + words - 2, f"true: {true}\npred: {pred} ({prob:.2f})",
+                ha="center", va="bottom", fontsize=8, color="firebrick")
     more = f" (the {len(shown)} most confident of {len(errors)})" if len(errors) > len(shown) else ""
-    fig.suptitle(f"misclassified {what} images{more}" if errors else f"no misclassified {what} images")
-    fig.tight_layout()
+    fig.suptitle(f"misclassified {what} images{more}" if errors else f"no misclassified {what} images",
+                 y=1 - 8 / height, va="top")
     return save_figure(fig, path)
 
 

@@ -43,7 +43,7 @@ class Settings:
     checkpoint: str = None  # None: last.pth beside save_path
     # speed
     amp_dtype: str = "auto"  # auto, bf16, fp16 or none
-    channels_last: bool = True
+    channels_last: object = "auto"  # "auto" (devices.channels_last), True or False
     compile: bool = False
     # recipes
     opt: str = "adam"
@@ -126,7 +126,7 @@ def resolve(args, parser, world, ckpt=None):
     v.output_dir = v.output_dir or str(Path(v.save_path).parent)
     v.checkpoint = v.checkpoint or str(Path(v.save_path).parent / "last.pth")
     if v.workers is None:
-        v.workers = min(os.cpu_count() or 1, v.batch_size if v.batch_size > 1 else 0, 8)
+        v.workers = devices.train_workers(v.device, v.batch_size, world.local_size)
     if v.lr_step_size is None:
         v.lr_step_size = max(1, v.epochs // 3)
     if world.distributed and torch.cuda.is_available() and v.device in ("auto", "cuda"):

@@ -66,7 +66,8 @@ def environment(s, world):
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed image sizes: cuDNN picks its fastest kernels once
     try:
-        yield Env(world, device, devices.amp_dtype(device, s.amp_dtype), devices.memory_format(s.channels_last))
+        fmt = devices.memory_format(devices.channels_last(device, s.channels_last))
+        yield Env(world, device, devices.amp_dtype(device, s.amp_dtype), fmt)
     finally:
         if world.distributed and dist.is_initialized():
             dist.destroy_process_group()

@@ -119,7 +119,32 @@ def test_no_amp_and_no_channels_last_are_the_same_settings_in_training_and_predi
     for script in (train, predict, batch_predict):
         args = parse(script, ["--no-amp", "--no-channels-last"])
         assert (args.amp_dtype, args.channels_last) == ("none", False), script.__name__
-    assert (parse(predict, []).amp_dtype, parse(predict, []).channels_last) == ("auto", True)
+    assert (parse(predict, []).amp_dtype, parse(predict, []).channels_last) == ("auto", "auto")
+    for script in (train, predict, batch_predict):
+        assert parse(script, ["--channels-last"]).channels_last is True, script.__name__
+
+
+def test_channels_last_by_default_where_it_is_measured_to_help(monkeypatch):
+    import torch
+    from helpers import devices
+    cpu, gpu, mps = torch.device("cpu"), torch.device("cuda", 0), torch.device("mps")
+    assert devices.channels_last(cpu) is True and devices.channels_last(mps) is False
+    assert devices.channels_last(cpu, False) is False and devices.channels_last(mps, True) is True
+    for capability, tensor_cores in (((5, 3), False), ((6, 2), False), ((7, 2), True), ((8, 7), True), ((9, 0), True)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        assert devices.channels_last(gpu) is tensor_cores, capability  # Nano, TX2: off; Xavier, Orin, H100: on
+
+
+def test_workers_leave_the_cores_to_the_model_when_it_trains_on_the_cpu(monkeypatch):
+    from helpers import devices
+    for cores, on_cpu, on_gpu in ((1, 1, 1), (2, 1, 2), (4, 2, 4), (16, 8, 8)):
+        monkeypatch.setattr(devices.os, "cpu_count", lambda c=cores: c)
+        assert devices.train_workers("cpu", 16) == on_cpu, cores
+        assert devices.train_workers("cuda", 16) == devices.train_workers("cuda:1", 16) == on_gpu, cores  # the tutorial's
+    assert devices.train_workers("cpu", 16, processes=4) == 2  # torchrun on 16 cores: 4 each, half of them
+    assert devices.train_workers("cpu", 1) == devices.train_workers("cuda", 1) == 0  # the tutorial's batch of one
+    assert train.settings.resolve(parse(train, ["--device", "cpu"]), train.get_args_parser(),
+                                  train.training.World.from_env()).workers == 8
 
 
 @pytest.mark.parametrize("argv", [["--lr", "0"], ["--lr", "-0"], ["--lr", "1e-400"], ["--lr", "1e300"],

@@ -8,7 +8,6 @@ import math
 import random
 import subprocess
 import sys
-import types
 
 import pytest
 import torch
