@@ -130,6 +130,8 @@ def main(args):
                 settings.save(settings.checkpoint(s, state, **parts), s.checkpoint)
                 print(f"stopped by {training.Stop.name(stop.signum)}: saved {s.checkpoint} at epoch {state.epoch + 1}, "
                       f"step {state.step}; resume with:\n  python train.py --resume {s.checkpoint}", file=sys.stderr)
+            if world.distributed:
+                dist.barrier()  # all agreed to stop: the last collective retired before teardown (as at the end)
             sys.exit(128 + stop.signum)
         except Exception as e:  # out of memory: handled below, once the failed step's tensors are freed
             if not memory.is_out_of_memory(e):
@@ -157,6 +159,8 @@ def main(args):
             best = "val_accuracy" if s.select_by == "acc" else f"val {s.select_by}"
             print(f"best {best}: {state.best_acc:.3f}, weights in {s.save_path}")
             report(result, val_set, classes, s.output_dir)
+        if world.distributed:  # every collective retired before the process group goes: torch 2.0's gloo can
+            dist.barrier()     # otherwise hang in its teardown, freeing the last all_gather's tensors
         return {"best_acc": state.best_acc, "history": state.history, "classes": classes,
                 "confusion": result.confusion, "settings": s}
 
