@@ -157,9 +157,13 @@ def plot_errors(errors, path, max_panels=32, what="validation"):
     for k, (prob, image, true, pred) in enumerate(shown):
         r, c = divmod(k, cols)
         try:
-            img = np.asarray(imaging.load_rgb(image, min_side=cell, max_side=cell - 10))
+            img = imaging.load_rgb(image, min_side=cell, max_side=cell - 10)
         except Exception:  # an image gone since validation: its panel keeps the words
             continue
+        if max(img.size) < cell - 10:  # a small image fills its panel, as one axes each would show it
+            scale = (cell - 10) / max(img.size)
+            img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))))
+        img = np.asarray(img)
         y = r * (cell + words) + words + (cell - img.shape[0]) // 2
         x = c * cell + (cell - img.shape[1]) // 2
         canvas[y:y + img.shape[0], x:x + img.shape[1]] = img
