@@ -151,7 +151,7 @@ def plot_errors(errors, path, max_panels=32, what="validation"):
     cols = min(8, max(1, len(shown)))
     rows = max(1, math.ceil(len(shown) / cols))
     # One picture of all the panels, drawn by hand into one array and shown on one axes: 32 axes of
-    # their own (subplots, tight_layout) took 1 s of a 2-core CPU at the end of every run, this 0.2 s.
+    # their own (subplots, tight_layout) took 1 s of a 2-core CPU at the end of every run, this 0.3 s.
     cell, words, top = 220, 40, 40  # pixels: an image's square, its two lines of words, the title
     canvas = np.full((rows * (cell + words), cols * cell, 3), 255, np.uint8)
     for k, (prob, image, true, pred) in enumerate(shown):
