@@ -92,7 +92,8 @@ def resolve_classes(args):
     they are used, and a --class-indices or --img-size that contradicts them is refused, naming
     both. A file without them works as before: --class-indices, else the <name>.labels.txt or
     labels.txt that export_onnx.py wrote beside it (which win over a ./class_indices.json that may
-    be another run's), and --img-size (default 224)."""
+    be another run's), and --img-size (default 224). With --weights, likewise: the class_indices.json
+    beside the weights comes before ./class_indices.json."""
     if args.onnx:  # the model first: a wrong --onnx is the problem to name, not a missing class file
         files.need_file(args.onnx, "ONNX file", "make it with export_onnx.py")
         info = model_info(args.onnx)
@@ -114,6 +115,10 @@ def resolve_classes(args):
             if labels.exists():
                 files.need_file(labels, "labels file")
                 return files.read_labels(labels), str(labels)
+    else:  # the class file that the weights' run wrote beside them, before one here that may be another run's
+        beside = Path(default_weights(args)).with_name("class_indices.json")
+        if beside.is_file() and beside.resolve() != Path(files.CLASS_INDICES).resolve():
+            return files.read_class_indices(beside), str(beside)
     return files.read_class_indices(files.CLASS_INDICES), files.CLASS_INDICES
 
 

@@ -82,3 +82,23 @@ def test_predict_several_images_in_one_batch(tiny_run, tmp_path, capsys):
     out, err = capsys.readouterr()
     assert [r[0] for r in results] == [str(p) for p in paths[:2]] and "corrupt.jpg" in err
     assert out.count("class: daisy") == 2
+
+
+def test_the_class_file_beside_the_weights_wins_over_a_stale_one_here(tiny_run, tmp_path):
+    # A run's weights elsewhere, with its class_indices.json beside them; in the current folder, another
+    # run's file with the same names in another order, which would relabel every image.
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(tiny_run["weights"], run / "w.pth")
+    shutil.copy(tiny_run["classes"], run / "class_indices.json")
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "class_indices.json").write_text(json.dumps({"0": "tulips", "1": "roses", "2": "daisy"}))
+    img = sorted((tiny_run["data"] / "val" / "roses").iterdir())[0]
+    common = [img, "--model", "resnet18", "--img-size", "32", "--weights", run / "w.pth", "--save-fig", tmp_path / "f.png"]
+    res = run_script("predict.py", *common, cwd=here)
+    assert res.returncode == 0, res.stderr
+    assert [line.split()[1] for line in res.stdout.splitlines() if line.startswith("class: ")] == ["daisy", "roses", "tulips"]
+    # Given explicitly, the stale file is used: the user asked for it.
+    res = run_script("predict.py", *common, "--class-indices", here / "class_indices.json", cwd=here)
+    assert [line.split()[1] for line in res.stdout.splitlines() if line.startswith("class: ")] == ["tulips", "roses", "daisy"]
