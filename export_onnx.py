@@ -252,10 +252,8 @@ def check_accuracy(fp32, int8, val_dir, classes, args):
 def main(args):
     onnx, _ = import_onnx()
     # Settle everything first: weights, classes, every output, the calibration images.
-    args.img_size = args.img_size or 224
+    classes, class_source = inference.resolve_classes(args)  # also the size and model the weights were trained as
     weights_path = inference.default_weights(args)
-    class_source = args.class_indices or files.CLASS_INDICES
-    classes = files.read_class_indices(class_source)
     state_dict = weights.read_state_dict(weights_path, "trained weights")
     out = Path(args.out or Path(weights_path).with_suffix(".onnx"))
     if out.suffix.lower() != ".onnx":

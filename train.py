@@ -40,6 +40,7 @@ def main(args):
             print(f"using {env.device} device.")
         torch.manual_seed(s.seed)
         train_set, val_set, train_sampler, train_loader, val_loader = load_data(s, env)
+        held.callback(training.close_loaders, train_loader, val_loader)  # their workers end with the run, failed or not
         classes = train_set.classes
         if ckpt and ckpt["classes"] != classes:
             raise cli.UserError(f"{s.resume} was trained on classes {ckpt['classes']}, but {s.data_path} has {classes}")
@@ -73,6 +74,8 @@ def main(args):
             print(f"mixed precision: {devices.dtype_name(env.amp_dtype)}, channels-last: "
                   f"{'on' if env.memory_format == torch.channels_last else 'off'}"
                   + (f", gradient accumulation: {s.accum_steps} batches" if s.accum_steps > 1 else ""))
+            if not Path(s.class_indices).exists():  # removed again if the run fails before it saves anything
+                held.push(files.removed_on_failure(s.class_indices, unless=(s.checkpoint, s.save_path)))
             files.atomic_write_bytes(s.class_indices, files.class_indices_bytes(classes))  # the first write
             memory.report(memory.check_training(s, env, model_without_ddp, world.local_size), s,
                           half=env.amp_dtype is not None)
@@ -84,9 +87,10 @@ def main(args):
             weight=class_weights.to(env.device) if class_weights is not None else None,  # --class-weights
             label_smoothing=s.label_smoothing)
         mixer = training.batch_mixer(s, len(classes))  # mixup/cutmix, or None
+        trained_with = weights.TrainedWith(classes=classes, img_size=s.img_size, architecture=s.model)
         parts = dict(model=model_without_ddp, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema,
                      classes=classes, data=data)
-        started, out_of_memory = (state.epoch, state.step), None
+        started, out_of_memory, lost_worker = (state.epoch, state.step), None, None
         best_val = None  # the val predictions of the best weights, when this run saved them
         try:
             with training.STOP.active():
@@ -108,7 +112,8 @@ def main(args):
                             best = (ema.module if use_ema else model_without_ddp).state_dict()
                             if weights.non_finite(best):  # a NaN model scores by chance: never "best"
                                 raise training.Diverged("nan", state.epoch, state.step)
-                            settings.save(best, s.save_path)  # torch.save, atomically
+                            # torch.save, atomically; with the classes and size prediction must use
+                            settings.save(weights.with_info(best, trained_with), s.save_path)
                         best_val = val_ema if use_ema else val
                     state.history.append(reports.history_row(
                         state.epoch + 1, train_loss=train_loss, train_acc=train_acc, val=val, val_ema=val_ema,
@@ -133,14 +138,19 @@ def main(args):
             if world.distributed:
                 dist.barrier()  # all agreed to stop: the last collective retired before teardown (as at the end)
             sys.exit(128 + stop.signum)
-        except Exception as e:  # out of memory: handled below, once the failed step's tensors are freed
-            if not memory.is_out_of_memory(e):
+        except Exception as e:  # out of memory, a lost data-loader worker: handled below, with the last step saved
+            lost_worker = training.loader_failure(e, s.workers)
+            if not lost_worker and not memory.is_out_of_memory(e):
                 raise
-            out_of_memory = cli.first_line(e, 120)
-        if out_of_memory:  # here, outside the except: the failed step's tensors are freed by now
+            out_of_memory = None if lost_worker else cli.first_line(e, 120)
+        if out_of_memory or lost_worker:  # here, outside the except: the failed step's tensors are freed by now
             saved = world.is_main and (state.epoch, state.step) != started  # a step finished in this run
             if saved:
                 settings.save(settings.checkpoint(s, state, **parts), s.checkpoint)
+            if lost_worker:
+                raise cli.UserError(lost_worker + (f"; saved {s.checkpoint} at epoch {state.epoch + 1}, step "
+                                                   f"{state.step}: python train.py --resume {s.checkpoint} --workers 0"
+                                                   if saved else ""))
             check = memory.check_training(s, env, model_without_ddp, world.local_size)
             raise cli.UserError(memory.out_of_memory_line(s, check, out_of_memory, state if saved else None))
         if world.is_main:
@@ -275,8 +285,14 @@ def predict_rows(net, loader, env, desc):
 def evaluate_only(s, env, val_set, val_loader, classes):
     """--eval-only: the per-class report of --weights (or the run's best weights) on val/."""
     path = s.evaluated_weights
+    state_dict, held = weights.read_weights(path, "trained weights")
+    if held and held.img_size != s.img_size:  # evaluated at another size, the figures would be another model's
+        raise cli.UserError(f"{path} was trained on {held.img_size} px images, not --img-size {s.img_size}: "
+                            f"pass --img-size {held.img_size}")
+    if held and held.classes != classes:
+        raise cli.UserError(f"{path} was trained on the classes {held.classes}, but {s.data_path} has {classes}")
     net = weights.build_model(s.model, num_classes=len(classes))
-    weights.load_trained_weights(net, s.model, weights.read_state_dict(path), path, "the data set")
+    weights.load_trained_weights(net, s.model, state_dict, path, "the data set")
     net.to(env.device, memory_format=env.memory_format)
     result = evaluate(net, val_loader, env)
     if env.world.is_main:

@@ -184,6 +184,18 @@ def made_dirs(folder):
         raise
 
 
+def removed_on_failure(path, unless=()):
+    """An __exit__ for ExitStack.push: when the block fails while none of `unless` exists, `path`
+    (a file the block made) is removed, so a run that fails before it saved anything leaves nothing
+    behind (and made_dirs can then remove its new folder)."""
+    def exit_(kind, value, tb):
+        if kind is not None and not any(os.path.lexists(p) for p in unless):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        return False
+    return exit_
+
+
 # torch.save reports a failed write (a full disk, a file-size limit) as a RuntimeError from its C++
 # writer, in words that changed between versions.
 _WRITE_FAILURES = ("write", "iostream error", "unexpected pos")

@@ -7,10 +7,10 @@ torch is imported inside the functions that need it, never at the top: with --on
 runs on a machine that has only onnxruntime, pillow and numpy (requirements-deploy.txt).
 """
 import collections
+import concurrent.futures.process
 import dataclasses
 import hashlib
 import json
-import multiprocessing
 import os
 import re
 import shutil
@@ -29,14 +29,15 @@ PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProv
 
 def add_model_args(p):
     """The flags every prediction script shares."""
-    p.add_argument("--model", default="resnet34", choices=MODEL_NAMES, help="architecture (default: %(default)s)")
+    p.add_argument("--model", default=None, choices=MODEL_NAMES,
+                   help="architecture (default: the one the weights were trained as, else resnet34)")
     p.add_argument("--weights", default=None, help="trained weights (default: ./resNet34.pth, after the model)")
     p.add_argument("--class-indices", default=None,
-                   help="class-index file (default: ./class_indices.json; with --onnx, the class names the ONNX "
-                        "file holds, or for a file without them the labels.txt beside it)")
+                   help="class-index file (default: the classes the weights or the ONNX file carry; for a file "
+                        "without them, the class_indices.json or labels.txt beside it, else ./class_indices.json)")
     p.add_argument("--img-size", type=cli.img_size_arg, default=None,
-                   help="crop size; images are resized to img-size/0.875 first (default: 224; with --onnx, the "
-                        "size the file holds)")
+                   help="crop size; images are resized to img-size/0.875 first (default: the size the weights or "
+                        "the ONNX file were trained on, else 224)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     return p
 
@@ -82,48 +83,68 @@ def shown_class(name, prob, min_prob):
 def default_weights(args):
     from helpers import weights
 
-    return args.weights or weights.default_save_path(args.model)
+    return args.weights or weights.default_save_path(args.model or DEFAULT_MODEL)
+
+
+DEFAULT_MODEL = "resnet34"
 
 
 def resolve_classes(args):
-    """Class names and where they came from; also settles args.img_size (None: not given).
+    """Class names and where they came from; also settles args.img_size and args.model (None: not
+    given).
 
-    With --onnx, a file that export_onnx.py made holds its class names and input size (ModelInfo):
-    they are used, and a --class-indices or --img-size that contradicts them is refused, naming
-    both. A file without them works as before: --class-indices, else the <name>.labels.txt or
-    labels.txt that export_onnx.py wrote beside it (which win over a ./class_indices.json that may
-    be another run's), and --img-size (default 224). With --weights, likewise: the class_indices.json
-    beside the weights comes before ./class_indices.json."""
-    if args.onnx:  # the model first: a wrong --onnx is the problem to name, not a missing class file
-        files.need_file(args.onnx, "ONNX file", "make it with export_onnx.py")
-        info = model_info(args.onnx)
-        if info is not None:
-            if args.img_size is not None and args.img_size != info.img_size:
-                raise cli.UserError(f"--img-size {args.img_size} contradicts {args.onnx}, which was exported for "
-                                    f"{info.img_size} px images; leave --img-size out")
-            args.img_size = info.img_size
-            if args.class_indices:
-                check_same_classes(files.read_class_indices(args.class_indices), args.class_indices, info.classes,
-                                   args.onnx)
-            return info.classes, f"{args.onnx} (its metadata)"
+    The model file first: what it carries is used, and a --class-indices, --img-size or --model that
+    contradicts it is refused in one line naming both. An ONNX file that export_onnx.py made carries
+    its classes and input size (ModelInfo); the weights that train.py saves carry their classes,
+    input size and architecture (weights.TrainedWith). A file that carries none (the tutorial's own
+    .pth, an older export) works as before: --class-indices, else the class file beside the model
+    (the labels.txt that export_onnx.py wrote, the class_indices.json of the weights' run), which wins
+    over a ./class_indices.json that may be another run's; and --img-size (default 224)."""
+    onnx_file = getattr(args, "onnx", None)
+    if onnx_file:  # the model first: a wrong --onnx is the problem to name, not a missing class file
+        files.need_file(onnx_file, "ONNX file", "make it with export_onnx.py")
+        info = model_info(onnx_file)
+        held = info and (info.classes, info.img_size, None)
+        model_path = onnx_file
+    else:
+        from helpers import weights
+
+        model_path = default_weights(args)
+        files.need_file(model_path, "trained weights", "train.py writes them; pass --weights to point at them")
+        info = weights.read_weights(model_path, "trained weights")[1]
+        held = info and (info.classes, info.img_size, info.architecture)
+    if held:
+        classes, img_size, architecture = held
+        if args.img_size is not None and args.img_size != img_size:
+            raise cli.UserError(f"--img-size {args.img_size} contradicts {model_path}, which was "
+                                f"{'exported for' if onnx_file else 'trained on'} {img_size} px images; "
+                                "leave --img-size out")
+        if architecture and args.model and args.model != architecture:
+            raise cli.UserError(f"--model {args.model} contradicts {model_path}, which holds {architecture} weights; "
+                                "leave --model out")
+        args.img_size, args.model = img_size, args.model or architecture
+        if args.class_indices:
+            check_same_classes(files.read_class_indices(args.class_indices), args.class_indices, classes, model_path)
+        return classes, f"{model_path} ({'its metadata' if onnx_file else 'what it was trained with'})"
+    args.model = args.model or DEFAULT_MODEL
     if args.img_size is None:
         args.img_size = 224
     if args.class_indices:
         return files.read_class_indices(args.class_indices), args.class_indices
-    if args.onnx:
-        for labels in (Path(args.onnx).with_suffix(".labels.txt"), Path(args.onnx).with_name("labels.txt")):
+    if onnx_file:
+        for labels in (Path(onnx_file).with_suffix(".labels.txt"), Path(onnx_file).with_name("labels.txt")):
             if labels.exists():
                 files.need_file(labels, "labels file")
                 return files.read_labels(labels), str(labels)
     else:  # the class file that the weights' run wrote beside them, before one here that may be another run's
-        beside = Path(default_weights(args)).with_name("class_indices.json")
+        beside = Path(model_path).with_name("class_indices.json")
         if beside.is_file() and beside.resolve() != Path(files.CLASS_INDICES).resolve():
             return files.read_class_indices(beside), str(beside)
     return files.read_class_indices(files.CLASS_INDICES), files.CLASS_INDICES
 
 
 def check_same_classes(given, source, held, model_path):
-    """A class-index file given beside an ONNX file that holds its classes must say the same."""
+    """A class-index file given beside a model file that carries its classes must say the same."""
     if given == held:
         return
 
@@ -131,10 +152,10 @@ def check_same_classes(given, source, held, model_path):
         return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
     if len(given) != len(held):
         raise cli.UserError(f"{source} lists {len(given)} classes ({shown(given)}) but {model_path} holds "
-                            f"{len(held)} ({shown(held)}); leave --class-indices out: the ONNX file carries its own")
+                            f"{len(held)} ({shown(held)}); leave --class-indices out: the model file carries its own")
     i = next(i for i, (a, b) in enumerate(zip(given, held)) if a != b)
     raise cli.UserError(f"{source} names class {i} {given[i]!r} but {model_path} holds {held[i]!r} there; leave "
-                        "--class-indices out: the ONNX file carries its own")
+                        "--class-indices out: the model file carries its own")
 
 
 # ---------------------------------------------------------------- what an ONNX file carries
@@ -289,14 +310,30 @@ def decode_batches(paths, img_size=224, batch_size=16, workers=None):
         for job in jobs:
             yield decode_batch(job, img_size)
         return
-    with multiprocessing.Pool(workers, initializer=cli.ignore_ctrl_c) as pool:
-        pending = collections.deque()
+    # concurrent.futures, not multiprocessing.Pool: a worker killed by the kernel (the out-of-memory
+    # killer, on a Jetson) breaks this pool with an error, where a Pool waits for its lost batch for
+    # ever; and a result that cannot be sent back comes back as its error, not as a page of pixels.
+    pool = concurrent.futures.ProcessPoolExecutor(workers, initializer=cli.ignore_ctrl_c)
+    pending = collections.deque()
+    try:
         for job in jobs:
-            pending.append(pool.apply_async(decode_batch, (job, img_size)))
+            pending.append(pool.submit(decode_batch, job, img_size))
             if len(pending) > 2 * workers:
-                yield pending.popleft().get()
+                yield _decoded(pending.popleft(), workers)
         while pending:
-            yield pending.popleft().get()
+            yield _decoded(pending.popleft(), workers)
+    finally:  # done, stopped early, Ctrl-C: the batches not started are dropped, not decoded
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True)
+
+
+def _decoded(future, workers):
+    try:
+        return future.result()
+    except concurrent.futures.process.BrokenProcessPool:
+        raise cli.UserError(f"a decoding process was killed (by the system's out-of-memory killer?); pass --workers 0 "
+                            f"(it was {workers}) or a smaller --batch-size") from None
 
 
 def softmax(logits):

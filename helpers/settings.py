@@ -132,6 +132,10 @@ def resolve(args, parser, world, ckpt=None):
     if world.distributed and torch.cuda.is_available() and v.device in ("auto", "cuda"):
         v.device = f"cuda:{world.local_rank}"  # torchrun: each process its own GPU
 
+    if v.batch_size == 1 and not args.eval_only and training.last_map_size(v.img_size) == 1:
+        raise cli.UserError(f"--batch-size 1 at --img-size {v.img_size}: the last BatchNorm layers would see one value "
+                            "per channel, and cannot train on that; pass --batch-size 2 or more, or an --img-size "
+                            "above 32")
     if ckpt and v.epochs < ckpt["epoch"] + (ckpt["step"] > 0):
         raise cli.UserError(f"--epochs {v.epochs}: the resumed run has already done {ckpt['epoch']} epochs")
     if (v.mixup_alpha or v.cutmix_alpha) and not training.mixup_available():
@@ -187,7 +191,25 @@ def read_checkpoint(path):
     missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
     if missing:
         raise cli.UserError(f"{path} is an incomplete checkpoint (no {', '.join(missing)}); it cannot be resumed")
+    check_checkpoint_model(ckpt, path)
     return ckpt
+
+
+def check_checkpoint_model(ckpt, path):
+    """A checkpoint's weights are the model its own settings name, for its own classes (a file
+    pieced together, or edited, would fail in load_state_dict with a page of size mismatches)."""
+    name = ckpt["settings"].get("model") if isinstance(ckpt["settings"], dict) else None
+    classes, state_dict = ckpt["classes"], ckpt["model"]
+    if (name not in weights.model_lib.MODELS or not isinstance(classes, list) or not isinstance(state_dict, dict)
+            or not all(isinstance(v, torch.Tensor) for v in state_dict.values())):
+        raise cli.UserError(f"{path} is a damaged checkpoint (its model, its classes or its weights); it cannot be resumed")
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in weights.build_model(name, num_classes=len(classes)).state_dict().items()}
+    if {k: tuple(v.shape) for k, v in state_dict.items()} != expected:
+        other = weights.guess_architecture(state_dict)
+        raise cli.UserError(f"{path} is a damaged checkpoint: its weights are {other or 'of an unknown model'}"
+                            f"{'' if weights.num_classes_of(state_dict) == len(classes) else ' of another class count'}, "
+                            f"but its settings say {name} for {len(classes)} classes; it cannot be resumed")
 
 
 def checked_settings(ckpt, path, parser):

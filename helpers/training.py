@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -344,6 +345,52 @@ def check_apart(train_set, val_set):
         raise cli.UserError(f"{Path(val_set.root).name}/ shares {len(shared)} image(s) with train/ ({val_path} is "
                             f"{train_path}): validation would grade the model on photos it trains on; run "
                             "split_data.py again (it keeps copies on one side)")
+
+
+def close_loaders(*loaders):
+    """Ends the loaders' persistent workers now. Left to the interpreter's exit, they would be sent
+    SIGTERM, which they ignore (cli.ignore_stop_signals), and waited for for ever: a run that ended
+    in an error (a lost worker, out of memory) would hang after its one line. DataLoader has no
+    public close; its iterator's _shutdown_workers is what its own __del__ calls."""
+    for loader in loaders:
+        iterator = getattr(loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+
+
+def last_map_size(img_size):
+    """The side of a ResNet's last feature map: the stem's stride-2 convolution and max-pool, then
+    three stride-2 stages, each (n - 1) // 2 + 1. At 1, a batch of one image gives BatchNorm one
+    value per channel ("Expected more than 1 value per channel when training")."""
+    for _ in range(5):
+        img_size = (img_size - 1) // 2 + 1
+    return img_size
+
+
+def loader_failure(e, workers):
+    """The one line for a data-loader worker that died or could not hand over its batch, or None
+    for any other error. The kernel's out-of-memory killer (a Jetson's usual end) kills a worker;
+    a small /dev/shm (Docker's 64 MB) makes a worker fail to write its batch, or die of SIGBUS."""
+    text = str(e)
+    if not isinstance(e, RuntimeError) or "DataLoader worker" not in text:
+        return None
+    if "shared memory" in text or "Bus error" in text or ("No space left on device" in text and "torch_" in text):
+        return (f"the data-loader workers ran out of shared memory ({shm_size()}; Docker's default is 64 MB): "
+                "pass --workers 0, or give the container more (docker run --shm-size 1g)")
+    if "killed by signal" in text or "exited unexpectedly" in text:
+        how = re.search(r"killed by signal: ([^.]*)", text)
+        return (f"a data-loader worker was {'killed by signal ' + how.group(1) if how else 'lost'} (by the system's "
+                f"out-of-memory killer?); pass fewer --workers (it was {workers}), or --workers 0")
+    return None
+
+
+def shm_size():
+    try:
+        st = os.statvfs("/dev/shm")
+        mb = st.f_blocks * st.f_frsize / 2**20
+        return f"/dev/shm holds {mb:.0f} MB" if mb >= 1 else f"/dev/shm holds {mb * 1024:.0f} KB"
+    except OSError:
+        return "no /dev/shm"
 
 
 def collate_skip_none(batch):

@@ -1,6 +1,9 @@
-"""Weight files: building a model of model.py, reading a weights file safely (weights_only), checking
-that it is of the architecture and class count asked for, loading it for training or prediction,
-and torchvision's ImageNet files (URLs from its weight enums, downloaded with torch.hub)."""
+"""Weight files: building a model of model.py, reading a weights file safely (weights_only), what a
+run's weights carry besides their tensors (the classes and input size they were trained with),
+checking that a file is of the architecture and class count asked for, loading it for training or
+prediction, and torchvision's ImageNet files (URLs from its weight enums, downloaded with torch.hub)."""
+import collections
+import dataclasses
 import re
 import warnings
 from pathlib import Path
@@ -53,12 +56,66 @@ def torch_load(path, what):
 
 def read_state_dict(path, what="weights file"):
     """A state_dict from a plain weights file or from a training checkpoint (its 'model')."""
+    return read_weights(path, what)[0]
+
+
+def read_weights(path, what="weights file"):
+    """(state_dict, TrainedWith or None) of a plain weights file or a training checkpoint."""
     obj = torch_load(path, what)
+    held = trained_with(obj, path)
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise cli.UserError(f"{path} does not hold a state_dict of tensors")
-    return strip_wrapper_prefix(obj)
+    return strip_wrapper_prefix(obj), held
+
+
+# ---------------------------------------------------------------- what trained weights carry
+
+# A run's best weights carry the class list, input size and architecture they were trained with, so
+# that prediction can use them and refuse a contradiction (weights of 32 px images predicted at 224 px
+# give another class for most images, with no error). They are kept in the state_dict's _metadata,
+# where torch keeps each module's version: torch.save and torch.load(weights_only=True) keep it, and
+# load_state_dict reads only the entries named after modules, so the tutorial's
+# net.load_state_dict(torch.load(path)) loads the file as it always did (a test checks it).
+INFO_KEY = "flower_classification"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedWith:
+    classes: list
+    img_size: int
+    architecture: str = None
+
+
+def with_info(state_dict, held):
+    """The state_dict, carrying `held` (a TrainedWith) in its _metadata."""
+    if not isinstance(getattr(state_dict, "_metadata", None), dict):
+        state_dict = collections.OrderedDict(state_dict)
+        state_dict._metadata = collections.OrderedDict()
+    state_dict._metadata[INFO_KEY] = {"version": 1, "classes": list(held.classes), "img_size": int(held.img_size),
+                                      "architecture": held.architecture}
+    return state_dict
+
+
+def trained_with(obj, path):
+    """What a weights file (its _metadata) or a training checkpoint (its fields) says it was trained
+    with; None when it says nothing (the tutorial's files, those of other repos). A file whose record
+    is damaged is refused: its word cannot be trusted, nor ignored."""
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "classes" in obj:  # a checkpoint
+        raw = {"classes": obj.get("classes"), "img_size": obj.get("img_size"), "architecture": obj.get("model_name")}
+    else:
+        raw = (getattr(obj, "_metadata", None) or {}).get(INFO_KEY)
+        if raw is None:
+            return None
+    classes, img_size, arch = (raw.get(k) if isinstance(raw, dict) else None
+                               for k in ("classes", "img_size", "architecture"))
+    if (not isinstance(classes, list) or not classes or type(img_size) is not int or not 16 <= img_size <= 1024
+            or arch not in (None, *model_lib.MODELS)):
+        raise cli.UserError(f"{path} holds a damaged record of what it was trained with (classes, image size, "
+                            "architecture); use the weights file train.py wrote")
+    files.check_class_names(classes, f"{path}'s record of its classes")
+    return TrainedWith(classes=classes, img_size=img_size, architecture=arch)
 
 
 def _shapes(state_dict):
@@ -92,12 +149,26 @@ def check_architecture(net, model_name, state_dict, path):
 
 def num_classes_of(state_dict):
     w = state_dict.get("fc.weight")
-    return None if w is None else w.shape[0]
+    return None if w is None or w.dim() != 2 else w.shape[0]
+
+
+def check_head(state_dict, in_features, path):
+    """Trained weights end in a whole classifier layer of the model's width: fc.weight of
+    [classes, in_features] and fc.bias of [classes] (load_state_dict's own error is a page)."""
+    w, b = state_dict.get("fc.weight"), state_dict.get("fc.bias")
+    if w is None or b is None or w.dim() != 2 or w.shape[1] != in_features or tuple(b.shape) != (w.shape[0],):
+        def shape(x):
+            return "missing" if x is None else "x".join(map(str, x.shape))
+        raise cli.UserError(f"{path} holds no whole classifier layer of this model (fc.weight {shape(w)}, fc.bias "
+                            f"{shape(b)}; it needs [classes x {in_features}] and [classes]): use the weights train.py "
+                            "wrote, or check --model")
 
 
 def check_num_classes(state_dict, num_classes, path, class_source=None):
     """Trained weights must have as many outputs as there are class names; checked before a model
     is built (a list of a million names is no model to build)."""
+    if num_classes_of(state_dict) is None:
+        raise cli.UserError(f"{path} holds no classifier layer (fc.weight): it is no trained model of this repo's")
     if num_classes_of(state_dict) != num_classes:
         source = f"{class_source} lists" if class_source else "the model has"
         raise cli.UserError(f"{path} was trained for {num_classes_of(state_dict)} classes but {source} {num_classes}; "
@@ -120,6 +191,7 @@ def load_trained_weights(net, model_name, state_dict, path, class_source=None):
     """Trained weights, whose class count must be the model's (from the class-index file), and whose
     values are numbers (a diverged run's NaN weights predict class 0 for everything)."""
     check_architecture(net, model_name, state_dict, path)
+    check_head(state_dict, net.fc.in_features, path)
     check_num_classes(state_dict, net.fc.out_features, path, class_source)
     check_finite(state_dict, path)
     net.load_state_dict(state_dict)
@@ -137,7 +209,8 @@ def load_pretrained(net, model_name, state_dict, path, verbose=True):
     """Start from pretrained weights: the backbone loads, an fc of another class count is dropped
     (the tutorial's second way: strict=False without fc.*)."""
     check_architecture(net, model_name, state_dict, path)
-    if num_classes_of(state_dict) == net.fc.out_features:
+    head = {k: tuple(v.shape) for k, v in net.state_dict().items() if k.startswith("fc.")}
+    if all(k in state_dict and tuple(state_dict[k].shape) == s for k, s in head.items()):
         missing, unexpected = net.load_state_dict(state_dict, strict=False)
     else:
         missing, unexpected = load_backbone(net, state_dict)

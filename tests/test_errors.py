@@ -31,8 +31,10 @@ def test_missing_image_file_and_folder(tmp_path):
 
 def test_missing_weights_and_class_file_say_what_to_do(tiny_run, tmp_path):
     img = next((tiny_run["data"] / "val" / "daisy").iterdir())
-    assert_one_line_error(run_script("predict.py", img, "--class-indices", tmp_path / "none.json"),
-                          "class-index file not found", "train.py writes it")
+    assert_one_line_error(run_script("predict.py", img, "--class-indices", tmp_path / "none.json", "--weights",
+                                     tiny_run["weights"]), "class-index file not found", "train.py writes it")
+    assert_one_line_error(run_script("predict.py", img, cwd=tmp_path), "trained weights not found: resNet34.pth",
+                          "train.py writes them")
     assert_one_line_error(run_script("predict.py", img, "--class-indices", tiny_run["classes"],
                                      "--weights", tmp_path / "none.pth"), "trained weights not found")
     # train.py's default ImageNet file is missing: how to get it, or how to train without it
@@ -57,6 +59,11 @@ def test_weights_with_another_class_count(tiny_run, tmp_path):
     five.write_text(json.dumps({str(i): f"c{i}" for i in range(5)}))
     img = next((tiny_run["data"] / "val" / "daisy").iterdir())
     res = run_script("predict.py", img, "--model", "resnet18", "--weights", tiny_run["weights"],
+                     "--class-indices", five)
+    assert_one_line_error(res, "five.json lists 5 classes", "holds 3 (daisy, roses, tulips)")
+    # Weights that carry no classes (the tutorial's plain state_dict): their fc says how many.
+    torch.save(dict(torch.load(tiny_run["weights"], weights_only=True)), tmp_path / "plain.pth")
+    res = run_script("predict.py", img, "--model", "resnet18", "--weights", tmp_path / "plain.pth",
                      "--class-indices", five)
     assert_one_line_error(res, "trained for 3 classes", "lists 5")
 

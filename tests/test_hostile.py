@@ -20,7 +20,7 @@ import batch_predict
 import split_data
 import train
 from helpers import cli
-from conftest import ROOT, TINY_TRAIN, interrupted_run, make_class_folders, parse, run_script
+from conftest import ROOT, TINY_TRAIN, at_training_batch, interrupted_run, make_class_folders, parse, run_script
 from test_errors import assert_one_line_error
 
 
@@ -192,13 +192,18 @@ def test_a_class_index_file_of_a_million_names_is_refused_before_building_a_mode
     huge = tmp_path / "ci.json"
     huge.write_text(json.dumps({str(i): f"c{i}" for i in range(10 ** 6)}))
     img = next((tiny_run["data"] / "val" / "daisy").iterdir())
+    plain = tmp_path / "plain.pth"  # the tutorial's file, which carries no classes: its fc says how many
+    torch.save(dict(torch.load(tiny_run["weights"], weights_only=True)), plain)
     start = time.perf_counter()
-    res = run_script("predict.py", img, "--model", "resnet50", "--weights", tiny_run["weights"], "--class-indices", huge)
+    res = run_script("predict.py", img, "--model", "resnet50", "--weights", plain, "--class-indices", huge)
     assert_one_line_error(res, "trained for 3 classes", "lists 1000000")
+    res = run_script("predict.py", img, "--weights", tiny_run["weights"], "--class-indices", huge)
+    assert_one_line_error(res, "lists 1000000 classes", "holds 3")
     assert time.perf_counter() - start < 60
     bad = tmp_path / "nl.json"
     bad.write_text(json.dumps({"0": "daisy\nroses", "1": "x", "2": "y"}))
-    assert_one_line_error(run_script("predict.py", img, "--class-indices", bad), "on one line")
+    assert_one_line_error(run_script("predict.py", img, "--class-indices", bad, "--weights", tiny_run["weights"]),
+                          "on one line")
 
 
 def test_ctrl_c_while_torch_is_still_loading_is_one_line(tmp_path):
@@ -427,3 +432,168 @@ def test_phone_formats_are_read_or_skipped_by_name_with_what_to_install(tiny_run
         assert "pip install -U pillow" in said["IMG_0002.avif"]
     else:
         assert "IMG_0002.avif" in predicted
+
+
+# ---------------------------------------------------------------- round 3: what the weights were trained with
+
+def class_lines(res):
+    return [line.split()[1] for line in res.stdout.splitlines() if line.startswith("class: ")]
+
+
+def test_trained_weights_carry_their_size_and_classes_and_prediction_uses_them(tiny_run, tmp_path):
+    # The run trained resnet18 on 32 px images. In the current folder: another run's class file with
+    # the same names in another order, which would relabel every image; nothing beside the weights.
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(tiny_run["weights"], run / "w.pth")
+    (tmp_path / "class_indices.json").write_text(json.dumps({"0": "tulips", "1": "roses", "2": "daisy"}))
+    img = sorted((tiny_run["data"] / "val" / "roses").iterdir())[0]
+    plain = run_script("predict.py", img, "--weights", run / "w.pth", "--save-fig", tmp_path / "a.png", cwd=tmp_path)
+    told = run_script("predict.py", img, "--weights", run / "w.pth", "--save-fig", tmp_path / "b.png", "--model",
+                      "resnet18", "--img-size", "32", "--class-indices", tiny_run["classes"], cwd=tmp_path)
+    assert plain.returncode == 0 and told.returncode == 0, plain.stderr + told.stderr
+    assert class_lines(plain) == ["daisy", "roses", "tulips"]
+    assert plain.stdout == told.stdout  # the same probabilities: 32 px, resnet18, the run's own classes
+    # The tutorial's way still loads the file, with and without weights_only.
+    for weights_only in (True, False):
+        net = __import__("model").resnet18(num_classes=3)
+        net.load_state_dict(torch.load(run / "w.pth", weights_only=weights_only))
+    # last.pth carries the same record.
+    res = run_script("predict.py", img, "--weights", tiny_run["weights"].parent / "last.pth", "--save-fig",
+                     tmp_path / "c.png", cwd=tmp_path)
+    assert res.returncode == 0 and res.stdout == plain.stdout, res.stderr
+
+
+@pytest.mark.parametrize("script", ["predict.py", "batch_predict.py", "evaluate.py", "export_onnx.py",
+                                    "video_predict.py"])
+def test_a_contradiction_of_what_the_weights_were_trained_with_is_one_line(tiny_run, tmp_path, script):
+    stale = tmp_path / "stale.json"
+    stale.write_text(json.dumps({"0": "tulips", "1": "roses", "2": "daisy"}))
+    img = sorted((tiny_run["data"] / "val" / "roses").iterdir())[0]
+    first = {"predict.py": [img], "batch_predict.py": [img.parent], "evaluate.py": [tiny_run["data"] / "val"],
+             "export_onnx.py": ["--out", tmp_path / "m.onnx"], "video_predict.py": [tmp_path / "clip.mp4"]}[script]
+    if script == "video_predict.py":
+        from test_video import color_frames, cv2, write_clip
+        if cv2 is None:
+            pytest.skip("OpenCV is not installed")
+        write_clip(tmp_path / "clip.mp4", color_frames(per_color=1))
+    before = sorted(tmp_path.iterdir())
+    common = first + ["--weights", tiny_run["weights"]]
+    for flags, words in ((["--img-size", "224"], ("--img-size 224 contradicts", "32 px")),
+                         (["--class-indices", stale], ("names class 0 'tulips'", "'daisy'")),
+                         (["--model", "resnet34"], ("--model resnet34 contradicts", "resnet18"))):
+        assert_one_line_error(run_script(script, *common, *flags, cwd=tmp_path), *words)
+    assert sorted(tmp_path.iterdir()) == before  # nothing written
+
+
+def test_export_and_evaluate_take_the_size_the_weights_were_trained_on(tiny_run, tmp_path):
+    from helpers import inference
+    res = run_script("export_onnx.py", "--weights", tiny_run["weights"], "--out", tmp_path / "m.onnx",
+                     "--data-path", tiny_run["data"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    info = inference.model_info(tmp_path / "m.onnx")
+    assert (info.img_size, info.classes, info.architecture) == (32, ["daisy", "roses", "tulips"], "resnet18")
+    res = run_script("evaluate.py", tiny_run["data"] / "val", "--weights", tiny_run["weights"], "--output-dir",
+                     tmp_path / "report", "--workers", "0", cwd=tmp_path)
+    assert res.returncode == 0 and "accuracy" in res.stdout, res.stderr
+
+
+def test_eval_only_refuses_another_size_than_the_weights_were_trained_on(tiny_run, tmp_path):
+    res = run_script("train.py", "--eval-only", "--data-path", tiny_run["data"], "--weights", tiny_run["weights"],
+                     "--model", "resnet18", "--workers", "0", "--output-dir", tmp_path / "out", cwd=tmp_path)
+    assert_one_line_error(res, "trained on 32 px images", "--img-size 32")
+
+
+def test_a_damaged_record_of_what_weights_were_trained_with_is_one_line(tiny_run, tmp_path):
+    from helpers import weights
+    sd = torch.load(tiny_run["weights"], weights_only=True)
+    sd._metadata[weights.INFO_KEY]["img_size"] = "32; rm -rf /"
+    torch.save(sd, tmp_path / "w.pth")
+    img = sorted((tiny_run["data"] / "val" / "roses").iterdir())[0]
+    assert_one_line_error(run_script("predict.py", img, "--weights", tmp_path / "w.pth", cwd=tmp_path),
+                          "damaged record")
+
+
+# ---------------------------------------------------------------- round 3: failures outside the one-line net
+
+def in_a_loader_worker(monkeypatch, action):
+    """imaging.open_image runs action() instead when called in a data-loader worker (a forked process)."""
+    from helpers import imaging
+    parent, real = os.getpid(), imaging.open_image
+
+    def open_image(path):
+        if os.getpid() != parent:
+            action()
+        return real(path)
+    monkeypatch.setattr(imaging, "open_image", open_image)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the workers must be forked to inherit the patch")
+def test_a_killed_data_loader_worker_is_one_line_and_keeps_the_last_step(data, tmp_path, monkeypatch):
+    # What the kernel's out-of-memory killer does to a worker on a Jetson: SIGKILL, once training is under way.
+    flag = tmp_path / "now"
+    in_a_loader_worker(monkeypatch, lambda: flag.exists() and os.kill(os.getpid(), signal.SIGKILL))
+    out = tmp_path / "run"
+    args = TINY_TRAIN + ["--data-path", data, "--save-path", out / "w.pth", "--class-indices", out / "ci.json",
+                         "--epochs", "3", "--batch-size", "4", "--workers", "2"]
+    handle = at_training_batch(2, flag.touch)
+    try:
+        with pytest.raises(cli.UserError, match=r"a data-loader worker was (killed by signal Killed|lost) .*--workers 0; "
+                                                r"saved .*last.pth at epoch \d, step \d+: python train.py --resume"):
+            train.main(parse(train, args))
+    finally:
+        handle.remove()
+    monkeypatch.undo()
+    result = train.main(parse(train, ["--resume", out / "last.pth", "--workers", "0"]))
+    assert len(result["history"]) == 3 and (out / "w.pth").is_file()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the workers must be forked to inherit the patch")
+def test_shared_memory_too_small_for_the_workers_is_one_line_and_leaves_nothing(data, tmp_path, monkeypatch):
+    # What a worker's batch meets in Docker's 64 MB /dev/shm (run for real under `unshare -m` with a
+    # 256 KB tmpfs there, it gave this line too).
+    def no_room():
+        raise RuntimeError("unable to write to file </torch_123_456_0>: No space left on device (28)")
+    in_a_loader_worker(monkeypatch, no_room)
+    out = tmp_path / "new" / "run"
+    with pytest.raises(cli.UserError, match=r"out of shared memory \(/dev/shm holds .*\): pass --workers 0, or .*"
+                                            r"--shm-size"):
+        train.main(parse(train, TINY_TRAIN + ["--data-path", data, "--save-path", out / "w.pth", "--workers", "2",
+                                              "--class-indices", out / "ci.json"]))
+    assert list(tmp_path.iterdir()) == []  # the new folders and the class file are gone again
+
+
+def test_batch_size_one_at_a_small_size_is_refused_before_training(data, tmp_path):
+    res = run_script("train.py", *TINY_TRAIN, "--data-path", data, "--batch-size", "1", "--save-path", tmp_path / "w.pth")
+    assert_one_line_error(res, "--batch-size 1 at --img-size 32", "--batch-size 2")
+    assert list(tmp_path.iterdir()) == []
+    from helpers import training
+    x = torch.zeros(1, 3, 33, 33)
+    assert training.last_map_size(33) == 2 and __import__("model").resnet18(num_classes=3)(x).shape == (1, 3)
+
+
+def test_weights_with_a_broken_classifier_layer_are_one_line(tiny_run, tmp_path):
+    sd = torch.load(tiny_run["weights"], weights_only=True)
+    no_bias = dict(sd)
+    del no_bias["fc.bias"]
+    narrow = dict(sd)
+    narrow["fc.weight"] = narrow["fc.weight"][:, :256]
+    img = sorted((tiny_run["data"] / "val" / "roses").iterdir())[0]
+    for name, broken in (("nobias.pth", no_bias), ("narrow.pth", narrow)):
+        torch.save(broken, tmp_path / name)
+        for script, first in (("predict.py", [img]), ("export_onnx.py", ["--out", tmp_path / "m.onnx"])):
+            res = run_script(script, *first, "--weights", tmp_path / name, "--model", "resnet18", "--img-size", "32",
+                             "--class-indices", tiny_run["classes"], cwd=tmp_path)
+            assert_one_line_error(res, "no whole classifier layer", "[classes x 512]")
+        # As starting weights, the backbone is what counts: the fc is made anew.
+        run = tmp_path / name.replace(".pth", "_run")
+        train.main(parse(train, TINY_TRAIN + ["--data-path", tiny_run["data"], "--weights", tmp_path / name,
+                                              "--save-path", run / "w.pth", "--class-indices", run / "ci.json"]))
+
+
+def test_a_checkpoint_whose_weights_are_not_its_own_model_is_one_line(tiny_run, tmp_path):
+    ckpt = torch.load(tiny_run["weights"].parent / "last.pth", weights_only=True)
+    ckpt["model"] = __import__("model").resnet34(num_classes=3).state_dict()
+    torch.save(ckpt, tmp_path / "last.pth")
+    assert_one_line_error(run_script("train.py", "--resume", tmp_path / "last.pth", cwd=tmp_path),
+                          "damaged checkpoint", "its weights are resnet34", "its settings say resnet18 for 3 classes")

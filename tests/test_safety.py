@@ -373,7 +373,8 @@ def test_bad_class_index_files_and_checkpoints(tiny_run, tmp_path):
     bad = tmp_path / "ci.json"
     bad.write_text(json.dumps({"0": 1, "1": ["x"], "2": "tulips"}))
     img = next((tiny_run["data"] / "val" / "daisy").iterdir())
-    assert_one_line_error(run_script("predict.py", img, "--class-indices", bad), "non-empty strings")
+    assert_one_line_error(run_script("predict.py", img, "--class-indices", bad, "--weights", tiny_run["weights"]),
+                          "non-empty strings")
     ckpt = torch.load(tiny_run["weights"].parent / "last.pth", weights_only=True)
     del ckpt["optimizer"]["state"], ckpt["scheduler"]
     broken = tmp_path / "broken.pth"
