@@ -114,6 +114,9 @@ def compare_with_pytorch(net, onnx_path, inputs, atol):
         with torch.inference_mode():
             ref = net(x).numpy()
         got = session.run(None, {"input": x.numpy()})[0]
+        if not np.isfinite(ref).all():  # NaN compares false with everything: no difference would show
+            raise cli.UserError("the model gives NaN or infinite outputs (its weights overflow: the run that made them "
+                                "diverged); train again with a lower --lr. Nothing was exported")
         diff = float(np.abs(got - ref).max())
         worst = max(worst, diff)
         print(f"check {name}: batch {x.shape[0]}, largest difference {diff:.2e}")

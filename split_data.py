@@ -286,7 +286,7 @@ def write_split(source, out_root, split, mode="link", max_size=None, workers=Non
             print()
         if jobs:
             print(f"resizing {len(jobs)} images to a shorter side of at most {max_size} px")
-            with multiprocessing.Pool(workers or os.cpu_count() or 1) as pool:
+            with multiprocessing.Pool(workers or os.cpu_count() or 1, initializer=cli.ignore_ctrl_c) as pool:
                 for (_, dst, _), (warning, error) in zip(jobs, pool.imap(resized_copy, jobs, chunksize=8)):
                     if error:
                         raise cli.UserError(f"cannot write {out_root / dst.relative_to(tmp)}: {error}")

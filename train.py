@@ -102,6 +102,11 @@ def main(args):
                                                                   ema=ema, mixer=mixer)
                     desc = f"valid epoch[{state.epoch + 1}/{s.epochs}]"
                     val = evaluate(model_without_ddp, val_loader, env, desc)
+                    if not len(val.index):  # every val image unreadable (each named): no accuracy to select by
+                        raise cli.UserError(f"none of the {len(val_set)} images in {s.data_path}/val could be read "
+                                            "(each is named above); replace them, or run split_data.py again")
+                    if not math.isfinite(val.loss):  # finite weights whose outputs overflow: diverged too
+                        raise training.Diverged(val.loss, state.epoch, state.step, what="val loss")
                     val_ema = evaluate(ema.module, val_loader, env, desc + " ema") if ema is not None else None
                     # What "best" means: the tutorial's accuracy, or --select-by; the better of model and EMA.
                     use_ema = val_ema is not None and val_ema.score(s.select_by) > val.score(s.select_by)
@@ -344,7 +349,9 @@ def read_start_weights(s):
     files.need_file(s.weights, "weights file", f"pass --weights imagenet to download torchvision's ImageNet {s.model} "
                     "file, --weights PATH for another file, or --weights none to train from scratch (then use "
                     "more than 20 epochs)")
-    return weights.read_state_dict(s.weights)
+    state_dict = weights.read_state_dict(s.weights)
+    weights.check_finite(state_dict, s.weights)  # refused now, not after an epoch that ends in NaN
+    return state_dict
 
 
 def build_model(s, env, num_classes, ckpt, start_weights=None):

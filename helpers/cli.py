@@ -37,9 +37,21 @@ def one_line_ctrl_c():
 
 def ignore_ctrl_c(*_):
     """A worker process's start (a Pool's initializer): Ctrl-C is the main process's to handle. It
-    ends the pool; a worker that died of the signal would hang it instead. (SIGTERM is left alone:
-    it is how a pool ends its workers.)"""
+    ends the pool; a worker that died of the signal would hang it instead. SIGTERM and SIGHUP end
+    the worker quietly, as they did before run_cli made them stop the main process as Ctrl-C does
+    (SIGTERM is how a pool ends its workers)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for name in STOP_SIGNALS:
+        signal.signal(getattr(signal, name), signal.SIG_DFL)
+
+
+STOP_SIGNALS = tuple(name for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def _stop_as_ctrl_c(signum, frame):
+    if signum == getattr(signal, "SIGHUP", None):
+        quiet_closed_terminal()
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def ignore_stop_signals(*_):
@@ -51,6 +63,25 @@ def ignore_stop_signals(*_):
     for name in ("SIGINT", "SIGTERM", "SIGHUP"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
+def quiet_closed_terminal():
+    """After a hang-up, stdout and stderr that were the terminal point nowhere: a print (or the
+    progress bar) would raise EIO and end the run before its checkpoint. They are sent to
+    /dev/null instead. A file or a pipe (nohup, tee, a log) is kept, and so is a terminal that is
+    still there (a `kill -HUP` by hand): the kernel answers a hung-up one as no terminal at all."""
+    import stat
+    devnull = None
+    for fd in (1, 2):
+        try:
+            if not stat.S_ISCHR(os.fstat(fd).st_mode) or os.isatty(fd):
+                continue
+            devnull = devnull if devnull is not None else os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, fd)
+        except OSError:
+            continue
+    if devnull is not None:
+        os.close(devnull)
 
 
 class UserError(Exception):
@@ -87,15 +118,22 @@ def run_cli(main, parser, argv=None):
     Ctrl-C end in one line on stderr and a non-zero exit; only a bug in the code shows a traceback."""
     if signal.getsignal(signal.SIGINT) is _ctrl_c_while_loading:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    # SIGTERM (kill, a scheduler, systemd) and SIGHUP (a closed SSH session) stop a script as Ctrl-C
+    # does: its temporaries are removed, and it ends in one line. Left to their default, they end the
+    # process at once, and an atomic write's temporary stays. (train.py saves a checkpoint first.)
+    for name in STOP_SIGNALS:
+        if signal.getsignal(getattr(signal, name)) is signal.SIG_DFL:
+            signal.signal(getattr(signal, name), _stop_as_ctrl_c)
     args = parser.parse_args(argv)
     try:
         main(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt as e:  # Ctrl-C; or a second SIGTERM or SIGHUP in training (its name is the message)
-        print(f"error: interrupted ({e or 'Ctrl-C'}); files being written were left as they were", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as e:  # Ctrl-C; or SIGTERM or SIGHUP (its name is the message)
+        name = str(e) if str(e) in STOP_SIGNALS else None
+        print(f"error: interrupted ({name or 'Ctrl-C'}); files being written were left as they were", file=sys.stderr)
+        sys.exit(128 + (getattr(signal, name) if name else signal.SIGINT))
     except MemoryError:
         print("error: out of memory; try a smaller --batch-size or --img-size", file=sys.stderr)
         sys.exit(1)

@@ -318,38 +318,30 @@ def read_labels(path):
 
 # ---------------------------------------------------------------- downloads
 
-LOCK = ".lock"
-
-
 @contextlib.contextmanager
 def locked(folder, what, shared=False):
     """Hold `folder` for the block: an exclusive lock refuses a second run that would write into it
     (two trainings with one --save-path, a split while a training reads the data), a shared one
-    lets several readers in and keeps a writer out. fcntl's locks end with the process, whatever
-    kills it; the empty file .lock is removed again by the writer that made it. Where locks are not to
-    be had (Windows, a read-only folder, a file system without them), the block runs unlocked."""
-    path = Path(folder) / LOCK
-    made = not path.exists() and not shared  # a shared lock file stays: another reader may hold it still
+    lets several readers in and keeps a writer out. The lock is flock's, on the folder itself: it
+    ends with the process, whatever kills it, and leaves no lock file behind. Where locks are not to
+    be had (Windows, a file system without them), the block runs unlocked."""
     try:
         import fcntl
-        f = open(path, "a+")
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except (ImportError, OSError):
         yield
         return
-    with f:
+    try:
         try:
-            fcntl.flock(f, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             raise cli.UserError(f"{folder} is in use by another run ({what}); wait for it to end, or choose "
                                 "another folder") from None
         except OSError:  # no locks on this file system (some network mounts)
-            made = False
-        try:
-            yield
-        finally:
-            if made:
-                with contextlib.suppress(OSError):
-                    path.unlink()
+            pass
+        yield
+    finally:
+        os.close(fd)
 
 
 def file_sha256(path, chunk=1 << 20):

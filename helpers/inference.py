@@ -366,7 +366,16 @@ def load_predictor(args, num_classes, class_source=None, torch_model=None):
                                             getattr(args, "batch_size", 16))
     else:
         predictor, runs_on = torch_predictor(args, *(torch_model or load_torch_model(args, num_classes, class_source)))
-    return memory.HalvingPredictor(predictor), runs_on
+    halving = memory.HalvingPredictor(predictor)
+    model_path = args.onnx or default_weights(args)
+
+    def predict(batch):
+        probs = halving(batch)
+        if not np.isfinite(probs).all():  # weights that are numbers can still overflow: never "prob: nan"
+            raise cli.UserError(f"{model_path} gives NaN or infinite outputs (its weights overflow: the run that made "
+                                "them diverged); train again with a lower --lr")
+        return probs
+    return predict, runs_on
 
 
 def load_torch_model(args, num_classes, class_source=None):

@@ -293,15 +293,17 @@ def save(obj, path):
 
 @contextlib.contextmanager
 def locked(s, world):
-    """For the run: its output folder held exclusively (a second run with the same --save-path is
-    refused, not mixed with this one's weights), and the data folder shared (split_data.py cannot
-    re-split it under the run)."""
-    out = Path(s.save_path).parent
+    """For the run: the folders it writes into held exclusively (a second run with the same
+    --save-path, --checkpoint, --output-dir or class file folder is refused, not mixed with this
+    one's files), and the data folder shared (split_data.py cannot re-split it under the run)."""
+    # Every folder the run writes into: the weights', the checkpoint's, the reports', the class file's.
+    folders = [Path(s.save_path).parent, Path(s.checkpoint).parent, Path(s.output_dir), Path(s.class_indices).parent]
+    written = list(dict.fromkeys(os.path.realpath(f) for f in folders)) if world.is_main else []
     with contextlib.ExitStack() as stack:
-        if world.is_main:
-            stack.enter_context(files.made_dirs(out))
-            stack.enter_context(files.locked(out, f"a training run writing {s.save_path}"))
-        if not world.is_main or os.path.realpath(s.data_path) != os.path.realpath(out):
+        for folder in written:
+            stack.enter_context(files.made_dirs(folder))
+            stack.enter_context(files.locked(folder, f"a training run writing {s.save_path}"))
+        if os.path.realpath(s.data_path) not in written:
             stack.enter_context(files.locked(s.data_path, "a training run reading it", shared=True))
         yield
 

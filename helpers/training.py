@@ -92,10 +92,11 @@ class Interrupted(Exception):
 
 
 class Diverged(Exception):
-    """The training loss became NaN or infinite: the weights are lost, and every later step too."""
+    """The training loss (or the val loss) became NaN or infinite: the weights are lost, and every
+    later step too."""
 
-    def __init__(self, loss, epoch, step):
-        super().__init__(f"the training loss became {loss} at epoch {epoch + 1}, step {step}")
+    def __init__(self, loss, epoch, step, what="training loss"):
+        super().__init__(f"the {what} became {loss} at epoch {epoch + 1}, step {step}")
         self.loss, self.epoch, self.step = loss, epoch, step
 
 
@@ -120,7 +121,7 @@ class Stop:
 
     def _handler(self, signum, frame):
         if signum == getattr(signal, "SIGHUP", None):
-            quiet_closed_terminal()  # the terminal is gone: writing to it would fail (EIO) and end the run
+            cli.quiet_closed_terminal()  # the terminal is gone: writing to it would fail (EIO) and end the run
         if self.requested:
             raise KeyboardInterrupt(self.name(signum))
         self.signum = signum
@@ -151,25 +152,6 @@ class Stop:
 
 
 STOP = Stop()  # one per process: a signal has one handler
-
-
-def quiet_closed_terminal():
-    """After a hang-up, stdout and stderr that were the terminal point nowhere: a print (or the
-    progress bar) would raise EIO and end the run before its checkpoint. They are sent to
-    /dev/null instead. A file or a pipe (nohup, tee, a log) is kept, and so is a terminal that is
-    still there (a `kill -HUP` by hand): the kernel answers a hung-up one as no terminal at all."""
-    import stat
-    devnull = None
-    for fd in (1, 2):
-        try:
-            if not stat.S_ISCHR(os.fstat(fd).st_mode) or os.isatty(fd):
-                continue
-            devnull = devnull if devnull is not None else os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, fd)
-        except OSError:
-            continue
-    if devnull is not None:
-        os.close(devnull)
 
 
 # ---------------------------------------------------------------- data

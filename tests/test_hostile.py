@@ -597,3 +597,111 @@ def test_a_checkpoint_whose_weights_are_not_its_own_model_is_one_line(tiny_run, 
     torch.save(ckpt, tmp_path / "last.pth")
     assert_one_line_error(run_script("train.py", "--resume", tmp_path / "last.pth", cwd=tmp_path),
                           "damaged checkpoint", "its weights are resnet34", "its settings say resnet18 for 3 classes")
+
+
+# ---------------------------------------------------------------- round 3: what the first hostile round found
+
+def overflowing(tiny_run, path):
+    """Weights that are all numbers, whose outputs are not: bn1's scale near float32's largest."""
+    sd = torch.load(tiny_run["weights"], weights_only=True)
+    sd["bn1.weight"] = sd["bn1.weight"] * 3e38
+    torch.save(sd, path)
+    return path
+
+
+def test_weights_whose_outputs_overflow_are_refused_not_predicted_as_nan(tiny_run, tmp_path):
+    bad = overflowing(tiny_run, tmp_path / "w.pth")
+    img = sorted((tiny_run["data"] / "val" / "roses").iterdir())[0]
+    for script, first in (("predict.py", [img]), ("batch_predict.py", [img.parent, "--csv", tmp_path / "p.csv"]),
+                          ("evaluate.py", [tiny_run["data"] / "val", "--output-dir", tmp_path / "rep"]),
+                          ("export_onnx.py", ["--out", tmp_path / "m.onnx"])):
+        res = run_script(script, *first, "--weights", bad, "--workers", "0", cwd=tmp_path) if script != "export_onnx.py" \
+            else run_script(script, *first, "--weights", bad, cwd=tmp_path)
+        assert_one_line_error(res, "NaN or infinite outputs", "lower --lr")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.pth"]
+
+
+def test_a_run_whose_val_loss_overflows_is_diverged_not_best(tiny_run, data, tmp_path):
+    # Training normalises with each batch's statistics and stays finite; val uses BatchNorm's running
+    # ones, which have overflowed (what SGD at --lr 100 does to them): its loss is NaN. The tutorial
+    # would save these weights as the best.
+    sd = torch.load(tiny_run["weights"], weights_only=True)
+    sd["layer4.1.bn2.running_mean"].fill_(-3e38)
+    sd["layer4.1.bn2.weight"].fill_(1e30)
+    torch.save(sd, tmp_path / "start.pth")
+    out = tmp_path / "run"
+    with pytest.raises(cli.UserError, match=r"the val loss became (nan|inf) at epoch 1.*lower --lr"):
+        train.main(parse(train, TINY_TRAIN + ["--data-path", data, "--weights", tmp_path / "start.pth", "--save-path",
+                                              out / "w.pth", "--class-indices", out / "ci.json"]))
+    assert not (out / "w.pth").exists()
+
+
+def test_nan_starting_weights_are_refused_before_anything_is_written(tiny_run, tmp_path):
+    sd = torch.load(tiny_run["weights"], weights_only=True)
+    sd["layer1.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(sd, tmp_path / "nan.pth")
+    out = tmp_path / "run"
+    res = run_script("train.py", *TINY_TRAIN, "--data-path", tiny_run["data"], "--weights", tmp_path / "nan.pth",
+                     "--save-path", out / "w.pth", "--class-indices", out / "ci.json")
+    assert_one_line_error(res, "nan.pth holds NaN or infinite weights", "layer1.0.conv1.weight")
+    assert not out.exists()
+
+
+def test_a_val_folder_of_unreadable_images_is_refused_not_scored(data, tmp_path):
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    for img in (copy / "val").rglob("*.jpg"):
+        img.write_bytes(b"not a picture")
+    out = tmp_path / "run"
+    with pytest.raises(cli.UserError, match=r"none of the \d+ images in .*val could be read"):
+        train.main(parse(train, TINY_TRAIN + ["--data-path", copy, "--save-path", out / "w.pth",
+                                              "--class-indices", out / "ci.json"]))
+    assert not (out / "w.pth").exists()
+
+
+def test_sigterm_and_sighup_stop_every_script_as_ctrl_c_does(tmp_path):
+    # The mechanism every script runs under (cli.run_cli): the signal arrives while an atomic write's
+    # temporary exists; the temporary goes, the target is untouched, one line, 128 + the signal.
+    code = ("import os, signal, sys, time; sys.path.insert(0, sys.argv[1]); from helpers import cli, files\n"
+            "def main(args):\n"
+            "    with files.atomic_path(args.out) as tmp:\n"
+            "        tmp.write_bytes(b'half'); os.kill(os.getpid(), getattr(signal, args.sig)); time.sleep(30)\n"
+            "p = cli.ArgumentParser(); p.add_argument('out'); p.add_argument('sig'); cli.run_cli(main, p, sys.argv[2:])\n")
+    for sig in ("SIGTERM", "SIGHUP"):
+        target = tmp_path / "m.onnx"
+        target.write_bytes(b"the user's model")
+        res = subprocess.run([sys.executable, "-c", code, str(ROOT), str(target), sig], capture_output=True, text=True,
+                             timeout=60, stdin=subprocess.DEVNULL)
+        assert res.returncode == 128 + getattr(signal, sig)
+        assert res.stderr.strip().splitlines() == [f"error: interrupted ({sig}); files being written were left as "
+                                                   "they were"]
+        assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"] and target.read_bytes() == b"the user's model"
+
+
+def test_sigterm_during_an_export_leaves_no_temporary(tiny_run, tmp_path):
+    proc = subprocess.Popen([sys.executable, str(ROOT / "export_onnx.py"), "--weights", tiny_run["weights"], "--out",
+                             tmp_path / "m.onnx", "--check-images", tiny_run["data"] / "val"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not any(".tmp" in p.name for p in tmp_path.iterdir()):
+        time.sleep(0.005)
+    if proc.poll() is not None:
+        pytest.skip("the export ended before its temporary was seen")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and err.strip().splitlines()[-1].startswith("error: interrupted (SIGTERM)"), err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_every_folder_a_run_writes_into_is_locked_and_no_lock_file_is_left(data, tmp_path):
+    from helpers import files
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    argv = TINY_TRAIN + ["--data-path", data, "--save-path", tmp_path / "b" / "w.pth", "--output-dir", reports,
+                         "--class-indices", tmp_path / "b" / "ci.json"]
+    with files.locked(reports, "the first run"):  # another run writes its reports there
+        with pytest.raises(cli.UserError, match=f"{reports} is in use by another run"):
+            train.main(parse(train, argv))
+    assert not (tmp_path / "b").exists()
+    train.main(parse(train, argv))
+    assert not [p for p in list(data.rglob(".lock")) + list(tmp_path.rglob(".lock"))]
