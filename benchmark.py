@@ -309,7 +309,7 @@ def tutorial_predict(args):
     net = tutorial_net(args, device)
     tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
                              transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
-    classes = js.loads((Path(args.weights).parent / "class_indices.json").read_text())
+    classes = js.loads((Path(args.weights).parent / "class_indices.json").read_text(encoding="utf-8"))
     if Path(args.tutorial_predict).is_file():
         import matplotlib.pyplot as plt
 

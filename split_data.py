@@ -159,7 +159,7 @@ def keep_duplicates_together(split, groups):
 
 def read_manifest(out_root):
     try:
-        return json.loads((Path(out_root) / MANIFEST).read_text())
+        return json.loads((Path(out_root) / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
 

@@ -6,6 +6,8 @@ then writes. Bad input, a full disk, running out of memory or Ctrl-C end in one 
 non-zero exit; only a bug in the code shows a traceback.
 """
 import argparse
+import codecs
+import contextlib
 import math
 import os
 import signal
@@ -84,6 +86,25 @@ def quiet_closed_terminal():
         os.close(devnull)
 
 
+def _printable(e):
+    """A codecs error handler for the terminal: a file name's bytes that are not UTF-8 (which
+    Python holds as surrogates) are written as they are, as `ls` writes them; a character that the
+    terminal's encoding lacks (a Chinese class name under a Latin-1 or ASCII locale) as \\uXXXX."""
+    chunk = e.object[e.start:e.end]
+    if isinstance(e, UnicodeEncodeError) and all(0xDC80 <= ord(c) <= 0xDCFF for c in chunk):
+        return bytes(ord(c) - 0xDC00 for c in chunk), e.end
+    return codecs.backslashreplace_errors(e)
+
+
+def printable_output():
+    """stdout and stderr print any name, in any locale: a print never ends a run in a
+    UnicodeEncodeError after its work (a non-UTF-8 file name, a non-UTF-8 locale)."""
+    codecs.register_error("helpers.printable", _printable)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError, OSError):  # not a TextIOWrapper (a test's capture)
+            stream.reconfigure(errors="helpers.printable")
+
+
 class UserError(Exception):
     """A problem with the user's input or files: printed as one line, no traceback."""
 
@@ -124,6 +145,7 @@ def run_cli(main, parser, argv=None):
     for name in STOP_SIGNALS:
         if signal.getsignal(getattr(signal, name)) is signal.SIG_DFL:
             signal.signal(getattr(signal, name), _stop_as_ctrl_c)
+    printable_output()
     args = parser.parse_args(argv)
     try:
         main(args)

@@ -126,7 +126,7 @@ def make_demo_dataset(root, per_class=120, seed=0, size_range=(96, 160)):
         for i in range(per_class):
             size = rng.randint(*size_range)
             imaging.save_image(draw_image(kind, rng, size), root / kind / f"{kind}_{i:04d}.jpg", quality=90)
-    (root / "SYNTHETIC_DEMO_DATA.txt").write_text(NOTE)
+    (root / "SYNTHETIC_DEMO_DATA.txt").write_text(NOTE, encoding="utf-8")
     return root
 
 

@@ -252,8 +252,9 @@ def atomic_write_text(path, text):
 @contextlib.contextmanager
 def atomic_csv(path, header):
     """A csv.writer, its header row written, whose file is renamed onto `path` when the block ends
-    without error (atomic_path)."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+    without error (atomic_path). UTF-8 whatever the locale; a file name that is not UTF-8 (Latin-1
+    from an old zip or a network share) is written as the bytes it is, as `ls` shows it."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         yield writer

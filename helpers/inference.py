@@ -575,7 +575,7 @@ def prune_engine_folders(root, keep, model, content):
         if entry == keep or not ENGINE_FOLDER.match(entry.name) or not (entry / ENGINE_MARK).is_file():
             continue
         try:
-            mark = json.loads((entry / ENGINE_MARK).read_text())
+            mark = json.loads((entry / ENGINE_MARK).read_text(encoding="utf-8"))
             owner, built_from = mark["model"], mark["sha256"]
         except (OSError, ValueError, KeyError, TypeError):
             continue  # not ours to judge

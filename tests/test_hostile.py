@@ -705,3 +705,43 @@ def test_every_folder_a_run_writes_into_is_locked_and_no_lock_file_is_left(data,
     assert not (tmp_path / "b").exists()
     train.main(parse(train, argv))
     assert not [p for p in list(data.rglob(".lock")) + list(tmp_path.rglob(".lock"))]
+
+
+# ---------------------------------------------------------------- round 3: names of any bytes, any locale
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a file name of any bytes: Linux file systems")
+@pytest.mark.parametrize("locale_env", [{"LC_ALL": "C.UTF-8"},
+                                        {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}])
+def test_file_names_that_are_not_utf8_are_split_trained_on_predicted_and_written(tmp_path, locale_env):
+    # Latin-1 names, as an old Windows zip or an SMB share gives them, beside Chinese ones; in a UTF-8
+    # locale and in an ASCII one. Nothing may end in a UnicodeEncodeError after the work.
+    photos = make_class_folders(tmp_path / "data" / "flower_photos", per_class=8)
+    for cls in ("daisy", "roses", "tulips"):
+        folder = os.fsencode(photos / cls)
+        for i in range(8):  # every other one Latin-1, the others Chinese
+            name = (b"caf\xe9_%d.jpg" if i % 2 else "花_%d.jpg".encode()) % i
+            os.rename(photos / cls / f"{cls}_{i}.jpg", os.fsdecode(folder + b"/" + name))
+    env = dict(os.environ, MPLBACKEND="Agg", **locale_env)
+    env.pop("DISPLAY", None)
+
+    def run(script, *argv):
+        res = subprocess.run([sys.executable, str(ROOT / script), *map(str, argv)], env=env, capture_output=True,
+                             timeout=600, cwd=tmp_path)
+        assert res.returncode == 0 and b"Traceback" not in res.stderr, res.stderr.decode(errors="replace")
+        return res
+    data = tmp_path / "data"
+    run("split_data.py", "--data-path", data, "--val-rate", "0.5")
+    out = tmp_path / "run"
+    run("train.py", *TINY_TRAIN, "--data-path", data, "--save-path", out / "w.pth", "--class-indices", out / "ci.json")
+    written = (out / "val_predictions.csv").read_bytes()
+    names = [os.fsencode(p.name) for p in (data / "val").rglob("*.jpg")]
+    assert all(n in written for n in names) and any(b"\xe9" in n for n in names)  # each, under its name's bytes
+    res = run("batch_predict.py", data / "val", "--recursive", "--weights", out / "w.pth", "--workers", "0",
+              "--csv", tmp_path / "p.csv")
+    rows = (tmp_path / "p.csv").read_bytes().splitlines()[1:]
+    assert len(rows) == len(names) and b"caf\xe9_" in (tmp_path / "p.csv").read_bytes()
+    assert b"caf\xe9_" in res.stdout
+    run("evaluate.py", data / "val", "--weights", out / "w.pth", "--workers", "0", "--output-dir", tmp_path / "ev",
+        "--csv", tmp_path / "ev.csv")
+    assert b"caf\xe9_" in (tmp_path / "ev.csv").read_bytes()
+    assert json.loads((out / "ci.json").read_text(encoding="utf-8")) == {"0": "daisy", "1": "roses", "2": "tulips"}
