@@ -28,6 +28,7 @@ def main(args):
     files.need_dir(folder, "folder to evaluate", "give a folder of <class>/<images>, e.g. <data-path>/test")
     classes, class_source = inference.resolve_classes(args)
     paths, true, not_regular = folder_images(folder, classes, class_source)
+    check_apart_from_train(folder, paths, Path(args.data_path) / "train")
     model_file = Path(args.onnx or inference.default_weights(args))
     out_dir = Path(args.output_dir or model_file.parent)
     files.check_writable_dir(out_dir, "report")
@@ -73,6 +74,26 @@ def default_folder(data_path):
     """test/ when split_data.py --test-rate made one, else val/."""
     test = Path(data_path) / "test"
     return test if test.is_dir() else Path(data_path) / "val"
+
+
+def check_apart_from_train(folder, paths, train):
+    """The honest number is measured on photos the model never trained on: a folder that shares
+    images with train/ (a link to it, hard links, copies) is refused; train/ itself, asked for by
+    name, is evaluated with a note."""
+    if not train.is_dir():
+        return
+    if os.path.abspath(folder) == os.path.abspath(train):
+        print(f"note: {folder} is the training folder: this is the accuracy on photos the model trained on",
+              file=sys.stderr)
+        return
+    if folder.resolve() == train.resolve():
+        raise cli.UserError(f"{folder} is {train} (through a link): the accuracy would be measured on photos the model "
+                            "trained on; make a test split with split_data.py --test-rate")
+    shared = files.shared_images(imaging.list_images(train, True, []), paths)
+    if shared:
+        raise cli.UserError(f"{folder} shares {len(shared)} image(s) with {train} ({shared[0][0]} is {shared[0][1]}): "
+                            "the accuracy would be measured on photos the model trained on; run split_data.py "
+                            "--test-rate again (it keeps copies on one side)")
 
 
 def folder_images(folder, classes, class_source):

@@ -297,31 +297,8 @@ def class_weights(choice, dataset):
 
 
 def check_apart(train_set, val_set):
-    """val/ shares no image with train/: not the same file (a hard link, a link) and not the same
-    bytes (a copy). Only files of a size found on both sides are hashed: a proper split costs one
-    stat per file."""
-    def stats(ds):
-        found = {}
-        for path, _ in ds.samples:
-            with contextlib.suppress(OSError):
-                found[path] = os.stat(path)
-        return found
-    train, val = stats(train_set), stats(val_set)
-    inodes = {(st.st_dev, st.st_ino): p for p, st in train.items()}
-    shared = [(p, inodes[(st.st_dev, st.st_ino)]) for p, st in val.items() if (st.st_dev, st.st_ino) in inodes]
-    if not shared:
-        by_size = {}
-        for p, st in train.items():
-            if st.st_size:  # empty files are alike, and unreadable anyway
-                by_size.setdefault(st.st_size, []).append(p)
-        digests = {}
-        for p, st in val.items():
-            if st.st_size in by_size:
-                for q in by_size[st.st_size]:
-                    digests.setdefault(q, files.file_sha256(q))
-                mine = files.file_sha256(p)
-                same = [q for q in by_size[st.st_size] if digests[q] == mine]
-                shared += [(p, same[0])] if same else []
+    """val/ shares no image with train/ (files.shared_images)."""
+    shared = files.shared_images([p for p, _ in train_set.samples], [p for p, _ in val_set.samples])
     if shared:
         val_path, train_path = shared[0]
         raise cli.UserError(f"{Path(val_set.root).name}/ shares {len(shared)} image(s) with train/ ({val_path} is "

@@ -746,3 +746,21 @@ def test_file_names_that_are_not_utf8_are_split_trained_on_predicted_and_written
         "--csv", tmp_path / "ev.csv")
     assert b"caf\xe9_" in (tmp_path / "ev.csv").read_bytes()
     assert json.loads((out / "ci.json").read_text(encoding="utf-8")) == {"0": "daisy", "1": "roses", "2": "tulips"}
+
+
+def test_evaluate_refuses_a_test_folder_that_shares_images_with_train(tiny_run, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_run["data"] / "train", data / "train")
+    common = ["--data-path", data, "--weights", tiny_run["weights"], "--workers", "0", "--output-dir", tmp_path / "rep"]
+    (data / "test").symlink_to("train")  # a link to train/
+    assert_one_line_error(run_script("evaluate.py", *common), "(through a link)", "trained on")
+    (data / "test").unlink()
+    for cls in (data / "train").iterdir():  # a copy of one image, under another name
+        (data / "test" / cls.name).mkdir(parents=True)
+        first = sorted(cls.iterdir())[0]
+        shutil.copy(first, data / "test" / cls.name / "copy.jpg")
+        os.link(sorted(cls.iterdir())[1], data / "test" / cls.name / "hard.jpg")
+    assert_one_line_error(run_script("evaluate.py", *common), "shares 6 image(s)", "trained on")
+    assert not (tmp_path / "rep").exists()
+    res = run_script("evaluate.py", data / "train", *common)  # asked for by name: measured, with a note
+    assert res.returncode == 0 and "is the training folder" in res.stderr, res.stderr
