@@ -80,16 +80,27 @@ def class_images(source):
     if not classes:
         raise cli.UserError(f"{source} has no class folders; it must hold <class>/<images>")
     files.check_class_names(classes, f"the class folders of {source}")  # train.py would refuse them later
-    found = {}
+    found, unreadable = {}, []
     for cla in classes:
         not_regular = []
-        images = [p.relative_to(source / cla).as_posix() for p in imaging.list_images(source / cla, True, not_regular)]
+        images = []
+        for p in imaging.list_images(source / cla, True, not_regular):
+            try:  # the header only: an empty file, a text file named .jpg, a bomb is named, not split
+                imaging.open_image(p).close()
+            except cli.UserError as e:
+                unreadable.append(str(e))
+                continue
+            images.append(p.relative_to(source / cla).as_posix())
         for p in not_regular:
             print(f"warning: skipped {p}: not a regular file (a pipe, a device or a broken link)")
         if not images:
             raise cli.UserError(f"class folder {source / cla} has no images (looked for "
                                 f"{' '.join(imaging.IMG_EXTENSIONS)}, sub-folders included); add images or remove the folder")
         found[cla] = images
+    for line in unreadable[:10]:
+        print(f"warning: skipped: {line}")
+    if len(unreadable) > 10:
+        print(f"warning: skipped {len(unreadable) - 10} more unreadable images")
     return found
 
 

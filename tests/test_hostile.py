@@ -764,3 +764,15 @@ def test_evaluate_refuses_a_test_folder_that_shares_images_with_train(tiny_run, 
     assert not (tmp_path / "rep").exists()
     res = run_script("evaluate.py", data / "train", *common)  # asked for by name: measured, with a note
     assert res.returncode == 0 and "is the training folder" in res.stderr, res.stderr
+
+
+def test_split_names_unreadable_files_and_leaves_them_out(tmp_path, capsys):
+    root = tmp_path / "data"
+    photos = make_class_folders(root / "flower_photos", per_class=6)
+    (photos / "daisy" / "zero.jpg").write_bytes(b"")
+    (photos / "roses" / "text.jpg").write_text("not a photo")
+    split_data.main(parse(split_data, ["--data-path", root]))
+    out = capsys.readouterr().out
+    assert "zero.jpg" in out and "text.jpg" in out and "skipped" in out
+    split = [p.name for side in ("train", "val") for p in (root / side).rglob("*.jpg")]
+    assert len(split) == 18 and "zero.jpg" not in split and "text.jpg" not in split
