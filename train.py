@@ -53,6 +53,9 @@ def main(args):
         if world.is_main:
             print(f"using {len(train_set)} images for training, {len(val_set)} images for validation.")
             print(training.describe_balance(train_set, "train/"))
+            if val_set.missing:
+                print(f"warning: val/ has no images of {', '.join(val_set.missing)}: their accuracy cannot be measured",
+                      file=sys.stderr)
             print(f"Using {s.workers} dataloader workers every process")
         if s.eval_only:
             return evaluate_only(s, env, val_set, val_loader, classes)
@@ -321,7 +324,7 @@ def load_data(s, env):
     """The train and val sets (checked: classes, images) and their samplers and loaders."""
     root = files.need_dir(s.data_path, "data folder", "run split_data.py first")
     train_set = training.train_folder(root / "train", imaging.TrainTransform(s.img_size, s.auto_augment, s.random_erase))
-    val_set = training.val_folder(root / "val", train_set, imaging.EvalTransform(s.img_size), env.world.is_main)
+    val_set = training.val_folder(root / "val", train_set, imaging.EvalTransform(s.img_size))
     train_sampler = training.ResumableSampler(train_set, env.world, shuffle=True, seed=s.seed,
                                               balanced=s.balanced_sampler)
     val_sampler = training.ResumableSampler(val_set, env.world, shuffle=False)

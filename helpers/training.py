@@ -224,8 +224,9 @@ def train_folder(root, transform):
     return train_set
 
 
-def val_folder(root, train_set, transform, warn=True):
-    """The val set, with the train set's classes (val/ must hold no other)."""
+def val_folder(root, train_set, transform):
+    """The val set, with the train set's classes (val/ must hold no other); its .missing: the
+    classes it has no image of."""
     files.need_dir(root, "val folder", "run split_data.py first")
     extra = sorted(set(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")) -
                    set(train_set.classes))
@@ -240,9 +241,8 @@ def val_folder(root, train_set, transform, warn=True):
         raise cli.UserError(f"no images in {root}: split_data.py was run with --val-rate 0, or every val image had "
                             "a copy in train/ and moved there; run split_data.py again with a --val-rate above 0")
     check_apart(train_set, val_set)
-    missing = [c for i, c in enumerate(train_set.classes) if i not in set(val_set.targets)]
-    if missing and warn:
-        print(f"warning: val/ has no images of {', '.join(missing)}: their accuracy cannot be measured", file=sys.stderr)
+    # Said by the caller once its checks have passed: a refused run ends in its one line alone.
+    val_set.missing = [c for i, c in enumerate(train_set.classes) if i not in set(val_set.targets)]
     return val_set
 
 

@@ -776,3 +776,15 @@ def test_split_names_unreadable_files_and_leaves_them_out(tmp_path, capsys):
     assert "zero.jpg" in out and "text.jpg" in out and "skipped" in out
     split = [p.name for side in ("train", "val") for p in (root / side).rglob("*.jpg")]
     assert len(split) == 18 and "zero.jpg" not in split and "text.jpg" not in split
+
+
+def test_a_refused_resume_is_one_line_even_when_val_lost_a_class(data, tmp_path):
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    out = tmp_path / "run"
+    train.main(parse(train, TINY_TRAIN + ["--data-path", copy, "--save-path", out / "w.pth", "--class-indices",
+                                          out / "ci.json"]))
+    for img in (copy / "val" / "roses").iterdir():
+        img.unlink()
+    res = run_script("train.py", "--resume", out / "last.pth", "--epochs", "2")
+    assert_one_line_error(res, "the data set changed")
