@@ -289,7 +289,10 @@ def main(args):
     # Export to a temporary file; it becomes `out` only once ONNX Runtime agrees with PyTorch (and,
     # with --int8, the INT8 file passed too), with what prediction needs in its metadata.
     info = inference.ModelInfo(classes=classes, img_size=args.img_size, architecture=args.model)
-    with files.atomic_path(out) as tmp:
+    # The folder held while the model files are written: no other export writes there, and a killed
+    # export's temporaries are removed (files.remove_stale_temporaries).
+    held = files.locked(out.parent, f"an export writing {out}") if out.parent.is_dir() else contextlib.nullcontext()
+    with held, files.atomic_path(out) as tmp:
         try:
             inference.export_onnx(net, tmp, args.img_size, args.opset, "probs" if args.softmax else "logits")
         except (RuntimeError, ValueError) as e:  # an opset this torch cannot write, above all

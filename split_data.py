@@ -354,17 +354,19 @@ def split_dataset(source, out_root, *, val_rate=0.1, seed=0, overwrite=False, mo
             os.replace(tmp / MANIFEST, out_root / MANIFEST)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    remove_stale_folders(out_root)
+        remove_stale_folders(out_root)  # while the folder is held: another split cannot be writing one
     report(split, groups, moved, out_root)
     return split
 
 
 def remove_stale_folders(out_root):
-    """The partial copies that killed splits and downloads left (.split-*, .unpack-*): removed once
-    older than any split lasts; named when newer (another split may be writing one)."""
+    """The partial copies that killed splits and downloads left (.split-*, .unpack-*): a split's
+    removed when this split holds the folder locked (no other can be writing one), others once older
+    than any split lasts; named when newer (a download may be unpacking one)."""
     found = [d for prefix in (".split-", ".unpack-") for d in Path(out_root).glob(prefix + "*")
              if d.is_dir() and not d.is_symlink()]
-    stale = [d for d in found if time.time() - d.stat().st_mtime > 6 * 3600]
+    held = files.holds(out_root)
+    stale = [d for d in found if (held and d.name.startswith(".split-")) or time.time() - d.stat().st_mtime > 6 * 3600]
     for d in stale:
         shutil.rmtree(d, ignore_errors=True)
     if stale:

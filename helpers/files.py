@@ -134,12 +134,13 @@ STALE_SECONDS = 15 * 60  # no atomic write of ours lasts that long: its temporar
 
 def remove_stale_temporaries(path):
     """Temporary siblings of `path` that a killed run left (kill -9, a power cut: nothing could
-    remove them), older than STALE_SECONDS: removed, and named."""
+    remove them): removed, and named. In a folder this process holds locked, every one is a dead
+    run's; elsewhere only those older than STALE_SECONDS (another run may be writing the others)."""
     path = Path(path)
-    stale = []
+    stale, held = [], holds(path.parent)
     for p in path.parent.glob(glob.escape(f".{path.name}.") + "*" + glob.escape(f".tmp{path.suffix}")):
         with contextlib.suppress(OSError):
-            if p.is_file() and not p.is_symlink() and time.time() - p.stat().st_mtime > STALE_SECONDS:
+            if p.is_file() and not p.is_symlink() and (held or time.time() - p.stat().st_mtime > STALE_SECONDS):
                 p.unlink()
                 stale.append(p.name)
     if stale:
@@ -332,9 +333,12 @@ def locked(folder, what, shared=False):
     except (ImportError, OSError):
         yield
         return
+    key = os.path.realpath(folder)
     try:
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+            if not shared:
+                _HELD.add(key)
         except BlockingIOError:
             raise cli.UserError(f"{folder} is in use by another run ({what}); wait for it to end, or choose "
                                 "another folder") from None
@@ -342,7 +346,16 @@ def locked(folder, what, shared=False):
             pass
         yield
     finally:
+        _HELD.discard(key)
         os.close(fd)
+
+
+_HELD = set()  # the folders this process holds locked exclusively: no other run writes there
+
+
+def holds(folder):
+    """Whether this process holds `folder` locked exclusively (locked())."""
+    return os.path.realpath(folder) in _HELD
 
 
 def shared_images(train_paths, other_paths):

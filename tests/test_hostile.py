@@ -788,3 +788,25 @@ def test_a_refused_resume_is_one_line_even_when_val_lost_a_class(data, tmp_path)
         img.unlink()
     res = run_script("train.py", "--resume", out / "last.pth", "--epochs", "2")
     assert_one_line_error(res, "the data set changed")
+
+
+def test_a_killed_run_s_temporaries_go_at_the_next_run_that_holds_the_folder(data, tiny_run, tmp_path):
+    # kill -9 leaves what nothing could remove; a run that holds the folder locked knows that no
+    # other is writing there, whatever the temporaries' age.
+    out = tmp_path / "run"
+    out.mkdir()
+    left = [out / ".w.pth.k3j4h5g6.tmp.pth", out / ".m.onnx.a1b2c3d4.tmp.onnx"]
+    for p in left:
+        p.write_bytes(b"partial")
+    train.main(parse(train, TINY_TRAIN + ["--data-path", data, "--save-path", out / "w.pth", "--class-indices",
+                                          out / "ci.json"]))
+    res = run_script("export_onnx.py", "--weights", out / "w.pth", "--out", out / "m.onnx", "--check-images",
+                     data / "val" / "daisy")
+    assert res.returncode == 0, res.stderr
+    assert not any(p.exists() for p in left)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    split_root = tmp_path / "split"
+    make_class_folders(split_root / "flower_photos", per_class=4)
+    (split_root / ".split-deadbeef").mkdir()  # a killed split's partial copy, minutes old
+    split_data.main(parse(split_data, ["--data-path", split_root]))
+    assert not (split_root / ".split-deadbeef").exists()
