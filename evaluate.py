@@ -43,31 +43,33 @@ def main(args):
     empty = [c for i, c in enumerate(classes) if i not in set(true)]
     predictor, runs_on = inference.load_predictor(args, len(classes), class_source)
 
-    # Then act: every image, in batches decoded beside the model.
-    print(f"evaluating {model_file} on {len(paths)} images of {folder} ({runs_on})")
-    if empty:
-        print(f"warning: {folder} has no images of {', '.join(empty)}: their recall is missing", file=sys.stderr)
-    kept, probs, skipped = [], [], [str(p) for p in not_regular]
-    for p in not_regular:
-        print(f"skipped: {p} is not a regular file", file=sys.stderr)
-    results = inference.predict_paths(paths, predictor, args.img_size, args.batch_size, args.workers)
-    for i, (path, p, error) in enumerate(tqdm(results, total=len(paths), file=sys.stdout, desc="evaluate")):
-        if p is None:
-            skipped.append(str(path))
-            tqdm.write(f"skipped: {error}", file=sys.stderr)
-            continue
-        kept.append(i)
-        probs.append(p)
-    if not kept:
-        raise cli.UserError(f"none of the {len(paths)} images of {folder} could be read")
-    result = evaluation(np.stack(probs), np.asarray(true)[kept])
-    m = reports.final_report(result, [str(paths[i]) for i in kept], classes, confusion_png=confusion_png,
-                             predictions_csv=args.csv, errors_png=errors_png, what=folder.name)
-    if args.json:
-        report = {**m, "images": len(kept), "skipped": len(skipped), "model": str(model_file), "folder": str(folder)}
-        files.atomic_write_text(args.json, json.dumps(report, indent=2, ensure_ascii=False))
-        print(f"wrote {args.json}")
-    return {**m, "images": len(kept), "skipped": skipped}
+    # Then act: every image, in batches decoded beside the model; the reports' folder held meanwhile
+    # (a training run may be writing its own reports there).
+    with files.locked(out_dir, "evaluate.py writing its reports"):
+        print(f"evaluating {model_file} on {len(paths)} images of {folder} ({runs_on})")
+        if empty:
+            print(f"warning: {folder} has no images of {', '.join(empty)}: their recall is missing", file=sys.stderr)
+        kept, probs, skipped = [], [], [str(p) for p in not_regular]
+        for p in not_regular:
+            print(f"skipped: {p} is not a regular file", file=sys.stderr)
+        results = inference.predict_paths(paths, predictor, args.img_size, args.batch_size, args.workers)
+        for i, (path, p, error) in enumerate(tqdm(results, total=len(paths), file=sys.stdout, desc="evaluate")):
+            if p is None:
+                skipped.append(str(path))
+                tqdm.write(f"skipped: {error}", file=sys.stderr)
+                continue
+            kept.append(i)
+            probs.append(p)
+        if not kept:
+            raise cli.UserError(f"none of the {len(paths)} images of {folder} could be read")
+        result = evaluation(np.stack(probs), np.asarray(true)[kept])
+        m = reports.final_report(result, [str(paths[i]) for i in kept], classes, confusion_png=confusion_png,
+                                 predictions_csv=args.csv, errors_png=errors_png, what=folder.name)
+        if args.json:
+            report = {**m, "images": len(kept), "skipped": len(skipped), "model": str(model_file), "folder": str(folder)}
+            files.atomic_write_text(args.json, json.dumps(report, indent=2, ensure_ascii=False))
+            print(f"wrote {args.json}")
+        return {**m, "images": len(kept), "skipped": skipped}
 
 
 def default_folder(data_path):

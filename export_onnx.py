@@ -25,6 +25,7 @@ if __name__ == "__main__":
 import contextlib
 import dataclasses
 import itertools
+import os
 import random
 import sys
 import tempfile
@@ -158,6 +159,13 @@ def val_images(folder, classes):
             found = imaging.list_images(Path(folder) / name, recursive=True)
             paths += found
             labels += [i] * len(found)
+    if paths:  # a folder the model has no class for is left out, and said so: the figure is on the others
+        other = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")
+                       and e.name not in classes)
+        missing = [c for c in classes if not (Path(folder) / c).is_dir()]
+        if other or missing:
+            print(f"note: the accuracy leaves out {folder}'s folder(s) {', '.join(other) or '-'} (not classes of the "
+                  f"model) and has no folder for {', '.join(missing) or '-'}")
     return paths, labels
 
 

@@ -57,7 +57,10 @@ def main(args):
                 print(f"warning: val/ has no images of {', '.join(val_set.missing)}: their accuracy cannot be measured",
                       file=sys.stderr)
             print(f"Using {s.workers} dataloader workers every process")
-        if s.eval_only:
+        if s.eval_only:  # its reports' folder held: a training run may be writing there
+            if world.is_main:
+                held.enter_context(files.made_dirs(s.output_dir))
+                held.enter_context(files.locked(s.output_dir, "--eval-only writing its reports"))
             return evaluate_only(s, env, val_set, val_loader, classes)
         held.enter_context(settings.locked(s, world))  # no other run writes here, nor re-splits the data
 
@@ -303,6 +306,9 @@ def evaluate_only(s, env, val_set, val_loader, classes):
     weights.load_trained_weights(net, s.model, state_dict, path, "the data set")
     net.to(env.device, memory_format=env.memory_format)
     result = evaluate(net, val_loader, env)
+    if not math.isfinite(result.loss):  # numbers in, NaN out: weights that overflow
+        raise cli.UserError(f"{path} gives NaN or infinite outputs (its weights overflow: the run that made them "
+                            "diverged); train again with a lower --lr")
     if env.world.is_main:
         print(f"{path}: val_loss: {result.loss:.3f}  val_accuracy: {result.acc:.3f}")
         report(result, val_set, classes, s.output_dir)

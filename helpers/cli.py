@@ -28,10 +28,27 @@ def _ctrl_c_while_loading(signum, frame):
     os._exit(130)
 
 
+def utf8_mode():
+    """Python's UTF-8 mode (PEP 540) for the scripts, whatever the locale: under an ASCII or a
+    Latin-1 one (LANG=C with the C locale's coercion turned off, an old server), Python would read a
+    Chinese class folder's name as undecodable bytes (or as Latin-1 nonsense) and refuse or rename
+    the class. The process starts again once, in UTF-8 mode, before anything is done; a file name
+    that is not UTF-8 is then still read, as bytes (surrogateescape)."""
+    if sys.flags.utf8_mode or os.name == "nt" or os.environ.get("_FLOWERS_UTF8") == "1":
+        return
+    if sys.getfilesystemencoding().lower().replace("-", "") == "utf8":
+        return
+    env = dict(os.environ, PYTHONUTF8="1", _FLOWERS_UTF8="1")
+    argv = list(sys.orig_argv) if hasattr(sys, "orig_argv") else [sys.executable, *sys.argv]
+    os.execve(sys.executable, argv, env)
+
+
 def one_line_ctrl_c():
     """Called by each script before it imports torch, when run as a program: a Ctrl-C during
     torch's seconds of importing, before run_cli is in charge, then ends in one line too (not a
-    traceback, nor torch's C++ "terminate called"). run_cli gives Ctrl-C back to Python's handler."""
+    traceback, nor torch's C++ "terminate called"). run_cli gives Ctrl-C back to Python's handler.
+    First, the process is in UTF-8 mode (utf8_mode)."""
+    utf8_mode()
     sys.excepthook = _one_line_for_ctrl_c
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _ctrl_c_while_loading)

@@ -13,8 +13,10 @@ import hashlib
 import json
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 import time
 import unicodedata
 import urllib.error
@@ -220,10 +222,18 @@ def atomic_path(path):
     block ends without error, removed otherwise (disk full, Ctrl-C, a bug)."""
     path = Path(path)
     with made_dirs(path.parent):
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-        os.close(fd)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; the file gets the usual permissions
+        # Ctrl-C, SIGTERM and SIGHUP wait while the temporary is made and until the block that
+        # removes it is entered: arriving in between, they would leave it behind.
+        blocked = _block_stop_signals()
         try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+        except BaseException:
+            _unblock(blocked)
+            raise
+        try:
+            _unblock(blocked)
+            os.close(fd)
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; the file gets the usual permissions
             yield Path(tmp)
             os.replace(tmp, path)
             remove_stale_temporaries(path)
@@ -239,6 +249,20 @@ def atomic_path(path):
         finally:
             with contextlib.suppress(OSError):
                 os.remove(tmp)
+
+
+_STOP = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+def _block_stop_signals():
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, _STOP)
+
+
+def _unblock(previous):
+    if previous is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def atomic_write_bytes(path, data):
@@ -340,8 +364,8 @@ def locked(folder, what, shared=False):
             if not shared:
                 _HELD.add(key)
         except BlockingIOError:
-            raise cli.UserError(f"{folder} is in use by another run ({what}); wait for it to end, or choose "
-                                "another folder") from None
+            raise cli.UserError(f"{folder} is in use by another run, so this one ({what}) cannot go on; wait for "
+                                "the other to end, or choose another folder") from None
         except OSError:  # no locks on this file system (some network mounts)
             pass
         yield

@@ -122,7 +122,7 @@ def resolve_classes(args):
         if architecture and args.model and args.model != architecture:
             raise cli.UserError(f"--model {args.model} contradicts {model_path}, which holds {architecture} weights; "
                                 "leave --model out")
-        args.img_size, args.model = img_size, args.model or architecture
+        args.img_size, args.model = img_size, args.model or architecture or DEFAULT_MODEL
         if args.class_indices:
             check_same_classes(files.read_class_indices(args.class_indices), args.class_indices, classes, model_path)
         return classes, f"{model_path} ({'its metadata' if onnx_file else 'what it was trained with'})"
@@ -319,21 +319,16 @@ def decode_batches(paths, img_size=224, batch_size=16, workers=None):
         for job in jobs:
             pending.append(pool.submit(decode_batch, job, img_size))
             if len(pending) > 2 * workers:
-                yield _decoded(pending.popleft(), workers)
+                yield pending.popleft().result()
         while pending:
-            yield _decoded(pending.popleft(), workers)
+            yield pending.popleft().result()
+    except concurrent.futures.process.BrokenProcessPool:  # from a result, or from the next submit
+        raise cli.UserError(f"a decoding process was killed (by the system's out-of-memory killer?); pass --workers 0 "
+                            f"(it was {workers}) or a smaller --batch-size") from None
     finally:  # done, stopped early, Ctrl-C: the batches not started are dropped, not decoded
         for future in pending:
             future.cancel()
         pool.shutdown(wait=True)
-
-
-def _decoded(future, workers):
-    try:
-        return future.result()
-    except concurrent.futures.process.BrokenProcessPool:
-        raise cli.UserError(f"a decoding process was killed (by the system's out-of-memory killer?); pass --workers 0 "
-                            f"(it was {workers}) or a smaller --batch-size") from None
 
 
 def softmax(logits):

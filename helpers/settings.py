@@ -205,6 +205,9 @@ def check_checkpoint_model(ckpt, path):
         raise cli.UserError(f"{path} is a damaged checkpoint (its model, its classes or its weights); it cannot be resumed")
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in weights.build_model(name, num_classes=len(classes)).state_dict().items()}
+    if weights.non_finite(state_dict):
+        raise cli.UserError(f"{path} holds NaN or infinite weights: the run diverged before it was saved; start again "
+                            "with a lower --lr")
     if {k: tuple(v.shape) for k, v in state_dict.items()} != expected:
         other = weights.guess_architecture(state_dict)
         raise cli.UserError(f"{path} is a damaged checkpoint: its weights are {other or 'of an unknown model'}"

@@ -67,7 +67,16 @@ def read_weights(path, what="weights file"):
         obj = obj["model"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise cli.UserError(f"{path} does not hold a state_dict of tensors")
-    return strip_wrapper_prefix(obj), held
+    state_dict = strip_wrapper_prefix(obj)
+    if held and held.architecture:  # the record and the tensors must agree, or neither can be believed
+        with torch.device("meta"):
+            ref = _shapes(build_model(held.architecture).state_dict())
+        if {k: s for k, s in ref.items() if not k.startswith("fc.")} != \
+                {k: s for k, s in _shapes(state_dict).items() if not k.startswith("fc.")}:
+            other = guess_architecture(state_dict)
+            raise cli.UserError(f"{path} is damaged: it says it holds {held.architecture} weights, but its tensors are "
+                                f"{other or 'of an unknown model'}'s; use the weights train.py wrote")
+    return state_dict, held
 
 
 # ---------------------------------------------------------------- what trained weights carry

@@ -716,8 +716,8 @@ def test_every_folder_a_run_writes_into_is_locked_and_no_lock_file_is_left(data,
 def test_file_names_that_are_not_utf8_are_split_trained_on_predicted_and_written(tmp_path, locale_env):
     # Latin-1 names, as an old Windows zip or an SMB share gives them, beside Chinese ones; in a UTF-8
     # locale and in an ASCII one. Nothing may end in a UnicodeEncodeError after the work.
-    photos = make_class_folders(tmp_path / "data" / "flower_photos", per_class=8)
-    for cls in ("daisy", "roses", "tulips"):
+    photos = make_class_folders(tmp_path / "data" / "flower_photos", per_class=8, classes=("daisy", "roses", "郁金香"))
+    for cls in ("daisy", "roses", "郁金香"):
         folder = os.fsencode(photos / cls)
         for i in range(8):  # every other one Latin-1, the others Chinese
             name = (b"caf\xe9_%d.jpg" if i % 2 else "花_%d.jpg".encode()) % i
@@ -745,7 +745,9 @@ def test_file_names_that_are_not_utf8_are_split_trained_on_predicted_and_written
     run("evaluate.py", data / "val", "--weights", out / "w.pth", "--workers", "0", "--output-dir", tmp_path / "ev",
         "--csv", tmp_path / "ev.csv")
     assert b"caf\xe9_" in (tmp_path / "ev.csv").read_bytes()
-    assert json.loads((out / "ci.json").read_text(encoding="utf-8")) == {"0": "daisy", "1": "roses", "2": "tulips"}
+    assert json.loads((out / "ci.json").read_text(encoding="utf-8")) == {"0": "daisy", "1": "roses", "2": "郁金香"}
+    res = run("export_onnx.py", "--weights", out / "w.pth", "--out", tmp_path / "m.onnx", "--data-path", data)
+    assert b"on 12 images" in res.stdout  # every val image, the Chinese class's too
 
 
 def test_evaluate_refuses_a_test_folder_that_shares_images_with_train(tiny_run, tmp_path):
@@ -810,3 +812,78 @@ def test_a_killed_run_s_temporaries_go_at_the_next_run_that_holds_the_folder(dat
     (split_root / ".split-deadbeef").mkdir()  # a killed split's partial copy, minutes old
     split_data.main(parse(split_data, ["--data-path", split_root]))
     assert not (split_root / ".split-deadbeef").exists()
+
+
+# ---------------------------------------------------------------- round 3: what the second hostile round found
+
+def test_eval_only_refuses_outputs_that_overflow_and_a_folder_another_run_holds(tiny_run, tmp_path):
+    from helpers import files
+    bad = overflowing(tiny_run, tmp_path / "ovf.pth")
+    common = ["--eval-only", "--data-path", tiny_run["data"], "--model", "resnet18", "--img-size", "32", "--workers",
+              "0"]
+    res = run_script("train.py", *common, "--weights", bad, "--output-dir", tmp_path / "eo", cwd=tmp_path)
+    assert_one_line_error(res, "NaN or infinite outputs")
+    held = tmp_path / "running"
+    held.mkdir()
+    with files.locked(held, "a training run"):  # a training run writes its reports there
+        with pytest.raises(cli.UserError, match="is in use by another run"):
+            train.main(parse(train, common + ["--weights", tiny_run["weights"], "--output-dir", held]))
+        import evaluate
+        with pytest.raises(cli.UserError, match="is in use by another run"):
+            evaluate.main(parse(evaluate, [tiny_run["data"] / "val", "--weights", tiny_run["weights"], "--output-dir",
+                                           held, "--workers", "0"]))
+    assert list(held.iterdir()) == []
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the workers must be forked to inherit the patch")
+def test_a_killed_decoding_process_is_one_line(tiny_run, tmp_path, monkeypatch):
+    from helpers import imaging
+    parent, real = os.getpid(), imaging.open_image
+
+    def open_image(path):
+        if os.getpid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(path)
+    monkeypatch.setattr(imaging, "open_image", open_image)
+    folder = tmp_path / "imgs"
+    for i, img in enumerate(sorted((tiny_run["data"] / "train").rglob("*.jpg"))[:12]):
+        folder.mkdir(exist_ok=True)
+        shutil.copy(img, folder / f"{i}.jpg")
+    with pytest.raises(cli.UserError, match=r"a decoding process was killed .*--workers 0 \(it was 2\)"):
+        batch_predict.main(parse(batch_predict, [folder, "--weights", tiny_run["weights"], "--workers", "2",
+                                                 "--batch-size", "2"]))
+
+
+def test_a_signal_while_the_temporary_is_made_leaves_nothing(tmp_path, monkeypatch):
+    # The signal arrives just as mkstemp returns, before the block that would remove the file.
+    import tempfile
+    from helpers import files
+    real = tempfile.mkstemp
+
+    def mkstemp(**kwargs):
+        made = real(**kwargs)
+        os.kill(os.getpid(), signal.SIGINT)  # held until the temporary is the block's to remove
+        return made
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    with pytest.raises(KeyboardInterrupt):
+        files.atomic_write_bytes(tmp_path / "m.onnx", b"model")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_record_that_contradicts_the_tensors_is_damaged_not_believed(tiny_run, tmp_path):
+    from helpers import weights
+    sd = torch.load(tiny_run["weights"], weights_only=True)
+    sd._metadata[weights.INFO_KEY]["architecture"] = "resnet34"
+    torch.save(sd, tmp_path / "w.pth")
+    img = sorted((tiny_run["data"] / "val" / "roses").iterdir())[0]
+    for extra in ([], ["--model", "resnet18"], ["--model", "resnet34"]):
+        assert_one_line_error(run_script("predict.py", img, "--weights", tmp_path / "w.pth", *extra, cwd=tmp_path),
+                              "is damaged", "says it holds resnet34 weights", "resnet18's")
+
+
+def test_a_checkpoint_of_nan_weights_is_refused_at_resume(tiny_run, tmp_path):
+    ckpt = torch.load(tiny_run["weights"].parent / "last.pth", weights_only=True)
+    ckpt["model"]["fc.bias"][0] = float("nan")
+    torch.save(ckpt, tmp_path / "last.pth")
+    assert_one_line_error(run_script("train.py", "--resume", tmp_path / "last.pth", cwd=tmp_path),
+                          "holds NaN or infinite weights", "lower --lr")
