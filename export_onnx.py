@@ -106,7 +106,7 @@ def check_inputs(img_size, folder):
     return inputs
 
 
-def compare_with_pytorch(net, onnx_path, inputs, atol):
+def compare_with_pytorch(net, onnx_path, inputs, atol, weights_path):
     """Largest |ONNX Runtime - PyTorch| over the inputs; raises if beyond atol."""
     _, ort = import_onnx()
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -116,8 +116,7 @@ def compare_with_pytorch(net, onnx_path, inputs, atol):
             ref = net(x).numpy()
         got = session.run(None, {"input": x.numpy()})[0]
         if not np.isfinite(ref).all():  # NaN compares false with everything: no difference would show
-            raise cli.UserError("the model gives NaN or infinite outputs (its weights overflow: the run that made them "
-                                "diverged); train again with a lower --lr. Nothing was exported")
+            raise cli.UserError(inference.overflow_line(weights_path) + "; nothing was exported")
         diff = float(np.abs(got - ref).max())
         worst = max(worst, diff)
         print(f"check {name}: batch {x.shape[0]}, largest difference {diff:.2e}")
@@ -307,7 +306,7 @@ def main(args):
             raise cli.UserError(f"torch.onnx.export failed with --opset {args.opset}: "
                                 f"{cli.first_line(e, 200)}") from None
         onnx.checker.check_model(onnx.load(str(tmp)))
-        worst = compare_with_pytorch(net, tmp, inputs, args.atol)
+        worst = compare_with_pytorch(net, tmp, inputs, args.atol, weights_path)
         with files.atomic_path(out8) if args.int8 else contextlib.nullcontext() as tmp8:
             if args.int8:
                 print(f"calibrating INT8 ({args.int8}) on {len(calib)} images...", flush=True)

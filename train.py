@@ -26,7 +26,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from helpers import devices, files, imaging, memory, plots, reports, settings, training, weights
+from helpers import devices, files, imaging, inference, memory, plots, reports, settings, training, weights
 from model import MODELS
 
 
@@ -108,11 +108,7 @@ def main(args):
                                                                   ema=ema, mixer=mixer)
                     desc = f"valid epoch[{state.epoch + 1}/{s.epochs}]"
                     val = evaluate(model_without_ddp, val_loader, env, desc)
-                    if not len(val.index):  # every val image unreadable (each named): no accuracy to select by
-                        raise cli.UserError(f"none of the {len(val_set)} images in {s.data_path}/val could be read "
-                                            "(each is named above); replace them, or run split_data.py again")
-                    if not math.isfinite(val.loss):  # finite weights whose outputs overflow: diverged too
-                        raise training.Diverged(val.loss, state.epoch, state.step, what="val loss")
+                    training.check_val(val, len(val_set), s.data_path, state)  # images read, a loss that is a number
                     val_ema = evaluate(ema.module, val_loader, env, desc + " ema") if ema is not None else None
                     # What "best" means: the tutorial's accuracy, or --select-by; the better of model and EMA.
                     use_ema = val_ema is not None and val_ema.score(s.select_by) > val.score(s.select_by)
@@ -297,18 +293,13 @@ def evaluate_only(s, env, val_set, val_loader, classes):
     """--eval-only: the per-class report of --weights (or the run's best weights) on val/."""
     path = s.evaluated_weights
     state_dict, held = weights.read_weights(path, "trained weights")
-    if held and held.img_size != s.img_size:  # evaluated at another size, the figures would be another model's
-        raise cli.UserError(f"{path} was trained on {held.img_size} px images, not --img-size {s.img_size}: "
-                            f"pass --img-size {held.img_size}")
-    if held and held.classes != classes:
-        raise cli.UserError(f"{path} was trained on the classes {held.classes}, but {s.data_path} has {classes}")
+    weights.check_trained_with(held, path, img_size=s.img_size, classes=classes, data_path=s.data_path)
     net = weights.build_model(s.model, num_classes=len(classes))
     weights.load_trained_weights(net, s.model, state_dict, path, "the data set")
     net.to(env.device, memory_format=env.memory_format)
     result = evaluate(net, val_loader, env)
-    if not math.isfinite(result.loss):  # numbers in, NaN out: weights that overflow
-        raise cli.UserError(f"{path} gives NaN or infinite outputs (its weights overflow: the run that made them "
-                            "diverged); train again with a lower --lr")
+    if not math.isfinite(result.loss):
+        raise cli.UserError(inference.overflow_line(path))
     if env.world.is_main:
         print(f"{path}: val_loss: {result.loss:.3f}  val_accuracy: {result.acc:.3f}")
         report(result, val_set, classes, s.output_dir)

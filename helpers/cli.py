@@ -39,7 +39,7 @@ def utf8_mode():
     if sys.getfilesystemencoding().lower().replace("-", "") == "utf8":
         return
     env = dict(os.environ, PYTHONUTF8="1", _FLOWERS_UTF8="1")
-    argv = list(sys.orig_argv) if hasattr(sys, "orig_argv") else [sys.executable, *sys.argv]
+    argv = list(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])  # orig_argv: 3.10's, with -u etc.
     os.execve(sys.executable, argv, env)
 
 

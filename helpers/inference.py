@@ -367,10 +367,15 @@ def load_predictor(args, num_classes, class_source=None, torch_model=None):
     def predict(batch):
         probs = halving(batch)
         if not np.isfinite(probs).all():  # weights that are numbers can still overflow: never "prob: nan"
-            raise cli.UserError(f"{model_path} gives NaN or infinite outputs (its weights overflow: the run that made "
-                                "them diverged); train again with a lower --lr")
+            raise cli.UserError(overflow_line(model_path))
         return probs
     return predict, runs_on
+
+
+def overflow_line(path):
+    """Weights that are all numbers whose outputs are not: the line of prediction, export, --eval-only."""
+    return (f"{path} gives NaN or infinite outputs (its weights overflow: the run that made them diverged); train "
+            "again with a lower --lr")
 
 
 def load_torch_model(args, num_classes, class_source=None):

@@ -306,6 +306,16 @@ def check_apart(train_set, val_set):
                             "split_data.py again (it keeps copies on one side)")
 
 
+def check_val(val, n_images, data_path, state):
+    """An epoch's val result can select the best weights: some image was read (every unreadable one
+    was named), and its loss is a number (finite weights whose outputs overflow have diverged too)."""
+    if not len(val.index):
+        raise cli.UserError(f"none of the {n_images} images in {data_path}/val could be read (each is named above); "
+                            "replace them, or run split_data.py again")
+    if not math.isfinite(val.loss):
+        raise Diverged(val.loss, state.epoch, state.step, what="val loss")
+
+
 def close_loaders(*loaders):
     """Ends the loaders' persistent workers now. Left to the interpreter's exit, they would be sent
     SIGTERM, which they ignore (cli.ignore_stop_signals), and waited for for ever: a run that ended

@@ -189,6 +189,16 @@ def non_finite(state_dict):
     return [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
 
 
+def check_trained_with(held, path, *, img_size, classes, data_path):
+    """--eval-only: the weights are measured as they were trained, or not at all (at another size,
+    the figures would be another model's)."""
+    if held and held.img_size != img_size:
+        raise cli.UserError(f"{path} was trained on {held.img_size} px images, not --img-size {img_size}: "
+                            f"pass --img-size {held.img_size}")
+    if held and held.classes != classes:
+        raise cli.UserError(f"{path} was trained on the classes {held.classes}, but {data_path} has {classes}")
+
+
 def check_finite(state_dict, path):
     bad = non_finite(state_dict)
     if bad:
