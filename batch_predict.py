@@ -73,6 +73,8 @@ def main(args):
         rows.append((str(path), pairs))
         reported.append(shown)
     seconds = time.perf_counter() - start
+    if not rows:  # every image skipped (each named above): no CSV of nothing, no exit 0
+        raise cli.UserError(f"none of the {len(paths) + len(not_regular)} images in {folder} could be read")
     if args.csv:
         with files.atomic_csv(args.csv, csv_header(topk, args.min_prob)) as w:
             for (path, pairs), shown in zip(rows, reported):

@@ -79,6 +79,8 @@ def main(args):
                       + (f"\nGrad-CAM on the {args.img_size} px crop" if args.cam else ""))
         # a figure panel needs no more than 1024 px
         shown.append(crops[-1] if args.cam else imaging.load_rgb(path, min_side=800, max_side=1024))
+    if not results:  # every image skipped (each named above): nothing was predicted
+        raise cli.UserError(f"none of the {len(args.images)} images could be read")
     heatmaps = None
     if args.cam and crops:
         heatmaps = gradcam.crop_heatmaps(*torch_model, crops, [int(r[2].argmax()) for r in results], args.batch_size)

@@ -210,11 +210,11 @@ def check_targets(targets, source, overwrite):
     to_remove = []
     for t in targets:
         if t.is_symlink():
-            raise cli.UserError(f"{t} is a symbolic link; remove the link yourself or choose another --data-root")
+            raise cli.UserError(f"{t} is a symbolic link; remove the link yourself or choose another --data-path")
         r = t.resolve()
         if r == src or src in r.parents or r in src.parents:
             raise cli.UserError(f"{t} and the source folder {source} overlap; the split would overwrite its own "
-                            "source: choose another --data-root or --source")
+                            "source: choose another --data-path or --source")
         if t.exists() and not t.is_dir():
             raise cli.UserError(f"{t} is a file; the split needs that name for a folder")
     existing = [t for t in targets if t.exists()]

@@ -72,7 +72,7 @@ def main(args):
             state.load_state_dict(ckpt, batch_size=s.batch_size)  # the batch size may change (same images per step)
         optimizer, scheduler, scaler = build_optimizer(s, env, model_without_ddp, len(train_loader), state, ckpt)
         if ckpt:
-            settings.restore(ckpt, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema)
+            settings.restore(ckpt, s.resume, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema)
             if world.is_main:
                 print(f"resumed from {s.resume}: epoch {state.epoch + 1}, step {state.step}, "
                       f"best val_accuracy {max(state.best_acc, 0):.3f}")

@@ -309,7 +309,8 @@ def check_class_names(names, where):
     for c in names:
         key = unicodedata.normalize("NFC", c).strip()
         if key in seen:
-            how = "differ only by spaces at their ends" if seen[key].strip() == c.strip() else \
+            how = "are the same name, twice" if seen[key] == c else \
+                "differ only by spaces at their ends" if seen[key].strip() == c.strip() else \
                 "differ only in their Unicode form (NFC and NFD)"
             raise cli.UserError(f"{where}: the class names {seen[key]!r} and {c!r} {how}: they look like one class; "
                                 "rename or merge the folders")

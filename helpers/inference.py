@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import sys
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -154,7 +155,9 @@ def check_same_classes(given, source, held, model_path):
         raise cli.UserError(f"{source} lists {len(given)} classes ({shown(given)}) but {model_path} holds "
                             f"{len(held)} ({shown(held)}); leave --class-indices out: the model file carries its own")
     i = next(i for i, (a, b) in enumerate(zip(given, held)) if a != b)
-    raise cli.UserError(f"{source} names class {i} {given[i]!r} but {model_path} holds {held[i]!r} there; leave "
+    forms = " (the same letters in two Unicode forms, NFC and NFD)" if \
+        unicodedata.normalize("NFC", given[i]) == unicodedata.normalize("NFC", held[i]) else ""
+    raise cli.UserError(f"{source} names class {i} {given[i]!r} but {model_path} holds {held[i]!r} there{forms}; leave "
                         "--class-indices out: the model file carries its own")
 
 
@@ -332,8 +335,9 @@ def decode_batches(paths, img_size=224, batch_size=16, workers=None):
 
 
 def softmax(logits):
-    z = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
+    with np.errstate(all="ignore"):  # logits that overflowed give NaN here, which the caller refuses in one line
+        z = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return z / z.sum(axis=1, keepdims=True)
 
 
 def predict_paths(paths, predictor, img_size=224, batch_size=16, workers=None):

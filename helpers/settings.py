@@ -192,6 +192,13 @@ def read_checkpoint(path):
     if missing:
         raise cli.UserError(f"{path} is an incomplete checkpoint (no {', '.join(missing)}); it cannot be resumed")
     check_checkpoint_model(ckpt, path)
+    saved = ckpt["settings"]
+    if ckpt.get("img_size", saved.get("img_size")) != saved.get("img_size") or \
+            ckpt.get("model_name", saved.get("model")) != saved.get("model"):
+        raise cli.UserError(f"{path} is a damaged checkpoint: its image size or model contradicts its own settings; "
+                            "it cannot be resumed")
+    if not isinstance(ckpt["history"], list) or not all(isinstance(row, dict) for row in ckpt["history"]):
+        raise cli.UserError(f"{path} is a damaged checkpoint (its history); it cannot be resumed")
     return ckpt
 
 
@@ -277,13 +284,18 @@ def checkpoint(s, state, *, model, optimizer, scheduler, scaler, ema, classes, d
             "img_size": s.img_size, "settings": saved, "data": data}
 
 
-def restore(ckpt, *, optimizer, scheduler, scaler, ema):
-    """The optimiser, schedule, grad scaler and EMA of a resumed run, as its checkpoint has them."""
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    scaler.load_state_dict(ckpt["scaler"])
-    if ema is not None:
-        ema.load_state_dict(ckpt["ema"])
+def restore(ckpt, path, *, optimizer, scheduler, scaler, ema):
+    """The optimiser, schedule, grad scaler and EMA of a resumed run, as its checkpoint has them; a
+    part that does not fit its run (an edited file) is one line, not torch's page."""
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
+    except (ValueError, KeyError, TypeError, RuntimeError, AttributeError, IndexError) as e:
+        raise cli.UserError(f"{path} is a damaged checkpoint: its optimizer, schedule, grad scaler or EMA does not fit the run "
+                            f"({type(e).__name__}: {cli.first_line(e, 80)}); it cannot be resumed") from None
 
 
 def save(obj, path):

@@ -150,6 +150,9 @@ def check_architecture(net, model_name, state_dict, path):
     extra = [k for k in found if k not in ref]
     if backbone_ok and not extra:
         return
+    if backbone_ok:  # the model's own weights, and more
+        raise cli.UserError(f"{path} holds {model_name} weights and also {', '.join(extra[:3])}, which {model_name} has "
+                            "not: it was edited, or is another repo's variant; use the weights train.py wrote")
     other = guess_architecture(state_dict)
     what = f"{other} weights" if other else "weights of an unknown model"
     hint = f"pass --model {other}" if other else "check the file"
@@ -165,11 +168,12 @@ def check_head(state_dict, in_features, path):
     """Trained weights end in a whole classifier layer of the model's width: fc.weight of
     [classes, in_features] and fc.bias of [classes] (load_state_dict's own error is a page)."""
     w, b = state_dict.get("fc.weight"), state_dict.get("fc.bias")
-    if w is None or b is None or w.dim() != 2 or w.shape[1] != in_features or tuple(b.shape) != (w.shape[0],):
+    if (w is None or b is None or w.dim() != 2 or in_features not in (None, w.shape[1])
+            or tuple(b.shape) != (w.shape[0],)):
         def shape(x):
             return "missing" if x is None else "x".join(map(str, x.shape))
         raise cli.UserError(f"{path} holds no whole classifier layer of this model (fc.weight {shape(w)}, fc.bias "
-                            f"{shape(b)}; it needs [classes x {in_features}] and [classes]): use the weights train.py "
+                            f"{shape(b)}; it needs [classes x {in_features or 'features'}] and [classes]): use the weights train.py "
                             "wrote, or check --model")
 
 
@@ -178,6 +182,9 @@ def check_num_classes(state_dict, num_classes, path, class_source=None):
     is built (a list of a million names is no model to build)."""
     if num_classes_of(state_dict) is None:
         raise cli.UserError(f"{path} holds no classifier layer (fc.weight): it is no trained model of this repo's")
+    bias = state_dict.get("fc.bias")
+    if bias is not None and tuple(bias.shape) != (num_classes_of(state_dict),):  # a transposed or edited fc
+        check_head(state_dict, None, path)
     if num_classes_of(state_dict) != num_classes:
         source = f"{class_source} lists" if class_source else "the model has"
         raise cli.UserError(f"{path} was trained for {num_classes_of(state_dict)} classes but {source} {num_classes}; "
@@ -212,6 +219,10 @@ def load_trained_weights(net, model_name, state_dict, path, class_source=None):
     check_architecture(net, model_name, state_dict, path)
     check_head(state_dict, net.fc.in_features, path)
     check_num_classes(state_dict, net.fc.out_features, path, class_source)
+    ints = [k for k, v in net.state_dict().items() if v.is_floating_point() and not state_dict[k].is_floating_point()]
+    if ints:  # load_state_dict would copy them in, truncated: every image the same class
+        raise cli.UserError(f"{path} holds whole numbers where weights are fractions ({ints[0]} is "
+                            f"{state_dict[ints[0]].dtype}): it was edited or damaged; use the weights train.py wrote")
     check_finite(state_dict, path)
     net.load_state_dict(state_dict)
     return net

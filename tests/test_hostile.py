@@ -887,3 +887,50 @@ def test_a_checkpoint_of_nan_weights_is_refused_at_resume(tiny_run, tmp_path):
     torch.save(ckpt, tmp_path / "last.pth")
     assert_one_line_error(run_script("train.py", "--resume", tmp_path / "last.pth", cwd=tmp_path),
                           "holds NaN or infinite weights", "lower --lr")
+
+
+# ---------------------------------------------------------------- round 3: what the third hostile round found
+
+def test_the_third_round_s_edited_files_and_empty_results_are_one_line(tiny_run, tmp_path):
+    import warnings
+    from helpers import files, inference
+    with warnings.catch_warnings():  # an ONNX file whose logits overflow: no numpy warning before the one line
+        warnings.simplefilter("error")
+        assert np.isnan(inference.softmax(np.array([[np.inf, 1.0]], np.float32))).any()
+    img = sorted((tiny_run["data"] / "val" / "roses").iterdir())[0]
+    sd = torch.load(tiny_run["weights"], weights_only=True)
+    cases = {"int.pth": (dict(sd, **{"fc.weight": sd["fc.weight"].long()}), "whole numbers where weights are fractions"),
+             "extra.pth": (dict(sd, **{"fc.extra": torch.zeros(3)}), "and also fc.extra, which resnet18 has not"),
+             "transposed.pth": (dict(sd, **{"fc.weight": sd["fc.weight"].t().contiguous()}),
+                                "no whole classifier layer")}
+    for name, (state_dict, words) in cases.items():
+        torch.save(state_dict, tmp_path / name)
+        assert_one_line_error(run_script("batch_predict.py", img.parent, "--weights", tmp_path / name, "--model",
+                                         "resnet18", "--img-size", "32", "--class-indices", tiny_run["classes"],
+                                         "--workers", "0", cwd=tmp_path), words)
+    last = torch.load(tiny_run["weights"].parent / "last.pth", weights_only=True)
+    for name, edit, words in (("size.pth", {"img_size": 64}, "contradicts its own settings"),
+                              ("opt.pth", {"optimizer": {"state": {}, "param_groups": []}}, "its optimizer"),
+                              ("hist.pth", {"history": "oops"}, "its history")):
+        run = tmp_path / name.replace(".pth", "")
+        run.mkdir()
+        torch.save(dict(last, **edit), run / "last.pth")
+        assert_one_line_error(run_script("train.py", "--resume", run / "last.pth", "--epochs", "2", cwd=tmp_path),
+                              "damaged checkpoint", words)
+        assert [p.name for p in run.iterdir()] == ["last.pth"]  # nothing written
+    with pytest.raises(cli.UserError, match="'daisy' and 'daisy' are the same name, twice"):
+        files.check_class_names(["daisy", "daisy"], "a record")
+    with pytest.raises(cli.UserError, match="two Unicode forms, NFC and NFD"):
+        inference.check_same_classes(["caf\u00e9"], "ci.json", ["cafe\u0301"], "w.pth")
+    (tmp_path / "z.jpg").write_bytes(b"")
+    (tmp_path / "t.jpg").write_text("hi")
+    common = ["--weights", tiny_run["weights"], "--workers", "0"]
+    res = run_script("predict.py", tmp_path / "z.jpg", tmp_path / "t.jpg", *common, "--save-fig", tmp_path / "f.png",
+                     cwd=tmp_path)  # each skipped image named, then the error
+    assert res.returncode != 0 and res.stderr.strip().splitlines()[-1] == "error: none of the 2 images could be read"
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    shutil.copy(tmp_path / "z.jpg", folder / "z.jpg")
+    res = run_script("batch_predict.py", folder, *common, "--csv", tmp_path / "p.csv", cwd=tmp_path)
+    assert res.returncode != 0 and res.stderr.strip().splitlines()[-1].startswith("error: none of the 1 images")
+    assert not (tmp_path / "p.csv").exists() and not (tmp_path / "f.png").exists()
