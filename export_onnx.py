@@ -103,6 +103,9 @@ def check_inputs(img_size, folder):
             break
     if real:
         inputs.append((f"{len(real)} images of {folder}", torch.stack(real)))
+    elif Path(folder).is_dir() and imaging.list_images(folder):
+        raise cli.UserError(f"none of the images of --check-images {folder} could be read: the export would be checked "
+                            "on random inputs only; give a folder of photos")
     return inputs
 
 

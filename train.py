@@ -298,6 +298,8 @@ def evaluate_only(s, env, val_set, val_loader, classes):
     weights.load_trained_weights(net, s.model, state_dict, path, "the data set")
     net.to(env.device, memory_format=env.memory_format)
     result = evaluate(net, val_loader, env)
+    if not len(result.index):
+        raise cli.UserError(f"none of the {len(val_set)} images in {s.data_path}/val could be read (each is named above)")
     if not math.isfinite(result.loss):
         raise cli.UserError(inference.overflow_line(path))
     if env.world.is_main:

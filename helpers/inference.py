@@ -211,7 +211,8 @@ class ModelInfo:
         except (KeyError, ValueError, TypeError, RecursionError) as e:
             raise cli.UserError(f"{path} holds damaged metadata ({type(e).__name__}: {cli.first_line(e, 80)}); "
                                 "export it again with export_onnx.py") from None
-        if (not isinstance(classes, list) or not classes or len(mean) != 3 or len(std) != 3 or not all(std)
+        if (not isinstance(classes, list) or not classes or len(mean) != 3 or len(std) != 3
+                or not all(1e-3 <= s <= 1e3 for s in std) or not all(-1e3 <= m <= 1e3 for m in mean)
                 or not 16 <= img_size <= 1024):
             raise cli.UserError(f"{path} holds damaged metadata (classes, img_size, mean or std out of range); "
                                 "export it again with export_onnx.py")

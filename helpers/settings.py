@@ -199,6 +199,15 @@ def read_checkpoint(path):
                             "it cannot be resumed")
     if not isinstance(ckpt["history"], list) or not all(isinstance(row, dict) for row in ckpt["history"]):
         raise cli.UserError(f"{path} is a damaged checkpoint (its history); it cannot be resumed")
+    sums, best, epoch, step = ckpt["sums"], ckpt["best_acc"], ckpt["epoch"], ckpt["step"]
+    train_images = ckpt["data"].get("train") if isinstance(ckpt.get("data"), dict) else None
+    ok = (isinstance(sums, torch.Tensor) and tuple(sums.shape) == (3,)
+          and type(best) in (int, float) and -1 <= best <= 1  # -1: no epoch yet; NaN fails too
+          and type(epoch) is int and type(step) is int and epoch >= 0 and step >= 0
+          and (type(train_images) is not int or step <= train_images))  # a step is a batch of one image or more
+    if not ok:
+        raise cli.UserError(f"{path} is a damaged checkpoint (its epoch, step, sums or best accuracy are out of "
+                            "range); it cannot be resumed")
     return ckpt
 
 

@@ -150,10 +150,10 @@ def check_architecture(net, model_name, state_dict, path):
     extra = [k for k in found if k not in ref]
     if backbone_ok and not extra:
         return
-    if backbone_ok:  # the model's own weights, and more
+    other = guess_architecture(state_dict)
+    if backbone_ok and other in (None, model_name):  # the model's own weights, and more (resnet34's hold resnet18's)
         raise cli.UserError(f"{path} holds {model_name} weights and also {', '.join(extra[:3])}, which {model_name} has "
                             "not: it was edited, or is another repo's variant; use the weights train.py wrote")
-    other = guess_architecture(state_dict)
     what = f"{other} weights" if other else "weights of an unknown model"
     hint = f"pass --model {other}" if other else "check the file"
     raise cli.UserError(f"{path} holds {what}, but --model is {model_name}; {hint}")

@@ -934,3 +934,31 @@ def test_the_third_round_s_edited_files_and_empty_results_are_one_line(tiny_run,
     res = run_script("batch_predict.py", folder, *common, "--csv", tmp_path / "p.csv", cwd=tmp_path)
     assert res.returncode != 0 and res.stderr.strip().splitlines()[-1].startswith("error: none of the 1 images")
     assert not (tmp_path / "p.csv").exists() and not (tmp_path / "f.png").exists()
+
+
+def test_the_fourth_round_s_edited_checkpoints_onnx_and_unreadable_folders_are_one_line(tiny_run, tmp_path):
+    from helpers import inference
+    last = torch.load(tiny_run["weights"].parent / "last.pth", weights_only=True)
+    for name, edit in (("sums", {"sums": torch.zeros(2)}), ("step", {"step": 10 ** 9}), ("best", {"best_acc": 7.0}),
+                       ("nan", {"best_acc": float("nan")})):
+        run = tmp_path / name
+        run.mkdir()
+        torch.save(dict(last, **edit), run / "last.pth")
+        assert_one_line_error(run_script("train.py", "--resume", run / "last.pth", "--epochs", "2", cwd=tmp_path),
+                              "damaged checkpoint", "out of range")
+    meta = inference.ModelInfo(classes=["a", "b"], img_size=32).to_metadata()
+    for std in ("[1e-30, 1e-30, 1e-30]", "[-0.229, -0.224, -0.225]"):
+        with pytest.raises(cli.UserError, match="damaged metadata"):
+            inference.ModelInfo.from_metadata(dict(meta, std=std), "m.onnx")
+    bad = tmp_path / "bad"
+    for side in ("train", "val"):
+        for cls in ("daisy", "roses", "tulips"):
+            (bad / side / cls).mkdir(parents=True)
+            (bad / side / cls / "x.jpg").write_text(f"not a photo: {side} {cls}")
+    res = run_script("train.py", "--eval-only", "--data-path", bad, "--weights", tiny_run["weights"], "--model",
+                     "resnet18", "--img-size", "32", "--workers", "0", "--output-dir", tmp_path / "eo", cwd=tmp_path)
+    assert res.returncode != 0 and res.stderr.strip().splitlines()[-1].startswith("error: none of the 3 images")
+    res = run_script("export_onnx.py", "--weights", tiny_run["weights"], "--out", tmp_path / "m.onnx",
+                     "--check-images", bad / "val" / "daisy", cwd=tmp_path)
+    assert_one_line_error(res, "none of the images of --check-images")
+    assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "eo").exists()
