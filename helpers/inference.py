@@ -108,6 +108,7 @@ def resolve_classes(args):
         held = info and (info.classes, info.img_size, None)
         model_path = onnx_file
     else:
+        need_torch()  # the weights are read with torch: without it, one line, not an ImportError
         from helpers import weights
 
         model_path = default_weights(args)
@@ -383,14 +384,19 @@ def overflow_line(path):
             "again with a lower --lr")
 
 
-def load_torch_model(args, num_classes, class_source=None):
-    """The trained net as prediction runs it: BatchNorm folded, in eval mode, on --device,
-    channels-last where devices.channels_last says (--channels-last, --no-channels-last). Returns (net, device)."""
+def need_torch():
+    """Prediction with PyTorch on a machine that has none: one line that says what to do instead."""
     try:
         import torch  # noqa: F401
     except ImportError:
         raise cli.UserError("prediction with PyTorch needs torch (pip install -r requirements.txt); on a machine "
-                        "without it, predict with --onnx FILE (export_onnx.py makes it)") from None
+                            "without it, predict with --onnx FILE (export_onnx.py makes it)") from None
+
+
+def load_torch_model(args, num_classes, class_source=None):
+    """The trained net as prediction runs it: BatchNorm folded, in eval mode, on --device,
+    channels-last where devices.channels_last says (--channels-last, --no-channels-last). Returns (net, device)."""
+    need_torch()
     from helpers import devices, weights
 
     device = devices.select_device(args.device)

@@ -962,3 +962,14 @@ def test_the_fourth_round_s_edited_checkpoints_onnx_and_unreadable_folders_are_o
                      "--check-images", bad / "val" / "daisy", cwd=tmp_path)
     assert_one_line_error(res, "none of the images of --check-images")
     assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "eo").exists()
+
+
+def test_prediction_with_pytorch_on_a_machine_without_torch_is_one_line(tiny_run, tmp_path):
+    code = ("import runpy, sys; sys.modules['torch'] = None; sys.argv = sys.argv[1:]; sys.path.insert(0, {root!r}); "
+            "runpy.run_path(sys.argv[0], run_name='__main__')").format(root=str(ROOT))
+    img = sorted((tiny_run["data"] / "val" / "roses").iterdir())[0]
+    for script, first in (("predict.py", [img, "--save-fig", tmp_path / "f.png"]), ("batch_predict.py", [img.parent]),
+                          ("evaluate.py", [tiny_run["data"] / "val", "--output-dir", tmp_path / "rep"])):
+        res = subprocess.run([sys.executable, "-c", code, str(ROOT / script), *map(str, first), "--weights",
+                              str(tiny_run["weights"])], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert_one_line_error(res, "needs torch", "--onnx FILE")
