@@ -63,6 +63,7 @@ def main(args):
                 held.enter_context(files.locked(s.output_dir, "--eval-only writing its reports"))
             return evaluate_only(s, env, val_set, val_loader, classes)
         held.enter_context(settings.locked(s, world))  # no other run writes here, nor re-splits the data
+        training.start_workers(train_loader, val_loader)  # forked while this process is small: no model yet
 
         # 2. The model, its optimiser and schedule: from a checkpoint, or from the starting weights.
         model, model_without_ddp = build_model(s, env, len(classes), ckpt, start_weights)

@@ -8,6 +8,7 @@ non-zero exit; only a bug in the code shows a traceback.
 import argparse
 import codecs
 import contextlib
+import gc
 import math
 import os
 import signal
@@ -166,6 +167,11 @@ def run_cli(main, parser, argv=None):
     args = parser.parse_args(argv)
     try:
         main(args)
+        # The work is done and every file closed. The interpreter's exit would now run the garbage
+        # collector once more over every object, torch's hundreds of thousands included: 0.55 s of a
+        # 0.75 s exit on a 2-core CPU. Frozen, they are left to the process's end, as os._exit
+        # would, while stdout is still flushed and atexit handlers (worker shutdown) still run.
+        gc.freeze()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
