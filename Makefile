@@ -43,8 +43,12 @@ demo: $(VENV)/.run-deps
 	$(BIN)/python predict.py data/imgs/daisy.jpg $(MODEL_ARGS) --cam --save-fig $(DEMO_OUT)/predict.png
 	$(BIN)/python batch_predict.py data/imgs $(MODEL_ARGS) --csv $(DEMO_OUT)/predictions.csv
 
+# Only the temporary folders of failed tests are kept: pytest keeps every test's, of its last 3 sessions
+# (6 GB a session here, mostly the tiny runs' checkpoints), which fills a small disk.
+PYTEST_ARGS ?= -q -o tmp_path_retention_policy=failed
+
 test: $(VENV)/.test-deps
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest $(PYTEST_ARGS) tests
 
 $(FLOOR_VENV)/.deps: requirements-floor.txt requirements-test.txt requirements-video.txt requirements.txt
 	@echo "== floor: $(or $(FLOOR_PYTHON),python3 (no Python 3.8 here)) with $$(grep -E '^torch' requirements-floor.txt | tr '\n' ' ')"
@@ -53,7 +57,7 @@ $(FLOOR_VENV)/.deps: requirements-floor.txt requirements-test.txt requirements-v
 	touch $@
 
 test-floor: $(FLOOR_VENV)/.deps
-	$(FLOOR_VENV)/bin/python -m pytest -q tests
+	$(FLOOR_VENV)/bin/python -m pytest $(PYTEST_ARGS) tests
 
 clean-demo:
 	rm -rf $(DEMO_OUT)
