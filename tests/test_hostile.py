@@ -865,8 +865,14 @@ def test_a_signal_while_the_temporary_is_made_leaves_nothing(tmp_path, monkeypat
         os.kill(os.getpid(), signal.SIGINT)  # held until the temporary is the block's to remove
         return made
     monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
-    with pytest.raises(KeyboardInterrupt):
-        files.atomic_write_bytes(tmp_path / "m.onnx", b"model")
+    # Python's own Ctrl-C handler, whatever pytest was started with: a background job (`make test &`)
+    # starts with SIGINT ignored, and the signal would then never arrive.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            files.atomic_write_bytes(tmp_path / "m.onnx", b"model")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert list(tmp_path.iterdir()) == []
 
 
