@@ -302,7 +302,6 @@ def test_workers_0_leaves_the_global_random_state_alone(tiny_run):
     assert torch.equal(a, b)  # the sample's own seed decides its augmentation
 
 
-
 def test_workers_started_before_the_model_read_nothing_and_change_neither_the_epoch_nor_the_seed(tiny_run):
     # train.py forks its loaders' workers while the process is small (training.start_workers): no
     # image is read then, --seed's random stream does not move, and the epoch that follows is, batch
