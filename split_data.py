@@ -30,7 +30,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from helpers import demo_data, files, imaging, plots
+from helpers import demo_data, files, imaging, plots, stop
 
 FLOWERS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
 FLOWERS_SHA256 = "4c54ace7911aaffe13a365c34f650e71dd5bf1be0a58b464e5a7183e3e595d9c"
@@ -297,7 +297,7 @@ def write_split(source, out_root, split, mode="link", max_size=None, workers=Non
             print()
         if jobs:
             print(f"resizing {len(jobs)} images to a shorter side of at most {max_size} px")
-            with multiprocessing.Pool(workers or os.cpu_count() or 1, initializer=cli.ignore_ctrl_c) as pool:
+            with multiprocessing.Pool(workers or os.cpu_count() or 1, initializer=stop.ignore_in_worker) as pool:
                 for (_, dst, _), (warning, error) in zip(jobs, pool.imap(resized_copy, jobs, chunksize=8)):
                     if error:
                         raise cli.UserError(f"cannot write {out_root / dst.relative_to(tmp)}: {error}")

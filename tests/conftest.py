@@ -1,17 +1,25 @@
 """Shared fixtures: tiny generated data sets and one tiny trained model, all on the CPU."""
+import contextlib
+import gc
+import importlib
+import io
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import warnings
+
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+os.environ["MPLBACKEND"] = "Agg"  # scripts run in this process (run_main) draw as they would with no display
+os.environ.pop("DISPLAY", None)
 
-from helpers import demo_data  # noqa: E402
+from helpers import cli, demo_data  # noqa: E402
 import split_data  # noqa: E402
 import train  # noqa: E402
 
@@ -38,6 +46,34 @@ def run_script(script, *argv, cwd=None):
     env.pop("DISPLAY", None)
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, argv)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
+
+
+def run_main(script, *argv, cwd=None):
+    """Run a script's main() in this process, the way its `python script.py` line runs it, and return
+    the same CompletedProcess (exit code, stdout, stderr) as run_script. It saves the seconds of
+    starting Python and importing torch again. Tests of signals, locks held by another process,
+    start-up and machines without torch still need run_script."""
+    module = importlib.import_module(Path(script).stem)
+    out, err = io.StringIO(), io.StringIO()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    code, here = 0, os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            # As in a new process: each warning is shown once, on stderr, where the tests can see it.
+            warnings.simplefilter("default")
+            warnings.showwarning = lambda *w, **_: sys.stderr.write(warnings.formatwarning(*w[:4]))
+            try:
+                cli.run_cli(module.main, module.get_args_parser(), [str(a) for a in argv])
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        os.chdir(here)
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+        gc.unfreeze()  # run_cli freezes the collector once main is done; here the process goes on
+    return subprocess.CompletedProcess([script, *argv], code, out.getvalue(), err.getvalue())
 
 
 def make_class_folders(root, per_class=6, size=40, classes=("daisy", "roses", "tulips")):

@@ -10,7 +10,7 @@ import model
 import predict
 import train
 from helpers import cli
-from conftest import TINY_TRAIN, make_class_folders, parse, run_script
+from conftest import TINY_TRAIN, make_class_folders, parse, run_main, run_script
 
 
 def assert_one_line_error(res, *words):
@@ -23,28 +23,28 @@ def assert_one_line_error(res, *words):
 
 
 def test_missing_image_file_and_folder(tmp_path):
-    assert_one_line_error(run_script("predict.py", tmp_path / "nope.jpg"), "image not found", "nope.jpg")
-    assert_one_line_error(run_script("batch_predict.py", tmp_path / "nodir"), "image folder not found")
-    assert_one_line_error(run_script("train.py", "--data-path", tmp_path / "nodata"), "not found", "split_data.py")
-    assert_one_line_error(run_script("split_data.py", "--data-path", tmp_path / "x"), "--download", "--demo")
+    assert_one_line_error(run_main("predict.py", tmp_path / "nope.jpg"), "image not found", "nope.jpg")
+    assert_one_line_error(run_main("batch_predict.py", tmp_path / "nodir"), "image folder not found")
+    assert_one_line_error(run_main("train.py", "--data-path", tmp_path / "nodata"), "not found", "split_data.py")
+    assert_one_line_error(run_main("split_data.py", "--data-path", tmp_path / "x"), "--download", "--demo")
 
 
 def test_missing_weights_and_class_file_say_what_to_do(tiny_run, tmp_path):
     img = next((tiny_run["data"] / "val" / "daisy").iterdir())
-    assert_one_line_error(run_script("predict.py", img, "--class-indices", tmp_path / "none.json", "--weights",
+    assert_one_line_error(run_main("predict.py", img, "--class-indices", tmp_path / "none.json", "--weights",
                                      tiny_run["weights"]), "class-index file not found", "train.py writes it")
-    assert_one_line_error(run_script("predict.py", img, cwd=tmp_path), "trained weights not found: resNet34.pth",
+    assert_one_line_error(run_main("predict.py", img, cwd=tmp_path), "trained weights not found: resNet34.pth",
                           "train.py writes them")
-    assert_one_line_error(run_script("predict.py", img, "--class-indices", tiny_run["classes"],
+    assert_one_line_error(run_main("predict.py", img, "--class-indices", tiny_run["classes"],
                                      "--weights", tmp_path / "none.pth"), "trained weights not found")
     # train.py's default ImageNet file is missing: how to get it, or how to train without it
-    res = run_script("train.py", "--data-path", tiny_run["data"], "--save-path", tmp_path / "w.pth", cwd=tmp_path)
+    res = run_main("train.py", "--data-path", tiny_run["data"], "--save-path", tmp_path / "w.pth", cwd=tmp_path)
     assert_one_line_error(res, "resnet34-pre.pth", "--weights imagenet", "--weights none")
 
 
 def test_empty_folder_and_empty_class_folder(tiny_run, tmp_path):
     (tmp_path / "empty").mkdir()
-    assert_one_line_error(run_script("batch_predict.py", tmp_path / "empty"), "no images in")
+    assert_one_line_error(run_main("batch_predict.py", tmp_path / "empty"), "no images in")
     data = tmp_path / "data"
     make_class_folders(data / "train", per_class=2, classes=("a", "b"))
     make_class_folders(data / "val", per_class=1, classes=("a", "b"))
@@ -58,12 +58,12 @@ def test_weights_with_another_class_count(tiny_run, tmp_path):
     five = tmp_path / "five.json"
     five.write_text(json.dumps({str(i): f"c{i}" for i in range(5)}))
     img = next((tiny_run["data"] / "val" / "daisy").iterdir())
-    res = run_script("predict.py", img, "--model", "resnet18", "--weights", tiny_run["weights"],
+    res = run_main("predict.py", img, "--model", "resnet18", "--weights", tiny_run["weights"],
                      "--class-indices", five)
     assert_one_line_error(res, "five.json lists 5 classes", "holds 3 (daisy, roses, tulips)")
     # Weights that carry no classes (the tutorial's plain state_dict): their fc says how many.
     torch.save(dict(torch.load(tiny_run["weights"], weights_only=True)), tmp_path / "plain.pth")
-    res = run_script("predict.py", img, "--model", "resnet18", "--weights", tmp_path / "plain.pth",
+    res = run_main("predict.py", img, "--model", "resnet18", "--weights", tmp_path / "plain.pth",
                      "--class-indices", five)
     assert_one_line_error(res, "trained for 3 classes", "lists 5")
 
@@ -74,11 +74,11 @@ def test_weights_of_another_architecture(tiny_run, tmp_path):
     with pytest.raises(cli.UserError, match="holds resnet34 weights, but --model is resnet18; pass --model resnet34"):
         batch_predict.main(parse(batch_predict, [tiny_run["data"] / "val" / "daisy", "--model", "resnet18",
                                                  "--weights", r34, "--class-indices", tiny_run["classes"]]))
-    res = run_script("load_weights.py", "--model", "resnet50", "--weights", r34)
+    res = run_main("load_weights.py", "--model", "resnet50", "--weights", r34)
     assert_one_line_error(res, "resnet34 weights", "--model is resnet50")
     junk = tmp_path / "junk.pth"
     junk.write_text("this is not a weights file")
-    assert_one_line_error(run_script("load_weights.py", "--weights", junk), "not a PyTorch weights file")
+    assert_one_line_error(run_main("load_weights.py", "--weights", junk), "not a PyTorch weights file")
 
 
 def test_load_weights_both_ways_agree(tmp_path, capsys):
