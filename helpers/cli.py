@@ -14,19 +14,7 @@ import os
 import signal
 import sys
 
-
-def _one_line_for_ctrl_c(kind, value, tb):
-    if issubclass(kind, KeyboardInterrupt):
-        print("error: interrupted (Ctrl-C)", file=sys.stderr)
-        return
-    sys.__excepthook__(kind, value, tb)
-
-
-def _ctrl_c_while_loading(signum, frame):
-    # Nothing is written before run_cli starts main: the process can simply end. A KeyboardInterrupt
-    # raised inside torch's C++ start-up code would instead abort it ("terminate called ...").
-    os.write(2, b"error: interrupted (Ctrl-C)\n")
-    os._exit(130)
+from helpers import stop
 
 
 def utf8_mode():
@@ -45,63 +33,14 @@ def utf8_mode():
 
 
 def one_line_ctrl_c():
-    """Called by each script before it imports torch, when run as a program: a Ctrl-C during
-    torch's seconds of importing, before run_cli is in charge, then ends in one line too (not a
-    traceback, nor torch's C++ "terminate called"). run_cli gives Ctrl-C back to Python's handler.
-    First, the process is in UTF-8 mode (utf8_mode)."""
+    """Called by each script before it imports torch (stop.while_importing), in UTF-8 mode."""
     utf8_mode()
-    sys.excepthook = _one_line_for_ctrl_c
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _ctrl_c_while_loading)
+    stop.while_importing()
 
 
-def ignore_ctrl_c(*_):
-    """A worker process's start (a Pool's initializer): Ctrl-C is the main process's to handle. It
-    ends the pool; a worker that died of the signal would hang it instead. SIGTERM and SIGHUP end
-    the worker quietly, as they did before run_cli made them stop the main process as Ctrl-C does
-    (SIGTERM is how a pool ends its workers)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for name in STOP_SIGNALS:
-        signal.signal(getattr(signal, name), signal.SIG_DFL)
-
-
-STOP_SIGNALS = tuple(name for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
-
-
-def _stop_as_ctrl_c(signum, frame):
-    if signum == getattr(signal, "SIGHUP", None):
-        quiet_closed_terminal()
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
-def ignore_stop_signals(*_):
-    """A training data-loader worker's start (worker_init_fn): Ctrl-C, SIGTERM and SIGHUP reach the
-    whole process group (a terminal, a closed SSH session, a scheduler), but they are the main
-    process's to handle: it saves a checkpoint at the end of the step. A worker killed by one would
-    end the run first ("DataLoader worker ... is killed by signal"). The main process ends its
-    workers itself, and a worker whose parent is gone ends on its own."""
-    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), signal.SIG_IGN)
-
-
-def quiet_closed_terminal():
-    """After a hang-up, stdout and stderr that were the terminal point nowhere: a print (or the
-    progress bar) would raise EIO and end the run before its checkpoint. They are sent to
-    /dev/null instead. A file or a pipe (nohup, tee, a log) is kept, and so is a terminal that is
-    still there (a `kill -HUP` by hand): the kernel answers a hung-up one as no terminal at all."""
-    import stat
-    devnull = None
-    for fd in (1, 2):
-        try:
-            if not stat.S_ISCHR(os.fstat(fd).st_mode) or os.isatty(fd):
-                continue
-            devnull = devnull if devnull is not None else os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, fd)
-        except OSError:
-            continue
-    if devnull is not None:
-        os.close(devnull)
+# Kept until helpers/training.py and train.py use helpers/stop.py directly.
+ignore_stop_signals = stop.ignore_in_worker
+quiet_closed_terminal = stop.quiet_closed_terminal
 
 
 def _printable(e):
@@ -155,14 +94,7 @@ def add_overwrite(parser, help):
 def run_cli(main, parser, argv=None):
     """Parse the command line and run main(args). Bad input, a full disk, running out of memory or
     Ctrl-C end in one line on stderr and a non-zero exit; only a bug in the code shows a traceback."""
-    if signal.getsignal(signal.SIGINT) is _ctrl_c_while_loading:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    # SIGTERM (kill, a scheduler, systemd) and SIGHUP (a closed SSH session) stop a script as Ctrl-C
-    # does: its temporaries are removed, and it ends in one line. Left to their default, they end the
-    # process at once, and an atomic write's temporary stays. (train.py saves a checkpoint first.)
-    for name in STOP_SIGNALS:
-        if signal.getsignal(getattr(signal, name)) is signal.SIG_DFL:
-            signal.signal(getattr(signal, name), _stop_as_ctrl_c)
+    stop.install()  # Ctrl-C, SIGTERM and SIGHUP end the script in one line, temporaries removed
     printable_output()
     args = parser.parse_args(argv)
     try:
@@ -175,10 +107,10 @@ def run_cli(main, parser, argv=None):
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt as e:  # Ctrl-C; or SIGTERM or SIGHUP (its name is the message)
-        name = str(e) if str(e) in STOP_SIGNALS else None
-        print(f"error: interrupted ({name or 'Ctrl-C'}); files being written were left as they were", file=sys.stderr)
-        sys.exit(128 + (getattr(signal, name) if name else signal.SIGINT))
+    except KeyboardInterrupt as e:  # its message is the signal's name (stop.install)
+        signum = next((s for s in stop.SIGNALS if stop.name(s) == str(e)), signal.SIGINT)
+        print(f"error: interrupted ({stop.name(signum)}); files being written were left as they were", file=sys.stderr)
+        sys.exit(128 + signum)
     except MemoryError:
         print("error: out of memory; try a smaller --batch-size or --img-size", file=sys.stderr)
         sys.exit(1)

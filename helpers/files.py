@@ -13,10 +13,8 @@ import hashlib
 import json
 import os
 import re
-import signal
 import sys
 import tempfile
-import threading
 import time
 import unicodedata
 import urllib.error
@@ -24,7 +22,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from helpers import cli
+from helpers import cli, stop
 
 # Where train.py writes the class names and the prediction scripts read them, as in the tutorial.
 CLASS_INDICES = "./class_indices.json"
@@ -222,17 +220,12 @@ def atomic_path(path):
     block ends without error, removed otherwise (disk full, Ctrl-C, a bug)."""
     path = Path(path)
     with made_dirs(path.parent):
-        # Ctrl-C, SIGTERM and SIGHUP wait while the temporary is made and until the block that
-        # removes it is entered: arriving in between, they would leave it behind.
-        blocked = _block_stop_signals()
+        tmp = None
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-        except BaseException:
-            _unblock(blocked)
-            raise
-        try:
-            _unblock(blocked)
-            os.close(fd)
+            # A signal waits until the temporary exists and `tmp` names it, so that `finally` removes it.
+            with stop.blocked():
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+                os.close(fd)
             os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; the file gets the usual permissions
             yield Path(tmp)
             os.replace(tmp, path)
@@ -247,22 +240,9 @@ def atomic_path(path):
                 raise
             raise cli.UserError(f"cannot write {path} (is the disk full?); it was left as it was") from None
         finally:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
-
-
-_STOP = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
-
-
-def _block_stop_signals():
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.pthread_sigmask(signal.SIG_BLOCK, _STOP)
-
-
-def _unblock(previous):
-    if previous is not None:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
 
 
 def atomic_write_bytes(path, data):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from helpers import cli, files, imaging, memory
+from helpers import cli, files, imaging, memory, stop
 
 # model.MODELS, by name: kept here so that the ONNX path need not import torch (a test keeps the
 # two lists equal).
@@ -318,7 +318,7 @@ def decode_batches(paths, img_size=224, batch_size=16, workers=None):
     # concurrent.futures, not multiprocessing.Pool: a worker killed by the kernel (the out-of-memory
     # killer, on a Jetson) breaks this pool with an error, where a Pool waits for its lost batch for
     # ever; and a result that cannot be sent back comes back as its error, not as a page of pixels.
-    pool = concurrent.futures.ProcessPoolExecutor(workers, initializer=cli.ignore_ctrl_c)
+    pool = concurrent.futures.ProcessPoolExecutor(workers, initializer=stop.ignore_in_worker)
     pending = collections.deque()
     try:
         for job in jobs:

@@ -1,0 +1,136 @@
+"""The one way a script stops on a signal: Ctrl-C (SIGINT), SIGTERM (kill, a job scheduler, a
+shutdown) and SIGHUP (a closed terminal or SSH session) all stop it the same way, and what it
+finished is kept. No torch here: every script uses this module.
+"""
+import contextlib
+import os
+import signal
+import stat
+import sys
+import threading
+
+SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+_requested = 0
+
+
+class Interrupted(Exception):
+    """Raised by a loop that stopped at a safe point because a signal asked it to."""
+
+    def __init__(self, signum):
+        super().__init__(f"stopped by {name(signum)}")
+        self.signum = signum
+
+
+def name(signum):
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
+def requested():
+    """The number of the signal recorded by deferred() or request(), 0 when none."""
+    return _requested
+
+
+def request(signum=signal.SIGINT):
+    """Record a stop from code (the video window was closed), as a signal would."""
+    global _requested
+    _requested = _requested or signum
+
+
+def quiet_closed_terminal():
+    """After a hang-up, a stdout or stderr that was the terminal points nowhere, and a print would
+    fail (EIO). Such streams go to /dev/null. Files, pipes and a terminal that is still open are
+    kept (the kernel reports a hung-up terminal as no terminal at all)."""
+    devnull = None
+    for fd in (1, 2):
+        with contextlib.suppress(OSError):
+            if stat.S_ISCHR(os.fstat(fd).st_mode) and not os.isatty(fd):
+                devnull = devnull if devnull is not None else os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, fd)
+    if devnull is not None:
+        os.close(devnull)
+
+
+def _raise(signum, frame):
+    if signum == getattr(signal, "SIGHUP", None):
+        quiet_closed_terminal()
+    raise KeyboardInterrupt(name(signum))
+
+
+def _exit_while_importing(signum, frame):
+    # A KeyboardInterrupt inside torch's C++ start-up code would abort the process with a C++ error.
+    # Nothing has been written yet, so the process can simply end.
+    os.write(2, b"error: interrupted (Ctrl-C)\n")
+    os._exit(128 + signum)
+
+
+def _one_line_for_ctrl_c(kind, value, tb):
+    if issubclass(kind, KeyboardInterrupt):
+        print("error: interrupted (Ctrl-C)", file=sys.stderr)
+        return
+    sys.__excepthook__(kind, value, tb)
+
+
+def while_importing():
+    """Called by a script before it imports torch: a Ctrl-C during those seconds ends in one line."""
+    sys.excepthook = _one_line_for_ctrl_c
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _exit_while_importing)
+
+
+def install():
+    """Each signal raises KeyboardInterrupt(name): the script ends in one line, and atomic writes
+    remove their temporaries. A signal the user chose to ignore (nohup, a background job) stays ignored."""
+    for signum in SIGNALS:
+        if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler, _exit_while_importing):
+            signal.signal(signum, _raise)
+
+
+@contextlib.contextmanager
+def deferred(what):
+    """Within the block, the first signal is only recorded (see requested()) and `what` is printed;
+    a second one raises KeyboardInterrupt. The earlier handlers are put back after the block."""
+    global _requested
+    _requested = 0
+    if threading.current_thread() is not threading.main_thread():  # Python runs handlers only there
+        yield
+        return
+
+    def record(signum, frame):
+        global _requested
+        if signum == getattr(signal, "SIGHUP", None):
+            quiet_closed_terminal()
+        if _requested:
+            raise KeyboardInterrupt(name(signum))
+        _requested = signum
+        print(f"\n{name(signum)}: {what} ({name(signum)} again to quit now)", file=sys.stderr)
+
+    previous = {s: signal.signal(s, record) for s in SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def blocked():
+    """Signals wait until the block ends; then a pending one is handled at once."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def ignore_in_worker(worker_id=None):
+    """A worker process's start: the signals are the main process's to handle, and a worker that
+    died of one would break the pool or the DataLoader first. A DataLoader calls this with the
+    worker's id, and its workers ignore SIGTERM too, so that the run can save its step. A pool calls
+    it with nothing, and keeps SIGTERM's default: that is how a pool ends its workers."""
+    for signum in SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    if worker_id is None and hasattr(signal, "SIGTERM"):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
