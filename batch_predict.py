@@ -47,8 +47,9 @@ def main(args):
                         f"{'' if args.recursive else '; --recursive looks in sub-folders'})")
     if args.csv:
         files.check_output(args.csv, "CSV file", suffixes=(".csv",))
-    classes, class_source = inference.resolve_classes(args)
-    predictor, runs_on = inference.load_predictor(args, len(classes), class_source)
+    p = inference.settle(args)
+    classes = p.classes
+    predictor, runs_on = inference.load_predictor(p)
     topk = min(args.topk, len(classes))
 
     rows, reported, skipped = [], [], []  # reported: the class or 'unknown'
@@ -56,7 +57,7 @@ def main(args):
         skipped.append((path, f"{path} is not a regular file"))
         print(f"skipped: {path} is not a regular file", file=sys.stderr)
     start = time.perf_counter()
-    for path, probs, error in inference.predict_paths(paths, predictor, args.img_size, args.batch_size, args.workers):
+    for path, probs, error in inference.predict_paths(paths, predictor, p):
         if probs is None:
             skipped.append((path, error))
             print(f"skipped: {error}", file=sys.stderr)

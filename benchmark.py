@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from helpers import devices, files, imaging, inference, weights
+from helpers import deploy, devices, files, imaging, inference, weights
 from model import MODELS
 
 
@@ -129,7 +129,7 @@ def bench_onnx(args):
     net = weights.build_model(args.model, num_classes=5).eval()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.onnx"
-        inference.export_onnx(net, path, args.img_size, 17, "logits")
+        deploy.export_onnx(net, path, args.img_size, 17, "logits")
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size).numpy()
     return args.batch_size / time_steps(lambda: session.run(None, {"input": x}), torch.device("cpu"),
@@ -572,8 +572,9 @@ def video_benchmark(args):
 
         settings = dict(model=args.model, weights=str(weights_path), img_size=size, device=str(device), amp_dtype="auto",
                         channels_last="auto", provider="auto", trt_cache=None, batch_size=bs)
-        predictors = [naive_model] + [inference.load_predictor(argparse.Namespace(**settings, onnx=o), 5)[0]
-                                      for o in (None, str(onnx32), str(int8))]
+        predictors = [naive_model] + [
+            inference.load_predictor(inference.settle(argparse.Namespace(**settings, onnx=o, class_indices=classes)))[0]
+            for o in (None, str(onnx32), str(int8))]
         for r, predict, batch in zip(results, predictors, (1, bs, bs, bs)):
             r["model_images_per_s"] = model_rate(predict, batch, size)
             r["share"] = r["fps"] / r["model_images_per_s"]

@@ -26,10 +26,11 @@ def main(args):
     # Settle everything first: the folder and its classes, the model's classes, every output.
     folder = Path(args.folder) if args.folder else default_folder(args.data_path)
     files.need_dir(folder, "folder to evaluate", "give a folder of <class>/<images>, e.g. <data-path>/test")
-    classes, class_source = inference.resolve_classes(args)
-    paths, true, not_regular = folder_images(folder, classes, class_source)
+    p = inference.settle(args)
+    classes = p.classes
+    paths, true, not_regular = folder_images(folder, classes, p.class_source)
     check_apart_from_train(folder, paths, Path(args.data_path) / "train")
-    model_file = Path(args.onnx or inference.default_weights(args))
+    model_file = Path(p.model_file)
     out_dir = Path(args.output_dir or model_file.parent)
     files.check_writable_dir(out_dir, "report")
     confusion_png, errors_png = out_dir / f"{folder.name}_confusion_matrix.png", out_dir / f"{folder.name}_errors.png"
@@ -41,7 +42,7 @@ def main(args):
         files.check_output(path, what, suffixes=suffixes)
     files.check_distinct({what: path for what, (path, _) in outputs.items()})
     empty = [c for i, c in enumerate(classes) if i not in set(true)]
-    predictor, runs_on = inference.load_predictor(args, len(classes), class_source)
+    predictor, runs_on = inference.load_predictor(p)
 
     # Then act: every image, in batches decoded beside the model; the reports' folder held meanwhile
     # (a training run may be writing its own reports there).
@@ -52,7 +53,7 @@ def main(args):
         kept, probs, skipped = [], [], [str(p) for p in not_regular]
         for p in not_regular:
             print(f"skipped: {p} is not a regular file", file=sys.stderr)
-        results = inference.predict_paths(paths, predictor, args.img_size, args.batch_size, args.workers)
+        results = inference.predict_paths(paths, predictor, p)
         for i, (path, p, error) in enumerate(tqdm(results, total=len(paths), file=sys.stdout, desc="evaluate")):
             if p is None:
                 skipped.append(str(path))

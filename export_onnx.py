@@ -39,7 +39,7 @@ except ImportError:  # a deployment machine (requirements-deploy.txt) predicts; 
     sys.exit("error: export_onnx.py needs PyTorch (pip install -r requirements.txt); run it where the model was "
              "trained and copy the .onnx file and labels.txt to this machine")
 
-from helpers import files, imaging, inference, weights
+from helpers import deploy, files, imaging, inference
 
 
 def get_args_parser(add_help=True):
@@ -111,8 +111,7 @@ def check_inputs(img_size, folder):
 
 def compare_with_pytorch(net, onnx_path, inputs, atol, weights_path):
     """Largest |ONNX Runtime - PyTorch| over the inputs; raises if beyond atol."""
-    _, ort = import_onnx()
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    session = deploy.new_session(onnx_path, [deploy.CPU])
     worst = 0.0
     for name, x in inputs:
         with torch.inference_mode():
@@ -210,8 +209,7 @@ def quantize_int8(fp32, int8, paths, img_size, flavour):
 
 
 def write_metadata(path, info):
-    """The file's metadata_props become info's (inference.ModelInfo): what prediction reads back.
-    An INT8 file's "int8_for" also tells inference.quantized_for its flavour without the onnx package."""
+    """The file's metadata_props become info's (deploy.ModelInfo): what prediction reads back."""
     import onnx
     model = onnx.load(str(path))
     onnx.helper.set_model_props(model, info.to_metadata())
@@ -221,9 +219,7 @@ def write_metadata(path, info):
 def top1(models, paths, labels, img_size):
     """Top-1 accuracy in percent of each ONNX file on the images (decoded once for all), and how
     often their top classes agree with the first model's."""
-    import onnxruntime as ort
-
-    sessions = [ort.InferenceSession(str(m), providers=["CPUExecutionProvider"]) for m in models]
+    sessions = [deploy.new_session(m, [deploy.CPU]) for m in models]
     correct, agree, seen = [0] * len(models), [0] * len(models), 0
     for indices, batch, _ in inference.decode_batches(paths, img_size, batch_size=16):
         if not indices:
@@ -237,16 +233,16 @@ def top1(models, paths, labels, img_size):
     return [100 * c / max(seen, 1) for c in correct], [100 * a / max(seen, 1) for a in agree], seen
 
 
-def check_accuracy(fp32, int8, val_dir, classes, args):
+def check_accuracy(fp32, int8, val_dir, p, args):
     """Measure the model (and its INT8 twin) on val/ and print the figures, side by side; raise when
     INT8 loses more than --max-drop points (unless --keep-int8). Returns (fp32 top-1, INT8 top-1,
     images) as fractions, or Nones when there is no val/ to measure on."""
-    paths, labels = val_images(val_dir, classes)
+    paths, labels = val_images(val_dir, p.classes)
     if not paths:
         print(f"no {val_dir} with folders named after the classes: {'fp32 and INT8 ' if int8 else ''}accuracy not "
               "measured")
         return None, None, None
-    accs, agree, seen = top1([fp32] + ([int8] if int8 else []), paths, labels, args.img_size)
+    accs, agree, seen = top1([fp32] + ([int8] if int8 else []), paths, labels, p.img_size)
     if not int8:
         print(f"top-1 on {seen} images of {val_dir}: fp32 {accs[0]:.2f}%")
         return accs[0] / 100, None, seen
@@ -265,14 +261,13 @@ def check_accuracy(fp32, int8, val_dir, classes, args):
 def main(args):
     onnx, _ = import_onnx()
     # Settle everything first: weights, classes, every output, the calibration images.
-    classes, class_source = inference.resolve_classes(args)  # also the size and model the weights were trained as
-    weights_path = inference.default_weights(args)
-    state_dict = weights.read_state_dict(weights_path, "trained weights")
-    out = Path(args.out or Path(weights_path).with_suffix(".onnx"))
+    p = inference.settle(args)
+    classes = p.classes
+    out = Path(args.out or Path(p.weights).with_suffix(".onnx"))
     if out.suffix.lower() != ".onnx":
         raise cli.UserError(f"--out {out}: give a file name ending in .onnx")
     try:
-        newest = inference.max_onnx_opset()
+        newest = deploy.max_onnx_opset()
     except ImportError:
         newest = None
     if newest and args.opset > newest:
@@ -286,36 +281,34 @@ def main(args):
         calib = calibration_images(args.calib_dir or Path(args.data_path) / "train", args.calib_images)
     files.check_output(own_labels, "labels file", overwrite=args.overwrite, same_content=labels_text)
     # A labels.txt of other classes (another model's, or yours) is left as it is: this model's are in
-    # its own labels file and in its metadata. Anything else wrong with the path is refused as ever.
+    # its own labels file and in its metadata.
     other = labels.is_file() and not labels.is_symlink() and not args.overwrite and labels.read_bytes() != labels_text
     shared_labels = None if other else files.check_output(labels, "labels file", overwrite=args.overwrite,
                                                           same_content=labels_text)
-    weights.check_num_classes(state_dict, len(classes), weights_path, class_source)
-    net = weights.build_model(args.model, num_classes=len(classes))
-    weights.load_trained_weights(net, args.model, state_dict, weights_path, class_source)
-    net = (WithSoftmax(net) if args.softmax else net).eval()
-    inputs = check_inputs(args.img_size, args.check_images)
+    net, _ = inference.load_torch_model(dataclasses.replace(p, device="cpu", channels_last=False))
+    net = WithSoftmax(net) if args.softmax else net
+    inputs = check_inputs(p.img_size, args.check_images)
 
     # Export to a temporary file; it becomes `out` only once ONNX Runtime agrees with PyTorch (and,
     # with --int8, the INT8 file passed too), with what prediction needs in its metadata.
-    info = inference.ModelInfo(classes=classes, img_size=args.img_size, architecture=args.model)
+    info = deploy.ModelInfo(classes=classes, img_size=p.img_size, architecture=p.model)
     # The folder held while the model files are written: no other export writes there, and a killed
     # export's temporaries are removed (files.remove_stale_temporaries).
     held = files.locked(out.parent, f"an export writing {out}") if out.parent.is_dir() else contextlib.nullcontext()
     with held, files.atomic_path(out) as tmp:
         try:
-            inference.export_onnx(net, tmp, args.img_size, args.opset, "probs" if args.softmax else "logits")
+            deploy.export_onnx(net, tmp, p.img_size, args.opset, "probs" if args.softmax else "logits")
         except (RuntimeError, ValueError) as e:  # an opset this torch cannot write, above all
             raise cli.UserError(f"torch.onnx.export failed with --opset {args.opset}: "
                                 f"{cli.first_line(e, 200)}") from None
         onnx.checker.check_model(onnx.load(str(tmp)))
-        worst = compare_with_pytorch(net, tmp, inputs, args.atol, weights_path)
+        worst = compare_with_pytorch(net, tmp, inputs, args.atol, p.weights)
         with files.atomic_path(out8) if args.int8 else contextlib.nullcontext() as tmp8:
             if args.int8:
                 print(f"calibrating INT8 ({args.int8}) on {len(calib)} images...", flush=True)
-                used, skipped = quantize_int8(tmp, tmp8, calib, args.img_size, args.int8)
+                used, skipped = quantize_int8(tmp, tmp8, calib, p.img_size, args.int8)
                 print(f"calibrated on {used} images" + (f" ({skipped} unreadable, skipped)" if skipped else ""))
-            acc32, acc8, seen = check_accuracy(tmp, tmp8, Path(args.data_path) / "val", classes, args)
+            acc32, acc8, seen = check_accuracy(tmp, tmp8, Path(args.data_path) / "val", p, args)
             write_metadata(tmp, dataclasses.replace(info, val_accuracy=acc32, val_images=seen))
             if args.int8:
                 write_metadata(tmp8, dataclasses.replace(info, val_accuracy=acc8, val_images=seen,

@@ -43,17 +43,16 @@ def main(args):
     figure = args.save_fig or (None if plots.has_display() else "predict.png")
     if figure:
         files.check_output(figure, "figure", suffixes=plots.FIGURE_SUFFIXES, inputs=args.images)
-    classes, class_source = inference.resolve_classes(args)
-    torch_model = None
+    p = inference.settle(args)
+    classes, torch_model = p.classes, None
     if args.cam:
         from helpers import gradcam  # torch: only here, so that --onnx runs without it
-        torch_model = inference.load_torch_model(args, len(classes), class_source)  # one net for both
-    predictor, _ = inference.load_predictor(args, len(classes), class_source, torch_model)
+        torch_model = inference.load_torch_model(p)  # one net for both
+    predictor, _ = inference.load_predictor(p, torch_model)
 
     shown, titles, results = [], [], []  # the figure's panels (at most MAX_PANELS), every image's result
     crops = []  # --cam: the crop each heatmap is of, every image's (small)
-    for path, probs, error in inference.predict_paths(list(args.images), predictor, args.img_size, args.batch_size,
-                                                      args.workers):
+    for path, probs, error in inference.predict_paths(list(args.images), predictor, p):
         if probs is None:
             if len(args.images) == 1:
                 raise cli.UserError(error)
@@ -71,12 +70,12 @@ def main(args):
         results.append((path, classes[best], probs, None))
         if args.cam:  # the heatmap is the crop's: the crop is what the panel shows
             with imaging.open_image(path) as img:
-                crops.append(np.asarray(imaging.EvalTransform(args.img_size).resize_crop(img)))
+                crops.append(np.asarray(imaging.EvalTransform(p.img_size).resize_crop(img)))
         if len(shown) == MAX_PANELS:  # a figure of hundreds of panels is hundreds of MB: batch_predict.py's job
             continue
         titles.append(f"class: {shown_class}   prob: {probs[best]:.3}"
                       + (f" ({classes[best]}?)" if shown_class != classes[best] else "")
-                      + (f"\nGrad-CAM on the {args.img_size} px crop" if args.cam else ""))
+                      + (f"\nGrad-CAM on the {p.img_size} px crop" if args.cam else ""))
         # a figure panel needs no more than 1024 px
         shown.append(crops[-1] if args.cam else imaging.load_rgb(path, min_side=800, max_side=1024))
     if not results:  # every image skipped (each named above): nothing was predicted

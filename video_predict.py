@@ -62,14 +62,14 @@ def main(args):
         files.check_output(args.csv, "CSV file", suffixes=(".csv",), inputs=inputs)
     if args.save:
         files.check_output(args.save, "video", suffixes=tuple(video.SAVE_FOURCC), inputs=inputs)
-    classes, class_source = inference.resolve_classes(args)
+    # A live source is predicted one newest frame at a time (and TensorRT's engine built for that).
+    p = inference.settle(args, batch_size=1 if source.live else None)
+    classes = p.classes
     capture = video.open_source(source, args.timeout)
-    if source.live:
-        args.batch_size = 1  # the newest frame, one at a time (and TensorRT's engine built for that)
-    predictor, runs_on = inference.load_predictor(args, len(classes), class_source)
+    predictor, runs_on = inference.load_predictor(p)
     topk = min(args.topk, len(classes))
     window = video.Window(f"video_predict.py: {source.name}", args.show)
-    reader = video.Reader(source, capture, args.img_size, batch_size=args.batch_size, every=args.every,
+    reader = video.Reader(source, capture, p.img_size, batch_size=p.batch_size, every=args.every,
                           max_frames=args.max_frames, max_seconds=args.max_seconds, reconnect=args.reconnect,
                           reconnect_delay=args.reconnect_delay, timeout=args.timeout,
                           keep_images=bool(args.save) or window.on)

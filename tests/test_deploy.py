@@ -20,9 +20,9 @@ from PIL import Image
 import batch_predict
 import benchmark
 import export_onnx
-from helpers import cli, imaging, inference, memory
+from helpers import cli, deploy, imaging, inference, memory
 import predict
-from conftest import ROOT, make_class_folders, parse, run_script
+from conftest import ROOT, make_class_folders, parse, run_main
 from test_errors import assert_one_line_error
 
 ort = pytest.importorskip("onnxruntime")
@@ -69,7 +69,7 @@ def session(path):
 # ---------------------------------------------------------------- export_onnx.py --int8
 
 def test_int8_predicts_like_fp32_and_both_accuracies_are_printed(int8_run, tiny_run):
-    assert inference.quantized_for(int8_run["int8"]) == "cpu"
+    assert deploy.quantized_for(int8_run["int8"]) == "cpu"
     assert int8_run["int8"].stat().st_size < 0.4 * int8_run["fp32"].stat().st_size
     line = re.search(r"top-1 on (\d+) images of .*: fp32 ([\d.]+)%\s+INT8 ([\d.]+)%", int8_run["printed"])
     assert line and int(line[1]) == 18
@@ -87,7 +87,7 @@ def test_int8_predicts_like_fp32_and_both_accuracies_are_printed(int8_run, tiny_
     same = sum(a[0][0] == b[0][0] for (_, a), (_, b) in zip(rows["fp32"], rows["int8"]))
     assert same >= 12
     x = imaging.normalize(inference.decode_batch(list(enumerate(sorted(int8_run["val"].rglob("*.jpg")))), 32)[1])
-    probs = [inference.softmax(session(int8_run[m]).run(None, {"input": x})[0]) for m in ("fp32", "int8")]
+    probs = [deploy.softmax(session(int8_run[m]).run(None, {"input": x})[0]) for m in ("fp32", "int8")]
     # Per image, the largest change of any class's probability: small for nearly all images (calibrated
     # on 8 images, the 1-epoch model can leave one or two outside the calibrated ranges).
     change = np.abs(probs[0] - probs[1]).max(axis=1)
@@ -104,14 +104,14 @@ def test_tensorrt_flavour_is_symmetric_signed_and_missing_val_is_said(trt_run):
     quantize = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
     assert quantize and all(zero_points[n.input[2]].dtype == np.int8 and not zero_points[n.input[2]].any()
                             for n in quantize)
-    assert inference.quantized_for(trt_run["int8"]) == "tensorrt"
+    assert deploy.quantized_for(trt_run["int8"]) == "tensorrt"
 
 
 def test_int8_flavour_is_read_without_the_onnx_package(int8_run, trt_run, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)  # a deployment machine: onnxruntime only
-    assert inference.quantized_for(int8_run["fp32"]) is None
-    assert inference.quantized_for(int8_run["int8"]) == "cpu"
-    assert inference.quantized_for(trt_run["int8"]) == "tensorrt"
+    assert deploy.quantized_for(int8_run["fp32"]) is None
+    assert deploy.quantized_for(int8_run["int8"]) == "cpu"
+    assert deploy.quantized_for(trt_run["int8"]) == "tensorrt"
 
 
 # ---------------------------------------------------------------- what the ONNX file carries
@@ -119,21 +119,20 @@ def test_int8_flavour_is_read_without_the_onnx_package(int8_run, trt_run, monkey
 def test_both_files_carry_classes_size_normalisation_architecture_and_accuracy(int8_run):
     line = re.search(r"top-1 on (\d+) images of .*: fp32 ([\d.]+)%\s+INT8 ([\d.]+)%", int8_run["printed"])
     for name, printed in (("fp32", line[2]), ("int8", line[3])):
-        meta = inference.read_metadata(int8_run[name])
+        meta = deploy.metadata(int8_run[name])
         assert meta == session(int8_run[name]).get_modelmeta().custom_metadata_map  # as ONNX Runtime reads it
-        info = inference.model_info(int8_run[name])
+        info = deploy.model_info(int8_run[name])
         assert info.classes == ["daisy", "roses", "tulips"] and info.img_size == 32 and info.architecture == "resnet18"
         assert info.mean == imaging.MEAN and info.std == imaging.STD and info.val_images == 18
         assert info.val_accuracy == pytest.approx(float(printed) / 100, abs=1e-4)  # the figure it was checked at
-    int8 = inference.model_info(int8_run["int8"])
+    int8 = deploy.model_info(int8_run["int8"])
     assert int8.int8_for == "cpu" and int8.fp32_val_accuracy == pytest.approx(float(line[2]) / 100, abs=1e-4)
-    assert inference.model_info(int8_run["fp32"]).int8_for is None
+    assert deploy.model_info(int8_run["fp32"]).int8_for is None
 
 
 def test_a_class_file_or_size_that_contradicts_the_file_is_refused_naming_both(int8_run, tiny_run, tmp_path):
     def resolve(*argv):
-        args = parse(batch_predict, ["--onnx", int8_run["fp32"], *argv])
-        return inference.resolve_classes(args), args
+        return inference.settle(parse(batch_predict, ["--onnx", int8_run["fp32"], *argv]))
 
     swapped, fewer = tmp_path / "swapped.json", tmp_path / "fewer.json"
     swapped.write_text('{"0": "daisy", "1": "tulips", "2": "roses"}')
@@ -144,9 +143,9 @@ def test_a_class_file_or_size_that_contradicts_the_file_is_refused_naming_both(i
         resolve("--class-indices", fewer)
     with pytest.raises(cli.UserError, match=r"--img-size 64 contradicts .*m.onnx, which was exported for 32 px"):
         resolve("--img-size", "64")
-    (classes, _), args = resolve("--img-size", "32", "--class-indices", tiny_run["classes"])  # agreeing: fine
-    assert classes == ["daisy", "roses", "tulips"] and args.img_size == 32
-    res = run_script("batch_predict.py", int8_run["val"] / "daisy", "--onnx", int8_run["fp32"], "--img-size", "64")
+    p = resolve("--img-size", "32", "--class-indices", tiny_run["classes"])  # agreeing: fine
+    assert p.classes == ["daisy", "roses", "tulips"] and p.img_size == 32
+    res = run_main("batch_predict.py", int8_run["val"] / "daisy", "--onnx", int8_run["fp32"], "--img-size", "64")
     assert_one_line_error(res, "--img-size 64", "32 px")
 
 
@@ -155,7 +154,7 @@ def test_a_file_without_metadata_works_as_before(int8_run, tmp_path):
     model = onnx.load(str(int8_run["fp32"]))
     del model.metadata_props[:]  # a file exported before the metadata
     onnx.save(model, str(tmp_path / "old.onnx"))
-    assert inference.model_info(tmp_path / "old.onnx") is None
+    assert deploy.model_info(tmp_path / "old.onnx") is None
     (tmp_path / "labels.txt").write_text("daisy\nroses\ntulips\n")
     common = [int8_run["val"], "--recursive", "--onnx", tmp_path / "old.onnx", "--workers", "0"]
     with pytest.raises(cli.UserError, match="takes 32 px images; pass --img-size 32"):
@@ -315,9 +314,9 @@ def test_numpy_preprocessing_equals_torchvision_and_the_torch_predictor_input(ti
         return net
 
     monkeypatch.setattr(weights, "build_model", recording_build)
-    args = parse(predict, ["--model", "resnet18", "--weights", tiny_run["weights"], "--img-size", img_size,
-                           "--no-amp", "--device", "cpu"])
-    predictor, _ = inference.load_predictor(args, 3, str(tiny_run["classes"]))
+    p = inference.Prediction(model="resnet18", weights=str(tiny_run["weights"]), onnx=None, classes=["a", "b", "c"],
+                             class_source=str(tiny_run["classes"]), img_size=img_size, amp_dtype="none", device="cpu")
+    predictor, _ = inference.load_predictor(p)
     predictor(batch)
     torch.testing.assert_close(seen[0], torch.from_numpy(ours), rtol=0, atol=1e-6)
 
@@ -341,11 +340,10 @@ def test_the_metadata_driven_onnx_input_equals_the_training_eval_transform(int8_
             return self.session.run(names, feeds)
 
     def metadata_path_input(model_path):
-        args = parse(batch_predict, ["--onnx", model_path, "--workers", "0"])
-        classes, source = inference.resolve_classes(args)
-        assert args.img_size == 32 and "metadata" in source
-        predictor, _ = inference.load_predictor(args, len(classes), source)
-        list(inference.predict_paths(paths, predictor, args.img_size, batch_size=8, workers=0))
+        p = inference.settle(parse(batch_predict, ["--onnx", model_path, "--workers", "0", "--batch-size", "8"]))
+        assert p.img_size == 32 and "metadata" in p.class_source
+        predictor, _ = inference.load_predictor(p)
+        list(inference.predict_paths(paths, predictor, p))
         return fed[-1]
 
     monkeypatch.setattr(ort, "InferenceSession", Recording)
@@ -353,7 +351,7 @@ def test_the_metadata_driven_onnx_input_equals_the_training_eval_transform(int8_
     np.testing.assert_allclose(metadata_path_input(int8_run["fp32"]), eval_transform, rtol=0, atol=1e-6)
     model = onnx.load(str(int8_run["fp32"]))
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
-    onnx.helper.set_model_props(model, {**inference.read_metadata(int8_run["fp32"]), "mean": json.dumps(mean),
+    onnx.helper.set_model_props(model, {**deploy.metadata(int8_run["fp32"]), "mean": json.dumps(mean),
                                         "std": json.dumps(std)})
     onnx.save(model, str(tmp_path / "own.onnx"))
     crops = np.stack([np.asarray(imaging.EvalTransform(32).resize_crop(imaging.load_rgb(p))) for p in paths])
@@ -373,7 +371,7 @@ def offered(monkeypatch):
 
 def test_auto_takes_tensorrt_then_cuda_then_cpu_with_fp16_and_int8_for_qdq(int8_run, trt_run, offered, tmp_path):
     offered(CPU, CUDA, TRT)
-    fp32 = inference.onnx_providers("auto", int8_run["fp32"], None, 224, 16)
+    fp32 = deploy.onnx_providers("auto", int8_run["fp32"], None, 224, 16)
     assert [p if isinstance(p, str) else p[0] for p in fp32] == [TRT, CUDA, CPU]
     options = fp32[0][1]
     assert options["trt_fp16_enable"] is True and options["trt_int8_enable"] is False
@@ -382,32 +380,32 @@ def test_auto_takes_tensorrt_then_cuda_then_cpu_with_fp16_and_int8_for_qdq(int8_
     assert Path(options["trt_engine_cache_path"]).parent == cache and options["trt_timing_cache_path"] == str(cache)
     assert options["trt_profile_min_shapes"] == "input:1x3x224x224"
     assert options["trt_profile_max_shapes"] == options["trt_profile_opt_shapes"] == "input:16x3x224x224"
-    qdq = inference.onnx_providers("tensorrt", trt_run["int8"], tmp_path / "cache", 224, 8)
+    qdq = deploy.onnx_providers("tensorrt", trt_run["int8"], tmp_path / "cache", 224, 8)
     assert qdq[0][0] == TRT and qdq[1] == CPU
     assert qdq[0][1]["trt_int8_enable"] is True and qdq[0][1]["trt_fp16_enable"] is True
     assert Path(qdq[0][1]["trt_engine_cache_path"]).parent == tmp_path / "cache"
-    assert inference.onnx_providers("cuda", trt_run["int8"]) == [CUDA, CPU]
+    assert deploy.onnx_providers("cuda", trt_run["int8"]) == [CUDA, CPU]
 
 
 def test_tensorrt_is_not_given_the_cpu_int8_model(int8_run, offered, capsys):
     offered(TRT, CUDA, CPU)
-    assert inference.onnx_providers("auto", int8_run["int8"]) == [CUDA, CPU]
+    assert deploy.onnx_providers("auto", int8_run["int8"]) == [CUDA, CPU]
     note = capsys.readouterr().err.strip().splitlines()
     assert len(note) == 1 and "TensorRT cannot run" in note[0] and "--int8 tensorrt" in note[0]
     with pytest.raises(cli.UserError, match="TensorRT cannot run.*--int8 tensorrt"):
-        inference.onnx_providers("tensorrt", int8_run["int8"])
+        deploy.onnx_providers("tensorrt", int8_run["int8"])
 
 
 def test_cpu_only_onnxruntime_gives_cpu_or_a_one_line_error(int8_run, offered):
     offered("AzureExecutionProvider", CPU)
-    assert inference.onnx_providers("auto", int8_run["fp32"]) == [CPU]
+    assert deploy.onnx_providers("auto", int8_run["fp32"]) == [CPU]
     with pytest.raises(cli.UserError, match="--provider tensorrt: this onnxruntime offers"):
-        inference.onnx_providers("tensorrt", int8_run["fp32"])
+        deploy.onnx_providers("tensorrt", int8_run["fp32"])
 
 
 @pytest.mark.skipif(CUDA in ort.get_available_providers(), reason="this onnxruntime has CUDA")
 def test_provider_cuda_without_it_is_one_line_on_stderr(int8_run, tiny_run):
-    result = run_script("predict.py", next(int8_run["val"].rglob("*.jpg")), "--onnx", int8_run["fp32"],
+    result = run_main("predict.py", next(int8_run["val"].rglob("*.jpg")), "--onnx", int8_run["fp32"],
                         "--img-size", "32", "--provider", "cuda")
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.startswith("error: --provider cuda: this onnxruntime offers") and result.stderr.count("\n") == 1

@@ -488,11 +488,11 @@ def test_a_contradiction_of_what_the_weights_were_trained_with_is_one_line(tiny_
 
 
 def test_export_and_evaluate_take_the_size_the_weights_were_trained_on(tiny_run, tmp_path):
-    from helpers import inference
+    from helpers import deploy
     res = run_script("export_onnx.py", "--weights", tiny_run["weights"], "--out", tmp_path / "m.onnx",
                      "--data-path", tiny_run["data"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    info = inference.model_info(tmp_path / "m.onnx")
+    info = deploy.model_info(tmp_path / "m.onnx")
     assert (info.img_size, info.classes, info.architecture) == (32, ["daisy", "roses", "tulips"], "resnet18")
     res = run_script("evaluate.py", tiny_run["data"] / "val", "--weights", tiny_run["weights"], "--output-dir",
                      tmp_path / "report", "--workers", "0", cwd=tmp_path)
@@ -899,10 +899,10 @@ def test_a_checkpoint_of_nan_weights_is_refused_at_resume(tiny_run, tmp_path):
 
 def test_the_third_round_s_edited_files_and_empty_results_are_one_line(tiny_run, tmp_path):
     import warnings
-    from helpers import files, inference
+    from helpers import deploy, files, inference
     with warnings.catch_warnings():  # an ONNX file whose logits overflow: no numpy warning before the one line
         warnings.simplefilter("error")
-        assert np.isnan(inference.softmax(np.array([[np.inf, 1.0]], np.float32))).any()
+        assert np.isnan(deploy.softmax(np.array([[np.inf, 1.0]], np.float32))).any()
     img = sorted((tiny_run["data"] / "val" / "roses").iterdir())[0]
     sd = torch.load(tiny_run["weights"], weights_only=True)
     cases = {"int.pth": (dict(sd, **{"fc.weight": sd["fc.weight"].long()}), "whole numbers where weights are fractions"),
@@ -943,7 +943,7 @@ def test_the_third_round_s_edited_files_and_empty_results_are_one_line(tiny_run,
 
 
 def test_the_fourth_round_s_edited_checkpoints_onnx_and_unreadable_folders_are_one_line(tiny_run, tmp_path):
-    from helpers import inference
+    from helpers import deploy
     last = torch.load(tiny_run["weights"].parent / "last.pth", weights_only=True)
     for name, edit in (("sums", {"sums": torch.zeros(2)}), ("step", {"step": 10 ** 9}), ("best", {"best_acc": 7.0}),
                        ("nan", {"best_acc": float("nan")})):
@@ -952,10 +952,10 @@ def test_the_fourth_round_s_edited_checkpoints_onnx_and_unreadable_folders_are_o
         torch.save(dict(last, **edit), run / "last.pth")
         assert_one_line_error(run_script("train.py", "--resume", run / "last.pth", "--epochs", "2", cwd=tmp_path),
                               "damaged checkpoint", "out of range")
-    meta = inference.ModelInfo(classes=["a", "b"], img_size=32).to_metadata()
+    meta = deploy.ModelInfo(classes=["a", "b"], img_size=32).to_metadata()
     for std in ("[1e-30, 1e-30, 1e-30]", "[-0.229, -0.224, -0.225]"):
         with pytest.raises(cli.UserError, match="damaged metadata"):
-            inference.ModelInfo.from_metadata(dict(meta, std=std), "m.onnx")
+            deploy.ModelInfo.from_metadata(dict(meta, std=std), "m.onnx")
     bad = tmp_path / "bad"
     for side in ("train", "val"):
         for cls in ("daisy", "roses", "tulips"):

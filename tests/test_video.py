@@ -22,7 +22,7 @@ from PIL import Image
 import benchmark
 import predict
 import video_predict
-from helpers import cli, demo_data, imaging, inference, video, weights
+from helpers import cli, demo_data, deploy, imaging, inference, video, weights
 from conftest import ROOT, parse, run_script
 from test_deploy import RUN_AND_LIST_MODULES
 
@@ -92,7 +92,7 @@ def color_model(tmp_path_factory):
         opt.step()
     torch.save(net.state_dict(), base / "w.pth")
     (base / "class_indices.json").write_text(json.dumps({str(i): c for i, c in enumerate(COLORS)}))
-    inference.export_onnx(net, base / "m.onnx", 32)
+    deploy.export_onnx(net, base / "m.onnx", 32)
     (base / "labels.txt").write_text("\n".join(COLORS) + "\n")
     return {"weights": base / "w.pth", "classes": base / "class_indices.json", "onnx": base / "m.onnx"}
 
@@ -208,7 +208,7 @@ def test_a_frame_is_predicted_as_predict_py_predicts_it_saved_as_png(tiny_run, t
     got = {row[i]: float(row[i + 1]) for i in range(2, 8, 2)}
     assert row[0] == "1"
     assert [got[classes[str(i)]] for i in range(3)] == pytest.approx(expected.tolist(), abs=1e-6)
-    predictor, _ = inference.load_predictor(parse(video_predict, [path, *model]), 3)
+    predictor, _ = inference.load_predictor(inference.settle(parse(video_predict, [path, *model])))
     rgb = predictor(np.stack([video.model_crop(bgr, imaging.EvalTransform(32))]))[0]
     as_bgr = predictor(np.stack([imaging.EvalTransform(32).resize_crop(Image.fromarray(bgr))]))[0]
     assert rgb == pytest.approx(expected, abs=1e-6) and np.abs(as_bgr - rgb).max() > 1e-3
@@ -441,7 +441,8 @@ def test_video_benchmark_runs_each_path_with_valid_commands_and_shares(tmp_path,
     monkeypatch.setattr(benchmark, "timed_output", fake_timed_output)
     monkeypatch.setattr(benchmark, "run_quietly", lambda cmd: exports.append([str(c) for c in cmd]))
     monkeypatch.setattr(benchmark, "model_rate", lambda predict, batch, size: 50.0)
-    monkeypatch.setattr(inference, "load_predictor", lambda args, n: (None, "faked"))
+    monkeypatch.setattr(inference, "settle", lambda args: args)
+    monkeypatch.setattr(inference, "load_predictor", lambda p: (None, "faked"))
     report = benchmark.main(parse(benchmark, ["--video", "--video-frames", "3", "--model", "resnet18",
                                               "--batch-size", "4", "--img-size", "32", "--device", "cpu"]))
     parsers = {"video_predict.py": video_predict, "benchmark.py": benchmark}
