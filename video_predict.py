@@ -7,8 +7,8 @@
 
 From a camera or a stream the newest frame is predicted and the ones the model could not keep up
 with are dropped (counted); a file is read frame by frame, in batches. Needs OpenCV
-(pip install -r requirements-video.txt). Ctrl-C, the end or a lost stream leave a complete CSV and
-a playable video.
+(pip install -r requirements-video.txt). Ctrl-C, SIGTERM, SIGHUP, the end or a lost stream leave a
+complete CSV and a playable video.
 """
 from helpers import cli
 if __name__ == "__main__":
@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from helpers import files, inference, video
+from helpers import files, inference, stop, video
 
 
 def get_args_parser(add_help=True):
@@ -69,18 +69,18 @@ def main(args):
     predictor, runs_on = inference.load_predictor(p)
     topk = min(args.topk, len(classes))
     window = video.Window(f"video_predict.py: {source.name}", args.show)
-    reader = video.Reader(source, capture, p.img_size, batch_size=p.batch_size, every=args.every,
-                          max_frames=args.max_frames, max_seconds=args.max_seconds, reconnect=args.reconnect,
-                          reconnect_delay=args.reconnect_delay, timeout=args.timeout,
-                          keep_images=bool(args.save) or window.on)
+    reader = video.Reader(source, capture, video.Plan(
+        p.img_size, p.batch_size, args.every, args.max_frames, args.max_seconds, args.reconnect,
+        args.reconnect_delay, args.timeout, keep_images=bool(args.save) or window.on))
     smooth, meter, label = video.Smoother(args.smooth), video.RateMeter(), ""
 
-    with video.Stop() as stop, contextlib.ExitStack() as outputs:
+    # A signal ends the loop, and the CSV and the video are closed and kept; a second one quits at once.
+    with stop.deferred("stopping; the CSV and the video keep what was predicted"), contextlib.ExitStack() as outputs:
         table = outputs.enter_context(files.atomic_csv(args.csv, video.csv_header(topk, args.min_prob))) if args.csv else None
         save = outputs.enter_context(video.video_writer(args.save, capture.size, capture.fps)) if args.save else None
         outputs.callback(window.close)
         start = time.perf_counter()
-        for batch in reader.batches(stop):
+        for batch in reader.batches():
             crops = [frame.crop for frame in batch if frame.crop is not None]
             probs = iter(predictor(np.stack(crops))) if crops else iter(())
             meter.tick(len(crops))
@@ -102,7 +102,7 @@ def main(args):
                     if save:
                         save(frame.image)
                     if not window.show(frame.image):
-                        stop.set()  # the window was closed, or q or Esc pressed
+                        reader.end()  # the window was closed, or q or Esc pressed
         seconds = time.perf_counter() - start
     written = [p for p in (args.csv, args.save) if p]
     print(f"{reader.counts()}, {reader.predicted / max(seconds, 1e-9):.1f} frames/s with {runs_on}"
@@ -110,9 +110,9 @@ def main(args):
     kept = f"; {' and '.join(written)} hold everything up to it" if written else ""
     if reader.lost:
         raise cli.UserError(reader.lost + kept)
-    if stop.ctrl_c:
-        print(f"interrupted (Ctrl-C) after {reader.read} frames{kept}", file=sys.stderr)
-        sys.exit(130)
+    if stop.requested():
+        print(f"interrupted ({stop.name(stop.requested())}) after {reader.read} frames{kept}", file=sys.stderr)
+        sys.exit(128 + stop.requested())
     return reader
 
 

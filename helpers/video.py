@@ -1,21 +1,13 @@
-"""Video for video_predict.py, with OpenCV: the sources (a camera, a video file, a network stream,
-a Jetson's CSI camera, a GStreamer pipeline), the reader thread that decodes beside the model, the
-annotated video writer and the window.
-
-A live source (a camera, a stream) is read in a thread as fast as it sends: the newest frame is
-the one predicted, the frames that came while the model was busy are dropped and counted. A file
-is read frame by frame, nothing dropped, and its frames are batched. Every frame is predicted as
-the model was trained: RGB (OpenCV decodes BGR), then predict.py's eval transform.
-
-OpenCV is imported here and nowhere else, so the other scripts run without it; torch is not
-imported at all (video_predict.py --onnx runs without it).
+"""Video for video_predict.py, with OpenCV: the sources (a camera, a file, a stream, a Jetson's CSI
+camera, a GStreamer pipeline), the reader thread that decodes beside the model, the annotated video
+and the window. A live source gives its newest frame and drops the others (counted); a file gives
+every frame. OpenCV is imported here and nowhere else, and torch not at all (--onnx runs without it).
 """
 import contextlib
 import dataclasses
 import os
 import queue
 import re
-import signal
 import socket
 import sys
 import threading
@@ -28,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from helpers import cli, files, imaging, plots
+from helpers import cli, files, imaging, plots, stop
 
 # OpenCV's warnings and FFmpeg's complaints about each broken packet name no file and would bury the
 # one line that says what is wrong (a user who sets these variables keeps their own).
@@ -266,43 +258,57 @@ def model_crop(image, transform):
     return np.asarray(transform.resize_crop(Image.fromarray(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))))
 
 
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What a Reader reads: the crop size, the batch, one frame in `every`, the limits, and how
+    often and how long it tries to reopen a lost live source."""
+    img_size: int
+    batch_size: int = 8
+    every: int = 1
+    max_frames: int = None
+    max_seconds: float = None
+    reconnect: int = 0
+    reconnect_delay: float = 1.0
+    timeout: float = 10.0
+    keep_images: bool = True  # False: nothing draws or shows the frames
+
+
 class Reader:
     """The frames of an opened source, decoded in a thread of its own while the model runs.
 
-    batches(stop) yields lists of Frames, in order. From a file: every frame, nothing dropped; one in
-    `every` carries its crop (made in the reader thread) and a list holds up to `batch_size` of those.
-    From a live source: one frame, the newest; those that came while the model was busy are dropped
-    (counted), and a lost source is reopened `reconnect` times, `reconnect_delay` seconds apart.
-    A frame that fails to decode is skipped and counted as corrupt. Afterwards `lost` says why a live
-    source ended early (None if it did not)."""
+    batches() yields lists of Frames, in order, until the source ends, end() is called or a stop is
+    requested (helpers/stop.py). A file gives every frame, and a list holds up to batch_size crops.
+    A live source gives its newest frame; the frames that came while the model was busy are dropped
+    and counted. `lost` says why a live source ended early (None if it did not)."""
 
-    def __init__(self, source, capture, img_size, batch_size=8, every=1, max_frames=None, max_seconds=None,
-                 reconnect=0, reconnect_delay=1.0, timeout=10.0, keep_images=True):
-        self.source, self.capture = source, capture
-        self.transform = imaging.EvalTransform(img_size)
-        self.batch_size, self.every, self.keep_images = batch_size, every, keep_images
-        self.max_frames, self.max_seconds = max_frames, max_seconds
-        self.reconnect, self.reconnect_delay, self.timeout = reconnect, reconnect_delay, timeout
+    def __init__(self, source, capture, plan):
+        self.source, self.capture, self.plan = source, capture, plan
+        self.transform = imaging.EvalTransform(plan.img_size)
         self.read = self.predicted = self.dropped = self.skipped = 0
         self.corrupt = capture.corrupt
-        self.lost = None
-        self._stop = threading.Event()
-        self._error = None
-        self._queue = queue.Queue(maxsize=2 * batch_size + 2)  # a file's frames, decoded ahead
+        self.lost = self._error = None
+        self._done = threading.Event()
+        self._queue = queue.Queue(maxsize=2 * plan.batch_size + 2)  # a file's frames, decoded ahead
         self._latest, self._ended, self._received = None, False, int(source.live)  # a live source's
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def end(self):
+        """Stop reading: the window was closed."""
+        self._done.set()
+
+    def _stopping(self):
+        return self._done.is_set() or stop.requested()
+
     # -- the reader thread
 
     def _frames(self):
-        """(index, time_s, BGR image, seq) of each good frame of the source (seq: its number among the
-        good ones), until its end, the limits, stop() or a loss that reconnecting did not mend."""
-        cap, live = self.capture.cap, self.source.live
-        # A live source's first frame came before the model loaded: stale now, counted but not predicted.
+        """(index, time_s, BGR image, seq) of each good frame, seq its number among the good ones."""
+        cap, live, plan = self.capture.cap, self.source.live, self.plan
+        # A live source's first frame came before the model loaded: it is old now, so it is counted but not predicted.
         image = None if live else self.capture.first
         index, good, failures = self.capture.corrupt + int(live), int(live), 0
-        while not self._stop.is_set() and (self.max_frames is None or good < self.max_frames):
+        while not self._done.is_set() and (plan.max_frames is None or good < plan.max_frames):
             if image is None:
                 ok, raw = cap.read()
                 image = to_bgr(raw) if ok else None
@@ -310,20 +316,17 @@ class Reader:
                 failures += 1
                 if failures < RETRIES["live" if live else "file"]:
                     continue
-                if not live:
-                    return
-                image = self._reopen(index)
+                image = self._reopen(index) if live else None
                 if image is None:
                     return
                 cap, failures = self.capture.cap, 0
                 continue
             self.corrupt += failures
-            index += failures
-            failures = 0
+            index, failures = index + failures, 0
             msec = cap.get(cv2.CAP_PROP_POS_MSEC) if not live else 0
             t = (time.perf_counter() - self.capture.opened_at if live else
                  msec / 1000 if msec > 0 or index == 0 else index / self.capture.fps)
-            if self.max_seconds is not None and t >= self.max_seconds:
+            if plan.max_seconds is not None and t >= plan.max_seconds:
                 return
             yield index, t, image, good
             index, good, image = index + 1, good + 1, None
@@ -331,24 +334,25 @@ class Reader:
     def _reopen(self, at):
         """The first frame of the source opened again, or None (self.lost says why)."""
         self.capture.cap.release()
-        for attempt in range(1, self.reconnect + 1):
-            print(f"note: lost {self.source.name} at frame {at}; reconnecting ({attempt}/{self.reconnect}) in "
-                  f"{self.reconnect_delay:g} s", file=sys.stderr)
-            if self._stop.wait(self.reconnect_delay):
+        plan, name = self.plan, self.source.name
+        for attempt in range(1, plan.reconnect + 1):
+            print(f"note: lost {name} at frame {at}; reconnecting ({attempt}/{plan.reconnect}) in "
+                  f"{plan.reconnect_delay:g} s", file=sys.stderr)
+            if self._done.wait(plan.reconnect_delay):
                 return None
             if self.source.kind == "stream":
                 try:
-                    check_reachable(self.source, self.timeout)
+                    check_reachable(self.source, plan.timeout)
                 except cli.UserError:
                     continue
-            capture, _ = _open(self.source, self.timeout)
+            capture, _ = _open(self.source, plan.timeout)
             if capture is not None:
-                print(f"note: reconnected to {self.source.name}", file=sys.stderr)
+                print(f"note: reconnected to {name}", file=sys.stderr)
                 self.capture.cap = capture.cap
                 self.corrupt += capture.corrupt
                 return capture.first
-        self.lost = (f"lost {self.source.name} at frame {at}" +
-                     (f"; {self.reconnect} reconnects failed" if self.reconnect else " (--reconnect N reopens it)"))
+        self.lost = f"lost {name} at frame {at}" + (f"; {plan.reconnect} reconnects failed" if plan.reconnect
+                                                    else " (--reconnect N reopens it)")
         return None
 
     def _run(self):
@@ -359,14 +363,13 @@ class Reader:
                         self._latest, self._received = Frame(index, t, image, seq=seq), seq + 1
                         self._cond.notify()
                     continue
-                predict = seq % self.every == 0
-                frame = Frame(index, t, image if self.keep_images else None,
-                              model_crop(image, self.transform) if predict else None, seq)
-                while not self._stop.is_set():
+                crop = model_crop(image, self.transform) if seq % self.plan.every == 0 else None
+                frame = Frame(index, t, image if self.plan.keep_images else None, crop, seq)
+                while not self._done.is_set():
                     with contextlib.suppress(queue.Full):
                         self._queue.put(frame, timeout=0.1)
                         break
-        except BaseException as e:  # handed to the main thread, which raises it
+        except BaseException as e:  # The main thread raises it again.
             self._error = e
         finally:
             self.capture.cap.release()
@@ -376,14 +379,13 @@ class Reader:
 
     # -- the main thread
 
-    def batches(self, stop):
-        """Lists of Frames to predict and show, until the source ends or stop is set."""
+    def batches(self):
         self._thread.start()
         try:
-            yield from (self._live_batches(stop) if self.source.live else self._file_batches(stop))
+            yield from (self._live_batches() if self.source.live else self._file_batches())
         finally:
-            self._stop.set()
-            self._thread.join(timeout=2)  # a stalled stream's read may hold it longer: it is a daemon
+            self._done.set()
+            self._thread.join(timeout=2)  # A stalled stream's read may take longer; the thread is a daemon.
             if self.source.live:  # the frames that came after the last one predicted
                 self._pass_over(self._received - self.read, self.read > 0)
                 self.read = self._received
@@ -392,55 +394,53 @@ class Reader:
 
     def _pass_over(self, n, after_one):
         """n frames not predicted: up to every - 1 after a predicted one are --every's, the rest dropped."""
-        skipped = min(n, self.every - 1) if after_one else 0
+        skipped = min(n, self.plan.every - 1) if after_one else 0
         self.skipped += skipped
         self.dropped += n - skipped
 
-    def _next_queued(self, stop):
-        """The next frame the reader thread decoded, or None once it ended (or stop is set)."""
-        while not stop:
+    def _next_queued(self):
+        """The next frame the reader thread decoded, or None once it ended or a stop was asked for."""
+        while not self._stopping():
             try:
                 return self._queue.get(timeout=0.1)
             except queue.Empty:
-                if self._ended:  # it ended after its last put: whatever it put is there now
+                if self._ended:  # It ended after its last put, so that frame is in the queue now.
                     with contextlib.suppress(queue.Empty):
                         return self._queue.get_nowait()
                     return None
         return None
 
-    def _file_batches(self, stop):
+    def _file_batches(self):
         pending, n = [], 0
         while True:
-            frame = self._next_queued(stop)
+            frame = self._next_queued()
             if frame is None:
                 break
             self.read += 1
-            if frame.crop is None:
-                self.skipped += 1
-            else:
-                self.predicted += 1
-                n += 1
+            self.skipped += frame.crop is None
+            self.predicted += frame.crop is not None
+            n += frame.crop is not None
             pending.append(frame)
-            if n >= self.batch_size or len(pending) >= 4 * self.batch_size:
+            if n >= self.plan.batch_size or len(pending) >= 4 * self.plan.batch_size:
                 yield pending
                 pending, n = [], 0
         if pending:
             yield pending
 
-    def _live_batches(self, stop):
-        taken = -1  # seq of the frame predicted last
+    def _live_batches(self):
+        taken = -1  # the seq of the frame predicted last
         while True:
             with self._cond:
-                want = 0 if taken < 0 else taken + self.every
-                while not stop and not self._ended and (self._latest is None or self._latest.seq < want):
+                want = 0 if taken < 0 else taken + self.plan.every
+                while not self._stopping() and not self._ended and (self._latest is None or self._latest.seq < want):
                     self._cond.wait(0.1)
                 frame = self._latest
-                if stop or frame is None or frame.seq < want:
+                if self._stopping() or frame is None or frame.seq < want:
                     return
             self._pass_over(frame.seq - taken - 1, taken >= 0)
             self.read, self.predicted, taken = frame.seq + 1, self.predicted + 1, frame.seq
             frame.crop = model_crop(frame.image, self.transform)
-            if not self.keep_images:
+            if not self.plan.keep_images:
                 frame.image = None
             yield [frame]
 
@@ -571,32 +571,3 @@ class Window:
     def close(self):
         if self.on:
             cv2.destroyWindow(self.title)
-
-
-class Stop:
-    """Whether the loop should end. Within the block the first Ctrl-C sets it (so the outputs are
-    closed and renamed into place) and a second one interrupts at once; the window sets it too."""
-
-    def __init__(self):
-        self.requested = self.ctrl_c = False
-
-    def __bool__(self):
-        return self.requested
-
-    def set(self):
-        self.requested = True
-
-    def _on_ctrl_c(self, signum, frame):
-        if self.ctrl_c:
-            raise KeyboardInterrupt
-        self.ctrl_c = self.requested = True
-
-    def __enter__(self):
-        self._previous = None
-        if threading.current_thread() is threading.main_thread():  # where Python runs signal handlers
-            self._previous = signal.signal(signal.SIGINT, self._on_ctrl_c)
-        return self
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)

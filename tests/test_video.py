@@ -319,7 +319,8 @@ def test_stream_lost_for_good_ends_in_one_line_with_everything_written(color_mod
 
 
 @needs_cv2
-def test_ctrl_c_leaves_a_complete_csv_and_a_playable_video(color_model, camera, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["ctrl-c", "sigterm", "sighup"])
+def test_a_signal_leaves_a_complete_csv_and_a_playable_video(color_model, camera, tmp_path, sig):
     cam = camera(fps=50)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("DISPLAY", None)
@@ -330,13 +331,14 @@ def test_ctrl_c_leaves_a_complete_csv_and_a_playable_video(color_model, camera, 
     watchdog.start()
     try:
         seen = [line for _, line in zip(range(5), proc.stdout)]
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
     finally:
         watchdog.cancel()
-    assert proc.returncode == 130, err
+    assert proc.returncode == 128 + sig, err
     assert "Traceback" not in err and err.count("running headless") == 1
-    assert re.search(r"^interrupted \(Ctrl-C\) after \d+ frames; .*live.csv and .*live.mp4 hold everything", err, re.M)
+    name = "Ctrl-C" if sig == signal.SIGINT else signal.Signals(sig).name
+    assert re.search(rf"^interrupted \({name}\) after \d+ frames; .*live.csv and .*live.mp4 hold everything", err, re.M)
     predicted = len(re.findall(r"^frame: ", "".join(seen) + out, re.M))
     assert predicted >= 5 and f"predicted {predicted}, " in out
     assert len(csv_rows(tmp_path / "live.csv")) == predicted + 1
