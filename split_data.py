@@ -6,9 +6,8 @@
     python split_data.py --max-size 320  # resized copies instead of links, for slow storage
     python split_data.py --test-rate 0.1 # also a test/ that training never reads, for evaluate.py
 
-The source folder is only read. An earlier train/ and val/ are replaced only with --overwrite, and
-only the files that split put there are removed. The new split is built in a temporary folder and
-moved into place once complete.
+The source is only read. An earlier split is replaced only with --overwrite, and only its own files are
+removed; the new split is built in a temporary folder and moved into place once complete.
 """
 from helpers import cli
 if __name__ == "__main__":
@@ -26,7 +25,7 @@ import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from helpers import demo_data, files, imaging, plots, stop
 
@@ -41,26 +40,21 @@ NO_SOURCE = "put <class>/<images> there, or run with --download (flowers) or --d
 def get_args_parser(add_help=True):
     p = cli.ArgumentParser(description="Split a <class>/<images> folder into train/ and val/", add_help=add_help)
     p.add_argument("--data-path", default="data_set/flower_data",
-                   help="folder holding flower_photos/<class>/, where train/ and val/ go: train.py's --data-path "
-                        "(default: %(default)s)")
+                   help="folder of flower_photos/<class>/, train/ and val/: train.py's --data-path (default: %(default)s)")
     p.add_argument("--data-root", dest="data_path", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # its old name
-    p.add_argument("--source", default=None,
-                   help="the <class>/<images> folder to split (default: <data-path>/flower_photos)")
+    p.add_argument("--source", help="the <class>/<images> folder to split (default: <data-path>/flower_photos)")
     p.add_argument("--val-rate", type=cli.float_in(0, 1, high_open=True), default=0.1,
                    help="share of each class for val (default: %(default)s)")
     p.add_argument("--test-rate", type=cli.float_in(0, 1, high_open=True), default=0.0,
-                   help="share of each class for test/, which train.py never reads: evaluate.py's honest number "
-                        "(default: %(default)s, the tutorial's train/val split exactly)")
+                   help="share of each class for test/, which train.py never reads, for evaluate.py (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the selection (default: %(default)s)")
     cli.add_overwrite(p, "replace an earlier split's train/ and val/ (only the files it put there are removed)")
     p.add_argument("--mode", choices=("link", "copy", "symlink"), default="link",
-                   help="how images reach train/ and val/: hard link (no extra disk; falls back to copy "
-                        "across file systems), copy, or symlink (default: %(default)s)")
+                   help="hard link (no extra disk; a copy across file systems), copy or symlink (default: %(default)s)")
     p.add_argument("--max-size", type=cli.int_in(32), default=None, metavar="N",
-                   help="write resized copies whose shorter side is at most N px (EXIF rotation applied), "
-                        "instead of links: for slow storage and large phone photos (default: off)")
+                   help="write upright copies with a shorter side of at most N px, for slow storage and phone photos")
     p.add_argument("--download", action="store_true", help="download and unpack the flower photos first")
-    p.add_argument("--url", default=FLOWERS_URL, help="archive to download, or a local archive (default: the TensorFlow flowers)")
+    p.add_argument("--url", default=FLOWERS_URL, help="archive to download, or a local archive (default: the flowers)")
     p.add_argument("--sha256", default=None,
                    help="expected SHA-256 of the archive (default: the flowers' own; 'none' skips the check)")
     p.add_argument("--demo", action="store_true",
@@ -69,8 +63,6 @@ def get_args_parser(add_help=True):
     p.add_argument("--demo-imgs", default="data/imgs", help="where --demo puts example images (default: %(default)s)")
     return p
 
-
-# ---------------------------------------------------------------- the selection
 
 def class_images(source):
     """{class: sorted image paths relative to the class folder}; unreadable images are named and left out."""
@@ -156,8 +148,6 @@ def keep_duplicates_together(split, groups):
     return moved
 
 
-# ---------------------------------------------------------------- the old split and the new
-
 def earlier_split_files(target, source):
     """(files an earlier split put in `target`, files it did not). A file is the split's when it is
     a link to its source image, or when the manifest lists it with the same size and time."""
@@ -183,9 +173,8 @@ def earlier_split_files(target, source):
 
 
 def check_targets(targets, source, overwrite):
-    """Before any work: train/ and val/ are folders, not links, and do not overlap the source; an
-    earlier split is replaced only with --overwrite and only when it holds nothing else.
-    Returns the files to remove."""
+    """Before any work: refuse links, files and overlaps with the source, and an earlier split without
+    --overwrite or with files it did not put there. Returns the earlier split's files."""
     src = Path(source).resolve()
     for t in targets:
         if t.is_symlink():
@@ -218,8 +207,7 @@ def resized_copy(job):
     try:
         img = imaging.load_rgb(src, min_side=max_size)  # A large JPEG is decoded at reduced scale already.
         if min(img.size) > max_size:
-            scale = max_size / min(img.size)
-            img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.LANCZOS)
+            img = ImageOps.scale(img, max_size / min(img.size), Image.LANCZOS)
         warning = ""
     except (cli.UserError, OSError, ValueError) as e:
         img, warning = None, str(e)  # Training will name it again.
@@ -279,17 +267,6 @@ def place(src, dst, mode):
     shutil.copy2(src, dst)
 
 
-def write_manifest(out_root, split):
-    """The size and time of every file placed, so a later --overwrite knows them for the split's own."""
-    entries = {}
-    for cla, sides in split.items():
-        for side, names in zip(SIDES, sides):
-            for name in names:
-                st = os.lstat(Path(out_root) / side / cla / name)
-                entries[f"{side}/{cla}/{name}"] = [st.st_size, st.st_mtime_ns]
-    files.atomic_write_text(Path(out_root) / MANIFEST, json.dumps(entries))
-
-
 def remove_stale_folders(out_root):
     """Remove the partial folders that killed splits and downloads left: the caller holds the folder
     locked, so no other run is writing one."""
@@ -302,8 +279,7 @@ def remove_stale_folders(out_root):
               + ", ".join(d.name for d in stale[:3]))
 
 
-def sides_of(split):
-    """train and val, and test when the split has one."""
+def sides_of(split):  # train and val, and test when the split has one.
     return SIDES if any(test for _, _, test in split.values()) else SIDES[:2]
 
 
@@ -311,7 +287,7 @@ def report(split, groups, moved, out_root):
     """Duplicates, classes without val images, the balance table and split.png; then the
     tutorial's last line and the counts."""
     if groups:
-        left = ", ".join(f"{sum(m[2] == side for m in moved)} from {side}" for side in SIDES[1:] if any(m[2] == side for m in moved))
+        left = ", ".join(f"{n} from {side}" for side in SIDES[1:] for n in [sum(m[2] == side for m in moved)] if n)
         print(f"found {sum(len(g) for g in groups)} byte-identical images in {len(groups)} groups; each group is kept "
               f"on one side of the split ({len(moved)} moved{': ' + left if left else ''})")
         across = [g for g in groups if len({cla for cla, _ in g}) > 1]
@@ -337,8 +313,6 @@ def report(split, groups, moved, out_root):
     print(f"{counts[0]} images in {out_root / 'train'}{rest}, {len(split)} classes")
 
 
-# ---------------------------------------------------------------- getting the data
-
 def safe_extract(archive, dest):
     """Unpack a tar archive, refusing any member that would land outside dest (../, absolute paths,
     links that point out, devices). Reading every member header also refuses a truncated archive."""
@@ -349,13 +323,8 @@ def safe_extract(archive, dest):
                 if m.isdev() or m.isfifo():
                     raise cli.UserError(f"{archive}: member {m.name!r} is a device or a pipe; nothing was unpacked")
                 target = (dest / m.name).resolve()
-                inside = [target]
-                if m.issym():
-                    inside.append((target.parent / m.linkname).resolve())
-                elif m.islnk():
-                    inside.append((dest / m.linkname).resolve())
-                if (os.path.isabs(m.name) or (m.issym() and os.path.isabs(m.linkname))
-                        or any(p != dest and dest not in p.parents for p in inside)):
+                link = (target.parent if m.issym() else dest) / m.linkname if m.issym() or m.islnk() else target
+                if os.path.isabs(m.name) or any(p != dest and dest not in p.parents for p in (target, link.resolve())):
                     raise cli.UserError(f"{archive}: member {m.name!r} would land outside the data folder; "
                                         "nothing was unpacked")
             # Python's own check of links, where it has one (3.8.17+, 3.12).
@@ -445,7 +414,9 @@ def main(args):
         tmp = write_split(source, data_root, split, args.mode, args.max_size)
         try:
             # The manifest is written first: a full disk fails here, before the earlier split is touched.
-            write_manifest(tmp, split)
+            placed = [(f, os.lstat(f)) for f in tmp.rglob("*") if not f.is_dir()]
+            files.atomic_write_text(tmp / MANIFEST, json.dumps(
+                {f.relative_to(tmp).as_posix(): [st.st_size, st.st_mtime_ns] for f, st in placed}))
             for f in to_remove:
                 os.remove(f)
             for t in targets:
