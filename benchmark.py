@@ -451,8 +451,8 @@ def make_clip(path, frames=300, size=(640, 480), fps=30):
     writes without extra libraries."""
     import numpy as np
 
-    from helpers import demo_data, video
-    cv2 = video.need_cv2()
+    from helpers import demo_data, sources
+    cv2 = sources.need_cv2()
     rng = random.Random(2)
     w, h = size
     out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
@@ -470,8 +470,8 @@ def naive_video(args):
     frame, PIL and the tutorial's transforms, the model in fp32, one frame at a time."""
     from PIL import Image
 
-    from helpers import video
-    cv2 = video.need_cv2()
+    from helpers import sources
+    cv2 = sources.need_cv2()
     device = devices.select_device(args.device)
     net = tutorial_net(args, device)
     tf = tutorial_transforms(args.img_size)[1]
@@ -519,8 +519,8 @@ def video_benchmark(args):
     and size, measured here afterwards."""
     import re
 
-    from helpers import video
-    cv2 = video.need_cv2()
+    from helpers import sources
+    cv2 = sources.need_cv2()
     given = None if args.video is True else args.video  # --video alone: a generated clip
     if given:
         files.need_file(given, "video file")

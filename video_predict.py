@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from helpers import files, inference, stop, video
+from helpers import files, inference, sources, stop, video
 
 
 def get_args_parser(add_help=True):
@@ -55,8 +55,8 @@ def get_args_parser(add_help=True):
 
 def main(args):
     # Settle everything first: the source, the outputs, the classes, the model.
-    video.need_cv2()
-    source = video.parse_source(args.source)
+    sources.need_cv2()
+    source = sources.parse_source(args.source)
     inputs = [args.source] if source.kind == "file" else []
     if args.csv:
         files.check_output(args.csv, "CSV file", suffixes=(".csv",), inputs=inputs)
@@ -65,14 +65,14 @@ def main(args):
     # A live source is predicted one newest frame at a time (and TensorRT's engine built for that).
     p = inference.settle(args, batch_size=1 if source.live else None)
     classes = p.classes
-    capture = video.open_source(source, args.timeout)
+    capture = sources.open_source(source, args.timeout)
     predictor, runs_on = inference.load_predictor(p)
     topk = min(args.topk, len(classes))
     window = video.Window(f"video_predict.py: {source.name}", args.show)
     reader = video.Reader(source, capture, video.Plan(
         p.img_size, p.batch_size, args.every, args.max_frames, args.max_seconds, args.reconnect,
         args.reconnect_delay, args.timeout, keep_images=bool(args.save) or window.on))
-    smooth, meter, label = video.Smoother(args.smooth), video.RateMeter(), ""
+    meter, label, average = video.RateMeter(), "", None
 
     # A signal ends the loop, and the CSV and the video are closed and kept; a second one quits at once.
     with stop.deferred("stopping; the CSV and the video keep what was predicted"), contextlib.ExitStack() as outputs:
@@ -83,11 +83,13 @@ def main(args):
         for batch in reader.batches():
             crops = [frame.crop for frame in batch if frame.crop is not None]
             probs = iter(predictor(np.stack(crops))) if crops else iter(())
-            meter.tick(len(crops))
+            rate = meter.tick(len(crops))
             for frame in batch:
                 if frame.crop is not None:
-                    p = smooth(next(probs))
-                    pairs = [(classes[i], float(p[i])) for i in np.argsort(-p, kind="stable")[:topk]]
+                    # --smooth: a moving average of the probabilities, so that the label does not flicker.
+                    probs_now = next(probs)
+                    average = probs_now if average is None else args.smooth * average + (1 - args.smooth) * probs_now
+                    pairs = [(classes[i], float(average[i])) for i in np.argsort(-average, kind="stable")[:topk]]
                     name, prob = pairs[0]
                     shown = inference.shown_class(name, prob, args.min_prob)  # or unknown, below --min-prob
                     label = f"{shown} {prob:.2f}"
@@ -98,7 +100,7 @@ def main(args):
                         table.writerow([frame.index, f"{frame.time_s:.3f}"] + prediction
                                        + [x for c, q in pairs for x in (c, f"{q:.6f}")])
                 if frame.image is not None:
-                    video.draw_label(frame.image, f"{label}  {meter.rate:.1f} fps")
+                    video.draw_label(frame.image, f"{label}  {rate:.1f} fps")
                     if save:
                         save(frame.image)
                     if not window.show(frame.image):

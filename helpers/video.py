@@ -1,248 +1,23 @@
-"""Video for video_predict.py, with OpenCV: the sources (a camera, a file, a stream, a Jetson's CSI
-camera, a GStreamer pipeline), the reader thread that decodes beside the model, the annotated video
+"""Video for video_predict.py: the reader thread that decodes beside the model, the annotated video
 and the window. A live source gives its newest frame and drops the others (counted); a file gives
-every frame. OpenCV is imported here and nowhere else, and torch not at all (--onnx runs without it).
+every frame. torch is not imported (video_predict.py --onnx runs without it).
 """
 import contextlib
 import dataclasses
-import os
 import queue
-import re
-import socket
 import sys
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from helpers import cli, files, imaging, plots, stop
+from helpers import cli, files, imaging, plots, sources, stop
 
-# OpenCV's warnings and FFmpeg's complaints about each broken packet name no file and would bury the
-# one line that says what is wrong (a user who sets these variables keeps their own).
-os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
-os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-try:
-    import cv2
-except ImportError:
-    cv2 = None
-
-STREAM_SCHEMES = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}  # and their default ports
+cv2 = sources.cv2
 SAVE_FOURCC = {".mp4": "mp4v", ".avi": "MJPG"}  # what pip's OpenCV encodes without extra libraries
-# Failed reads in a row that still count as corrupt frames, not as the end: FFmpeg answers at once
-# at the end of a file, and a stream that dropped answers at once every time.
-RETRIES = {"file": 50, "live": 5}
 
-
-def need_cv2():
-    if cv2 is None:
-        raise cli.UserError("video_predict.py needs OpenCV: pip install -r requirements-video.txt "
-                            "(opencv-python-headless), or on a Jetson use JetPack's own (python3-opencv)")
-    return cv2
-
-
-def has_gstreamer():
-    return bool(re.search(r"^\s*GStreamer:\s*YES", cv2.getBuildInformation(), re.M))
-
-
-# ---------------------------------------------------------------- sources
-
-@dataclasses.dataclass(frozen=True)
-class Source:
-    name: str  # for messages: the path, the URL without its password, "camera 0", "csi://0"
-    kind: str  # "file", "camera", "stream", "csi" or "pipeline"
-    target: object  # what cv2.VideoCapture opens
-    api: int  # OpenCV's backend for it
-
-    @property
-    def live(self):
-        return self.kind != "file"
-
-
-def csi_pipeline(sensor, width=1280, height=720, fps=30):
-    """A Jetson CSI camera through nvarguscamerasrc, converted to BGR on the way (nvvidconv), the
-    newest frame only (appsink drop)."""
-    return (f"nvarguscamerasrc sensor-id={sensor} ! video/x-raw(memory:NVMM), width={width}, height={height}, "
-            f"framerate={fps}/1 ! nvvidconv ! video/x-raw, format=BGRx ! videoconvert ! video/x-raw, format=BGR ! "
-            "appsink drop=true max-buffers=1")
-
-
-def need_gstreamer(what):
-    if not has_gstreamer():
-        raise cli.UserError(f"{what} needs OpenCV built with GStreamer, and this one ({cv2.__version__}) is not: "
-                            "pip's opencv-python-headless never is; on a Jetson use JetPack's own (python3-opencv, "
-                            "in a venv made with --system-site-packages and without pip's opencv)")
-
-
-def hide_password(url):
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    user, _, host = parts.netloc.rpartition("@")
-    return parts._replace(netloc=f"{user.split(':', 1)[0]}:***@{host}").geturl()
-
-
-def parse_source(text):
-    """What SOURCE names, or a one-line error: a camera index or device, a video file, a stream URL,
-    csi://N, or a GStreamer pipeline (elements joined by '!')."""
-    need_cv2()
-    if re.fullmatch(r"\d+", text):
-        return Source(f"camera {text}", "camera", int(text), cv2.CAP_ANY)
-    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", text)
-    if scheme and scheme[1].lower() == "csi":
-        sensor = re.fullmatch(r"csi://(\d+)", text, re.I)
-        if not sensor:
-            raise cli.UserError(f"{text}: a CSI camera is csi://N, N its sensor id (csi://0)")
-        need_gstreamer(f"{text} (the Jetson's CSI camera, through nvarguscamerasrc)")
-        return Source(text, "csi", csi_pipeline(int(sensor[1])), cv2.CAP_GSTREAMER)
-    if scheme and scheme[1].lower() in STREAM_SCHEMES:
-        return Source(hide_password(text), "stream", text, cv2.CAP_FFMPEG)
-    if scheme:
-        raise cli.UserError(f"{text}: {scheme[1]}:// is no source this script reads; give a video file, a camera "
-                            "(0 or /dev/video0), rtsp://, http(s)://, csi://N or a GStreamer pipeline")
-    if text.startswith("/dev/") and not os.path.isfile(text):
-        if not os.path.exists(text):
-            raise cli.UserError(f"camera {text} not found (ls /dev/video* lists the cameras)")
-        return Source(text, "camera", text, cv2.CAP_V4L2)
-    if "!" in text and not os.path.exists(text):
-        need_gstreamer("a GStreamer pipeline")
-        pipeline = text if "appsink" in text else text + " ! videoconvert ! video/x-raw, format=BGR ! appsink"
-        return Source("the GStreamer pipeline", "pipeline", pipeline, cv2.CAP_GSTREAMER)
-    files.need_file(text, "video file", "give a video file, a camera (0 or /dev/video0), a URL (rtsp://, http://) "
-                                        "or csi://N")
-    if imaging.is_image_file(text):
-        raise cli.UserError(f"{text} is an image, not a video; predict.py {text} predicts it")
-    return Source(text, "file", text, cv2.CAP_ANY)
-
-
-def check_reachable(source, timeout):
-    """A stream's host takes a connection on its port, or a one-line error (refused, unknown host, no
-    answer within the timeout): OpenCV alone would only say that it could not open the URL."""
-    parts = urllib.parse.urlsplit(source.target)
-    try:
-        port = parts.port or STREAM_SCHEMES[parts.scheme.lower()]
-    except ValueError:
-        raise cli.UserError(f"{source.name}: the port is not a number") from None
-    if not parts.hostname:
-        raise cli.UserError(f"{source.name}: the URL names no host")
-    where = f"{parts.hostname}:{port}"
-    try:
-        socket.create_connection((parts.hostname, port), timeout=timeout).close()
-    except socket.gaierror:
-        raise cli.UserError(f"cannot reach {source.name}: unknown host {parts.hostname}") from None
-    except socket.timeout:
-        raise cli.UserError(f"cannot reach {source.name}: no answer from {where} within --timeout {timeout:g} s") from None
-    except OSError as e:
-        raise cli.UserError(f"cannot reach {source.name}: {e.strerror or e} ({where})") from None
-
-
-def why_not_opened(source, timeout, slow=False):
-    """Why OpenCV could not open the source, as far as can be told; slow: it took the whole timeout."""
-    if source.kind == "file":
-        return f"cannot read video {source.name}: OpenCV cannot open it (not a video, or a codec this OpenCV lacks)"
-    if source.kind == "camera":
-        return (f"cannot open {source.name}: no such camera, or another program is using it "
-                "(ls /dev/video* lists the cameras)")
-    if source.kind == "csi":
-        return (f"cannot open {source.name}: nvarguscamerasrc did not start (is the camera connected, the sensor id "
-                "right, nvargus-daemon running?)")
-    if source.kind == "pipeline":
-        return "cannot open the GStreamer pipeline (gst-launch-1.0 with the same elements says why)"
-    if slow:
-        return f"cannot open {source.name}: no answer within --timeout {timeout:g} s"
-    answer = "it answered, but not with a video OpenCV can read (is the path right?)"
-    if urllib.parse.urlsplit(source.target).scheme.lower() == "http":  # its status says more
-        try:
-            urllib.request.urlopen(source.target, timeout=timeout).close()
-        except urllib.error.HTTPError as e:
-            answer = f"the server answered HTTP {e.code} {e.reason}"
-        except (OSError, ValueError) as e:  # URLError is an OSError
-            if isinstance(getattr(e, "reason", e), socket.timeout):
-                answer = f"no answer within --timeout {timeout:g} s"
-    return f"cannot open {source.name}: {answer}"
-
-
-def to_bgr(frame):
-    """A decoded frame as 8-bit BGR, or None for a frame that is not one (counted as corrupt)."""
-    if frame is None or frame.dtype != np.uint8 or frame.size == 0:
-        return None
-    if frame.ndim == 2:
-        return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
-    if frame.ndim == 3 and frame.shape[2] == 4:
-        return cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
-    return frame if frame.ndim == 3 and frame.shape[2] == 3 else None
-
-
-@dataclasses.dataclass
-class Capture:
-    """An opened source and its first good frame."""
-    cap: object
-    first: np.ndarray
-    corrupt: int  # bad frames before the first good one
-    fps: float  # the source's frame rate, as it says (30 when it says nothing usable)
-    opened_at: float  # time.perf_counter() when the first frame came: a live source's time 0
-
-    @property
-    def size(self):
-        return self.first.shape[1], self.first.shape[0]
-
-
-def _open(source, timeout):
-    """(Capture, None) or (None, why). A live source that gives no frame within the timeout (and a
-    second) counts as not answering, whether or not this OpenCV honours its own timeouts; a stalled
-    opening is left behind in its thread."""
-    args = [source.target, source.api]
-    if source.kind == "stream" and hasattr(cv2, "CAP_PROP_OPEN_TIMEOUT_MSEC"):
-        ms = int(timeout * 1000)
-        args.append([cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
-    box, done = {}, threading.Event()
-
-    def work():
-        try:
-            start = time.perf_counter()
-            try:
-                cap = cv2.VideoCapture(*args)
-            except (TypeError, cv2.error):  # an OpenCV without the timeouts
-                cap = cv2.VideoCapture(*args[:2])
-            if not cap.isOpened():
-                box["why"] = why_not_opened(source, timeout, time.perf_counter() - start >= 0.9 * timeout)
-                return
-            for bad in range(RETRIES["live" if source.live else "file"]):
-                ok, frame = cap.read()
-                frame = to_bgr(frame) if ok else None
-                if frame is not None:
-                    fps = cap.get(cv2.CAP_PROP_FPS)
-                    box["capture"] = Capture(cap, frame, bad, fps if 1 <= fps <= 240 else 30.0, time.perf_counter())
-                    return
-            cap.release()
-            box["why"] = (f"cannot read video {source.name}: OpenCV opened it but decoded no frame" if not source.live
-                          else f"{source.name} opened, but sent no frame")
-        except cv2.error as e:
-            box["why"] = f"cannot open {source.name}: {cli.first_line(e)}"
-        finally:
-            done.set()
-
-    threading.Thread(target=work, daemon=True).start()
-    if not done.wait(timeout + 1 if source.live else None):
-        return None, f"{source.name}: no frame within --timeout {timeout:g} s"
-    return box.get("capture"), box.get("why")
-
-
-def open_source(source, timeout):
-    """The opened source with its first frame, or a one-line error saying why not."""
-    if source.kind == "stream":
-        check_reachable(source, timeout)
-    capture, why = _open(source, timeout)
-    if capture is None:
-        raise cli.UserError(why)
-    return capture
-
-
-# ---------------------------------------------------------------- reading
 
 @dataclasses.dataclass
 class Frame:
@@ -311,10 +86,10 @@ class Reader:
         while not self._done.is_set() and (plan.max_frames is None or good < plan.max_frames):
             if image is None:
                 ok, raw = cap.read()
-                image = to_bgr(raw) if ok else None
+                image = sources.to_bgr(raw) if ok else None
             if image is None:
                 failures += 1
-                if failures < RETRIES["live" if live else "file"]:
+                if failures < sources.RETRIES["live" if live else "file"]:
                     continue
                 image = self._reopen(index) if live else None
                 if image is None:
@@ -342,10 +117,10 @@ class Reader:
                 return None
             if self.source.kind == "stream":
                 try:
-                    check_reachable(self.source, plan.timeout)
+                    sources.check_reachable(self.source, plan.timeout)
                 except cli.UserError:
                     continue
-            capture, _ = _open(self.source, plan.timeout)
+            capture, _ = sources.open_capture(self.source, plan.timeout)
             if capture is not None:
                 print(f"note: reconnected to {name}", file=sys.stderr)
                 self.capture.cap = capture.cap
@@ -458,35 +233,16 @@ def csv_header(topk, min_prob=None):
             + [f"{name}_{k}" for k in range(2, topk + 1) for name in ("class", "prob")])
 
 
-class Smoother:
-    """An exponential moving average of the probabilities over frames (`keep` of the average stays
-    each frame); keep 0 passes them through."""
-
-    def __init__(self, keep=0.0):
-        self.keep, self.average = keep, None
-
-    def __call__(self, probs):
-        if self.keep and self.average is not None:
-            probs = self.keep * self.average + (1 - self.keep) * probs
-        self.average = probs
-        return probs
-
-
 class RateMeter:
-    """Frames predicted per second over the last few seconds, for the overlay."""
+    """Frames predicted per second over the last two seconds, for the overlay."""
 
-    def __init__(self, window=2.0):
-        self.window, self.ticks = window, []
+    def __init__(self):
+        self.ticks = []
 
     def tick(self, n):
         now = time.perf_counter()
-        self.ticks = [(t, k) for t, k in self.ticks if now - t < self.window] + [(now, n)]
-
-    @property
-    def rate(self):
-        if len(self.ticks) < 2:
-            return 0.0
-        return sum(k for _, k in self.ticks[1:]) / max(self.ticks[-1][0] - self.ticks[0][0], 1e-9)
+        self.ticks = [(t, k) for t, k in self.ticks if now - t < 2.0] + [(now, n)]
+        return sum(k for _, k in self.ticks[1:]) / max(now - self.ticks[0][0], 1e-9)
 
 
 def draw_label(image, text):

@@ -22,11 +22,11 @@ from PIL import Image
 import benchmark
 import predict
 import video_predict
-from helpers import cli, demo_data, deploy, imaging, inference, video, weights
+from helpers import cli, demo_data, deploy, imaging, inference, sources, video, weights
 from conftest import ROOT, parse, run_script
 from test_deploy import RUN_AND_LIST_MODULES
 
-cv2 = video.cv2
+cv2 = sources.cv2
 needs_cv2 = pytest.mark.skipif(cv2 is None, reason="OpenCV is not installed (pip install -r requirements-video.txt)")
 
 COLORS = {"blue": (30, 40, 220), "green": (30, 200, 40), "red": (220, 30, 30)}  # RGB, in class order
@@ -373,12 +373,12 @@ def test_onnx_runs_without_torch_and_the_other_scripts_without_opencv(color_mode
         res = run_blocking(("cv2",), script, *argv, *onnx_flags(color_model), "--workers", "0")
         assert res.returncode == 0, res.stderr
     for path in sorted(ROOT.glob("*.py")) + sorted((ROOT / "helpers").glob("*.py")):  # nor do they import it
-        if path.name != "video.py":
+        if path.name != "sources.py":
             assert "import cv2" not in path.read_text(), path
 
 
 def test_without_opencv_one_line_says_what_to_install(monkeypatch):
-    monkeypatch.setattr(video, "cv2", None)
+    monkeypatch.setattr(sources, "cv2", None)
     with pytest.raises(cli.UserError, match=r"needs OpenCV: pip install -r requirements-video.txt"):
         run("clip.mp4")
 
@@ -414,10 +414,10 @@ def test_each_bad_source_is_one_line(color_model, camera, tmp_path, monkeypatch)
         refused(f"http://127.0.0.1:{silent.getsockname()[1]}/video", r"no answer within --timeout 0.5 s", "--timeout", "0.5")
         assert time.perf_counter() - start < 3
     refused(tmp_path / "noise.mp4", r"must end in .mp4 or .avi", "--save", tmp_path / "out.mov")
-    monkeypatch.setattr(video, "has_gstreamer", lambda: False)  # pip's OpenCV; JetPack's has it
+    monkeypatch.setattr(sources, "has_gstreamer", lambda: False)  # pip's OpenCV; JetPack's has it
     refused("csi://0", r"csi://0 .*needs OpenCV built with GStreamer.*JetPack's own")
     refused("videotestsrc ! videoconvert ! appsink", r"a GStreamer pipeline needs OpenCV built with GStreamer")
-    assert video.parse_source("rtsp://cam/x").live and not video.parse_source(str(tmp_path / "noise.mp4")).live
+    assert sources.parse_source("rtsp://cam/x").live and not sources.parse_source(str(tmp_path / "noise.mp4")).live
 
 
 @needs_cv2
