@@ -5,10 +5,10 @@
     python train.py --resume ./last.pth           # continue a run stopped by Ctrl-C, SIGTERM, SIGHUP or memory
     torchrun --nproc_per_node=2 train.py ...      # several GPUs (or CPU processes)
 
-The tutorial's loop is here, in its order: main() settles the settings and checks every input and
-output, builds the data, the model and the optimiser, then runs the epochs: train_one_epoch(),
-evaluate(), and the best-accuracy save. The machinery behind them (settings, checkpoints, reports,
-samplers) lives in helpers/.
+The tutorial's loop is here, in torchvision's order: main() settles the settings and checks every
+input and output, builds the data, the model and the optimiser, then runs the epochs:
+train_one_epoch(), evaluate() and the best-accuracy save. The machinery behind them (settings,
+checkpoints, data, schedules, reports) lives in helpers/.
 """
 from helpers import cli
 if __name__ == "__main__":
@@ -26,58 +26,47 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from helpers import devices, files, imaging, inference, memory, plots, reports, settings, training, weights
+from helpers import (checkpoints, data, devices, files, imaging, inference, memory, optim, plots, reports, settings,
+                     stop, training, weights)
 from model import MODELS
 
 
 def main(args):
     # 1. Settle everything before the first side effect: the settings (once), the data, every file.
     world = training.World.from_env()
-    ckpt = settings.read_checkpoint(args.resume) if args.resume else None
+    ckpt = checkpoints.read(args.resume) if args.resume else None
     s = settings.resolve(args, get_args_parser(), world, ckpt)
     with training.environment(s, world) as env, contextlib.ExitStack() as held:  # env: processes, device, precision
         if world.is_main:
             print(f"using {env.device} device.")
         torch.manual_seed(s.seed)
         train_set, val_set, train_sampler, train_loader, val_loader = load_data(s, env)
-        held.callback(training.close_loaders, train_loader, val_loader)  # their workers end with the run, failed or not
-        classes = train_set.classes
-        if ckpt and ckpt["classes"] != classes:
-            raise cli.UserError(f"{s.resume} was trained on classes {ckpt['classes']}, but {s.data_path} has {classes}")
-        data = settings.data_fingerprint(train_set, val_set)
+        classes, fingerprint = train_set.classes, data.fingerprint(train_set, val_set)
         if ckpt:
-            settings.check_same_data(ckpt, data, s.resume)
+            checkpoints.check_same_data(ckpt, classes, fingerprint, s)
         start_weights = read_start_weights(s) if not ckpt and not s.eval_only else None
-        class_weights = training.class_weights(s.class_weights, train_set)
-        settings.check_run_files(s, classes, resumed=ckpt is not None)
+        class_weights = data.class_weights(s.class_weights, train_set)
+        checkpoints.check_run_files(s, classes, resumed=ckpt is not None)
         if world.is_main:
-            print(f"using {len(train_set)} images for training, {len(val_set)} images for validation.")
-            print(training.describe_balance(train_set, "train/"))
-            if val_set.missing:
-                print(f"warning: val/ has no images of {', '.join(val_set.missing)}: their accuracy cannot be measured",
-                      file=sys.stderr)
-            print(f"Using {s.workers} dataloader workers every process")
+            data.describe(train_set, val_set, s.workers)
         if s.eval_only:  # its reports' folder held: a training run may be writing there
             if world.is_main:
                 held.enter_context(files.made_dirs(s.output_dir))
                 held.enter_context(files.locked(s.output_dir, "--eval-only writing its reports"))
             return evaluate_only(s, env, val_set, val_loader, classes)
-        held.enter_context(settings.locked(s, world))  # no other run writes here, nor re-splits the data
-        training.start_workers(train_loader, val_loader)  # forked while this process is small: no model yet
+        held.enter_context(checkpoints.locked(s, world))  # no other run writes here, nor re-splits the data
 
         # 2. The model, its optimiser and schedule: from a checkpoint, or from the starting weights.
         model, model_without_ddp = build_model(s, env, len(classes), ckpt, start_weights)
-        ema = training.ema_model(model_without_ddp, s.model_ema_decay) if s.model_ema else None
+        ema = optim.ema_model(model_without_ddp, s.model_ema_decay) if s.model_ema else None
         state = training.RunState()
         if ckpt:
             state.load_state_dict(ckpt, batch_size=s.batch_size)  # the batch size may change (same images per step)
-        optimizer, scheduler, scaler = build_optimizer(s, env, model_without_ddp, len(train_loader), state, ckpt)
-        if ckpt:
-            settings.restore(ckpt, s.resume, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema)
-            if world.is_main:
+        optimizer, scheduler, scaler = build_optimizer(s, env, model_without_ddp, ema, len(train_loader), state, ckpt)
+        if world.is_main:
+            if ckpt:
                 print(f"resumed from {s.resume}: epoch {state.epoch + 1}, step {state.step}, "
                       f"best val_accuracy {max(state.best_acc, 0):.3f}")
-        if world.is_main:
             print(f"mixed precision: {devices.dtype_name(env.amp_dtype)}, channels-last: "
                   f"{'on' if env.memory_format == torch.channels_last else 'off'}"
                   + (f", gradient accumulation: {s.accum_steps} batches" if s.accum_steps > 1 else ""))
@@ -87,86 +76,49 @@ def main(args):
             memory.report(memory.check_training(s, env, model_without_ddp, world.local_size), s,
                           half=env.amp_dtype is not None)
 
-        # 3. The epochs. Each ends in the tutorial's best-accuracy save and a checkpoint; Ctrl-C,
-        # SIGTERM or SIGHUP stops at the end of a step, saves where the run is, and says how to go on;
-        # so does running out of memory, naming a batch size that fits.
-        criterion = nn.CrossEntropyLoss(
-            weight=class_weights.to(env.device) if class_weights is not None else None,  # --class-weights
-            label_smoothing=s.label_smoothing)
-        mixer = training.batch_mixer(s, len(classes))  # mixup/cutmix, or None
+        # 3. The epochs: train, validate, keep the best weights (the tutorial's save), save a checkpoint.
+        criterion = nn.CrossEntropyLoss(weight=class_weights.to(env.device) if class_weights is not None else None,
+                                        label_smoothing=s.label_smoothing)
+        step = training.Step(criterion, optimizer, scheduler, scaler, s, env, state, ema,
+                             mixer=data.batch_mixer(s, len(classes)))
         trained_with = weights.TrainedWith(classes=classes, img_size=s.img_size, architecture=s.model)
         parts = dict(model=model_without_ddp, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema,
-                     classes=classes, data=data)
-        started, out_of_memory, lost_worker = (state.epoch, state.step), None, None
+                     classes=classes, fingerprint=fingerprint)
         best_val = None  # the val predictions of the best weights, when this run saved them
-        try:
-            with training.STOP.active():
-                while state.epoch < s.epochs:
-                    devices.reset_peak_memory(env.device)
-                    train_sampler.set_epoch(state.epoch, skip=state.step * s.batch_size)
-                    train_loss, train_acc, seen = train_one_epoch(model, criterion, optimizer, train_loader, s, env,
-                                                                  state=state, scheduler=scheduler, scaler=scaler,
-                                                                  ema=ema, mixer=mixer)
-                    desc = f"valid epoch[{state.epoch + 1}/{s.epochs}]"
-                    val = evaluate(model_without_ddp, val_loader, env, desc)
-                    training.check_val(val, len(val_set), s.data_path, state)  # images read, a loss that is a number
-                    val_ema = evaluate(ema.module, val_loader, env, desc + " ema") if ema is not None else None
-                    # What "best" means: the tutorial's accuracy, or --select-by; the better of model and EMA.
-                    use_ema = val_ema is not None and val_ema.score(s.select_by) > val.score(s.select_by)
-                    val_accurate = (val_ema if use_ema else val).score(s.select_by)
-                    if val_accurate > state.best_acc:  # the tutorial's best-accuracy save
-                        state.best_acc = val_accurate
-                        if world.is_main:
-                            best = (ema.module if use_ema else model_without_ddp).state_dict()
-                            if weights.non_finite(best):  # a NaN model scores by chance: never "best"
-                                raise training.Diverged("nan", state.epoch, state.step)
-                            # torch.save, atomically; with the classes and size prediction must use
-                            settings.save(weights.with_info(best, trained_with), s.save_path)
-                        best_val = val_ema if use_ema else val
-                    state.history.append(reports.history_row(
-                        state.epoch + 1, train_loss=train_loss, train_acc=train_acc, val=val, val_ema=val_ema,
-                        lr=optimizer.param_groups[0]["lr"], seconds=state.seconds, seen=seen,
-                        peak_mem_mb=devices.peak_memory_mb(env.device)))
-                    state.next_epoch()
+        with checkpoints.saved_on_failure(s, state, env, parts):  # a signal, out of memory, a lost worker, NaN
+            while state.epoch < s.epochs:
+                devices.reset_peak_memory(env.device)
+                train_sampler.set_epoch(state.epoch, skip=state.step * s.batch_size)
+                train_loss, train_acc, seen = train_one_epoch(model, train_loader, step)
+                desc = f"valid epoch[{state.epoch + 1}/{s.epochs}]"
+                val = evaluate(model_without_ddp, val_loader, env, desc)
+                training.check_val(val, len(val_set), s.data_path, state)  # images read, a loss that is a number
+                val_ema = evaluate(ema.module, val_loader, env, desc + " ema") if ema is not None else None
+                # "Best" is the tutorial's accuracy, or --select-by; the better of the model and its EMA.
+                use_ema = val_ema is not None and val_ema.score(s.select_by) > val.score(s.select_by)
+                val_accurate = (val_ema if use_ema else val).score(s.select_by)
+                if val_accurate > state.best_acc:  # the tutorial's best-accuracy save
+                    state.best_acc, best_val = val_accurate, (val_ema if use_ema else val)
                     if world.is_main:
-                        print(f"[epoch {state.epoch}] train_loss: {train_loss:.3f}  val_accuracy: {val.acc:.3f}"
-                              + (f"  ema_val_accuracy: {val_ema.acc:.3f}" if val_ema else "")
-                              + f"  ({state.history[-1]['images_per_s']:.1f} images/s)")
-                        settings.save(settings.checkpoint(s, state, **parts), s.checkpoint)
-                        reports.write_history(state.history, Path(s.output_dir) / "history.csv")
-                        plots.plot_curves(state.history, Path(s.output_dir) / "curves.png")
-        except training.Diverged as e:  # nothing more is saved: the last checkpoint holds the last good epoch
-            kept = f"{s.checkpoint} holds the last good epoch" if Path(s.checkpoint).exists() else "nothing was saved"
-            raise cli.UserError(f"{e}: training diverged; lower --lr (it is {s.lr:g}) and train again ({kept})") from None
-        except training.Interrupted as stop:
-            if world.is_main:
-                settings.save(settings.checkpoint(s, state, **parts), s.checkpoint)
-                print(f"stopped by {training.Stop.name(stop.signum)}: saved {s.checkpoint} at epoch {state.epoch + 1}, "
-                      f"step {state.step}; resume with:\n  python train.py --resume {s.checkpoint}", file=sys.stderr)
-            if world.distributed:
-                dist.barrier()  # all agreed to stop: the last collective retired before teardown (as at the end)
-            sys.exit(128 + stop.signum)
-        except Exception as e:  # out of memory, a lost data-loader worker: handled below, with the last step saved
-            lost_worker = training.loader_failure(e, s.workers)
-            if not lost_worker and not memory.is_out_of_memory(e):
-                raise
-            out_of_memory = None if lost_worker else cli.first_line(e, 120)
-        if out_of_memory or lost_worker:  # here, outside the except: the failed step's tensors are freed by now
-            saved = world.is_main and (state.epoch, state.step) != started  # a step finished in this run
-            if saved:
-                settings.save(settings.checkpoint(s, state, **parts), s.checkpoint)
-            if lost_worker:
-                raise cli.UserError(lost_worker + (f"; saved {s.checkpoint} at epoch {state.epoch + 1}, step "
-                                                   f"{state.step}: python train.py --resume {s.checkpoint} --workers 0"
-                                                   if saved else ""))
-            check = memory.check_training(s, env, model_without_ddp, world.local_size)
-            raise cli.UserError(memory.out_of_memory_line(s, check, out_of_memory, state if saved else None))
+                        checkpoints.save_best(ema.module if use_ema else model_without_ddp, trained_with, s.save_path,
+                                              state)
+                state.history.append(reports.history_row(
+                    state.epoch + 1, train_loss=train_loss, train_acc=train_acc, val=val, val_ema=val_ema,
+                    lr=optimizer.param_groups[0]["lr"], seconds=state.seconds, seen=seen,
+                    peak_mem_mb=devices.peak_memory_mb(env.device)))
+                state.next_epoch()
+                if world.is_main:
+                    print(f"[epoch {state.epoch}] train_loss: {train_loss:.3f}  val_accuracy: {val.acc:.3f}"
+                          + (f"  ema_val_accuracy: {val_ema.acc:.3f}" if val_ema else "")
+                          + f"  ({state.history[-1]['images_per_s']:.1f} images/s)")
+                    checkpoints.save(checkpoints.checkpoint(s, state, **parts), s.checkpoint)
+                    reports.write_history(state.history, Path(s.output_dir) / "history.csv")
+                    plots.plot_curves(state.history, Path(s.output_dir) / "curves.png")
         if world.is_main:
             print("Finished Training")
 
-        # 4. The report, on the best weights' val predictions: those of the epoch that saved them, not
-        # a second pass over val/ (the same numbers: the same weights, images and precision). Only
-        # when an earlier run saved them (a resumed run that never beat its best) are they read back.
+        # 4. The report, on the best weights' val predictions (those of the epoch that saved them).
+        # Only when an earlier run saved them (a resumed run that never beat its best) are they read back.
         result = best_val
         if result is None:
             if world.distributed:
@@ -177,49 +129,52 @@ def main(args):
             best = "val_accuracy" if s.select_by == "acc" else f"val {s.select_by}"
             print(f"best {best}: {state.best_acc:.3f}, weights in {s.save_path}")
             report(result, val_set, classes, s.output_dir)
-        if world.distributed:  # every collective retired before the process group goes: torch 2.0's gloo can
+        if world.distributed:  # every collective ends before the process group goes: torch 2.0's gloo can
             dist.barrier()     # otherwise hang in its teardown, freeing the last all_gather's tensors
         return {"best_acc": state.best_acc, "history": state.history, "classes": classes,
                 "confusion": result.confusion, "settings": s}
 
 
-def train_one_epoch(model, criterion, optimizer, loader, s, env, *, state, scheduler, scaler, ema=None, mixer=None):
-    """The epoch's remaining batches. Every --accum-steps batches the optimizer steps; after each
-    optimizer step a stop signal (agreed by all processes) ends the epoch with Interrupted, `state`
-    then holding exactly what was done; after an out-of-memory error it holds the last finished
-    step. Returns the epoch's train loss, accuracy and images."""
+def train_one_epoch(model, loader, step):
+    """The epoch's remaining batches. Every --accum-steps batches the optimizer steps; after that a
+    stop signal (agreed by all processes) raises stop.Interrupted, with `step.state` holding exactly
+    what was done. Returns the epoch's train loss, accuracy and images."""
+    s, env, state, optimizer, scaler = step.settings, step.env, step.state, step.optimizer, step.scaler
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    sums = state.sums.to(env.device)  # loss x images, correct, images: summed on the device
-    n_batches = len(loader) + state.step
+    sums = state.sums.to(env.device)  # loss x images, correct, images: summed on the device, no wait for the GPU
+    n_batches = state.step + len(loader)
     bar = tqdm(loader, file=sys.stdout, disable=not env.world.is_main, initial=state.step, total=n_batches,
                desc=f"train epoch[{state.epoch + 1}/{s.epochs}]")
     start = last_shown = time.perf_counter()
-    finished = training.LastStep(model, state, sums)  # where running out of memory goes back to
     try:
         for images, labels, _ in bar:
             images = images.to(env.device, non_blocking=True, memory_format=env.memory_format)
             labels = labels.to(env.device, non_blocking=True)
-            images, targets = training.mix(mixer, images, labels, training.batch_seed(s.seed, state.epoch, state.step))
-            update, group = training.accumulation(state.step, s.accum_steps, n_batches)
+            images, targets = data.mix(step.mixer, images, labels, data.batch_seed(s.seed, state.epoch, state.step))
+            # Every accum_steps batches make one optimizer step; the epoch's last group may be shorter.
+            first = state.step - state.step % s.accum_steps
+            group = min(s.accum_steps, n_batches - first)
+            last_of_group = state.step + 1 == first + group
+            if state.step == first:
+                optimizer.zero_grad(set_to_none=True)
             # Under torchrun, gradients are exchanged only on the batch that ends a step.
-            sync = contextlib.nullcontext() if update or not env.world.distributed else model.no_sync()
-            with sync:
+            with model.no_sync() if env.world.distributed and not last_of_group else contextlib.nullcontext():
                 with devices.autocast(env.device, env.amp_dtype):
                     logits = model(images)
-                    loss = criterion(logits, targets)
-                scaler.scale(loss / group).backward()  # a step of `group` batches: each counts 1/group
-            if update:
+                    loss = step.criterion(logits, targets)
+                scaler.scale(loss / group).backward()  # each batch counts 1/group of the step
+            if last_of_group:
                 if s.clip_grad_norm:
                     scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
-                    nn.utils.clip_grad_norm_(params, s.clip_grad_norm)
+                    nn.utils.clip_grad_norm_(model.parameters(), s.clip_grad_norm)
                 scaler.step(optimizer)
                 scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                if ema is not None:
-                    ema.update_parameters(training.unwrap(model))
-            training.add_to_sums(sums, loss, logits, labels, hard_labels=mixer is None)
+                step.scheduler.step()
+                if step.ema is not None:
+                    step.ema.update_parameters(model)
+            sums[0] += loss.detach().float() * len(labels)
+            sums[1] += (logits.argmax(1) == labels).sum() if step.mixer is None else 0  # mixed: no hard labels
+            sums[2] += len(labels)
             state.step += 1
             # loss.item() waits for the GPU: only when the bar is redrawn, not every step.
             if env.world.is_main and time.perf_counter() - last_shown > 0.5:
@@ -228,14 +183,10 @@ def train_one_epoch(model, criterion, optimizer, loader, s, env, *, state, sched
                     raise training.Diverged(shown, state.epoch, state.step)
                 bar.set_description(f"train epoch[{state.epoch + 1}/{s.epochs}] loss:{shown:.3f}", refresh=False)
                 last_shown = time.perf_counter()
-            if update:
-                finished.mark(state, sums)
-                if training.STOP.agreed(env.world, env.device):
-                    raise training.Interrupted(training.STOP.signum)
-    except Exception as e:
-        if memory.is_out_of_memory(e):
-            sums = finished.restore(state)
-        raise
+            if last_of_group:
+                signum = training.stop_signal(env.world, env.device)
+                if signum:
+                    raise stop.Interrupted(signum)
     finally:
         state.seconds += time.perf_counter() - start
         state.sums = sums.cpu()
@@ -246,7 +197,7 @@ def train_one_epoch(model, criterion, optimizer, loader, s, env, *, state, sched
     loss_sum, correct, seen = totals.tolist()
     if not math.isfinite(loss_sum):  # every process has the same all-reduced sum: all stop together
         raise training.Diverged(loss_sum, state.epoch, state.step)
-    train_acc = correct / max(seen, 1) if mixer is None else float("nan")  # no hard labels under mixing
+    train_acc = correct / max(seen, 1) if step.mixer is None else float("nan")
     return loss_sum / max(seen, 1), train_acc, seen
 
 
@@ -282,8 +233,8 @@ def predict_rows(net, loader, env, desc):
         loss = nn.functional.cross_entropy(logits, labels_on_device, reduction="none")
         top5 = (logits.topk(min(5, logits.shape[1]), dim=1).indices == labels_on_device[:, None]).any(1)
         batches.append((indices, labels, pred, prob, loss, top5))
-        if training.STOP.requested and not env.world.distributed:
-            raise training.Interrupted(training.STOP.signum)
+        if stop.requested() and not env.world.distributed:
+            raise stop.Interrupted(stop.requested())
     names = ("index", "true", "pred", "prob", "loss", "top5")
     if not batches:
         return {k: np.zeros(0, {"prob": np.float32, "loss": np.float32, "top5": bool}.get(k, np.int64)) for k in names}
@@ -323,14 +274,14 @@ def report(result, val_set, classes, out_dir):
 def load_data(s, env):
     """The train and val sets (checked: classes, images) and their samplers and loaders."""
     root = files.need_dir(s.data_path, "data folder", "run split_data.py first")
-    train_set = training.train_folder(root / "train", imaging.TrainTransform(s.img_size, s.auto_augment, s.random_erase))
-    val_set = training.val_folder(root / "val", train_set, imaging.EvalTransform(s.img_size))
-    train_sampler = training.ResumableSampler(train_set, env.world, shuffle=True, seed=s.seed,
-                                              balanced=s.balanced_sampler)
-    val_sampler = training.ResumableSampler(val_set, env.world, shuffle=False)
+    train_set = data.train_folder(root / "train", imaging.TrainTransform(s.img_size, s.auto_augment, s.random_erase))
+    val_set = data.val_folder(root / "val", train_set, imaging.EvalTransform(s.img_size))
+    train_sampler = data.ResumableSampler(train_set, env.world, shuffle=True, seed=s.seed, balanced=s.balanced_sampler)
+    val_sampler = data.ResumableSampler(val_set, env.world, shuffle=False)
+    # The workers live for one pass over a loader (not persistent): they end with it, also when the run fails.
     common = dict(batch_size=s.batch_size, num_workers=s.workers, pin_memory=env.device.type == "cuda",
-                  persistent_workers=s.workers > 0, worker_init_fn=cli.ignore_stop_signals,
-                  collate_fn=training.collate_skip_none, prefetch_factor=4 if s.workers > 0 else None)
+                  worker_init_fn=stop.ignore_in_worker, collate_fn=data.collate_skip_none,
+                  prefetch_factor=4 if s.workers > 0 else None)
     # A last batch of one image fails in BatchNorm at small sizes: it is left out of the epoch.
     train_loader = DataLoader(train_set, sampler=train_sampler, drop_last=len(train_sampler) % s.batch_size == 1,
                               **common)
@@ -390,19 +341,22 @@ def build_model(s, env, num_classes, ckpt, start_weights=None):
     return model, model_without_ddp
 
 
-def build_optimizer(s, env, model, batches_per_epoch, state, ckpt):
-    """The optimiser, the per-step schedule (continued where a resumed run changed --epochs) and the
-    grad scaler."""
-    optimizer = training.build_optimizer(model, s)
-    # Optimizer steps in a whole epoch: the sampler skips nothing until set_epoch, so the loader's
-    # length is the whole epoch's even when resuming in the middle of one.
+def build_optimizer(s, env, model, ema, batches_per_epoch, state, ckpt):
+    """The optimiser, the per-step schedule and the grad scaler; a resumed run's as its checkpoint
+    has them, with a cosine schedule continued where the run changed --epochs."""
+    optimizer = optim.build_optimizer(model, s)
+    # The loader's length is a whole epoch's, also when resuming in the middle of one: the sampler
+    # skips nothing until set_epoch.
     steps_per_epoch = math.ceil(batches_per_epoch / s.accum_steps)
-    old_epochs = ckpt["settings"]["epochs"] if ckpt else s.epochs
-    if old_epochs != s.epochs and s.lr_scheduler == "cosine":
-        state.lr_anchor = training.continue_cosine(s, old_epochs, ckpt["scheduler"]["last_epoch"], steps_per_epoch,
-                                                   state.lr_anchor, verbose=env.world.is_main)
-    scheduler = training.build_scheduler(optimizer, s, steps_per_epoch, state.lr_anchor)
-    return optimizer, scheduler, devices.grad_scaler(env.device, env.amp_dtype)
+    scheduler = optim.build_scheduler(optimizer, s, steps_per_epoch, state.lr_restart)
+    scaler = devices.grad_scaler(env.device, env.amp_dtype)
+    if ckpt:
+        checkpoints.restore(ckpt, s.resume, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema)
+        if ckpt["settings"]["epochs"] != s.epochs and s.lr_scheduler == "cosine":
+            state.lr_restart = state.epoch * steps_per_epoch + math.ceil(state.step / s.accum_steps)
+            optim.restart_cosine(optimizer, s, state.lr_restart, steps_per_epoch, verbose=env.world.is_main)
+            scheduler = optim.build_scheduler(optimizer, s, steps_per_epoch, state.lr_restart)
+    return optimizer, scheduler, scaler
 
 
 # ---------------------------------------------------------------- the command line

@@ -35,11 +35,11 @@ def main():
     s = settings.resolve(train.get_args_parser().parse_args(argv), train.get_args_parser(), training.World(), None)
     with training.environment(s, training.World()) as env:
         train_set, _, sampler, loader, val_loader = train.load_data(s, env)
-        training.start_workers(loader, val_loader)
         model, plain = train.build_model(s, env, len(train_set.classes), None)
         state = training.RunState()
-        optimizer, scheduler, scaler = train.build_optimizer(s, env, plain, len(loader), state, None)
-        criterion = nn.CrossEntropyLoss()
+        optimizer, scheduler, scaler = train.build_optimizer(s, env, plain, None, len(loader), state, None)
+        step = training.Step(nn.CrossEntropyLoss(), optimizer, scheduler, scaler, s, env, state)
+        criterion = step.criterion
         in_memory = list(loader)  # one epoch's batches, decoded once
         x = in_memory[0][0].to(env.device, memory_format=env.memory_format)
         y = in_memory[0][1].to(env.device)
@@ -57,8 +57,7 @@ def main():
             state.step, state.seconds, state.sums = 0, 0.0, torch.zeros(3)
             sampler.set_epoch(state.epoch)
             start = time.perf_counter()
-            _, _, seen = train.train_one_epoch(model, criterion, optimizer, batches, s, env, state=state,
-                                               scheduler=scheduler, scaler=scaler)
+            _, _, seen = train.train_one_epoch(model, batches, step)
             return seen / (time.perf_counter() - start)
 
         alone(2)  # warm-up: the first steps build oneDNN's kernels
@@ -72,7 +71,6 @@ def main():
             a = args.alone_steps * s.batch_size / (time.perf_counter() - start)
             mem, real = epoch(in_memory), epoch(loader)
             print(f"{r + 1:>5} {a:8.2f} {mem:16.2f} {real:13.2f}   {mem / a:.2f} / {real / a:.2f}", flush=True)
-        training.close_loaders(loader, val_loader)
 
 
 if __name__ == "__main__":

@@ -180,16 +180,17 @@ def advice(check, accum_steps, below=None):
     return f"{flags} fits (the same {check.est.batch_size * accum_steps} images per optimizer step)"
 
 
-def out_of_memory_line(s, check, why, saved_state=None):
-    """The one line of a training run that ran out of memory: what happened, what was saved, and
-    a batch size that fits now (at most half of the one that did not)."""
-    below = s.batch_size // 2
+def out_of_memory_line(s, check, why, resumable):
+    """The one line of a training run that ran out of memory: what happened, and a batch size that
+    fits now (at most half of the one that did not), with the command that resumes from the last
+    checkpoint when there is one."""
+    below = max(1, s.batch_size // 2)
     line = f"out of memory at --batch-size {s.batch_size} ({why}); "
-    if saved_state is not None:
-        line += f"saved {s.checkpoint} at epoch {saved_state.epoch + 1}, step {saved_state.step}; "
-    line += advice(check, s.accum_steps, below) if below else advice(check, s.accum_steps, 1)
-    flags = fitting_flags(check, s.accum_steps, below) if below else None
-    if saved_state is not None and flags:
+    if resumable:
+        line += f"{s.checkpoint} holds the run up to its last save; "
+    line += advice(check, s.accum_steps, below)
+    flags = fitting_flags(check, s.accum_steps, below) if s.batch_size > 1 else None
+    if resumable and flags:
         line += f": python train.py --resume {s.checkpoint} {flags}"
     return line
 

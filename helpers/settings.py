@@ -1,24 +1,17 @@
-"""train.py's settings and checkpoints.
-
-The settings are one frozen object, resolved once: the defaults (written once, in Settings below;
-train.py's --help reads them from DEFAULTS), under what a resumed run saved, under what the user
-gave. Every derived value (workers, paths, the device torchrun gives, where the starting weights
-come from) is set here; nothing changes the object afterwards.
-
-A checkpoint (last.pth) holds the model, the optimiser, the schedule, the run's state and its
-settings. It is read and checked before any work, and written atomically at the end of every
-epoch and when Ctrl-C, SIGTERM, SIGHUP or running out of memory stops the run.
+"""train.py's settings: one frozen object, resolved once, before any side effect. The defaults
+(written once, in Settings below; train.py's --help reads them from DEFAULTS), under what a resumed
+run saved, under what the user gave. Every derived value (workers, paths, the device torchrun
+gives, where the starting weights come from) is set here; nothing changes the object afterwards.
 """
 import argparse
 import contextlib
 import dataclasses
-import hashlib
-import os
+import io
 from pathlib import Path
 
 import torch
 
-from helpers import cli, devices, files, reports, training, weights
+from helpers import cli, data, devices, files, weights
 
 RUN = {"run": True}  # a field of how this run was started: not saved in a checkpoint, not resumed
 
@@ -132,13 +125,13 @@ def resolve(args, parser, world, ckpt=None):
     if world.distributed and torch.cuda.is_available() and v.device in ("auto", "cuda"):
         v.device = f"cuda:{world.local_rank}"  # torchrun: each process its own GPU
 
-    if v.batch_size == 1 and not args.eval_only and training.last_map_size(v.img_size) == 1:
+    if v.batch_size == 1 and not args.eval_only and data.last_map_size(v.img_size) == 1:
         raise cli.UserError(f"--batch-size 1 at --img-size {v.img_size}: the last BatchNorm layers would see one value "
                             "per channel, and cannot train on that; pass --batch-size 2 or more, or an --img-size "
                             "above 32")
     if ckpt and v.epochs < ckpt["epoch"] + (ckpt["step"] > 0):
         raise cli.UserError(f"--epochs {v.epochs}: the resumed run has already done {ckpt['epoch']} epochs")
-    if (v.mixup_alpha or v.cutmix_alpha) and not training.mixup_available():
+    if (v.mixup_alpha or v.cutmix_alpha) and not data.mixup_available():
         import torchvision
         raise cli.UserError(f"--mixup-alpha/--cutmix-alpha need torchvision 0.16 or later (transforms.v2.MixUp); "
                             f"this is {torchvision.__version__}")
@@ -174,78 +167,21 @@ def same_setting(name, a, b):
     return a == b
 
 
-# ---------------------------------------------------------------- checkpoints
-
-CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "step", "sums", "seconds", "best_acc",
-                   "history", "classes", "settings")
-
-
-def read_checkpoint(path):
-    """A training checkpoint, with everything a resumed run needs; refused in one line otherwise."""
-    ckpt = weights.torch_load(path, "checkpoint")
-    if not isinstance(ckpt, dict):
-        raise cli.UserError(f"{path} is not a training checkpoint")
-    if "optimizer" not in ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.get("model", ckpt).values()):
-        raise cli.UserError(f"{path} is a plain weights file, not a training checkpoint: resume from the "
-                            "last.pth written beside it, or start a new run from it with --weights")
-    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
-    if missing:
-        raise cli.UserError(f"{path} is an incomplete checkpoint (no {', '.join(missing)}); it cannot be resumed")
-    check_checkpoint_model(ckpt, path)
-    saved = ckpt["settings"]
-    if ckpt.get("img_size", saved.get("img_size")) != saved.get("img_size") or \
-            ckpt.get("model_name", saved.get("model")) != saved.get("model"):
-        raise cli.UserError(f"{path} is a damaged checkpoint: its image size or model contradicts its own settings; "
-                            "it cannot be resumed")
-    if not isinstance(ckpt["history"], list) or not all(isinstance(row, dict) for row in ckpt["history"]):
-        raise cli.UserError(f"{path} is a damaged checkpoint (its history); it cannot be resumed")
-    sums, best, epoch, step = ckpt["sums"], ckpt["best_acc"], ckpt["epoch"], ckpt["step"]
-    train_images = ckpt["data"].get("train") if isinstance(ckpt.get("data"), dict) else None
-    ok = (isinstance(sums, torch.Tensor) and tuple(sums.shape) == (3,)
-          and type(best) in (int, float) and -1 <= best <= 1  # -1: no epoch yet; NaN fails too
-          and type(epoch) is int and type(step) is int and epoch >= 0 and step >= 0
-          and (type(train_images) is not int or step <= train_images))  # a step is a batch of one image or more
-    if not ok:
-        raise cli.UserError(f"{path} is a damaged checkpoint (its epoch, step, sums or best accuracy are out of "
-                            "range); it cannot be resumed")
-    return ckpt
-
-
-def check_checkpoint_model(ckpt, path):
-    """A checkpoint's weights are the model its own settings name, for its own classes (a file
-    pieced together, or edited, would fail in load_state_dict with a page of size mismatches)."""
-    name = ckpt["settings"].get("model") if isinstance(ckpt["settings"], dict) else None
-    classes, state_dict = ckpt["classes"], ckpt["model"]
-    if (name not in weights.model_lib.MODELS or not isinstance(classes, list) or not isinstance(state_dict, dict)
-            or not all(isinstance(v, torch.Tensor) for v in state_dict.values())):
-        raise cli.UserError(f"{path} is a damaged checkpoint (its model, its classes or its weights); it cannot be resumed")
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in weights.build_model(name, num_classes=len(classes)).state_dict().items()}
-    if weights.non_finite(state_dict):
-        raise cli.UserError(f"{path} holds NaN or infinite weights: the run diverged before it was saved; start again "
-                            "with a lower --lr")
-    if {k: tuple(v.shape) for k, v in state_dict.items()} != expected:
-        other = weights.guess_architecture(state_dict)
-        raise cli.UserError(f"{path} is a damaged checkpoint: its weights are {other or 'of an unknown model'}"
-                            f"{'' if weights.num_classes_of(state_dict) == len(classes) else ' of another class count'}, "
-                            f"but its settings say {name} for {len(classes)} classes; it cannot be resumed")
-
-
 def checked_settings(ckpt, path, parser):
     """A resumed checkpoint's settings, each checked as its flag would be (a damaged or edited file
     must not reach the training loop), with the run's files found beside the checkpoint."""
     saved = dict(ckpt["settings"])
-    for action in parser._actions:
-        value = saved.get(action.dest)
-        if action.dest not in SAVED or value is None or action.dest in PATH_SETTINGS:
+    for k, value in saved.items():
+        if k not in SAVED or value is None or k in PATH_SETTINGS:
             continue
-        try:
-            ok = value in action.choices if action.choices else (
-                action.type(str(value)) == value if action.type else isinstance(value, (bool, str)))
-        except (argparse.ArgumentTypeError, ValueError, TypeError):
-            ok = False
+        if k == "channels_last":
+            ok = value is True or value is False or value == "auto"
+        elif isinstance(getattr(DEFAULTS, k), bool):
+            ok = isinstance(value, bool)
+        else:
+            ok = parses(parser, k, value)
         if not ok:
-            raise cli.UserError(f"{path} holds an invalid setting {flag(action.dest)} {value!r}; it cannot be resumed")
+            raise cli.UserError(f"{path} holds an invalid setting {flag(k)} {value!r}; it cannot be resumed")
     for k in ("epoch", "step"):
         if not isinstance(ckpt[k], int) or ckpt[k] < 0:
             raise cli.UserError(f"{path} holds an invalid {k} {ckpt[k]!r}; it cannot be resumed")
@@ -257,102 +193,10 @@ def checked_settings(ckpt, path, parser):
     return saved
 
 
-def data_fingerprint(train_set, val_set):
-    """What a run trained on: the images of train/ and val/ (their names and sizes), so that a
-    resumed run can tell that the data set changed under it (exact resume would silently break)."""
-    h = hashlib.sha256()
-    for ds in (train_set, val_set):
-        for path, target in ds.samples:
-            with contextlib.suppress(OSError):
-                h.update(f"{os.path.relpath(path, ds.root)}\0{target}\0{os.path.getsize(path)}\n".encode("utf-8",
-                                                                                                      "surrogateescape"))
-    return {"train": len(train_set), "val": len(val_set), "sha256": h.hexdigest()}
-
-
-def check_same_data(ckpt, fingerprint, path):
-    saved = ckpt.get("data")
-    if saved and saved != fingerprint:
-        raise cli.UserError(f"the data set changed since {path} was saved ({saved['train']} train and {saved['val']} "
-                            f"val images then, {fingerprint['train']} and {fingerprint['val']} now, or other files): "
-                            f"a resumed run would not be the one it continues; start a new run from its weights "
-                            f"(--weights {path}), or put the data back")
-
-
-def checkpoint(s, state, *, model, optimizer, scheduler, scaler, ema, classes, data):
-    """What last.pth holds: all a resumed run needs to go on exactly where this one is."""
-    saved = {k: getattr(s, k) for k in SAVED}
-    folder = os.path.abspath(os.path.dirname(s.checkpoint))
-    for k in RUN_FILES:  # relative to the checkpoint: see RUN_FILES
-        try:
-            saved[k] = os.path.relpath(os.path.abspath(getattr(s, k)), folder)
-        except ValueError:  # another drive (Windows): absolute
-            saved[k] = os.path.abspath(getattr(s, k))
-    return {**state.state_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None, "classes": classes, "model_name": s.model,
-            "img_size": s.img_size, "settings": saved, "data": data}
-
-
-def restore(ckpt, path, *, optimizer, scheduler, scaler, ema):
-    """The optimiser, schedule, grad scaler and EMA of a resumed run, as its checkpoint has them; a
-    part that does not fit its run (an edited file) is one line, not torch's page."""
+def parses(parser, name, value):
+    """Whether the flag of setting `name`, given `value` on the command line, reads it back unchanged."""
     try:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        if ema is not None:
-            ema.load_state_dict(ckpt["ema"])
-    except (ValueError, KeyError, TypeError, RuntimeError, AttributeError, IndexError) as e:
-        raise cli.UserError(f"{path} is a damaged checkpoint: its optimizer, schedule, grad scaler or EMA does not fit the run "
-                            f"({type(e).__name__}: {cli.first_line(e, 80)}); it cannot be resumed") from None
-
-
-def save(obj, path):
-    """torch.save, atomically (files.atomic_path)."""
-    with files.atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-# ---------------------------------------------------------------- the run's files
-
-@contextlib.contextmanager
-def locked(s, world):
-    """For the run: the folders it writes into held exclusively (a second run with the same
-    --save-path, --checkpoint, --output-dir or class file folder is refused, not mixed with this
-    one's files), and the data folder shared (split_data.py cannot re-split it under the run)."""
-    # Every folder the run writes into: the weights', the checkpoint's, the reports', the class file's.
-    folders = [Path(s.save_path).parent, Path(s.checkpoint).parent, Path(s.output_dir), Path(s.class_indices).parent]
-    written = list(dict.fromkeys(os.path.realpath(f) for f in folders)) if world.is_main else []
-    with contextlib.ExitStack() as stack:
-        for folder in written:
-            stack.enter_context(files.made_dirs(folder))
-            stack.enter_context(files.locked(folder, f"a training run writing {s.save_path}"))
-        if os.path.realpath(s.data_path) not in written:
-            stack.enter_context(files.locked(s.data_path, "a training run reading it", shared=True))
-        yield
-
-def check_run_files(s, classes, resumed):
-    """Before any work: every file the run writes can be written, no two are the same file, and none
-    that cost training is replaced without --overwrite (a resumed run's own files are its to replace)."""
-    image_folders = [Path(s.data_path) / "train", Path(s.data_path) / "val"]
-    files.check_outside(s.output_dir, image_folders, "--output-dir")
-    files.check_writable_dir(s.output_dir, "reports")
-    written = {name: Path(s.output_dir) / name for name in reports.RUN_REPORTS}
-    for name, path in written.items():
-        files.check_output(path, name)
-    if s.eval_only:
-        return
-    files.check_distinct({"--save-path": s.save_path, "--checkpoint": s.checkpoint, "--class-indices": s.class_indices,
-                          **{f"--output-dir's {name}": path for name, path in written.items()}})
-    mine = resumed or s.overwrite
-    # The starting weights are an input: a run never writes over them, --overwrite or not.
-    start = [s.weights] if s.start == "file" and not resumed else []
-    for path, what in ((s.save_path, "best weights"), (s.checkpoint, "checkpoint")):
-        files.check_outside(path, image_folders, what)
-        files.check_output(path, what, suffixes=(".pth", ".pt"), inputs=start)
-        if Path(path).exists() and not mine:
-            raise cli.UserError(f"{path} is there from an earlier run; --resume {s.checkpoint} continues it, "
-                                "--overwrite replaces it, --save-path writes elsewhere")
-    files.check_outside(s.class_indices, image_folders, "class-index file")
-    files.check_output(s.class_indices, "class-index file", overwrite=s.overwrite,
-                       same_content=files.class_indices_bytes(classes))
+        with contextlib.redirect_stderr(io.StringIO()):  # the parser's own one-line error is not the user's
+            return getattr(parser.parse_args([flag(name), str(value)]), name) == value
+    except SystemExit:
+        return False

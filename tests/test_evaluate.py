@@ -12,8 +12,8 @@ import evaluate
 import predict
 import split_data
 import train
-from helpers import cli, files, training
-from conftest import TINY_TRAIN, make_class_folders, parse, run_script
+from helpers import cli, data as data_lib, files, training
+from conftest import TINY_TRAIN, make_class_folders, parse, run_main
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 
@@ -127,10 +127,10 @@ def test_the_default_folder_is_test_then_val_and_train_reports_the_same_numbers(
 
 
 def test_evaluate_refuses_bad_outputs_before_predicting(tiny_run, tmp_path):
-    res = run_script("evaluate.py", "--data-path", tiny_run["data"], "--weights", tiny_run["weights"],
+    res = run_main("evaluate.py", "--data-path", tiny_run["data"], "--weights", tiny_run["weights"],
                      "--class-indices", tiny_run["classes"], "--model", "resnet18", "--json", tmp_path / "r.txt")
     assert res.returncode == 1 and res.stderr.strip() == f"error: the --json {tmp_path / 'r.txt'} must end in .json"
-    res = run_script("evaluate.py", tmp_path / "nowhere", "--class-indices", tiny_run["classes"])
+    res = run_main("evaluate.py", tmp_path / "nowhere", "--class-indices", tiny_run["classes"])
     assert res.returncode == 1 and "folder to evaluate not found" in res.stderr and res.stderr.count("\n") == 1
 
 
@@ -145,23 +145,23 @@ def imbalanced(root):
 
 def test_class_weights_auto_are_scikit_learns_balanced_and_a_file_is_checked(tmp_path):
     from sklearn.utils.class_weight import compute_class_weight
-    ds = training.ClassFolder(imbalanced(tmp_path) / "train", None)
-    auto = training.class_weights("auto", ds)
+    ds = data_lib.ClassFolder(imbalanced(tmp_path) / "train", None)
+    auto = data_lib.class_weights("auto", ds)
     ref = compute_class_weight("balanced", classes=np.arange(3), y=np.asarray(ds.targets))
     assert auto.tolist() == pytest.approx(ref.tolist())
     good = tmp_path / "w.json"
     good.write_text(json.dumps({"daisy": 1, "roses": 1, "tulips": 4.5}))
-    assert training.class_weights(good, ds).tolist() == [1.0, 1.0, 4.5]
+    assert data_lib.class_weights(good, ds).tolist() == [1.0, 1.0, 4.5]
     for bad, words in (({"daisy": 1, "roses": 1}, "missing: tulips"), ({"daisy": 1, "roses": 1, "tulips": 1, "x": 2},
                        "not classes of it: x"), ({"daisy": 1, "roses": -1, "tulips": 1}, "roses must be a positive")):
         good.write_text(json.dumps(bad))
         with pytest.raises(cli.UserError, match=words):
-            training.class_weights(good, ds)
+            data_lib.class_weights(good, ds)
 
 
 def test_balanced_sampler_draws_classes_equally_is_seeded_and_sharded(tmp_path):
-    ds = training.ClassFolder(imbalanced(tmp_path) / "train", None)
-    one = training.ResumableSampler(ds, training.World(), shuffle=True, seed=3, balanced=True)
+    ds = data_lib.ClassFolder(imbalanced(tmp_path) / "train", None)
+    one = data_lib.ResumableSampler(ds, training.World(), shuffle=True, seed=3, balanced=True)
     one.set_epoch(0)
     drawn = [i for i, _ in one]
     assert len(drawn) == len(ds) == 27
@@ -173,7 +173,7 @@ def test_balanced_sampler_draws_classes_equally_is_seeded_and_sharded(tmp_path):
     assert [i for i, _ in one] != drawn
     shards = []
     for rank in range(2):
-        s = training.ResumableSampler(ds, training.World(rank, 2), shuffle=True, seed=3, balanced=True)
+        s = data_lib.ResumableSampler(ds, training.World(rank, 2), shuffle=True, seed=3, balanced=True)
         s.set_epoch(0)
         shards.append(list(s))
     assert len(shards[0]) == len(shards[1]) == 14  # 27 padded to 28, split in two

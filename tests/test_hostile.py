@@ -20,7 +20,7 @@ import batch_predict
 import split_data
 import train
 from helpers import cli
-from conftest import ROOT, TINY_TRAIN, at_training_batch, interrupted_run, make_class_folders, parse, run_script
+from conftest import ROOT, TINY_TRAIN, at_training_batch, interrupted_run, make_class_folders, parse, run_main
 from test_errors import assert_one_line_error
 
 
@@ -32,21 +32,21 @@ def model_args(tiny_run):
 def test_reports_never_land_on_costly_files_inputs_links_or_devices(tiny_run, tmp_path):
     folder = tiny_run["data"] / "val" / "daisy"
     before = tiny_run["classes"].read_bytes()
-    res = run_script("batch_predict.py", folder, "--csv", tiny_run["classes"], *model_args(tiny_run))
+    res = run_main("batch_predict.py", folder, "--csv", tiny_run["classes"], *model_args(tiny_run))
     assert_one_line_error(res, "must end in .csv")
     assert tiny_run["classes"].read_bytes() == before
     link = tmp_path / "p.csv"
     link.symlink_to("/dev/null")
-    assert_one_line_error(run_script("batch_predict.py", folder, "--csv", link, *model_args(tiny_run)),
+    assert_one_line_error(run_main("batch_predict.py", folder, "--csv", link, *model_args(tiny_run)),
                           "link or a special file")
     img = tmp_path / "photo.png"
     shutil.copy(next(folder.iterdir()), tmp_path / "photo.jpg")
     Image.open(tmp_path / "photo.jpg").save(img)
     before = img.read_bytes()
-    res = run_script("predict.py", img, "--save-fig", img, *model_args(tiny_run))
+    res = run_main("predict.py", img, "--save-fig", img, *model_args(tiny_run))
     assert_one_line_error(res, "also an input")
     assert img.read_bytes() == before
-    assert_one_line_error(run_script("predict.py", img, "--save-fig", tmp_path / "f.bmp", *model_args(tiny_run)),
+    assert_one_line_error(run_main("predict.py", img, "--save-fig", tmp_path / "f.bmp", *model_args(tiny_run)),
                           "must end in .png")
 
 
@@ -120,7 +120,7 @@ def test_pipes_and_device_links_named_like_images_are_skipped_and_named(tiny_run
     os.mkfifo(folder / "pipe.png")
     rows, skipped = batch_predict.main(parse(batch_predict, [folder] + model_args(tiny_run)))
     assert len(rows) == 1 and [p.name for p, _ in skipped] == ["pipe.png"]
-    assert_one_line_error(run_script("predict.py", folder / "pipe.png", *model_args(tiny_run)), "not a regular file")
+    assert_one_line_error(run_main("predict.py", folder / "pipe.png", *model_args(tiny_run)), "not a regular file")
 
 
 def test_a_round_link_in_a_class_folder_adds_no_images(data, tmp_path, capsys):
@@ -181,10 +181,10 @@ def test_a_huge_declared_jpeg_is_refused_before_decoding(tiny_run, tmp_path):
 def test_absurd_numbers_are_refused_before_anything_starts(tmp_path):
     for argv in (["--img-size", "100000"], ["--workers", "1000"], ["--lr", "inf"], ["--warmup-epochs", "inf"],
                  ["--seed", str(10 ** 23)], ["--batch-size", str(10 ** 9)], ["--clip-grad-norm", "nan"]):
-        assert_one_line_error(run_script("train.py", *argv, cwd=tmp_path), argv[0])
-    assert_one_line_error(run_script("predict.py", "--workers", "-1", cwd=tmp_path), "--workers")
-    assert_one_line_error(run_script("benchmark.py", "--batch-size", "0", cwd=tmp_path), "--batch-size")
-    assert_one_line_error(run_script("benchmark.py", "--predict-folder", ROOT / "README.md", cwd=tmp_path), "is a file")
+        assert_one_line_error(run_main("train.py", *argv, cwd=tmp_path), argv[0])
+    assert_one_line_error(run_main("predict.py", "--workers", "-1", cwd=tmp_path), "--workers")
+    assert_one_line_error(run_main("benchmark.py", "--batch-size", "0", cwd=tmp_path), "--batch-size")
+    assert_one_line_error(run_main("benchmark.py", "--predict-folder", ROOT / "README.md", cwd=tmp_path), "is a file")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -195,14 +195,14 @@ def test_a_class_index_file_of_a_million_names_is_refused_before_building_a_mode
     plain = tmp_path / "plain.pth"  # the tutorial's file, which carries no classes: its fc says how many
     torch.save(dict(torch.load(tiny_run["weights"], weights_only=True)), plain)
     start = time.perf_counter()
-    res = run_script("predict.py", img, "--model", "resnet50", "--weights", plain, "--class-indices", huge)
+    res = run_main("predict.py", img, "--model", "resnet50", "--weights", plain, "--class-indices", huge)
     assert_one_line_error(res, "trained for 3 classes", "lists 1000000")
-    res = run_script("predict.py", img, "--weights", tiny_run["weights"], "--class-indices", huge)
+    res = run_main("predict.py", img, "--weights", tiny_run["weights"], "--class-indices", huge)
     assert_one_line_error(res, "lists 1000000 classes", "holds 3")
     assert time.perf_counter() - start < 60
     bad = tmp_path / "nl.json"
     bad.write_text(json.dumps({"0": "daisy\nroses", "1": "x", "2": "y"}))
-    assert_one_line_error(run_script("predict.py", img, "--class-indices", bad, "--weights", tiny_run["weights"]),
+    assert_one_line_error(run_main("predict.py", img, "--class-indices", bad, "--weights", tiny_run["weights"]),
                           "on one line")
 
 
@@ -241,7 +241,7 @@ def test_an_onnx_model_of_another_input_type_is_one_line(tiny_run, tmp_path):
     path = tmp_path / "m.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     (tmp_path / "labels.txt").write_text("a\nb\nc\n")
-    res = run_script("batch_predict.py", tiny_run["data"] / "val" / "daisy", "--onnx", path)
+    res = run_main("batch_predict.py", tiny_run["data"] / "val" / "daisy", "--onnx", path)
     assert_one_line_error(res, "takes tensor(int64)")
 
 
@@ -309,7 +309,7 @@ def test_no_output_lands_among_the_images_or_on_the_starting_weights(data, tiny_
     shutil.copy(tiny_run["weights"], start)
     with pytest.raises(cli.UserError, match="also an input"):
         train.main(parse(train, base[:2] + ["--weights", start] + base[4:] + ["--save-path", start]))
-    res = run_script("load_weights.py", "--model", "resnet18", "--weights", start, "--num-classes", "3",
+    res = run_main("load_weights.py", "--model", "resnet18", "--weights", start, "--num-classes", "3",
                      "--out", start, "--overwrite")
     assert_one_line_error(res, "also an input")
     assert start.read_bytes() == tiny_run["weights"].read_bytes()
@@ -318,15 +318,15 @@ def test_no_output_lands_among_the_images_or_on_the_starting_weights(data, tiny_
 def test_files_that_are_not_weights_or_models_are_named_for_what_they_are(tiny_run, tmp_path):
     for name, content in (("m.onnx", b"\x08\x07\x12\x07pytorch"), ("ci.json", b'{"0": "a"}')):
         (tmp_path / name).write_bytes(content)
-        res = run_script("train.py", *TINY_TRAIN, "--data-path", tiny_run["data"], "--resume", tmp_path / name)
+        res = run_main("train.py", *TINY_TRAIN, "--data-path", tiny_run["data"], "--resume", tmp_path / name)
         assert_one_line_error(res, "not a PyTorch weights file", "neither a zip nor a pickle")
     fifo = tmp_path / "w.pth"
     os.mkfifo(fifo)
-    res = run_script("train.py", *TINY_TRAIN[:2], *TINY_TRAIN[4:], "--weights", fifo, "--data-path", tiny_run["data"],
+    res = run_main("train.py", *TINY_TRAIN[:2], *TINY_TRAIN[4:], "--weights", fifo, "--data-path", tiny_run["data"],
                      "--save-path", tmp_path / "out.pth")
     assert_one_line_error(res, "not a regular file")
     img = next((tiny_run["data"] / "val" / "daisy").iterdir())
-    assert_one_line_error(run_script("predict.py", img, "--onnx", tmp_path), "ONNX file", "is a folder")
+    assert_one_line_error(run_main("predict.py", img, "--onnx", tmp_path), "ONNX file", "is a folder")
 
 
 def test_an_empty_value_is_refused_not_taken_for_the_default(tiny_run):
@@ -334,7 +334,7 @@ def test_an_empty_value_is_refused_not_taken_for_the_default(tiny_run):
     for script, argv, flag in (("predict.py", [img, "--onnx", ""], "--onnx"),
                                ("train.py", ["--weights", ""], "--weights"),
                                ("batch_predict.py", [""], "folder")):
-        res = run_script(script, *argv)
+        res = run_main(script, *argv)
         assert res.returncode == 2 and "Traceback" not in res.stderr
         assert len(res.stderr.strip().splitlines()) == 1 and f"{flag} is empty" in res.stderr, res.stderr
 
@@ -362,7 +362,7 @@ def test_a_corrupt_exif_block_is_not_stderr_noise(tiny_run, tmp_path):
     tiff = b"II*\x00" + struct.pack("<IH", 8, 2) + struct.pack("<HHII", 0x0112, 3, 1, 6) \
         + struct.pack("<HHII", 0x8769, 4, 1, 1000) + struct.pack("<I", 0)
     Image.new("RGB", (40, 40), "red").save(folder / "a.jpg", exif=b"Exif\x00\x00" + tiff)
-    res = run_script("batch_predict.py", folder, *model_args(tiny_run))
+    res = run_main("batch_predict.py", folder, *model_args(tiny_run))
     assert res.returncode == 0 and res.stderr.strip() == "", res.stderr
     assert "a.jpg" in res.stdout
 
@@ -381,7 +381,7 @@ def test_an_interrupted_benchmark_folder_is_not_left_half_made(tmp_path, monkeyp
 
 def test_an_opset_beyond_what_torch_writes_is_one_line_before_exporting(tiny_run, tmp_path):
     pytest.importorskip("onnx")
-    res = run_script("export_onnx.py", "--model", "resnet18", "--img-size", "32", "--weights", tiny_run["weights"],
+    res = run_main("export_onnx.py", "--model", "resnet18", "--img-size", "32", "--weights", tiny_run["weights"],
                      "--class-indices", tiny_run["classes"], "--out", tmp_path / "m.onnx", "--opset", "99")
     assert_one_line_error(res, "--opset 99", "writes opsets up to")
     assert res.stdout == "" and list(tmp_path.iterdir()) == []
@@ -448,8 +448,8 @@ def test_trained_weights_carry_their_size_and_classes_and_prediction_uses_them(t
     shutil.copy(tiny_run["weights"], run / "w.pth")
     (tmp_path / "class_indices.json").write_text(json.dumps({"0": "tulips", "1": "roses", "2": "daisy"}))
     img = sorted((tiny_run["data"] / "val" / "roses").iterdir())[0]
-    plain = run_script("predict.py", img, "--weights", run / "w.pth", "--save-fig", tmp_path / "a.png", cwd=tmp_path)
-    told = run_script("predict.py", img, "--weights", run / "w.pth", "--save-fig", tmp_path / "b.png", "--model",
+    plain = run_main("predict.py", img, "--weights", run / "w.pth", "--save-fig", tmp_path / "a.png", cwd=tmp_path)
+    told = run_main("predict.py", img, "--weights", run / "w.pth", "--save-fig", tmp_path / "b.png", "--model",
                       "resnet18", "--img-size", "32", "--class-indices", tiny_run["classes"], cwd=tmp_path)
     assert plain.returncode == 0 and told.returncode == 0, plain.stderr + told.stderr
     assert class_lines(plain) == ["daisy", "roses", "tulips"]
@@ -460,7 +460,7 @@ def test_trained_weights_carry_their_size_and_classes_and_prediction_uses_them(t
         net = __import__("model").resnet18(num_classes=3)
         net.load_state_dict(torch.load(run / "w.pth", weights_only=weights_only))
     # last.pth carries the same record.
-    res = run_script("predict.py", img, "--weights", tiny_run["weights"].parent / "last.pth", "--save-fig",
+    res = run_main("predict.py", img, "--weights", tiny_run["weights"].parent / "last.pth", "--save-fig",
                      tmp_path / "c.png", cwd=tmp_path)
     assert res.returncode == 0 and class_lines(res, whole=True) == class_lines(plain, whole=True), res.stderr
 
@@ -483,24 +483,24 @@ def test_a_contradiction_of_what_the_weights_were_trained_with_is_one_line(tiny_
     for flags, words in ((["--img-size", "224"], ("--img-size 224 contradicts", "32 px")),
                          (["--class-indices", stale], ("names class 0 'tulips'", "'daisy'")),
                          (["--model", "resnet34"], ("--model resnet34 contradicts", "resnet18"))):
-        assert_one_line_error(run_script(script, *common, *flags, cwd=tmp_path), *words)
+        assert_one_line_error(run_main(script, *common, *flags, cwd=tmp_path), *words)
     assert sorted(tmp_path.iterdir()) == before  # nothing written
 
 
 def test_export_and_evaluate_take_the_size_the_weights_were_trained_on(tiny_run, tmp_path):
     from helpers import deploy
-    res = run_script("export_onnx.py", "--weights", tiny_run["weights"], "--out", tmp_path / "m.onnx",
+    res = run_main("export_onnx.py", "--weights", tiny_run["weights"], "--out", tmp_path / "m.onnx",
                      "--data-path", tiny_run["data"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     info = deploy.model_info(tmp_path / "m.onnx")
     assert (info.img_size, info.classes, info.architecture) == (32, ["daisy", "roses", "tulips"], "resnet18")
-    res = run_script("evaluate.py", tiny_run["data"] / "val", "--weights", tiny_run["weights"], "--output-dir",
+    res = run_main("evaluate.py", tiny_run["data"] / "val", "--weights", tiny_run["weights"], "--output-dir",
                      tmp_path / "report", "--workers", "0", cwd=tmp_path)
     assert res.returncode == 0 and "accuracy" in res.stdout, res.stderr
 
 
 def test_eval_only_refuses_another_size_than_the_weights_were_trained_on(tiny_run, tmp_path):
-    res = run_script("train.py", "--eval-only", "--data-path", tiny_run["data"], "--weights", tiny_run["weights"],
+    res = run_main("train.py", "--eval-only", "--data-path", tiny_run["data"], "--weights", tiny_run["weights"],
                      "--model", "resnet18", "--workers", "0", "--output-dir", tmp_path / "out", cwd=tmp_path)
     assert_one_line_error(res, "trained on 32 px images", "--img-size 32")
 
@@ -511,7 +511,7 @@ def test_a_damaged_record_of_what_weights_were_trained_with_is_one_line(tiny_run
     sd._metadata[weights.INFO_KEY]["img_size"] = "32; rm -rf /"
     torch.save(sd, tmp_path / "w.pth")
     img = sorted((tiny_run["data"] / "val" / "roses").iterdir())[0]
-    assert_one_line_error(run_script("predict.py", img, "--weights", tmp_path / "w.pth", cwd=tmp_path),
+    assert_one_line_error(run_main("predict.py", img, "--weights", tmp_path / "w.pth", cwd=tmp_path),
                           "damaged record")
 
 
@@ -545,6 +545,7 @@ def test_a_killed_data_loader_worker_is_one_line_and_keeps_the_last_step(data, t
     finally:
         handle.remove()
     monkeypatch.undo()
+    assert not __import__("multiprocessing").active_children()  # the other worker ended with the run
     result = train.main(parse(train, ["--resume", out / "last.pth", "--workers", "0"]))
     assert len(result["history"]) == 3 and (out / "w.pth").is_file()
 
@@ -565,12 +566,12 @@ def test_shared_memory_too_small_for_the_workers_is_one_line_and_leaves_nothing(
 
 
 def test_batch_size_one_at_a_small_size_is_refused_before_training(data, tmp_path):
-    res = run_script("train.py", *TINY_TRAIN, "--data-path", data, "--batch-size", "1", "--save-path", tmp_path / "w.pth")
+    res = run_main("train.py", *TINY_TRAIN, "--data-path", data, "--batch-size", "1", "--save-path", tmp_path / "w.pth")
     assert_one_line_error(res, "--batch-size 1 at --img-size 32", "--batch-size 2")
     assert list(tmp_path.iterdir()) == []
-    from helpers import training
+    from helpers import data as data_lib
     x = torch.zeros(1, 3, 33, 33)
-    assert training.last_map_size(33) == 2 and __import__("model").resnet18(num_classes=3)(x).shape == (1, 3)
+    assert data_lib.last_map_size(33) == 2 and __import__("model").resnet18(num_classes=3)(x).shape == (1, 3)
 
 
 def test_weights_with_a_broken_classifier_layer_are_one_line(tiny_run, tmp_path):
@@ -583,7 +584,7 @@ def test_weights_with_a_broken_classifier_layer_are_one_line(tiny_run, tmp_path)
     for name, broken in (("nobias.pth", no_bias), ("narrow.pth", narrow)):
         torch.save(broken, tmp_path / name)
         for script, first in (("predict.py", [img]), ("export_onnx.py", ["--out", tmp_path / "m.onnx"])):
-            res = run_script(script, *first, "--weights", tmp_path / name, "--model", "resnet18", "--img-size", "32",
+            res = run_main(script, *first, "--weights", tmp_path / name, "--model", "resnet18", "--img-size", "32",
                              "--class-indices", tiny_run["classes"], cwd=tmp_path)
             assert_one_line_error(res, "no whole classifier layer", "[classes x 512]")
         # As starting weights, the backbone is what counts: the fc is made anew.
@@ -596,7 +597,7 @@ def test_a_checkpoint_whose_weights_are_not_its_own_model_is_one_line(tiny_run, 
     ckpt = torch.load(tiny_run["weights"].parent / "last.pth", weights_only=True)
     ckpt["model"] = __import__("model").resnet34(num_classes=3).state_dict()
     torch.save(ckpt, tmp_path / "last.pth")
-    assert_one_line_error(run_script("train.py", "--resume", tmp_path / "last.pth", cwd=tmp_path),
+    assert_one_line_error(run_main("train.py", "--resume", tmp_path / "last.pth", cwd=tmp_path),
                           "damaged checkpoint", "its weights are resnet34", "its settings say resnet18 for 3 classes")
 
 
@@ -616,8 +617,8 @@ def test_weights_whose_outputs_overflow_are_refused_not_predicted_as_nan(tiny_ru
     for script, first in (("predict.py", [img]), ("batch_predict.py", [img.parent, "--csv", tmp_path / "p.csv"]),
                           ("evaluate.py", [tiny_run["data"] / "val", "--output-dir", tmp_path / "rep"]),
                           ("export_onnx.py", ["--out", tmp_path / "m.onnx"])):
-        res = run_script(script, *first, "--weights", bad, "--workers", "0", cwd=tmp_path) if script != "export_onnx.py" \
-            else run_script(script, *first, "--weights", bad, cwd=tmp_path)
+        res = run_main(script, *first, "--weights", bad, "--workers", "0", cwd=tmp_path) if script != "export_onnx.py" \
+            else run_main(script, *first, "--weights", bad, cwd=tmp_path)
         assert_one_line_error(res, "NaN or infinite outputs", "lower --lr")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.pth"]
 
@@ -642,7 +643,7 @@ def test_nan_starting_weights_are_refused_before_anything_is_written(tiny_run, t
     sd["layer1.0.conv1.weight"][0, 0, 0, 0] = float("nan")
     torch.save(sd, tmp_path / "nan.pth")
     out = tmp_path / "run"
-    res = run_script("train.py", *TINY_TRAIN, "--data-path", tiny_run["data"], "--weights", tmp_path / "nan.pth",
+    res = run_main("train.py", *TINY_TRAIN, "--data-path", tiny_run["data"], "--weights", tmp_path / "nan.pth",
                      "--save-path", out / "w.pth", "--class-indices", out / "ci.json")
     assert_one_line_error(res, "nan.pth holds NaN or infinite weights", "layer1.0.conv1.weight")
     assert not out.exists()
@@ -755,16 +756,16 @@ def test_evaluate_refuses_a_test_folder_that_shares_images_with_train(tiny_run, 
     shutil.copytree(tiny_run["data"] / "train", data / "train")
     common = ["--data-path", data, "--weights", tiny_run["weights"], "--workers", "0", "--output-dir", tmp_path / "rep"]
     (data / "test").symlink_to("train")  # a link to train/
-    assert_one_line_error(run_script("evaluate.py", *common), "(through a link)", "trained on")
+    assert_one_line_error(run_main("evaluate.py", *common), "(through a link)", "trained on")
     (data / "test").unlink()
     for cls in (data / "train").iterdir():  # a copy of one image, under another name
         (data / "test" / cls.name).mkdir(parents=True)
         first = sorted(cls.iterdir())[0]
         shutil.copy(first, data / "test" / cls.name / "copy.jpg")
         os.link(sorted(cls.iterdir())[1], data / "test" / cls.name / "hard.jpg")
-    assert_one_line_error(run_script("evaluate.py", *common), "shares 6 image(s)", "trained on")
+    assert_one_line_error(run_main("evaluate.py", *common), "shares 6 image(s)", "trained on")
     assert not (tmp_path / "rep").exists()
-    res = run_script("evaluate.py", data / "train", *common)  # asked for by name: measured, with a note
+    res = run_main("evaluate.py", data / "train", *common)  # asked for by name: measured, with a note
     assert res.returncode == 0 and "is the training folder" in res.stderr, res.stderr
 
 
@@ -788,7 +789,7 @@ def test_a_refused_resume_is_one_line_even_when_val_lost_a_class(data, tmp_path)
                                           out / "ci.json"]))
     for img in (copy / "val" / "roses").iterdir():
         img.unlink()
-    res = run_script("train.py", "--resume", out / "last.pth", "--epochs", "2")
+    res = run_main("train.py", "--resume", out / "last.pth", "--epochs", "2")
     assert_one_line_error(res, "the data set changed")
 
 
@@ -802,7 +803,7 @@ def test_a_killed_run_s_temporaries_go_at_the_next_run_that_holds_the_folder(dat
         p.write_bytes(b"partial")
     train.main(parse(train, TINY_TRAIN + ["--data-path", data, "--save-path", out / "w.pth", "--class-indices",
                                           out / "ci.json"]))
-    res = run_script("export_onnx.py", "--weights", out / "w.pth", "--out", out / "m.onnx", "--check-images",
+    res = run_main("export_onnx.py", "--weights", out / "w.pth", "--out", out / "m.onnx", "--check-images",
                      data / "val" / "daisy")
     assert res.returncode == 0, res.stderr
     assert not any(p.exists() for p in left)
@@ -821,7 +822,7 @@ def test_eval_only_refuses_outputs_that_overflow_and_a_folder_another_run_holds(
     bad = overflowing(tiny_run, tmp_path / "ovf.pth")
     common = ["--eval-only", "--data-path", tiny_run["data"], "--model", "resnet18", "--img-size", "32", "--workers",
               "0"]
-    res = run_script("train.py", *common, "--weights", bad, "--output-dir", tmp_path / "eo", cwd=tmp_path)
+    res = run_main("train.py", *common, "--weights", bad, "--output-dir", tmp_path / "eo", cwd=tmp_path)
     assert_one_line_error(res, "NaN or infinite outputs")
     held = tmp_path / "running"
     held.mkdir()
@@ -883,7 +884,7 @@ def test_a_record_that_contradicts_the_tensors_is_damaged_not_believed(tiny_run,
     torch.save(sd, tmp_path / "w.pth")
     img = sorted((tiny_run["data"] / "val" / "roses").iterdir())[0]
     for extra in ([], ["--model", "resnet18"], ["--model", "resnet34"]):
-        assert_one_line_error(run_script("predict.py", img, "--weights", tmp_path / "w.pth", *extra, cwd=tmp_path),
+        assert_one_line_error(run_main("predict.py", img, "--weights", tmp_path / "w.pth", *extra, cwd=tmp_path),
                               "is damaged", "says it holds resnet34 weights", "resnet18's")
 
 
@@ -891,7 +892,7 @@ def test_a_checkpoint_of_nan_weights_is_refused_at_resume(tiny_run, tmp_path):
     ckpt = torch.load(tiny_run["weights"].parent / "last.pth", weights_only=True)
     ckpt["model"]["fc.bias"][0] = float("nan")
     torch.save(ckpt, tmp_path / "last.pth")
-    assert_one_line_error(run_script("train.py", "--resume", tmp_path / "last.pth", cwd=tmp_path),
+    assert_one_line_error(run_main("train.py", "--resume", tmp_path / "last.pth", cwd=tmp_path),
                           "holds NaN or infinite weights", "lower --lr")
 
 
@@ -911,7 +912,7 @@ def test_the_third_round_s_edited_files_and_empty_results_are_one_line(tiny_run,
                                 "no whole classifier layer")}
     for name, (state_dict, words) in cases.items():
         torch.save(state_dict, tmp_path / name)
-        assert_one_line_error(run_script("batch_predict.py", img.parent, "--weights", tmp_path / name, "--model",
+        assert_one_line_error(run_main("batch_predict.py", img.parent, "--weights", tmp_path / name, "--model",
                                          "resnet18", "--img-size", "32", "--class-indices", tiny_run["classes"],
                                          "--workers", "0", cwd=tmp_path), words)
     last = torch.load(tiny_run["weights"].parent / "last.pth", weights_only=True)
@@ -921,7 +922,7 @@ def test_the_third_round_s_edited_files_and_empty_results_are_one_line(tiny_run,
         run = tmp_path / name.replace(".pth", "")
         run.mkdir()
         torch.save(dict(last, **edit), run / "last.pth")
-        assert_one_line_error(run_script("train.py", "--resume", run / "last.pth", "--epochs", "2", cwd=tmp_path),
+        assert_one_line_error(run_main("train.py", "--resume", run / "last.pth", "--epochs", "2", cwd=tmp_path),
                               "damaged checkpoint", words)
         assert [p.name for p in run.iterdir()] == ["last.pth"]  # nothing written
     with pytest.raises(cli.UserError, match="'daisy' and 'daisy' are the same name, twice"):
@@ -931,13 +932,13 @@ def test_the_third_round_s_edited_files_and_empty_results_are_one_line(tiny_run,
     (tmp_path / "z.jpg").write_bytes(b"")
     (tmp_path / "t.jpg").write_text("hi")
     common = ["--weights", tiny_run["weights"], "--workers", "0"]
-    res = run_script("predict.py", tmp_path / "z.jpg", tmp_path / "t.jpg", *common, "--save-fig", tmp_path / "f.png",
+    res = run_main("predict.py", tmp_path / "z.jpg", tmp_path / "t.jpg", *common, "--save-fig", tmp_path / "f.png",
                      cwd=tmp_path)  # each skipped image named, then the error
     assert res.returncode != 0 and res.stderr.strip().splitlines()[-1] == "error: none of the 2 images could be read"
     folder = tmp_path / "bad"
     folder.mkdir()
     shutil.copy(tmp_path / "z.jpg", folder / "z.jpg")
-    res = run_script("batch_predict.py", folder, *common, "--csv", tmp_path / "p.csv", cwd=tmp_path)
+    res = run_main("batch_predict.py", folder, *common, "--csv", tmp_path / "p.csv", cwd=tmp_path)
     assert res.returncode != 0 and res.stderr.strip().splitlines()[-1].startswith("error: none of the 1 images")
     assert not (tmp_path / "p.csv").exists() and not (tmp_path / "f.png").exists()
 
@@ -950,7 +951,7 @@ def test_the_fourth_round_s_edited_checkpoints_onnx_and_unreadable_folders_are_o
         run = tmp_path / name
         run.mkdir()
         torch.save(dict(last, **edit), run / "last.pth")
-        assert_one_line_error(run_script("train.py", "--resume", run / "last.pth", "--epochs", "2", cwd=tmp_path),
+        assert_one_line_error(run_main("train.py", "--resume", run / "last.pth", "--epochs", "2", cwd=tmp_path),
                               "damaged checkpoint", "out of range")
     meta = deploy.ModelInfo(classes=["a", "b"], img_size=32).to_metadata()
     for std in ("[1e-30, 1e-30, 1e-30]", "[-0.229, -0.224, -0.225]"):
@@ -961,10 +962,10 @@ def test_the_fourth_round_s_edited_checkpoints_onnx_and_unreadable_folders_are_o
         for cls in ("daisy", "roses", "tulips"):
             (bad / side / cls).mkdir(parents=True)
             (bad / side / cls / "x.jpg").write_text(f"not a photo: {side} {cls}")
-    res = run_script("train.py", "--eval-only", "--data-path", bad, "--weights", tiny_run["weights"], "--model",
+    res = run_main("train.py", "--eval-only", "--data-path", bad, "--weights", tiny_run["weights"], "--model",
                      "resnet18", "--img-size", "32", "--workers", "0", "--output-dir", tmp_path / "eo", cwd=tmp_path)
     assert res.returncode != 0 and res.stderr.strip().splitlines()[-1].startswith("error: none of the 3 images")
-    res = run_script("export_onnx.py", "--weights", tiny_run["weights"], "--out", tmp_path / "m.onnx",
+    res = run_main("export_onnx.py", "--weights", tiny_run["weights"], "--out", tmp_path / "m.onnx",
                      "--check-images", bad / "val" / "daisy", cwd=tmp_path)
     assert_one_line_error(res, "none of the images of --check-images")
     assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "eo").exists()

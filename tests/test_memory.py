@@ -1,6 +1,6 @@
 """Memory: the estimate before training, the warning that names a batch size that fits, and a run
-that runs out of memory anyway (the allocation made to fail): its last finished step saved, one
-line with a batch size that fits, and a resumed run with that batch size."""
+that runs out of memory anyway (the allocation made to fail): one line with a batch size that
+fits, and the run resumed from its last checkpoint with that batch size."""
 import shutil
 
 import numpy as np
@@ -76,14 +76,14 @@ def test_a_run_that_will_not_fit_says_so_before_the_first_step(data, tmp_path, m
     assert warning[0].endswith("--batch-size 2 --accum-steps 4 fits (the same 8 images per optimizer step)")
 
 
-def test_out_of_memory_in_training_saves_the_last_finished_step_and_names_a_batch_that_fits(data, tmp_path):
+def test_out_of_memory_in_training_goes_back_to_the_last_checkpoint_and_names_a_batch_that_fits(data, tmp_path):
     full = train.main(run_args(data, tmp_path / "full"))
 
     def fail():
         raise RuntimeError(CPU_ALLOCATOR)
 
-    # 5 batches of 4 an epoch, 2 to a step: batch 9 is the second of epoch 2's second step. The run
-    # goes back to the step before it: epoch 2, step 2 (batches).
+    # 5 batches of 4 an epoch, 2 to a step: batch 9 is the second of epoch 2's second step. Nothing is
+    # saved then: the run goes back to its last checkpoint, the end of epoch 1.
     handle = at_training_batch(9, fail)
     try:
         with pytest.raises(cli.UserError) as stop:
@@ -93,9 +93,9 @@ def test_out_of_memory_in_training_saves_the_last_finished_step_and_names_a_batc
     ckpt = tmp_path / "b" / "last.pth"
     line = str(stop.value)
     assert line.startswith("out of memory at --batch-size 4 (DefaultCPUAllocator: can't allocate memory")
-    assert f"saved {ckpt} at epoch 2, step 2; --batch-size 2 --accum-steps 4 fits (the same 8 images" in line
+    assert f"{ckpt} holds the run up to its last save; --batch-size 2 --accum-steps 4 fits (the same 8 images" in line
     assert line.endswith(f"python train.py --resume {ckpt} --batch-size 2 --accum-steps 4") and "\n" not in line
-    assert (torch.load(ckpt, weights_only=True)["epoch"], torch.load(ckpt, weights_only=True)["step"]) == (1, 2)
+    assert (torch.load(ckpt, weights_only=True)["epoch"], torch.load(ckpt, weights_only=True)["step"]) == (1, 0)
     shutil.copytree(tmp_path / "b", tmp_path / "c")
     # Resumed as it was: exactly the uninterrupted run.
     resumed = train.main(parse(train, ["--resume", ckpt]))

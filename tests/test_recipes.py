@@ -13,10 +13,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from helpers import cli, demo_data, devices, imaging, training
+from helpers import cli, data as data_lib, demo_data, devices, imaging, optim, training
 import model
 import train
-from conftest import ROOT, TINY_TRAIN, comparable, interrupted_run, parse, resolve, run_script
+from conftest import ROOT, TINY_TRAIN, comparable, interrupted_run, parse, resolve, run_main
 
 CPU = torch.device("cpu")
 
@@ -66,8 +66,9 @@ def one_epoch(batches, accum_steps, clip_grad_norm=None, scaler=None, on_step=No
     s = argparse.Namespace(accum_steps=accum_steps, seed=0, epochs=1, clip_grad_norm=clip_grad_norm)
     env = training.Env(training.World(), CPU)
     loader = [(x, y, torch.arange(len(y))) for x, y in batches]
-    train.train_one_epoch(net, nn.CrossEntropyLoss(), optimizer, loader, s, env, state=training.RunState(),
-                          scheduler=scheduler, scaler=scaler or devices.grad_scaler(CPU, None))
+    step = training.Step(nn.CrossEntropyLoss(), optimizer, scheduler, scaler or devices.grad_scaler(CPU, None), s, env,
+                         training.RunState())
+    train.train_one_epoch(net, loader, step)
     return net, scheduler.last_epoch
 
 
@@ -104,10 +105,12 @@ def test_accumulation_counts_optimizer_steps_stops_at_one_and_resumes_exactly(da
     assert "gradient accumulation: 2 batches" in capsys.readouterr().out
     # 5 batches an epoch in groups of 2: ceil(5 / 2) = 3 optimizer steps, 6 in the 2 epochs
     assert steps[0] == 6 + 5 + 1  # the full run, the stopped one, the resumed one
-    settings = full["settings"]
+    def cosine(step, steps_per_epoch):  # the cosine after a warm-up of int(0.5 x steps_per_epoch) steps
+        warmup = int(0.5 * steps_per_epoch)
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / (2 * steps_per_epoch - warmup)))
     for epoch, row in enumerate(full["history"], 1):
-        assert row["lr"] == pytest.approx(1e-3 * training.lr_factor(3 * epoch, settings, steps_per_epoch=3))
-    assert full["history"][0]["lr"] != pytest.approx(1e-3 * training.lr_factor(5, settings, steps_per_epoch=5))
+        assert row["lr"] == pytest.approx(1e-3 * cosine(3 * epoch, steps_per_epoch=3))
+    assert full["history"][0]["lr"] != pytest.approx(1e-3 * cosine(5, steps_per_epoch=5))
 
 
 # ---------------------------------------------------------------- --model-ema
@@ -170,12 +173,12 @@ def test_the_better_of_model_and_ema_is_saved(data, tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- --mixup-alpha, --cutmix-alpha
 
-needs_mixup = pytest.mark.skipif(not training.mixup_available(), reason="torchvision < 0.16 has no v2.MixUp")
+needs_mixup = pytest.mark.skipif(not data_lib.mixup_available(), reason="torchvision < 0.16 has no v2.MixUp")
 
 
 @needs_mixup
 def test_mixup_and_cutmix_mix_images_and_targets_and_the_loss_takes_soft_targets():
-    mixer = training.batch_mixer(argparse.Namespace(mixup_alpha=0.4, cutmix_alpha=1.0), num_classes=3)
+    mixer = data_lib.batch_mixer(argparse.Namespace(mixup_alpha=0.4, cutmix_alpha=1.0), num_classes=3)
     images, labels = torch.rand(8, 3, 16, 16), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
     logits = torch.randn(8, 3)
     for seed in range(4):
@@ -199,14 +202,14 @@ def test_mixup_cutmix_run_resume_exactly_and_leave_train_accuracy_out(data, tmp_
 
 
 def test_mixup_refused_in_one_line_without_torchvision_mixup(data, tmp_path, monkeypatch):
-    monkeypatch.setattr(training, "mixup_available", lambda: False)
+    monkeypatch.setattr(data_lib, "mixup_available", lambda: False)
     with pytest.raises(cli.UserError, match="need torchvision 0.16 or later"):
         resolve(run_args(data, tmp_path, "--cutmix-alpha", "1.0"))
 
 
-@pytest.mark.skipif(training.mixup_available(), reason="this torchvision has v2.MixUp (the floor venv has not)")
+@pytest.mark.skipif(data_lib.mixup_available(), reason="this torchvision has v2.MixUp (the floor venv has not)")
 def test_mixup_refused_by_the_script_on_old_torchvision(data, tmp_path):
-    res = run_script("train.py", *TINY_TRAIN, "--data-path", data, "--save-path", tmp_path / "w.pth",
+    res = run_main("train.py", *TINY_TRAIN, "--data-path", data, "--save-path", tmp_path / "w.pth",
                      "--class-indices", tmp_path / "ci.json", "--mixup-alpha", "0.2")
     assert res.returncode != 0
     assert res.stderr.strip().count("\n") == 0 and res.stderr.startswith("error: --mixup-alpha"), res.stderr
@@ -258,7 +261,7 @@ def test_clip_grad_norm_and_norm_weight_decay_in_a_run(data, tmp_path):
 
 def decay_of(net, argv):
     s = resolve(parse(train, ["--model", "resnet18", "--opt", "adamw", *argv]))
-    groups = training.build_optimizer(net, s).param_groups
+    groups = optim.build_optimizer(net, s).param_groups
     by_id = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
     return {name: by_id[id(p)] for name, p in net.named_parameters()}
 

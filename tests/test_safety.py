@@ -4,7 +4,6 @@ Each test makes a script refuse or meet a bad input and then checks what is on d
 import errno
 import io
 import json
-import math
 import os
 import shutil
 import signal
@@ -19,14 +18,14 @@ import torch
 from PIL import Image
 
 import batch_predict
-from helpers import cli, plots, settings
+from helpers import checkpoints, cli, plots
 import export_onnx
 import load_weights
 import model
 import predict
 import split_data
 import train
-from conftest import ROOT, TINY_TRAIN, interrupted_run, make_class_folders, parse, run_script
+from conftest import ROOT, TINY_TRAIN, interrupted_run, make_class_folders, parse, run_main
 from test_errors import assert_one_line_error
 
 
@@ -109,7 +108,7 @@ def test_load_weights_and_export_refuse_to_replace_files(tiny_run, tmp_path):
     torch.save(model.resnet18().state_dict(), src)
     out = tmp_path / "adapted.pth"
     out.write_bytes(b"my earlier file")
-    res = run_script("load_weights.py", "--model", "resnet18", "--weights", src, "--out", out)
+    res = run_main("load_weights.py", "--model", "resnet18", "--weights", src, "--out", out)
     assert_one_line_error(res, "already exists", "--overwrite")
     assert out.read_bytes() == b"my earlier file"
     load_weights.main(parse(load_weights, ["--model", "resnet18", "--weights", src, "--out", out, "--overwrite"]))
@@ -202,12 +201,12 @@ def test_an_extreme_aspect_ratio_costs_little_memory(tmp_path):
 def test_epochs_0_and_other_out_of_range_numbers_are_one_line_errors(tmp_path):
     for argv in (["--epochs", "0"], ["--lr", "-1"], ["--workers", "-2"], ["--label-smoothing", "1.5"],
                  ["--img-size", "0"], ["--batch-size", "0"], ["--batch-size", "x"]):
-        res = run_script("train.py", *argv, cwd=tmp_path)
+        res = run_main("train.py", *argv, cwd=tmp_path)
         assert_one_line_error(res, argv[0])
         assert res.returncode == 2
-    assert_one_line_error(run_script("export_onnx.py", "--opset", "5", cwd=tmp_path), "--opset")
-    assert_one_line_error(run_script("batch_predict.py", "--topk", "0", cwd=tmp_path), "--topk")
-    assert_one_line_error(run_script("split_data.py", "--val-rate", "1", cwd=tmp_path), "--val-rate")
+    assert_one_line_error(run_main("export_onnx.py", "--opset", "5", cwd=tmp_path), "--opset")
+    assert_one_line_error(run_main("batch_predict.py", "--topk", "0", cwd=tmp_path), "--topk")
+    assert_one_line_error(run_main("split_data.py", "--val-rate", "1", cwd=tmp_path), "--val-rate")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -246,13 +245,13 @@ def test_extending_a_cosine_run_never_jumps_mid_schedule(data, tmp_path, capsys,
     ckpt = torch.load(tmp_path / "last.pth", weights_only=True)
     lr_at_stop = ckpt["optimizer"]["param_groups"][0]["lr"]
     lrs = []  # the rate of each optimizer step: the schedule steps right after the optimizer
-    step = torch.optim.lr_scheduler.LambdaLR.step
+    step = torch.optim.lr_scheduler.LRScheduler.step
 
     def recording_step(self, *a, **k):
         if self.last_epoch >= 0:  # not the scheduler's own first step, when it is made
             lrs.append(self.optimizer.param_groups[0]["lr"])
         return step(self, *a, **k)
-    monkeypatch.setattr(torch.optim.lr_scheduler.LambdaLR, "step", recording_step)
+    monkeypatch.setattr(torch.optim.lr_scheduler.LRScheduler, "step", recording_step)
     train.main(parse(train, ["--resume", tmp_path / "last.pth", "--epochs", "6"]))
     assert "goes on from its current rate" in capsys.readouterr().out
     assert lrs[0] == pytest.approx(lr_at_stop)
@@ -263,10 +262,11 @@ def test_extending_a_cosine_run_never_jumps_mid_schedule(data, tmp_path, capsys,
 def _agree(rank, path, results):
     import torch.distributed as dist
     dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=2)
-    from helpers import training
-    training.STOP.signum = signal.SIGTERM if rank == 1 else 0  # the signal reached only the second process
+    from helpers import stop, training
+    if rank == 1:
+        stop.request(signal.SIGTERM)  # the signal reached only the second process
     world = training.World(rank, 2)
-    results.put((rank, training.STOP.agreed(world, torch.device("cpu"))))
+    results.put((rank, training.stop_signal(world, torch.device("cpu"))))
     # Hand the answer over now and leave without tearing gloo down: on torch 2.0 a process may
     # block in destroy_process_group once its peer has gone, which is not what this test is about.
     results.close()
@@ -291,48 +291,14 @@ def test_processes_agree_on_a_signal_that_reached_only_one(tmp_path):
 
 
 def test_workers_0_leaves_the_global_random_state_alone(tiny_run):
-    from helpers import imaging
-    from helpers import training
-    ds = training.ClassFolder(tiny_run["data"] / "train", imaging.TrainTransform(32))
+    from helpers import data, imaging
+    ds = data.ClassFolder(tiny_run["data"] / "train", imaging.TrainTransform(32))
     torch.manual_seed(123)
     state = torch.get_rng_state()
     ds[(0, 42)]
     assert torch.equal(torch.get_rng_state(), state)
     a, b = ds[(1, 7)][0], ds[(1, 7)][0]
     assert torch.equal(a, b)  # the sample's own seed decides its augmentation
-
-
-def test_workers_started_before_the_model_read_nothing_and_change_neither_the_epoch_nor_the_seed(tiny_run):
-    # train.py forks its loaders' workers while the process is small (training.start_workers): no
-    # image is read then, --seed's random stream does not move, and the epoch that follows is, batch
-    # for batch, the one of a loader whose workers started at its first iter().
-    from torch.utils.data import DataLoader
-    from helpers import imaging, training
-
-    def loader():
-        ds = training.ClassFolder(tiny_run["data"] / "train", imaging.TrainTransform(32))
-        sampler = training.ResumableSampler(ds, training.World(), shuffle=True, seed=3)
-        return DataLoader(ds, sampler=sampler, batch_size=4, num_workers=1, persistent_workers=True,
-                          collate_fn=training.collate_skip_none)
-
-    early, late = loader(), loader()
-    try:
-        early.sampler.set_epoch(1, skip=4)
-        torch.manual_seed(5)
-        state = torch.get_rng_state()
-        training.start_workers(early)
-        assert torch.equal(torch.get_rng_state(), state)
-        workers = early._iterator._workers
-        assert workers and all(w.is_alive() for w in workers)
-        assert early._iterator._send_idx == 0  # forked, and asked for nothing
-        assert (early.sampler.epoch, early.sampler.skip) == (1, 4)
-        late.sampler.set_epoch(1, skip=4)
-        got, want = list(early), list(late)
-        assert len(got) == len(want) == math.ceil((len(early.dataset) - 4) / 4)
-        for (x, y, i), (x2, y2, i2) in zip(got, want):
-            assert torch.equal(i, i2) and torch.equal(y, y2) and torch.equal(x, x2)
-    finally:
-        training.close_loaders(early, late)
 
 
 def test_a_finished_script_leaves_its_objects_to_the_end_of_the_process(monkeypatch):
@@ -356,18 +322,18 @@ def test_outputs_into_missing_folders_are_made_onto_folders_refused_before_any_w
     m = ["--model", "resnet18", "--img-size", "32", "--weights", tiny_run["weights"],
          "--class-indices", tiny_run["classes"], "--workers", "0"]
     folder = tiny_run["data"] / "val" / "daisy"
-    res = run_script("batch_predict.py", folder, "--csv", tmp_path, *m)
+    res = run_main("batch_predict.py", folder, "--csv", tmp_path, *m)
     assert_one_line_error(res, "is a folder")
     assert "image:" not in res.stdout  # refused before predicting anything
     rows, _ = batch_predict.main(parse(batch_predict, [folder, "--csv", tmp_path / "new" / "deeper" / "p.csv"] + m))
     assert len((tmp_path / "new" / "deeper" / "p.csv").read_text().splitlines()) == len(rows) + 1
     img = next(folder.iterdir())
-    assert_one_line_error(run_script("predict.py", img, "--save-fig", tmp_path, *m), "is a folder")
-    assert_one_line_error(run_script("train.py", *TINY_TRAIN, "--data-path", tiny_run["data"],
+    assert_one_line_error(run_main("predict.py", img, "--save-fig", tmp_path, *m), "is a folder")
+    assert_one_line_error(run_main("train.py", *TINY_TRAIN, "--data-path", tiny_run["data"],
                                      "--save-path", tmp_path, "--class-indices", tmp_path / "ci.json"), "is a folder")
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert_one_line_error(run_script("train.py", *TINY_TRAIN, "--data-path", tiny_run["data"],
+    assert_one_line_error(run_main("train.py", *TINY_TRAIN, "--data-path", tiny_run["data"],
                                      "--save-path", blocker / "w.pth"), "is a file, not a folder")
     assert blocker.read_text() == "x"
 
@@ -376,9 +342,9 @@ def test_outputs_into_missing_folders_are_made_onto_folders_refused_before_any_w
 def test_read_only_destinations_are_one_line_errors(tiny_run, tmp_path):
     m = ["--model", "resnet18", "--img-size", "32", "--weights", tiny_run["weights"],
          "--class-indices", tiny_run["classes"], "--workers", "0"]
-    res = run_script("batch_predict.py", tiny_run["data"] / "val" / "daisy", "--csv", "/sys/kernel/p.csv", *m)
+    res = run_main("batch_predict.py", tiny_run["data"] / "val" / "daisy", "--csv", "/sys/kernel/p.csv", *m)
     assert_one_line_error(res, "cannot write the CSV file", "/sys/kernel")
-    assert_one_line_error(run_script("train.py", *TINY_TRAIN, "--data-path", tiny_run["data"],
+    assert_one_line_error(run_main("train.py", *TINY_TRAIN, "--data-path", tiny_run["data"],
                                      "--save-path", "/sys/kernel/w.pth"), "cannot write")
 
 
@@ -391,7 +357,7 @@ def test_a_full_disk_leaves_the_old_file_whole_and_no_temporary_file(tmp_path, m
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(torch, "save", full)
     with pytest.raises(cli.UserError, match="disk is full.*best.pth"):
-        settings.save({"x": 1}, target)
+        checkpoints.save({"x": 1}, target)
     assert target.read_bytes() == b"the old weights" and [p.name for p in tmp_path.iterdir()] == ["best.pth"]
 
 
@@ -422,13 +388,13 @@ def test_bad_class_index_files_and_checkpoints(tiny_run, tmp_path):
     bad = tmp_path / "ci.json"
     bad.write_text(json.dumps({"0": 1, "1": ["x"], "2": "tulips"}))
     img = next((tiny_run["data"] / "val" / "daisy").iterdir())
-    assert_one_line_error(run_script("predict.py", img, "--class-indices", bad, "--weights", tiny_run["weights"]),
+    assert_one_line_error(run_main("predict.py", img, "--class-indices", bad, "--weights", tiny_run["weights"]),
                           "non-empty strings")
     ckpt = torch.load(tiny_run["weights"].parent / "last.pth", weights_only=True)
     del ckpt["optimizer"]["state"], ckpt["scheduler"]
     broken = tmp_path / "broken.pth"
     torch.save(ckpt, broken)
-    assert_one_line_error(run_script("train.py", "--resume", broken), "incomplete checkpoint", "scheduler")
+    assert_one_line_error(run_main("train.py", "--resume", broken), "incomplete checkpoint", "scheduler")
 
 
 def test_truncated_archive_and_url_as_a_plain_path(tmp_path):
@@ -439,10 +405,10 @@ def test_truncated_archive_and_url_as_a_plain_path(tmp_path):
     make_flowers_tgz(whole, tmp_path)
     cut = tmp_path / "cut.tgz"
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
-    res = run_script("split_data.py", "--data-path", data, "--download", "--url", cut, "--sha256", "none")
+    res = run_main("split_data.py", "--data-path", data, "--download", "--url", cut, "--sha256", "none")
     assert_one_line_error(res, "not a complete tar archive")
     assert cut.exists() and sorted(p.name for p in data.iterdir()) == []  # the user's file kept, nothing half-made
-    res = run_script("split_data.py", "--data-path", data, "--download", "--url", tmp_path / "nothing.tgz")
+    res = run_main("split_data.py", "--data-path", data, "--download", "--url", tmp_path / "nothing.tgz")
     assert_one_line_error(res, "neither a URL", "nor an existing file")
     split_data.main(parse(split_data, ["--data-path", data, "--download", "--url", whole, "--sha256", "none"]))
     assert (data / "train" / "daisy").is_dir()
@@ -520,7 +486,7 @@ def test_an_archive_with_several_top_level_entries(tmp_path):
 
 
 def test_predict_on_a_folder_says_use_batch_predict(tmp_path):
-    assert_one_line_error(run_script("predict.py", tmp_path), "is a folder", "batch_predict.py")
+    assert_one_line_error(run_main("predict.py", tmp_path), "is a folder", "batch_predict.py")
 
 
 def test_labels_beside_the_onnx_file_win_over_a_stale_class_index_file(tiny_run, tmp_path):
@@ -529,7 +495,7 @@ def test_labels_beside_the_onnx_file_win_over_a_stale_class_index_file(tiny_run,
         "--model", "resnet18", "--weights", tiny_run["weights"], "--class-indices", tiny_run["classes"],
         "--img-size", "32", "--out", tmp_path / "m" / "m.onnx", "--check-images", tmp_path / "none"]))
     (tmp_path / "class_indices.json").write_text(json.dumps({"0": "stale0", "1": "stale1", "2": "stale2"}))
-    res = run_script("batch_predict.py", tiny_run["data"] / "val" / "daisy", "--onnx", out, "--img-size", "32",
+    res = run_main("batch_predict.py", tiny_run["data"] / "val" / "daisy", "--onnx", out, "--img-size", "32",
                      cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "stale" not in res.stdout and "class: " in res.stdout

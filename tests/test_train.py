@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import batch_predict
-from helpers import cli, devices, reports, training
+from helpers import cli, devices, optim, reports, stop
 import model
 import split_data
 import train
@@ -35,7 +35,7 @@ def test_stopped_then_resumed_run_equals_uninterrupted(full_run, data, tmp_path,
     out, full = full_run
     assert interrupted_run(run_args(data, tmp_path / "b"), 7, sig) == 128 + sig  # 5 steps an epoch: stops in epoch 2
     err = capsys.readouterr().err
-    name = training.Stop.name(sig)
+    name = stop.name(sig)
     assert f"{name}: stopping after this step" in err and f"stopped by {name}: saved" in err
     assert f"python train.py --resume {tmp_path / 'b' / 'last.pth'}" in err
     ckpt = torch.load(tmp_path / "b" / "last.pth", weights_only=True)
@@ -132,11 +132,11 @@ def test_recipes_schedulers_and_param_groups(data, tmp_path):
     assert lrs[0] == pytest.approx(0.1) and lrs[-1] == pytest.approx(0.0, abs=1e-9)  # warm-up peak, cosine end
     net = model.resnet18(num_classes=3)
     args = dataclasses.replace(res["settings"], opt="adamw", lr=1.0)  # the run's settings, resolved
-    groups = training.build_optimizer(net, args).param_groups
+    groups = optim.build_optimizer(net, args).param_groups
     assert [g["lr"] for g in groups] == [1.0, 0.1] and len(groups[0]["params"]) == 2  # fc: weight, bias
     args = dataclasses.replace(args, lr_scheduler="step", warmup_epochs=0, epochs=4, lr_step_size=2)
     opt = torch.optim.SGD(net.parameters(), lr=1.0)
-    sched = training.build_scheduler(opt, args, steps_per_epoch=1)
+    sched = optim.build_scheduler(opt, args, steps_per_epoch=1)
     seen = []
     for _ in range(4):
         seen.append(opt.param_groups[0]["lr"])

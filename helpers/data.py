@@ -1,0 +1,303 @@
+"""The data: the image folders of train/ and val/, their resumable sampler, the batch collation,
+mixup and cutmix, and the one line for a data-loader worker that failed. Like torchvision's
+references/classification/{sampler,transforms}.py, each piece can be tested on its own."""
+import contextlib
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.data.distributed import DistributedSampler
+from torchvision.datasets import ImageFolder
+
+from helpers import cli, files, imaging
+
+
+class ClassFolder(ImageFolder):
+    """torchvision's ImageFolder with three changes:
+    - items are asked for as (index, seed): the seed drives the sample's random augmentation, so a
+      resumed run draws exactly the augmentations the uninterrupted run would have;
+    - the loader only opens the file: the transform decodes it, at the scale its crop needs;
+    - hidden files and folders are not read ('.ipynb_checkpoints', macOS '._x.jpg'), a class may be
+      given (val/ takes train/'s), and an unreadable image is named and skipped: in training another
+      image takes its place (every process keeps its batch size), in validation it is left out.
+    """
+
+    def __init__(self, root, transform, class_to_idx=None, replace_unreadable=False):
+        self.given_class_to_idx = class_to_idx
+        self.replace_unreadable = replace_unreadable
+        self.warned = set()
+        super().__init__(str(root), transform, loader=imaging.open_image, is_valid_file=imaging.is_image_file)
+
+    def find_classes(self, directory):
+        if self.given_class_to_idx is not None:
+            return list(self.given_class_to_idx), dict(self.given_class_to_idx)
+        classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
+        if not classes:
+            raise cli.UserError(f"{directory} has no class folders; run split_data.py first")
+        return classes, {c: i for i, c in enumerate(classes)}
+
+    @staticmethod
+    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=True):
+        # By hand: torchvision walks into hidden folders and round links, reads pipes, and before
+        # 0.17 refuses an empty class.
+        samples = []
+        for cls, idx in sorted(class_to_idx.items(), key=lambda kv: kv[1]):
+            not_regular = []
+            samples += [(str(p), idx) for p in imaging.list_images(os.path.join(directory, cls), True, not_regular)]
+            for p in not_regular:
+                print(f"warning: skipped: {p} is not a regular file", file=sys.stderr)
+        return samples
+
+    def __getitem__(self, item):
+        index, seed = item
+        for _ in range(10):
+            path, target = self.samples[index]
+            try:
+                with imaging.open_image(path) as img, torch.random.fork_rng(devices=[]):
+                    if seed is not None:
+                        torch.manual_seed(seed)  # forked: the process's own random state is untouched
+                    return self.transform(img), target, index
+            except cli.UserError as e:
+                if path not in self.warned:
+                    self.warned.add(path)
+                    print(f"warning: skipped: {e}", file=sys.stderr)
+                if not self.replace_unreadable:
+                    return None
+                index = (index + 1) % len(self.samples)
+        raise cli.UserError(f"10 unreadable images in a row in {self.root}; check the data set")
+
+
+def train_folder(root, transform):
+    """The train set: class folders with images in each, their names fit for files and figures."""
+    train_set = ClassFolder(files.need_dir(root, "train folder", "run split_data.py first"), transform,
+                            replace_unreadable=True)
+    files.check_class_names(train_set.classes, str(root))
+    empty = [c for i, c in enumerate(train_set.classes) if i not in set(train_set.targets)]
+    if empty:
+        raise cli.UserError(f"no images in the class folder(s) {', '.join(empty)} of {root}; "
+                            "add images or remove the folder(s)")
+    return train_set
+
+
+def val_folder(root, train_set, transform):
+    """The val set, with the train set's classes (val/ must hold no other); its .missing: the
+    classes it has no image of."""
+    files.need_dir(root, "val folder", "run split_data.py first")
+    extra = sorted(set(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")) -
+                   set(train_set.classes))
+    if extra:
+        raise cli.UserError(f"train/ and val/ under {Path(root).parent} hold different classes: "
+                            f"{', '.join(extra)} only in val/")
+    if os.path.realpath(root) == os.path.realpath(train_set.root):
+        raise cli.UserError(f"{root} is {train_set.root} (a link to it): validation would grade the model on the "
+                            "photos it trains on; run split_data.py to make a val/ of its own")
+    val_set = ClassFolder(root, transform, class_to_idx=train_set.class_to_idx)
+    if not len(val_set):
+        raise cli.UserError(f"no images in {root}: split_data.py was run with --val-rate 0, or every val image had "
+                            "a copy in train/ and moved there; run split_data.py again with a --val-rate above 0")
+    check_apart(train_set, val_set)
+    val_set.missing = [c for i, c in enumerate(train_set.classes) if i not in set(val_set.targets)]
+    return val_set
+
+
+def class_counts(dataset):
+    """Images of each class of an ImageFolder, in class order."""
+    counts = [0] * len(dataset.classes)
+    for t in dataset.targets:
+        counts[t] += 1
+    return counts
+
+
+def describe_balance(dataset, where):
+    """The images of each class and the ratio of the largest class to the smallest; above 3, the
+    flags that help."""
+    counts = class_counts(dataset)
+    ratio = max(counts) / max(min(counts), 1)
+    text = (f"images per class in {where}: " + ", ".join(f"{c} {n}" for c, n in zip(dataset.classes, counts))
+            + f" (largest/smallest: {ratio:.1f})")
+    if ratio > 3:
+        text += ("\nnote: the classes are imbalanced: --class-weights auto, --balanced-sampler or --select-by "
+                 "balanced_acc may help the small ones (docs/training.md)")
+    return text
+
+
+def class_weights(choice, dataset):
+    """The loss's class weights for --class-weights: None; 'auto', inverse class frequency normalised
+    as scikit-learn's "balanced" (images / (classes x the class's images)); or a JSON file of
+    {class: weight}, every class of the data set given a positive weight."""
+    if choice is None:
+        return None
+    counts = class_counts(dataset)
+    if choice == "auto":
+        return torch.tensor([len(dataset.targets) / (len(counts) * n) for n in counts])
+    path = files.need_file(choice, "class-weights file", "give --class-weights auto or a JSON file of {class: weight}")
+    try:
+        given = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(given, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise cli.UserError(f"{path} is not a JSON file of {{class: weight}}: {cli.first_line(e)}") from None
+    unknown = sorted(set(given) - set(dataset.classes))
+    missing = [c for c in dataset.classes if c not in given]
+    if unknown or missing:
+        raise cli.UserError(f"{path} must give a weight to each class of the data set ({', '.join(dataset.classes)})"
+                            + (f"; not classes of it: {', '.join(unknown)}" if unknown else "")
+                            + (f"; missing: {', '.join(missing)}" if missing else ""))
+    bad = [c for c, w in given.items() if isinstance(w, bool) or not isinstance(w, (int, float))
+           or not math.isfinite(w) or w <= 0]
+    if bad:
+        raise cli.UserError(f"{path}: the weight of {bad[0]} must be a positive number, not {given[bad[0]]!r}")
+    return torch.tensor([float(given[c]) for c in dataset.classes])
+
+
+def check_apart(train_set, val_set):
+    """val/ shares no image with train/ (files.shared_images)."""
+    shared = files.shared_images([p for p, _ in train_set.samples], [p for p, _ in val_set.samples])
+    if shared:
+        val_path, train_path = shared[0]
+        raise cli.UserError(f"{Path(val_set.root).name}/ shares {len(shared)} image(s) with train/ ({val_path} is "
+                            f"{train_path}): validation would grade the model on photos it trains on; run "
+                            "split_data.py again (it keeps copies on one side)")
+
+
+
+def last_map_size(img_size):
+    """The side of a ResNet's last feature map (five halvings). At 1, a batch of one image gives
+    BatchNorm one value per channel, and training fails."""
+    for _ in range(5):
+        img_size = (img_size - 1) // 2 + 1
+    return img_size
+
+
+def loader_failure(e, workers):
+    """The one line for a data-loader worker that died or could not hand over its batch, or None
+    for any other error. The kernel's out-of-memory killer (a Jetson's usual end) kills a worker;
+    a small /dev/shm (Docker's 64 MB) makes a worker fail to write its batch, or die of SIGBUS."""
+    text = str(e)
+    if not isinstance(e, RuntimeError) or "DataLoader worker" not in text:
+        return None
+    if "shared memory" in text or "Bus error" in text or ("No space left on device" in text and "torch_" in text):
+        return (f"the data-loader workers ran out of shared memory ({shm_size()}; Docker's default is 64 MB): "
+                "pass --workers 0, or give the container more (docker run --shm-size 1g)")
+    if "killed by signal" in text or "exited unexpectedly" in text:
+        how = re.search(r"killed by signal: ([^.]*)", text)
+        return (f"a data-loader worker was {'killed by signal ' + how.group(1) if how else 'lost'} (by the system's "
+                f"out-of-memory killer?); pass fewer --workers (it was {workers}), or --workers 0")
+    return None
+
+
+def shm_size():
+    try:
+        st = os.statvfs("/dev/shm")
+        mb = st.f_blocks * st.f_frsize / 2**20
+        return f"/dev/shm holds {mb:.0f} MB" if mb >= 1 else f"/dev/shm holds {mb * 1024:.0f} KB"
+    except OSError:
+        return "no /dev/shm"
+
+
+def collate_skip_none(batch):
+    """default_collate without the images that could not be read."""
+    batch = [b for b in batch if b is not None]
+    if not batch:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+    return torch.utils.data.default_collate(batch)
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler (shuffled by seed and epoch, sharded, padded) that also skips the samples an
+    interrupted epoch already went through, and hands each sample the seed of its augmentation.
+    balanced: each epoch draws len(dataset) samples with replacement, each class equally often
+    (--balanced-sampler), by seed and epoch, then shards them as DistributedSampler does."""
+
+    def __init__(self, dataset, world, shuffle, seed=0, balanced=False):
+        super().__init__(dataset, num_replicas=world.size, rank=world.rank, shuffle=shuffle, seed=seed)
+        self.skip = 0
+        self.weights = None
+        if balanced:
+            counts = class_counts(dataset)
+            self.weights = torch.tensor([1.0 / counts[t] for t in dataset.targets], dtype=torch.float64)
+
+    def set_epoch(self, epoch, skip=0):
+        super().set_epoch(epoch)
+        self.skip = skip
+
+    def __iter__(self):
+        first = (self.seed + self.epoch) * len(self.dataset)
+        if self.weights is None:
+            for i in list(super().__iter__())[self.skip:]:
+                yield i, (first + i if self.shuffle else None)
+            return
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        drawn = torch.multinomial(self.weights, self.total_size, replacement=True, generator=g).tolist()
+        # An image drawn twice gets two augmentations: the seed follows the place in the draw.
+        mine = list(range(self.rank, self.total_size, self.num_replicas))[self.skip:]
+        for place in mine:
+            yield drawn[place], first + place
+
+    def __len__(self):
+        return max(0, self.num_samples - self.skip)
+
+
+def _transforms_v2():
+    # torchvision 0.15 (v2 in beta) warns at length when v2 is imported: not the user's concern.
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torchvision.transforms import v2
+    return v2
+
+
+def mixup_available():
+    return hasattr(_transforms_v2(), "MixUp")
+
+
+def batch_mixer(s, num_classes):
+    """torchvision's MixUp and/or CutMix (one of them per batch), or None."""
+    if not (s.mixup_alpha or s.cutmix_alpha):
+        return None
+    v2 = _transforms_v2()
+    mixers = ([v2.MixUp(alpha=s.mixup_alpha, num_classes=num_classes)] if s.mixup_alpha else []) + \
+             ([v2.CutMix(alpha=s.cutmix_alpha, num_classes=num_classes)] if s.cutmix_alpha else [])
+    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
+
+
+def batch_seed(seed, epoch, step):
+    """The seed of a batch's mixing: a resumed run mixes each batch as the uninterrupted one did."""
+    return seed * 1_000_003 + epoch * 10_007 + step
+
+
+def mix(mixer, images, labels, seed):
+    """The batch mixed by `mixer` (drawn from its own seed, the process's random state untouched),
+    with soft targets; or, without a mixer, the batch as it is."""
+    if mixer is None:
+        return images, labels
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return mixer(images, labels)
+
+
+def describe(train_set, val_set, workers):
+    """What the run reads: the images of each set, the classes' balance, a class val/ lacks."""
+    print(f"using {len(train_set)} images for training, {len(val_set)} images for validation.")
+    print(describe_balance(train_set, "train/"))
+    if val_set.missing:
+        print(f"warning: val/ has no images of {', '.join(val_set.missing)}: their accuracy cannot be measured",
+              file=sys.stderr)
+    print(f"Using {workers} dataloader workers every process")
+
+
+def fingerprint(train_set, val_set):
+    """The names and sizes of the images of train/ and val/: a resumed run refuses a data set that
+    changed under it, since exact resume would silently break."""
+    h = hashlib.sha256()
+    for ds in (train_set, val_set):
+        for path, target in ds.samples:
+            with contextlib.suppress(OSError):
+                line = f"{os.path.relpath(path, ds.root)}\0{target}\0{os.path.getsize(path)}\n"
+                h.update(line.encode("utf-8", "surrogateescape"))
+    return {"train": len(train_set), "val": len(val_set), "sha256": h.hexdigest()}
