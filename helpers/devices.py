@@ -1,6 +1,5 @@
 """The device and its precision: which device, which autocast dtype, channels-last, the grad
-scaler, peak memory. Calls that changed between torch 2.0 (JetPack 5) and today are guarded here,
-in one place."""
+scaler, peak memory. Calls that changed since torch 2.0 (JetPack 5) are guarded here, in one place."""
 import contextlib
 import os
 import sys
@@ -32,11 +31,9 @@ def select_device(name="auto"):
 
 
 def train_workers(device_name, batch_size, processes=1):
-    """train.py's data-loader workers: the tutorial's min(cpu_count, batch_size, 8), except when the
-    model trains on the CPU. There the workers and the model's threads share the cores, and a worker
-    decodes far faster than the CPU trains (flower photos: over 100 a second), so half the cores, at
-    least one, keep the model fed and leave it the rest. Measured on a 2-core AMD EPYC (AVX2), resnet34,
-    batch 16: 1 worker 9.6 images/s (the whole run 43.7 s), 2 workers 9.3 (44.7 s)."""
+    """train.py's data-loader workers: the tutorial's min(cpu_count, batch_size, 8). On the CPU the
+    workers share the cores with the model, and a worker decodes far faster than the CPU trains:
+    half the cores (at least one) keep the model fed and leave it the rest."""
     if batch_size <= 1:
         return 0
     on_cpu = device_name == "cpu" or (device_name == "auto" and select_device("auto").type == "cpu")
@@ -91,12 +88,9 @@ def grad_scaler(device, dtype):
 
 
 def channels_last(device, choice="auto"):
-    """Whether to run NHWC (channels-last): True or False as given, or "auto": where it is measured to
-    help (docs/benchmarks.md, `python benchmark.py` shows it on any machine). On a CPU, oneDNN's
-    convolutions: training 1.04x and inference 1.17x in fp32 on AVX2, 1.18x and 1.29x on AVX-512, and
-    more with bf16. On a CUDA GPU with tensor cores (compute capability 7.0 and later, Jetson Xavier and
-    Orin among them): NHWC is their layout, 1.26-1.46x on an H100. Not on older GPUs (Maxwell, Pascal:
-    the Jetson Nano, TX2, GTX 10xx), where cuDNN converts to NCHW and back, nor on MPS."""
+    """Whether to run NHWC (channels-last): True or False as given, or "auto": where it was measured
+    to help (docs/benchmarks.md): CPUs (oneDNN), and CUDA GPUs with tensor cores (compute capability
+    7.0 and later), whose layout it is. Not older GPUs (cuDNN converts to NCHW and back), nor MPS."""
     if choice in (True, False):
         return choice
     if device.type == "cpu":

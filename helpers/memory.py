@@ -1,22 +1,14 @@
-"""Memory, before and during a run: an estimate of training's peak for this model, batch size,
-precision and image size, what the machine has free, the batch size that fits, and out-of-memory
-errors recognised whichever allocator ran out (CUDA's, the CPU's, Python's, ONNX Runtime's).
-
-The estimate is a fixed part plus a part per image, from a table measured on a CPU
-(bench/train_memory.py; docs/jetson.md says what it means on a board). It is an estimate: it
-warns before the first step, it stops nothing; an out-of-memory error that comes anyway is handled
-where it happens (train.py saves the last finished step; prediction halves its batch).
-
-torch is imported only inside the functions that need it: prediction with --onnx uses
-is_out_of_memory and HalvingPredictor without it.
+"""Memory: an estimate of training's peak (a fixed part plus a part per image, from a table that
+bench/train_memory.py measured), what the machine has free, the batch size that fits, and
+out-of-memory errors recognised whichever allocator ran out. The estimate only warns; an error
+that comes anyway is handled where it happens (train.py, or prediction halving its batch).
+torch is imported only where needed: prediction with --onnx runs without it.
 """
 import dataclasses
 import sys
 from pathlib import Path
 
-# Training's MB per image at 224 px in fp32, channels-last as train.py runs, with Adam: the slope of
-# the process's peak RSS between batches 4 and 12, each in a process of its own.
-# `python bench/train_memory.py`, 2026-12-01, a 2-core AMD EPYC (no AVX-512), torch 2.14.1.
+# Training's MB per image at 224 px in fp32, channels-last, with Adam (bench/train_memory.py).
 PER_IMAGE_MB = {
     "resnet18": 28.8,
     "resnet34": 42.2,
@@ -26,19 +18,10 @@ PER_IMAGE_MB = {
     "resnext50_32x4d": 133.3,
     "resnext101_32x8d": 262.7,
 }
-# 16-bit autocast keeps about half of that: 24 MB against 47 MB for resnet34, measured where bf16 is
-# native (docs/benchmarks.md, training memory per batch size). On a CPU that only emulates bf16 the
-# figure is not meaningful (oneDNN keeps fp32 copies), and train.py does not choose it there.
-HALF = 0.51
-# --freeze-backbone: the frozen layers run as in inference and keep nothing for a backward pass
-# (fp32 inference, the same table: resnet18 6.4 and resnet34 6.7 MB per image, 0.16-0.22 of training's).
-FROZEN = 0.3
-# The fixed part beside the parameters' bytes (16 a parameter with Adam): Python, torch, its libraries
-# and the allocator's slack; 668-769 MB over the seven architectures in the same table.
-BASE_MB = 730.0
-# A Jetson's GPU shares the system's memory: its CUDA context and libraries come on top (NVIDIA's
-# order of magnitude for JetPack 5; not measured here).
-CUDA_CONTEXT_MB = 1300.0
+HALF = 0.51  # 16-bit autocast keeps about half of that, where the hardware runs it natively.
+FROZEN = 0.3  # --freeze-backbone: the frozen layers keep nothing for a backward pass.
+BASE_MB = 730.0  # Python, torch, its libraries and the allocator's slack, beside the parameters.
+CUDA_CONTEXT_MB = 1300.0  # A Jetson's GPU shares the system's memory: its CUDA context comes on top.
 # Left free on top of the estimate: fragmentation, cuDNN's workspaces, what others start meanwhile.
 MARGIN = 0.9
 MB = 2 ** 20
