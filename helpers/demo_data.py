@@ -144,3 +144,21 @@ def make_demo_images(folder, seed=1234, size=200):
             written.append(path)
     return written
 
+
+def make_clip(path, frames=300, size=(640, 480), fps=30):
+    """A video of demo flowers, a new kind every second, each panned slowly. Written as mp4v, which
+    pip's OpenCV writes without extra libraries."""
+    import numpy as np
+
+    from helpers import sources
+    cv2 = sources.need_cv2()
+    rng = random.Random(2)
+    w, h = size
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    for i in range(frames):
+        if i % fps == 0:
+            scene = np.asarray(draw_image(CLASSES[i // fps % 5], rng, w + fps))
+        top = (scene.shape[0] - h) // 2
+        out.write(cv2.cvtColor(np.ascontiguousarray(scene[top:top + h, i % fps:i % fps + w]), cv2.COLOR_RGB2BGR))
+    out.release()
+    return Path(path)

@@ -3,6 +3,7 @@ without PyTorch, the execution providers and TensorRT's engine cache, prediction
 memory, and the whole-process benchmark."""
 import contextlib
 import csv
+import importlib.util
 import io
 import json
 import os
@@ -518,22 +519,20 @@ def test_make_images_is_deterministic_and_photo_sized(tmp_path):
 def test_predict_folder_runs_every_path_with_valid_commands_and_ratios(tmp_path, monkeypatch, capsys):
     """The commands are checked against each script's own parser; the processes themselves are run
     by the other tests (and by the lead's benchmark), which keeps this one fast."""
-    commands = []
+    commands, exports = [], []
 
     def fake_timed(cmd):
-        commands.append([str(c) for c in cmd])
-        return 4.0 if "--tutorial-predict" in commands[-1] else 1.0
+        cmd = [str(c) for c in cmd]
+        (exports if cmd[0].endswith("export_onnx.py") else commands).append(cmd)
+        return (4.0 if cmd[0].endswith("tutorial_predict.py") else 1.0), ""
 
-    exports = []
     monkeypatch.setattr(benchmark, "timed", fake_timed)
-    monkeypatch.setattr(benchmark.subprocess, "run", lambda cmd, **k: exports.append([str(c) for c in cmd])
-                        or subprocess.CompletedProcess(cmd, 0, "", ""))
     report = benchmark.main(parse(benchmark, ["--predict-folder", tmp_path / "imgs", "--predict-images", "4",
                                               "--model", "resnet18", "--repeats", "3", "--device", "cpu"]))
     assert len(list((tmp_path / "imgs").glob("*.jpg"))) == 4
     parsers = {"export_onnx.py": export_onnx, "batch_predict.py": batch_predict, "predict.py": predict,
-               "benchmark.py": benchmark}
-    for cmd in [e[1:] for e in exports] + commands:
+               "tutorial_predict.py": bench_script("tutorial_predict")}
+    for cmd in exports + commands:
         args = parse(parsers[os.path.basename(cmd[0])], cmd[1:])
         assert getattr(args, "onnx", None) or args.model == "resnet18"  # an ONNX file holds its architecture
     assert "--int8" in exports[0] and len(exports) == 1
@@ -548,6 +547,14 @@ def test_predict_folder_runs_every_path_with_valid_commands_and_ratios(tmp_path,
     assert "4.00x" in out and "one image" in out and "seconds" in out
 
 
+def bench_script(name):
+    """A script of bench/ as a module: its parser checks the commands benchmark.py gives it."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_tutorial_baselines_predict_a_folder_and_one_image(tmp_path, capsys):
     import json
 
@@ -557,9 +564,10 @@ def test_tutorial_baselines_predict_a_folder_and_one_image(tmp_path, capsys):
     benchmark.make_images(tmp_path / "imgs", 5)
     torch.save(weights.build_model("resnet18", num_classes=5).state_dict(), tmp_path / "w.pth")
     (tmp_path / "class_indices.json").write_text(json.dumps({str(i): f"c{i}" for i in range(5)}))
-    common = ["--model", "resnet18", "--weights", tmp_path / "w.pth", "--device", "cpu", "--tutorial-predict"]
-    benchmark.main(parse(benchmark, common + [tmp_path / "imgs"]))
+    tutorial = bench_script("tutorial_predict")
+    common = ["--model", "resnet18", "--weights", tmp_path / "w.pth", "--device", "cpu"]
+    tutorial.main(parse(tutorial, [tmp_path / "imgs"] + common))
     assert len(re.findall(r"^image: .*img_00\d.jpg  class: c\d  prob: ", capsys.readouterr().out, re.M)) == 5
-    benchmark.main(parse(benchmark, common + [tmp_path / "imgs" / "img_000.jpg"]))
+    tutorial.main(parse(tutorial, [tmp_path / "imgs" / "img_000.jpg"] + common))
     assert len(re.findall(r"^class: c\d +prob: ", capsys.readouterr().out, re.M)) == 5
     assert (tmp_path / "tutorial_predict.png").is_file()

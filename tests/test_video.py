@@ -24,7 +24,7 @@ import predict
 import video_predict
 from helpers import cli, demo_data, deploy, imaging, inference, sources, video, weights
 from conftest import ROOT, parse, run_script
-from test_deploy import RUN_AND_LIST_MODULES
+from test_deploy import RUN_AND_LIST_MODULES, bench_script
 
 cv2 = sources.cv2
 needs_cv2 = pytest.mark.skipif(cv2 is None, reason="OpenCV is not installed (pip install -r requirements-video.txt)")
@@ -435,19 +435,19 @@ def test_video_benchmark_runs_each_path_with_valid_commands_and_shares(tmp_path,
     tests run them), and the model alone is faked too."""
     commands, exports = [], []
 
-    def fake_timed_output(cmd):
-        commands.append([str(c) for c in cmd])
-        fps = 10.0 if "--naive-video" in commands[-1] else 40.0
+    def fake_timed(cmd):
+        cmd = [str(c) for c in cmd]
+        (exports if cmd[0].endswith("export_onnx.py") else commands).append(cmd)
+        fps = 10.0 if cmd[0].endswith("naive_video.py") else 40.0
         return 2.0, f"read 60 frames, predicted 60, dropped 0, skipped 0, {fps} frames/s with something"
 
-    monkeypatch.setattr(benchmark, "timed_output", fake_timed_output)
-    monkeypatch.setattr(benchmark, "run_quietly", lambda cmd: exports.append([str(c) for c in cmd]))
+    monkeypatch.setattr(benchmark, "timed", fake_timed)
     monkeypatch.setattr(benchmark, "model_rate", lambda predict, batch, size: 50.0)
     monkeypatch.setattr(inference, "settle", lambda args: args)
     monkeypatch.setattr(inference, "load_predictor", lambda p: (None, "faked"))
     report = benchmark.main(parse(benchmark, ["--video", "--video-frames", "3", "--model", "resnet18",
                                               "--batch-size", "4", "--img-size", "32", "--device", "cpu"]))
-    parsers = {"video_predict.py": video_predict, "benchmark.py": benchmark}
+    parsers = {"video_predict.py": video_predict, "naive_video.py": bench_script("naive_video")}
     for cmd in commands:
         args = parse(parsers[os.path.basename(cmd[0])], cmd[1:])
         assert args.img_size == 32 and (getattr(args, "onnx", None) or args.model == "resnet18")
@@ -464,11 +464,12 @@ def test_video_benchmark_runs_each_path_with_valid_commands_and_shares(tmp_path,
 def test_generated_clip_and_naive_loop(tmp_path, capsys):
     import torch
 
-    clip = benchmark.make_clip(tmp_path / "clip.mp4", frames=4)
+    clip = demo_data.make_clip(tmp_path / "clip.mp4", frames=4)
     assert video_info(clip) == (4, (640, 480), 30.0)
     torch.save(weights.build_model("resnet18", num_classes=5).state_dict(), tmp_path / "w.pth")
-    benchmark.main(parse(benchmark, ["--naive-video", clip, "--model", "resnet18", "--weights", tmp_path / "w.pth",
-                                     "--img-size", "32", "--device", "cpu"]))
+    naive = bench_script("naive_video")
+    naive.main(parse(naive, [clip, "--model", "resnet18", "--weights", tmp_path / "w.pth", "--img-size", "32",
+                             "--device", "cpu"]))
     out = capsys.readouterr().out
     assert len(re.findall(r"^frame \d: class \d prob ", out, re.M)) == 4
     assert re.search(r"^read 4 frames, [\d.]+ frames/s$", out, re.M)
