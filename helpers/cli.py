@@ -17,24 +17,8 @@ import sys
 from helpers import stop
 
 
-def utf8_mode():
-    """Python's UTF-8 mode (PEP 540) for the scripts, whatever the locale: under an ASCII or a
-    Latin-1 one (LANG=C with the C locale's coercion turned off, an old server), Python would read a
-    Chinese class folder's name as undecodable bytes (or as Latin-1 nonsense) and refuse or rename
-    the class. The process starts again once, in UTF-8 mode, before anything is done; a file name
-    that is not UTF-8 is then still read, as bytes (surrogateescape)."""
-    if sys.flags.utf8_mode or os.name == "nt" or os.environ.get("_FLOWERS_UTF8") == "1":
-        return
-    if sys.getfilesystemencoding().lower().replace("-", "") == "utf8":
-        return
-    env = dict(os.environ, PYTHONUTF8="1", _FLOWERS_UTF8="1")
-    argv = list(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])  # orig_argv: 3.10's, with -u etc.
-    os.execve(sys.executable, argv, env)
-
-
 def one_line_ctrl_c():
-    """Called by each script before it imports torch (stop.while_importing), in UTF-8 mode."""
-    utf8_mode()
+    """Called by each script before it imports torch (stop.while_importing)."""
     stop.while_importing()
 
 
@@ -75,12 +59,12 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):
         # An empty value ('' from an unset shell variable) would read as "not given" and quietly
-        # fall back to a default path: refused, for every flag and argument.
+        # fall back to a default path, so it is refused for every flag and argument.
         ns, rest = super().parse_known_args(args, namespace)
-        for action in self._actions:
-            value = getattr(ns, action.dest, None)
+        for dest, value in vars(ns).items():
             if value == "" or (isinstance(value, list) and "" in value):
-                self.error(f"{'/'.join(action.option_strings) or action.dest} is empty")
+                flag = "--" + dest.replace("_", "-")
+                self.error(f"{flag if flag in self.format_usage() else dest} is empty")  # else: a positional
         return ns, rest
 
 

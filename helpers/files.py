@@ -5,6 +5,7 @@ a download to make), atomic writes, the class-index and labels files, and downlo
 A write goes to a temporary file beside its target and is renamed into place, so a failure (disk
 full, Ctrl-C) leaves the old file whole and no temporary file behind.
 """
+import codecs
 import contextlib
 import csv
 import errno
@@ -279,7 +280,13 @@ def check_class_names(names, where):
     bad = [c for c in names if not isinstance(c, str) or not c.strip() or any(ch in c for ch in "\n\r\t\x00")]
     if bad:
         raise cli.UserError(f"{where}: class names must be non-empty strings on one line, found {bad[0]!r}")
+    locale = codecs.lookup(sys.getfilesystemencoding()).name
     for c in names:
+        # Outside Python's UTF-8 mode, a non-UTF-8 locale reads a UTF-8 folder name as other characters.
+        with contextlib.suppress(UnicodeError):
+            if locale != "utf-8" and c.encode(locale, "surrogateescape").decode("utf-8") != c:
+                raise cli.UserError(f"{where}: the class name {os.fsencode(c).decode('utf-8')!r} is UTF-8, but this "
+                                    f"locale reads file names as {locale}; run with PYTHONUTF8=1 or in a UTF-8 locale")
         try:
             c.encode("utf-8")
         except UnicodeEncodeError:

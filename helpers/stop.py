@@ -114,15 +114,20 @@ def deferred(what):
 
 @contextlib.contextmanager
 def blocked():
-    """Signals wait until the block ends; then a pending one is handled at once."""
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+    """Signals wait until the block ends; then the first one is raised again, for the earlier handler.
+    The handlers are swapped, not the signal mask: torch's threads would receive a masked signal."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    pending = []
+    previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in SIGNALS}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if pending:
+            signal.raise_signal(pending[0])
 
 
 def ignore_in_worker(worker_id=None):

@@ -716,7 +716,8 @@ def test_every_folder_a_run_writes_into_is_locked_and_no_lock_file_is_left(data,
                                         {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}])
 def test_file_names_that_are_not_utf8_are_split_trained_on_predicted_and_written(tmp_path, locale_env):
     # Latin-1 names, as an old Windows zip or an SMB share gives them, beside Chinese ones; in a UTF-8
-    # locale and in an ASCII one. Nothing may end in a UnicodeEncodeError after the work.
+    # locale and in an ASCII one. Nothing may end in a UnicodeEncodeError after the work. Outside
+    # Python's UTF-8 mode, a Chinese class folder is refused in one line that names PYTHONUTF8=1.
     photos = make_class_folders(tmp_path / "data" / "flower_photos", per_class=8, classes=("daisy", "roses", "郁金香"))
     for cls in ("daisy", "roses", "郁金香"):
         folder = os.fsencode(photos / cls)
@@ -732,6 +733,13 @@ def test_file_names_that_are_not_utf8_are_split_trained_on_predicted_and_written
         assert res.returncode == 0 and b"Traceback" not in res.stderr, res.stderr.decode(errors="replace")
         return res
     data = tmp_path / "data"
+    classes = ["daisy", "roses", "郁金香"]
+    if locale_env.get("PYTHONUTF8") == "0":
+        res = subprocess.run([sys.executable, str(ROOT / "split_data.py"), "--data-path", str(data)], env=env,
+                             capture_output=True, timeout=600, cwd=tmp_path)
+        assert res.returncode == 1 and res.stderr.count(b"\n") == 1 and b"PYTHONUTF8=1" in res.stderr, res.stderr
+        os.rename(photos / "郁金香", photos / "tulips")
+        classes[2] = "tulips"
     run("split_data.py", "--data-path", data, "--val-rate", "0.5")
     out = tmp_path / "run"
     run("train.py", *TINY_TRAIN, "--data-path", data, "--save-path", out / "w.pth", "--class-indices", out / "ci.json")
@@ -746,7 +754,7 @@ def test_file_names_that_are_not_utf8_are_split_trained_on_predicted_and_written
     run("evaluate.py", data / "val", "--weights", out / "w.pth", "--workers", "0", "--output-dir", tmp_path / "ev",
         "--csv", tmp_path / "ev.csv")
     assert b"caf\xe9_" in (tmp_path / "ev.csv").read_bytes()
-    assert json.loads((out / "ci.json").read_text(encoding="utf-8")) == {"0": "daisy", "1": "roses", "2": "郁金香"}
+    assert json.loads((out / "ci.json").read_text(encoding="utf-8")) == {str(i): c for i, c in enumerate(classes)}
     res = run("export_onnx.py", "--weights", out / "w.pth", "--out", tmp_path / "m.onnx", "--data-path", data)
     assert b"on 12 images" in res.stdout  # every val image, the Chinese class's too
 
