@@ -1,30 +1,19 @@
-"""The command line of every script, without PyTorch: one-line errors (run_cli, UserError, an
-ArgumentParser whose errors are one line) and the checked argument types.
-
-A script resolves its settings with these, checks its inputs and outputs with files.py, and only
-then writes. Bad input, a full disk, running out of memory or Ctrl-C end in one line on stderr and a
-non-zero exit; only a bug in the code shows a traceback.
+"""The command line of every script, without PyTorch: run_cli, UserError, an ArgumentParser whose
+errors are one line, and the checked argument types. Bad input, a full disk, running out of memory
+or a stop signal end in one line on stderr; only a bug in the code shows a traceback.
 """
 import argparse
 import codecs
 import contextlib
 import gc
 import math
-import os
 import signal
 import sys
 
 from helpers import stop
 
 
-def one_line_ctrl_c():
-    """Called by each script before it imports torch (stop.while_importing)."""
-    stop.while_importing()
-
-
-# Kept until helpers/training.py and train.py use helpers/stop.py directly.
-ignore_stop_signals = stop.ignore_in_worker
-quiet_closed_terminal = stop.quiet_closed_terminal
+one_line_ctrl_c = stop.while_importing  # Each script calls it before it imports torch.
 
 
 def _printable(e):
@@ -76,17 +65,14 @@ def add_overwrite(parser, help):
 
 
 def run_cli(main, parser, argv=None):
-    """Parse the command line and run main(args). Bad input, a full disk, running out of memory or
-    Ctrl-C end in one line on stderr and a non-zero exit; only a bug in the code shows a traceback."""
-    stop.install()  # Ctrl-C, SIGTERM and SIGHUP end the script in one line, temporaries removed
+    """Parse the command line and run main(args); each expected failure ends in one line."""
+    stop.install()
     printable_output()
     args = parser.parse_args(argv)
     try:
         main(args)
-        # The work is done and every file closed. The interpreter's exit would now run the garbage
-        # collector once more over every object, torch's hundreds of thousands included: 0.55 s of a
-        # 0.75 s exit on a 2-core CPU. Frozen, they are left to the process's end, as os._exit
-        # would, while stdout is still flushed and atexit handlers (worker shutdown) still run.
+        # The work is done. Frozen objects are left to the process's end, so the exit does not walk
+        # torch's many objects once more; stdout is still flushed and atexit handlers still run.
         gc.freeze()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
