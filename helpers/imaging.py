@@ -1,15 +1,10 @@
 """Reading images and preprocessing them, for training and prediction alike.
 
-Every image becomes 8-bit RGB with its EXIF orientation applied (the tutorial crashed or
-mispredicted on alpha, grayscale, 16-bit and CMYK files). A JPEG is decoded at a reduced scale when
-the crop that follows allows it (Pillow's draft(): libjpeg's DCT scaling by 1/2, 1/4 or 1/8), so a
-12 MP phone photo is not decoded at full size only to be cropped to 224 px. An image whose decoded
-size would exceed MAX_PIXELS is refused like any unreadable file, so one hostile file cannot take
-the process's memory.
-
-This module imports neither torch nor torchvision at load time: the ONNX prediction path runs
-without them.
+Every image becomes 8-bit RGB with its EXIF orientation applied. A JPEG is decoded at 1/2, 1/4 or
+1/8 scale when the crop that follows allows it (Pillow's draft()): measured, this makes phone photos
+many times faster to load. This module does not import torch, so ONNX prediction runs without it.
 """
+import io
 import math
 import os
 import warnings
@@ -20,50 +15,29 @@ from PIL import Image, ImageOps, features
 
 from helpers import cli
 
-# A phone photo with a damaged EXIF block decodes fine, but Pillow's TIFF reader (which parses EXIF)
-# warns on stderr, two lines per image that name no file: not the user's business.
+# Pillow warns on stderr about a damaged EXIF block, without naming the file; the photo decodes fine.
 warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
 
 
-def _has(feature):
-    try:
-        with warnings.catch_warnings():  # an older Pillow warns "Unknown feature" on stderr
-            warnings.simplefilter("ignore")
-            return bool(features.check(feature))
-    except (ValueError, KeyError):  # a Pillow that does not know the feature
-        return False
-
-
-def _heif_opener():
-    try:
-        import pillow_heif  # optional: iPhone photos (pip install pillow-heif)
-    except ImportError:
-        return False
-    pillow_heif.register_heif_opener()
-    return True
-
-
-# Phone photos: AVIF, which Pillow reads since 11.3, and HEIC/HEIF (iPhones), which it reads with the
-# optional pillow-heif. They are always listed as images, so that one this Pillow cannot read is
-# skipped and named with what to install, never silently left out.
+# Phone photos in AVIF (Pillow 11.3 and later) and HEIC (with pillow-heif) are always listed as
+# images, so that one this Pillow cannot read is named with what to install, not silently left out.
 CANNOT_READ = {}
-if not _has("avif"):
+if not ("avif" in features.modules and features.check_module("avif")):
     CANNOT_READ[".avif"] = "AVIF photos need Pillow 11.3 or later: pip install -U pillow"
-if not _heif_opener():
+try:
+    import pillow_heif
+    pillow_heif.register_heif_opener()
+except ImportError:
     CANNOT_READ[".heic"] = CANNOT_READ[".heif"] = "HEIC/HEIF photos need pillow-heif: pip install pillow-heif"
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".avif", ".heic", ".heif")
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
-# Decoded pixels allowed per image: 24 MP (a 6000 x 4000 frame) is 72 MB as RGB, and an RGBA PNG of
-# that size peaks near 400 MB while its alpha is composited. JPEGs are measured after draft(), so a
-# 100 MP phone JPEG decoded at 1/4 or 1/8 passes; a PNG that declares 20000 x 20000 does not.
+# The most pixels one image may decode to, so that one hostile file cannot take the process's
+# memory. A JPEG is measured after draft(), so a large phone photo decoded at reduced scale passes.
 MAX_PIXELS = 24_000_000
-# Pillow's own guard raises at open() for any declared size above 2x its limit, before draft()
-# could shrink a JPEG: ours replaces it (checked in decode_rgb, after draft).
+# Pillow's own limit would refuse a large JPEG at open(), before draft() could shrink it.
 Image.MAX_IMAGE_PIXELS = None
-
-EXIF_ORIENTATION = 0x0112
 
 
 def is_image_file(path):
@@ -73,10 +47,8 @@ def is_image_file(path):
 
 
 def walk_files(folder):
-    """Every file below folder, sorted, following links to folders (a class may link in a folder of
-    photos from elsewhere) but never into a folder twice, nor into one that holds the folder walked
-    (a link to '..' would loop, or read the other classes' images as this one's); hidden folders are
-    skipped."""
+    """Every file below folder, sorted, hidden folders skipped. Links to folders are followed, but
+    never into a folder twice, nor into one that holds `folder` (a link to '..' would loop)."""
     top = os.path.realpath(folder)
     found, seen = [], set()
     for root, dirs, files in os.walk(folder, followlinks=True):
@@ -91,9 +63,8 @@ def walk_files(folder):
 
 
 def list_images(folder, recursive=False, not_regular=None):
-    """Image files in a folder (and its sub-folders), sorted. An image name that is not a regular
-    file (a pipe, a device, a broken link) is left out, and added to `not_regular` when given: reading
-    a pipe would wait forever, a link to /dev/zero would never end."""
+    """Image files in a folder (and its sub-folders), sorted. A name that is not a regular file (a
+    pipe, a device, a broken link) is left out, and added to `not_regular` when given."""
     folder = Path(folder)
     candidates = walk_files(folder) if recursive else sorted(folder.iterdir())
     images = []
@@ -110,10 +81,8 @@ def list_images(folder, recursive=False, not_regular=None):
 # ---------------------------------------------------------------- decoding
 
 def save_image(img, path, **params):
-    """img.save, in the format its name says, but checked: Pillow hands its encoder's buffer to
-    write() and ignores a short write, so on a full disk it leaves a cut-off file and no error.
-    Encoded in memory, then written by Python, which raises on a short write."""
-    import io
+    """img.save, in the format its name says. Encoded in memory and written by Python, because
+    Pillow ignores a short write: on a full disk it would leave a cut-off file and no error."""
     fmt = Image.registered_extensions().get(Path(path).suffix.lower())
     if fmt is None:
         raise cli.UserError(f"cannot write image {path}: Pillow knows no format for its ending")
@@ -134,9 +103,8 @@ def open_image(path):
     except Exception as e:  # hostile files raise many kinds; all mean "not an image we can read"
         raise cli.UserError(f"cannot read image {path}: {cli.first_line(e)}") from None
     w, h = img.size
-    # Checked on the declared size, before anything decodes: a baseline JPEG may still shrink 8x a
-    # side. A progressive one cannot: libjpeg keeps every DCT coefficient of the whole image (2 bytes
-    # a sample, draft() or not), so a 38000 x 38000 one takes gigabytes to decode.
+    # Checked on the declared size, before anything decodes. A baseline JPEG may still shrink 8 times
+    # a side; a progressive one is decoded whole by libjpeg, whatever draft() asks.
     jpeg = img.format in ("JPEG", "MPO")
     progressive = jpeg and (img.info.get("progressive") or img.info.get("progression"))
     if w * h > MAX_PIXELS * (4 if progressive else 64 if jpeg else 1):
@@ -153,20 +121,16 @@ def _too_large(path, w, h, why=""):
 def oriented_size(img):
     """(width, height) as the image will be shown: EXIF rotations by 90 degrees swap them."""
     try:
-        orientation = img.getexif().get(EXIF_ORIENTATION, 1)
-    except Exception:  # a broken EXIF block: ignored, as exif_transpose would
+        orientation = img.getexif().get(0x0112, 1)  # The EXIF orientation tag.
+    except Exception:  # A broken EXIF block is ignored, as exif_transpose ignores it.
         orientation = 1
     w, h = img.size
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
 def decode_rgb(img, shrink=1.0, path=None):
-    """Decode an opened image into 8-bit RGB with its EXIF orientation applied.
-
-    shrink: how many times smaller than its full size the caller can use the image; a JPEG is then
-    decoded at the largest DCT scale (2, 4 or 8) not above it, so both sides stay at least
-    full size / shrink.
-    """
+    """Decode an opened image into 8-bit RGB, upright. shrink: how many times smaller the caller can
+    use it; a JPEG is then decoded at the largest scale (1/2, 1/4 or 1/8) that keeps that size."""
     path = path or getattr(img, "filename", "") or "image"
     try:
         if shrink >= 2:
@@ -185,15 +149,13 @@ def decode_rgb(img, shrink=1.0, path=None):
 
 
 def _to_rgb(img):
-    """Alpha composited on white, palette, 16/32-bit grayscale scaled (not clipped), CMYK, L."""
+    """Any mode to RGB: alpha put on white, 16-bit and float images scaled, not clipped."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         img = img.convert("I")
-        # 16-bit data would be clipped at 255 by a plain convert: scale to 8 bits first.
         img = img.point(lambda v: v * (1 / 256)) if img.getextrema()[1] > 255 else img
         img = img.convert("L")
     elif img.mode == "F":
-        # 32-bit float (scientific TIFFs): 0..1 is scaled to 0..255, another range stretched to it;
-        # a plain convert would clip 0..1 to black.
+        # Scientific TIFFs: 0..1 is scaled to 0..255 (a plain convert makes it black), another range stretched.
         lo, hi = img.getextrema()
         if 0 <= lo and hi <= 1:
             img = img.point(lambda v: v * 255)
@@ -210,9 +172,8 @@ def _to_rgb(img):
 
 
 def load_rgb(path, min_side=None, max_side=None):
-    """Open and decode a file; with min_side, a JPEG may be decoded smaller while both of its
-    sides stay at least min_side (or its full size, when smaller); with max_side, the result is
-    shrunk to fit it (for pictures: a figure panel needs no more)."""
+    """Open and decode a file. min_side: a JPEG may be decoded smaller while both sides keep at
+    least that size; max_side: the result is shrunk to fit (a figure's panel needs no more)."""
     with open_image(path) as img:
         shrink = min(oriented_size(img)) / min_side if min_side else 1.0
         rgb = decode_rgb(img, shrink, path)
@@ -224,23 +185,16 @@ def load_rgb(path, min_side=None, max_side=None):
 # ---------------------------------------------------------------- preprocessing
 
 class EvalTransform:
-    """torchvision's Resize(img_size / 0.875) + CenterCrop(img_size) + ToTensor + Normalize, as a
-    float32 NumPy array (3, H, W), without importing torch: ONNX prediction runs without it, and
-    `import torch, torchvision` costs 2.8-2.9 s of start-up here against 0.12 s for NumPy and Pillow
-    (measured 2026-11-30), most of predict.py --onnx's one-second budget.
-
-    The same pixels as torchvision (tested). Two changes keep memory and time bounded: a JPEG larger
-    than needed is drafted first, so its short side stays at least the resize target (a photo no
-    bigger than that is unchanged); and an image of extreme aspect ratio has only its crop's box
-    resized, not the whole (a 1x20000 strip resized whole to a short side of 128 is 2.5 GB).
-    """
+    """torchvision's Resize(img_size / 0.875), CenterCrop, ToTensor and Normalize, in NumPy: the
+    same pixels (tested), without torch, whose import was measured to cost prediction most of its
+    start-up. A large JPEG is drafted first, and a panorama has only its crop's box resized."""
 
     def __init__(self, img_size=224):
         self.size, self.resize = img_size, int(round(img_size / 0.875))
 
     def __call__(self, img):
-        """img: an image from open_image() (decoded here) or an RGB image."""
-        return to_normalized_array(self.resize_crop(img))
+        """img: an image from open_image() (decoded here) or an RGB image; returns (3, H, W) float32."""
+        return normalize(np.asarray(self.resize_crop(img), dtype=np.uint8)[None])[0]
 
     def resize_crop(self, img):
         """The resized and cropped RGB image, before ToTensor + Normalize."""
@@ -252,7 +206,7 @@ class EvalTransform:
         top, left = int(round((new_h - self.size) / 2.0)), int(round((new_w - self.size) / 2.0))
         if new_w * new_h <= 16 * self.resize ** 2:  # any usual aspect ratio: torchvision's own steps
             return img.resize((new_w, new_h), Image.BILINEAR).crop((left, top, left + self.size, top + self.size))
-        # A panorama or a 1x20000 strip: only the crop's box is resized (the whole would take GBs).
+        # A panorama or a strip: only the crop's box is resized, since the whole could take gigabytes.
         # Pillow takes the box in 32-bit floats, so a pixel may differ by one level from the above.
         sx, sy = w / new_w, h / new_h
         box = (left * sx, top * sy, (left + self.size) * sx, (top + self.size) * sy)
@@ -260,43 +214,24 @@ class EvalTransform:
 
 
 def normalize(batch, mean=MEAN, std=STD):
-    """uint8 NHWC crops to the model's float32 NCHW input: ToTensor + Normalize in NumPy (equal to
-    torchvision's to 1e-6). mean and std: an ONNX file's own, when it holds others."""
-    scale, shift = (SCALE, SHIFT) if (tuple(mean), tuple(std)) == (MEAN, STD) else scale_shift(mean, std)
+    """uint8 NHWC crops to the model's float32 NCHW input: ToTensor and Normalize as one multiply-add,
+    (x / 255 - mean) / std = x * scale - shift. mean and std: an ONNX file's own, when it holds others."""
+    mean, std = np.asarray(mean, dtype=np.float64).reshape(3, 1, 1), np.asarray(std, dtype=np.float64).reshape(3, 1, 1)
     x = batch.transpose(0, 3, 1, 2).astype(np.float32, order="C")  # NCHW: one copy
-    x *= scale
-    x -= shift
+    x *= (1 / (255 * std)).astype(np.float32)
+    x -= (mean / std).astype(np.float32)
     return x
 
 
-def scale_shift(mean, std):
-    """ToTensor + Normalize as one multiply-add: (x / 255 - mean) / std = x * scale - shift."""
-    mean, std = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
-    return (1 / (255 * std)).astype(np.float32).reshape(3, 1, 1), (mean / std).astype(np.float32).reshape(3, 1, 1)
-
-
-SCALE, SHIFT = scale_shift(MEAN, STD)
-
-
-def to_normalized_array(img):
-    """One RGB image: (3, H, W) float32."""
-    return normalize(np.asarray(img, dtype=np.uint8)[None])[0]
-
-
 class TrainTransform:
-    """RandomResizedCrop(img_size) + RandomHorizontalFlip (+ auto augment) + ToTensor + Normalize
-    (+ RandomErasing), with torchvision's random draws, on an image from open_image().
-
-    The crop is drawn before decoding, from the image's size, so a JPEG is decoded at the largest
-    scale that still gives the crop at least img_size pixels a side. For a photo decoded at full
-    size the pixels equal torchvision's RandomResizedCrop (tested); a drafted one differs only by
-    the JPEG's own downscaling.
-    """
+    """torchvision's RandomResizedCrop, RandomHorizontalFlip (and auto augment), ToTensor, Normalize
+    (and RandomErasing), with its random draws. The crop is drawn before decoding, so a JPEG is
+    decoded only as large as the crop needs; otherwise the pixels equal torchvision's (tested)."""
 
     AUTO_AUGMENT = ("ta", "ra", "aa")
 
     def __init__(self, img_size=224, auto_augment=None, random_erase=0.0):
-        from torchvision import transforms  # here, not at import: prediction does not need it
+        from torchvision import transforms  # Imported here: prediction does not need it.
 
         self.size = img_size
         self.crop = transforms.RandomResizedCrop(img_size)
@@ -318,14 +253,14 @@ class TrainTransform:
         import torch
 
         w, h = oriented_size(img)
-        # torchvision's own draw, on a shape-only tensor: the same random numbers, no pixels.
+        # torchvision's own draw on a tensor without data: the same random numbers, no pixels.
         top, left, ch, cw = self.crop.get_params(torch.empty((3, h, w), device="meta"),
                                                  self.crop.scale, self.crop.ratio)
         if getattr(img, "tile", None) or img.mode != "RGB":
             img = decode_rgb(img, min(cw, ch) / self.size)
         if img.size == (w, h):
             img = img.crop((left, top, left + cw, top + ch)).resize((self.size, self.size), Image.BILINEAR)
-        else:  # drafted: the same box, in the smaller image's coordinates
+        else:  # Drafted: the same box, in the smaller image's coordinates.
             sx, sy = img.width / w, img.height / h
             box = (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
             img = img.resize((self.size, self.size), Image.BILINEAR, box=box)
