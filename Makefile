@@ -44,8 +44,9 @@ demo: $(VENV)/.run-deps
 	$(BIN)/python batch_predict.py data/imgs $(MODEL_ARGS) --csv $(DEMO_OUT)/predictions.csv
 
 # Only the temporary folders of failed tests are kept: pytest keeps every test's, of its last 3 sessions
-# (6 GB a session here, mostly the tiny runs' checkpoints), which fills a small disk.
-PYTEST_ARGS ?= -q -o tmp_path_retention_policy=failed
+# (6 GB a session here, mostly the tiny runs' checkpoints), which fills a small disk. The 15 slowest
+# tests are named at the end of every run, so that a slow new test is seen at once.
+PYTEST_ARGS ?= -q -o tmp_path_retention_policy=failed --durations=15
 
 test: $(VENV)/.test-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS) tests

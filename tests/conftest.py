@@ -24,6 +24,7 @@ import split_data  # noqa: E402
 import train  # noqa: E402
 
 torch.set_num_threads(2)
+FILTERS_AT_IMPORT = list(warnings.filters)  # with those the helpers set when they were imported
 
 # Small and fast: resnet18 at 32 px. TINY_TRAIN is what a test adds its own paths to.
 TINY_TRAIN = ["--model", "resnet18", "--weights", "none", "--img-size", "32", "--epochs", "1",
@@ -61,8 +62,10 @@ def run_main(script, *argv, cwd=None):
         if cwd is not None:
             os.chdir(cwd)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
-            # As in a new process: each warning is shown once, on stderr, where the tests can see it.
-            warnings.simplefilter("default")
+            # As in a new process: the filters that the code set when it was imported (pytest drops
+            # them after collecting), and any other warning shown once, on stderr.
+            warnings.filters[:] = FILTERS_AT_IMPORT
+            warnings.simplefilter("default", append=True)
             warnings.showwarning = lambda *w, **_: sys.stderr.write(warnings.formatwarning(*w[:4]))
             try:
                 cli.run_cli(module.main, module.get_args_parser(), [str(a) for a in argv])

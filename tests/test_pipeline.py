@@ -10,7 +10,7 @@ from PIL import Image
 import batch_predict
 import model
 import predict
-from conftest import parse, run_script
+from conftest import parse, run_main, run_script
 
 
 def model_args(tiny_run):
@@ -71,7 +71,7 @@ def test_predict_prints_every_class_and_saves_figure_headless(tiny_run, tmp_path
     assert abs(sum(float(line.split("prob:")[1]) for line in lines) - 1) < 0.01
     assert Image.open(tmp_path / "fig.png").size[0] > 100
     # no display and no --save-fig: written to predict.png, never a crash
-    res = run_script("predict.py", img, *model_args(tiny_run), cwd=tmp_path)
+    res = run_main("predict.py", img, *model_args(tiny_run), cwd=tmp_path)
     assert res.returncode == 0 and (tmp_path / "predict.png").exists(), res.stderr
 
 
@@ -97,9 +97,9 @@ def test_the_class_file_beside_the_weights_wins_over_a_stale_one_here(tiny_run, 
     (here / "class_indices.json").write_text(json.dumps({"0": "tulips", "1": "roses", "2": "daisy"}))
     img = sorted((tiny_run["data"] / "val" / "roses").iterdir())[0]
     common = [img, "--model", "resnet18", "--img-size", "32", "--weights", run / "w.pth", "--save-fig", tmp_path / "f.png"]
-    res = run_script("predict.py", *common, cwd=here)
+    res = run_main("predict.py", *common, cwd=here)
     assert res.returncode == 0, res.stderr
     assert [line.split()[1] for line in res.stdout.splitlines() if line.startswith("class: ")] == ["daisy", "roses", "tulips"]
     # Given explicitly, the stale file is used: the user asked for it.
-    res = run_script("predict.py", *common, "--class-indices", here / "class_indices.json", cwd=here)
+    res = run_main("predict.py", *common, "--class-indices", here / "class_indices.json", cwd=here)
     assert [line.split()[1] for line in res.stdout.splitlines() if line.startswith("class: ")] == ["tulips", "roses", "daisy"]
