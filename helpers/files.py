@@ -1,9 +1,6 @@
-"""Files, checked before the first side effect and written atomically: inputs that must exist,
-outputs that must be writable (and are not replaced without --overwrite when they cost training or
-a download to make), atomic writes, the class-index and labels files, and downloads.
-
-A write goes to a temporary file beside its target and is renamed into place, so a failure (disk
-full, Ctrl-C) leaves the old file whole and no temporary file behind.
+"""Files: inputs and outputs checked before any work, atomic writes (a temporary file beside the
+target, renamed into place, so a failure leaves the old file whole), locks on folders, the
+class-index and labels files, and downloads.
 """
 import codecs
 import contextlib
@@ -32,22 +29,22 @@ CLASS_INDICES = "./class_indices.json"
 # ---------------------------------------------------------------- inputs
 
 def need_file(path, what, hint=""):
-    path = Path(path)
+    path, hint = Path(path), f"; {hint}" if hint else ""
     if path.is_dir():
-        raise cli.UserError(f"{what} {path} is a folder, not a file" + (f"; {hint}" if hint else ""))
+        raise cli.UserError(f"{what} {path} is a folder, not a file{hint}")
     if path.exists() and not path.is_file():
         raise cli.UserError(f"{what} {path} is not a regular file (a device, a pipe or a socket)")
     if not path.is_file():
-        raise cli.UserError(f"{what} not found: {path}" + (f"; {hint}" if hint else ""))
+        raise cli.UserError(f"{what} not found: {path}{hint}")
     return path
 
 
 def need_dir(path, what, hint=""):
-    path = Path(path)
+    path, hint = Path(path), f"; {hint}" if hint else ""
     if path.exists() and not path.is_dir():
-        raise cli.UserError(f"{what} {path} is a file, not a folder" + (f"; {hint}" if hint else ""))
+        raise cli.UserError(f"{what} {path} is a file, not a folder{hint}")
     if not path.is_dir():
-        raise cli.UserError(f"{what} not found: {path}" + (f"; {hint}" if hint else ""))
+        raise cli.UserError(f"{what} not found: {path}{hint}")
     return path
 
 
@@ -62,13 +59,15 @@ def missing_dirs(folder):
     return missing
 
 
-def check_writable_dir(folder, what="output"):
-    """The folder, or its first existing ancestor (where it will be made), takes new files.
-    Tried for real with an invisible temporary file: os.access says yes to root on read-only
-    mounts."""
-    folder = Path(folder)
+def existing_ancestor(folder):
     missing = missing_dirs(folder)
-    probe = missing[-1].parent if missing else folder
+    return missing[-1].parent if missing else Path(folder)
+
+
+def check_writable_dir(folder, what="output"):
+    """The folder, or its first existing parent, takes new files. A real temporary file is made,
+    because os.access says yes to root on a read-only mount."""
+    probe = existing_ancestor(folder)
     if not probe.is_dir():
         raise cli.UserError(f"cannot write the {what} in {folder}: {probe} is a file, not a folder")
     try:
@@ -79,12 +78,9 @@ def check_writable_dir(folder, what="output"):
 
 
 def check_output(path, what, overwrite=True, flag="--overwrite", same_content=None, suffixes=None, inputs=()):
-    """Check, before any work, that `path` can be written.
-
-    overwrite=False: an existing file is refused (it cost training or a download to make), unless it
-    already holds `same_content` (bytes): writing it again changes nothing. suffixes: the endings the
-    file must have (a cheap report given the name of a weights file would replace it). inputs: files
-    the run reads, which it must not write over. A device, pipe or link at the path is never replaced."""
+    """Check, before any work, that `path` can be written. overwrite=False refuses an existing file
+    unless it holds `same_content` already. suffixes: the endings it must have. inputs: files the
+    run reads, which it must not write over. A device, pipe or link is never replaced."""
     path = Path(path)
     check_name_fits(path, what)
     if path.is_dir():
@@ -105,38 +101,31 @@ def check_output(path, what, overwrite=True, flag="--overwrite", same_content=No
 
 
 def check_name_fits(path, what):
-    """The name, and the name of its temporary sibling (atomic_path), fit the file system: found
-    now, not after an epoch of training that could then not be saved."""
+    """The name and its temporary sibling's (atomic_path) fit the file system: found now, not after
+    an epoch of training that could then not be saved."""
     path = Path(path)
-    missing = missing_dirs(path.parent)
-    probe = missing[-1].parent if missing else path.parent
     try:
-        longest = os.pathconf(probe, "PC_NAME_MAX")
+        longest = os.pathconf(existing_ancestor(path.parent), "PC_NAME_MAX")
     except (OSError, ValueError):
         longest = 255
-    for name in [path.name] + [d.name for d in missing]:
+    for name in [path.name] + [d.name for d in missing_dirs(path.parent)]:
         if len(os.fsencode(name)) > longest:
             raise cli.UserError(f"the {what} {path}: the name {name[:40]}... is longer than the {longest} bytes a "
                                 "file name may have here; give a shorter one")
-    overhead = len(os.fsencode(temporary_name(path))) - len(os.fsencode(path.name))
+    overhead = len(".XXXXXXXX.tmp") + len(os.fsencode(path.suffix)) + 1  # mkstemp's `.name.XXXXXXXX.tmp.suffix`
     if len(os.fsencode(path.name)) + overhead > longest:
         raise cli.UserError(f"the {what} {path}: its name is too long to be written safely (the temporary file "
                             f"beside it would exceed {longest} bytes); give a name of at most "
                             f"{longest - overhead} bytes")
 
 
-def temporary_name(path):
-    """The name atomic_path gives a file's temporary sibling: `.name.XXXXXXXX.tmp.suffix`."""
-    return f".{path.name}.XXXXXXXX.tmp{path.suffix}"
-
-
-STALE_SECONDS = 15 * 60  # no atomic write of ours lasts that long: its temporary is an interrupted run's
+STALE_SECONDS = 15 * 60  # No atomic write lasts that long, so an older temporary is an interrupted run's.
 
 
 def remove_stale_temporaries(path):
-    """Temporary siblings of `path` that a killed run left (kill -9, a power cut: nothing could
-    remove them): removed, and named. In a folder this process holds locked, every one is a dead
-    run's; elsewhere only those older than STALE_SECONDS (another run may be writing the others)."""
+    """Remove and name the temporary siblings of `path` that a killed run left (kill -9, a power
+    cut). In a folder this process holds locked, all of them are a dead run's; elsewhere only those
+    older than STALE_SECONDS, because another run may be writing the others."""
     path = Path(path)
     stale, held = [], holds(path.parent)
     for p in path.parent.glob(glob.escape(f".{path.name}.") + "*" + glob.escape(f".tmp{path.suffix}")):
@@ -150,18 +139,17 @@ def remove_stale_temporaries(path):
 
 
 def check_distinct(paths):
-    """Outputs that would land on one file: {flag: path}; the later would destroy the earlier."""
+    """Refuses two outputs ({flag: path}) that are one file, even through a link."""
     seen = {}
     for flag, path in paths.items():
-        key = os.path.realpath(path)  # a link to a folder would otherwise hide that two are one
+        key = os.path.realpath(path)
         if key in seen:
             raise cli.UserError(f"{seen[key]} and {flag} are the same file ({path}); give each its own path")
         seen[key] = flag
 
 
 def check_outside(path, folders, what):
-    """An output must not land inside a folder this run reads as data (a report written among the
-    training images would be trained on next time, weights written over a photo destroy it)."""
+    """Refuses an output inside a folder of images this run reads (it would be trained on next time)."""
     real = Path(os.path.realpath(path))
     for folder in folders:
         inside = Path(os.path.realpath(folder))
@@ -172,8 +160,7 @@ def check_outside(path, folders, what):
 
 @contextlib.contextmanager
 def made_dirs(folder):
-    """Make `folder` and its missing parents; if the block fails, remove again those of them that
-    are still empty, so a refused or failed run leaves no new empty folders behind."""
+    """Make `folder` and its missing parents; if the block fails, remove those that are still empty."""
     folder = Path(folder)
     new = missing_dirs(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -187,9 +174,8 @@ def made_dirs(folder):
 
 
 def removed_on_failure(path, unless=()):
-    """An __exit__ for ExitStack.push: when the block fails while none of `unless` exists, `path`
-    (a file the block made) is removed, so a run that fails before it saved anything leaves nothing
-    behind (and made_dirs can then remove its new folder)."""
+    """An __exit__ for ExitStack.push: when the block fails while none of `unless` exists, the file
+    `path` is removed, so a run that failed before it saved anything leaves nothing behind."""
     def exit_(kind, value, tb):
         if kind is not None and not any(os.path.lexists(p) for p in unless):
             with contextlib.suppress(OSError):
@@ -198,14 +184,10 @@ def removed_on_failure(path, unless=()):
     return exit_
 
 
-# torch.save reports a failed write (a full disk, a file-size limit) as a RuntimeError from its C++
-# writer, in words that changed between versions.
-_WRITE_FAILURES = ("write", "iostream error", "unexpected pos")
-
-
 def _is_write_failure(e):
+    """torch.save reports a full disk as a RuntimeError, in words that changed between versions."""
     while e is not None:
-        if isinstance(e, RuntimeError) and any(m in str(e).lower() for m in _WRITE_FAILURES):
+        if isinstance(e, RuntimeError) and any(m in str(e).lower() for m in ("write", "iostream error", "unexpected pos")):
             return True
         e = e.__cause__ or e.__context__
     return False
@@ -257,9 +239,8 @@ def atomic_write_text(path, text):
 
 @contextlib.contextmanager
 def atomic_csv(path, header):
-    """A csv.writer, its header row written, whose file is renamed onto `path` when the block ends
-    without error (atomic_path). UTF-8 whatever the locale; a file name that is not UTF-8 (Latin-1
-    from an old zip or a network share) is written as the bytes it is, as `ls` shows it."""
+    """A csv.writer with its header written, renamed onto `path` at the end (atomic_path). UTF-8 in
+    any locale; a file name that is not UTF-8 is written as the bytes it is, as `ls` shows it."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         writer = csv.writer(f)
         writer.writerow(header)
@@ -274,9 +255,8 @@ def class_indices_bytes(classes):
 
 
 def check_class_names(names, where):
-    """Names become lines of labels.txt, keys of JSON and titles of figures: non-empty text on one
-    line, that UTF-8 can hold (a Latin-1 folder name from an old zip cannot), and no two that read
-    the same (spelled in two Unicode forms, or apart only by spaces at their ends)."""
+    """Class names must be non-empty UTF-8 text on one line (they become lines of labels.txt and keys
+    of JSON), and no two may read the same (two Unicode forms, or spaces at their ends)."""
     bad = [c for c in names if not isinstance(c, str) or not c.strip() or any(ch in c for ch in "\n\r\t\x00")]
     if bad:
         raise cli.UserError(f"{where}: class names must be non-empty strings on one line, found {bad[0]!r}")
@@ -330,15 +310,13 @@ def read_labels(path):
     return classes
 
 
-# ---------------------------------------------------------------- downloads
+# ---------------------------------------------------------------- locks, copies and downloads
 
 @contextlib.contextmanager
 def locked(folder, what, shared=False):
-    """Hold `folder` for the block: an exclusive lock refuses a second run that would write into it
-    (two trainings with one --save-path, a split while a training reads the data), a shared one
-    lets several readers in and keeps a writer out. The lock is flock's, on the folder itself: it
-    ends with the process, whatever kills it, and leaves no lock file behind. Where locks are not to
-    be had (Windows, a file system without them), the block runs unlocked."""
+    """Hold `folder` for the block: an exclusive lock refuses a second run that would write there, a
+    shared one lets readers in and keeps a writer out. flock on the folder itself ends with the
+    process, whatever kills it, and leaves no lock file. Without locks (Windows), it runs unlocked."""
     try:
         import fcntl
         fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
@@ -354,7 +332,7 @@ def locked(folder, what, shared=False):
         except BlockingIOError:
             raise cli.UserError(f"{folder} is in use by another run, so this one ({what}) cannot go on; wait for "
                                 "the other to end, or choose another folder") from None
-        except OSError:  # no locks on this file system (some network mounts)
+        except OSError:  # This file system has no locks (some network mounts).
             pass
         yield
     finally:
@@ -362,24 +340,18 @@ def locked(folder, what, shared=False):
         os.close(fd)
 
 
-_HELD = set()  # the folders this process holds locked exclusively: no other run writes there
+_HELD = set()  # The folders this process holds locked exclusively: no other run writes there.
 
 
 def holds(folder):
-    """Whether this process holds `folder` locked exclusively (locked())."""
     return os.path.realpath(folder) in _HELD
 
 
 def shared_images(train_paths, other_paths):
-    """[(other path, train path)] for the images of other_paths that are images of train_paths: the
-    same file (a hard link, a link) or the same bytes (a copy). Only files of a size found on both
-    sides are hashed: a proper split costs one stat per file."""
+    """[(other path, train path)] for the images of other_paths that are also training images: the
+    same file (a link) or the same bytes (a copy). Only files of a size found on both sides are hashed."""
     def stats(paths):
-        found = {}
-        for path in paths:
-            with contextlib.suppress(OSError):
-                found[path] = os.stat(path)
-        return found
+        return {p: os.stat(p) for p in paths if os.path.exists(p)}
     train, other = stats(train_paths), stats(other_paths)
     inodes = {(st.st_dev, st.st_ino): p for p, st in train.items()}
     shared = [(p, inodes[(st.st_dev, st.st_ino)]) for p, st in other.items() if (st.st_dev, st.st_ino) in inodes]
@@ -416,20 +388,19 @@ def as_url(text):
 
 
 def download(url, dest, sha256=None, progress=True, timeout=60):
-    """Fetch url to dest with torch.hub's downloader: bytes go to a temporary file beside dest that
-    is renamed only once complete and matching `sha256` (a full digest or its start), so a broken
-    or interrupted download never looks like a finished file."""
+    """Fetch url to dest with torch.hub's downloader, which renames its temporary file only once it
+    is complete and matches `sha256` (a digest or its start)."""
     import socket
 
-    from torch.hub import download_url_to_file  # here: only downloads need torch
+    from torch.hub import download_url_to_file  # Only downloads need torch.
 
-    if url.startswith("file:"):  # a local "download": /dev/zero would fill the disk
+    if url.startswith("file:"):  # A local "download" of /dev/zero would fill the disk.
         source = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
         if not source.is_file():
             raise cli.UserError(f"could not download {url}: {source} is not a regular file")
     dest = Path(dest)
     previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(timeout)  # torch.hub sets none: a stalled server would hang forever
+    socket.setdefaulttimeout(timeout)  # torch.hub sets none, and a stalled server would hang forever.
     try:
         with made_dirs(dest.parent):
             download_url_to_file(url, str(dest), hash_prefix=sha256.lower() if sha256 else None, progress=progress)
