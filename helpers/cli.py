@@ -66,11 +66,10 @@ def add_overwrite(parser, help):
 
 def run_cli(main, parser, argv=None):
     """Parse the command line and run main(args); each expected failure ends in one line."""
-    stop.install()
     printable_output()
-    args = parser.parse_args(argv)
     try:
-        main(args)
+        stop.install()
+        main(parser.parse_args(argv))
         # The work is done. Frozen objects are left to the process's end, so the exit does not walk
         # torch's many objects once more; stdout is still flushed and atexit handlers still run.
         gc.freeze()

@@ -1,4 +1,4 @@
-"""The one way a script stops on a signal: Ctrl-C (SIGINT), SIGTERM (kill, a job scheduler, a
+"""The one way a script stops on a signal. Ctrl-C (SIGINT), SIGTERM (kill, a job scheduler, a
 shutdown) and SIGHUP (a closed terminal or SSH session) all stop it the same way, and what it
 finished is kept. No torch here: every script uses this module.
 """
@@ -26,12 +26,12 @@ def name(signum):
 
 
 def requested():
-    """The number of the signal recorded by deferred() or request(), 0 when none."""
+    """The number of the signal that deferred() recorded (or request()), 0 when none."""
     return _requested
 
 
 def request(signum=signal.SIGINT):
-    """Record a stop from code (the video window was closed), as a signal would."""
+    """Record a stop from code, as a signal within deferred() would."""
     global _requested
     _requested = _requested or signum
 
@@ -56,42 +56,37 @@ def _raise(signum, frame):
     raise KeyboardInterrupt(name(signum))
 
 
-def _exit_while_importing(signum, frame):
-    # A KeyboardInterrupt inside torch's C++ start-up code would abort the process with a C++ error.
-    # Nothing has been written yet, so the process can simply end.
-    os.write(2, b"error: interrupted (Ctrl-C)\n")
+def _exit_at_once(signum, frame):
+    # Nothing is written yet, so the process can simply end. A KeyboardInterrupt inside torch's C++
+    # start-up code would abort the process with a C++ error instead.
+    os.write(2, f"error: interrupted ({name(signum)})\n".encode())
     os._exit(128 + signum)
 
 
-def _one_line_for_ctrl_c(kind, value, tb):
-    if issubclass(kind, KeyboardInterrupt):
-        print("error: interrupted (Ctrl-C)", file=sys.stderr)
-        return
-    sys.__excepthook__(kind, value, tb)
+def _replace_defaults(handler):
+    for signum in SIGNALS:  # A signal that the user chose to ignore (nohup, a background job) stays ignored.
+        if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler, _exit_at_once):
+            signal.signal(signum, handler)
 
 
 def while_importing():
-    """Called by a script before it imports torch: a Ctrl-C during those seconds ends in one line."""
-    sys.excepthook = _one_line_for_ctrl_c
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _exit_while_importing)
+    """Called by a script before it imports torch: a signal during those seconds ends it in one line."""
+    _replace_defaults(_exit_at_once)
 
 
 def install():
-    """Each signal raises KeyboardInterrupt(name): the script ends in one line, and atomic writes
-    remove their temporaries. A signal the user chose to ignore (nohup, a background job) stays ignored."""
-    for signum in SIGNALS:
-        if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler, _exit_while_importing):
-            signal.signal(signum, _raise)
+    """Each signal raises KeyboardInterrupt(name): the script ends in one line (cli.run_cli), and
+    atomic writes remove their temporaries."""
+    _replace_defaults(_raise)
 
 
 @contextlib.contextmanager
 def deferred(what):
-    """Within the block, the first signal is only recorded (see requested()) and `what` is printed;
+    """Within the block the first signal is only recorded (see requested()) and `what` is printed;
     a second one raises KeyboardInterrupt. The earlier handlers are put back after the block."""
     global _requested
     _requested = 0
-    if threading.current_thread() is not threading.main_thread():  # Python runs handlers only there
+    if threading.current_thread() is not threading.main_thread():  # Python runs handlers only there.
         yield
         return
 
@@ -115,7 +110,7 @@ def deferred(what):
 @contextlib.contextmanager
 def blocked():
     """Signals wait until the block ends; then the first one is raised again, for the earlier handler.
-    The handlers are swapped, not the signal mask: torch's threads would receive a masked signal."""
+    The handlers are swapped, not the signal mask, because torch's threads would receive a masked signal."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -131,10 +126,9 @@ def blocked():
 
 
 def ignore_in_worker(worker_id=None):
-    """A worker process's start: the signals are the main process's to handle, and a worker that
-    died of one would break the pool or the DataLoader first. A DataLoader calls this with the
-    worker's id, and its workers ignore SIGTERM too, so that the run can save its step. A pool calls
-    it with nothing, and keeps SIGTERM's default: that is how a pool ends its workers."""
+    """A worker process's start: signals are the main process's to handle. A DataLoader passes the
+    worker's id, and its workers ignore SIGTERM too, so that the run can save its step. A pool passes
+    nothing and keeps SIGTERM's default, because a pool ends its workers with SIGTERM."""
     for signum in SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
     if worker_id is None and hasattr(signal, "SIGTERM"):
