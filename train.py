@@ -96,12 +96,12 @@ def main(args):
                 val_ema = evaluate(ema.module, val_loader, env, desc + " ema") if ema is not None else None
                 # "Best" is the tutorial's accuracy, or --select-by; the better of the model and its EMA.
                 use_ema = val_ema is not None and val_ema.score(s.select_by) > val.score(s.select_by)
-                val_accurate = (val_ema if use_ema else val).score(s.select_by)
+                best_net, now = (ema.module, val_ema) if use_ema else (model_without_ddp, val)
+                val_accurate = now.score(s.select_by)
                 if val_accurate > state.best_acc:  # the tutorial's best-accuracy save
-                    state.best_acc, best_val = val_accurate, (val_ema if use_ema else val)
+                    state.best_acc, best_val = val_accurate, now
                     if world.is_main:
-                        checkpoints.save_best(ema.module if use_ema else model_without_ddp, trained_with, s.save_path,
-                                              state)
+                        checkpoints.save_best(best_net, trained_with, s.save_path, state)  # torch.save, atomically
                 state.history.append(reports.history_row(
                     state.epoch + 1, train_loss=train_loss, train_acc=train_acc, val=val, val_ema=val_ema,
                     lr=optimizer.param_groups[0]["lr"], seconds=state.seconds, seen=seen,

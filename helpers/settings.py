@@ -77,15 +77,12 @@ class Settings:
 
 DEFAULTS = Settings()
 SAVED = tuple(f.name for f in dataclasses.fields(Settings) if not f.metadata)
-# What a resumed run keeps from its checkpoint; a flag giving another value is refused.
-FIXED_ON_RESUME = ("data_path", "model", "batch_size", "lr", "img_size", "freeze_backbone", "seed", "opt", "momentum",
-                   "weight_decay", "norm_weight_decay", "lr_scheduler", "warmup_epochs", "lr_step_size", "lr_gamma",
-                   "label_smoothing", "auto_augment", "random_erase", "mixup_alpha", "cutmix_alpha",
-                   "backbone_lr_scale", "accum_steps", "clip_grad_norm", "model_ema", "model_ema_decay", "sync_bn",
-                   "class_weights", "balanced_sampler", "select_by")
 # Where a run writes. A checkpoint keeps them relative to its own folder, so a resumed run writes
 # beside the checkpoint it resumes (also from another folder, also a copied run), and nowhere else.
 RUN_FILES = ("save_path", "checkpoint", "output_dir", "class_indices")
+# A resumed run may change how it runs; the rest it keeps from its checkpoint (another value is refused).
+FIXED_ON_RESUME = tuple(k for k in SAVED if k not in ("epochs", "weights", "workers", "device", "amp_dtype",
+                                                      "channels_last", "compile") + RUN_FILES)
 PATH_SETTINGS = ("data_path", "weights", "class_weights") + RUN_FILES
 
 
@@ -182,9 +179,6 @@ def checked_settings(ckpt, path, parser):
             ok = parses(parser, k, value)
         if not ok:
             raise cli.UserError(f"{path} holds an invalid setting {flag(k)} {value!r}; it cannot be resumed")
-    for k in ("epoch", "step"):
-        if not isinstance(ckpt[k], int) or ckpt[k] < 0:
-            raise cli.UserError(f"{path} holds an invalid {k} {ckpt[k]!r}; it cannot be resumed")
     folder = Path(path).parent
     for k in RUN_FILES:
         if isinstance(saved.get(k), str):
