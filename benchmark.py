@@ -6,8 +6,8 @@
     python benchmark.py --video [clip.mp4]           # whole processes on a video: a naive loop against ours
     python benchmark.py --loader                     # one data-loader worker: the tutorial's decoding against ours
 
-Figures come after warm-up; the ratio is against the plain fp32 path, or the tutorial's own loop, of the same run.
-What the figures were on our machines: docs/benchmarks.md.
+The ratio is against the plain fp32 path, or the tutorial's own loop, in the same run. Our figures:
+docs/benchmarks.md.
 """
 from helpers import cli
 if __name__ == "__main__":
@@ -154,8 +154,6 @@ def run_paths(args):
         except cli.UserError as e:  # Say which path failed: out of memory, say.
             raise cli.UserError(f"{task} {name}: {e}") from None
         results.append({"task": task, "path": name, **json.loads(last)})
-        print(f"  {task:9} {name:26} {results[-1]['images_per_s']:8.1f} images/s "
-              f"{results[-1]['peak_mem_mb']:8.0f} MB", file=sys.stderr)
     for r in results:
         r["ratio"] = r["images_per_s"] / next(b for b in results if b["task"] == r["task"])["images_per_s"]
     amp = devices.amp_dtype(device)
@@ -245,6 +243,7 @@ def timed(cmd):
     start = time.perf_counter()
     res = subprocess.run([sys.executable] + [str(c) for c in cmd], capture_output=True, text=True)
     seconds = time.perf_counter() - start
+    print(f"  {' '.join(Path(str(c)).name for c in cmd[:3])} ... {seconds:.1f} s", file=sys.stderr)  # Progress.
     if res.returncode != 0:
         last = (res.stderr.strip().splitlines() or ["no message"])[-1]
         raise cli.UserError(f"{Path(str(cmd[0])).name} failed: {last.replace('error: ', '')}")
@@ -277,28 +276,22 @@ def build_trt_engines(commands):
             timed(cmd)
 
 
-def make_folder(folder, fill, what):
-    """Make `folder` whole or not at all: filled under a temporary name beside it, then renamed, so
-    a full disk or Ctrl-C never leaves a partial set that a later run would take for the whole."""
-    with files.made_dirs(folder.parent):
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        try:
-            fill(tmp)
-            os.rename(tmp, folder)
-        except OSError as e:
-            raise cli.UserError(f"cannot make the {what} in {folder}: {e.strerror or e}") from None
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def predict_folder(args):
     folder = Path(args.predict_folder)
     if folder.exists() and not folder.is_dir():
         raise cli.UserError(f"--predict-folder {folder} is a file; give a folder of images (made when missing)")
     device = devices.select_device(args.device)  # A wrong --device is refused before the images are made.
-    if not folder.is_dir():
+    if not folder.is_dir():  # Made whole or not at all: a later run would take a partial set for the whole.
         files.check_writable_dir(folder, "benchmark images")
-        make_folder(folder, lambda tmp: make_images(tmp, args.predict_images), "benchmark images")
+        with files.made_dirs(folder.parent):
+            tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+            try:
+                make_images(tmp, args.predict_images)
+                os.rename(tmp, folder)
+            except OSError as e:
+                raise cli.UserError(f"cannot make the benchmark images in {folder}: {e.strerror or e}") from None
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
     paths = imaging.list_images(folder)
     if not paths:
         raise cli.UserError(f"no images in {folder}")
@@ -321,11 +314,9 @@ def predict_folder(args):
             seconds = timed(cmd)[0]
             results.append({"task": f"{len(paths)} images", "path": name, "seconds": seconds,
                             "images_per_s": len(paths) / seconds})
-            print(f"  {name:48} {seconds:7.2f} s", file=sys.stderr)
         for name, cmd in latency_runs:  # The median of --repeats runs: one second is easily disturbed.
             seconds = sorted(timed(cmd)[0] for _ in range(args.repeats))[args.repeats // 2]
             results.append({"task": "one image", "path": name, "seconds": seconds, "images_per_s": 1 / seconds})
-            print(f"  {name:48} {seconds:7.2f} s", file=sys.stderr)
     for r in results:  # Against the tutorial's, the first row of each task.
         r["ratio"] = r["images_per_s"] / next(b for b in results if b["task"] == r["task"])["images_per_s"]
     return report_of(args, device, f"whole processes, {len(paths)} images of {folder}", results)
@@ -362,7 +353,6 @@ def video_benchmark(args):
             frames, fps = int(re.search(r"read (\d+) frames", last)[1]), float(re.search(r"([\d.]+) frames/s", last)[1])
             results.append({"path": name, "frames": frames, "fps": fps, "seconds": seconds,
                             "process_fps": frames / seconds})
-            print(f"  {name:72} {fps:7.1f} frames/s  ({seconds:.1f} s whole)", file=sys.stderr)
         # Each model alone, fed as its run fed it: the naive net at batch 1 in fp32, the others
         # through the predictor that video_predict.py uses.
         plain = weights.build_model(args.model, num_classes=5)

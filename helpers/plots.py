@@ -1,6 +1,5 @@
-"""The pictures: training curves, the confusion matrix, the prediction figure. Figures are made
-without pyplot (no display needed) and written atomically as PNG; a window opens only where there
-is a display and the user did not ask for a file."""
+"""The figures: training curves, the confusion matrix, the error gallery, the split and the
+prediction. Drawn without pyplot, so no display is needed; written atomically."""
 import math
 import os
 import sys
@@ -8,9 +7,7 @@ from pathlib import Path
 
 from helpers import files
 
-
-# What matplotlib writes without extra packages, checked before any work.
-FIGURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
+FIGURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")  # What matplotlib writes without extra packages.
 
 
 def has_display():
@@ -26,15 +23,14 @@ _said = set()
 
 
 def use_fonts_for(texts):
-    """Before drawing `texts` (class names, titles): where one holds characters beyond Latin ones,
-    a CJK font of the system's is put first, found with matplotlib's font manager. Without one,
-    the glyphs are drawn as boxes with no warnings on stderr, and we say once how to install one."""
+    """Before drawing `texts` that hold Chinese, Japanese or Korean characters, put a CJK font of the
+    system's first. Without one, say once how to install one, and draw boxes without warnings."""
     import warnings
 
     import matplotlib
     from matplotlib import font_manager
 
-    if all(ord(ch) < 0x2E80 for text in texts for ch in str(text)):  # below the CJK blocks: nothing to do
+    if all(ord(ch) < 0x2E80 for text in texts for ch in str(text)):  # No character of the CJK blocks.
         return
     have = {f.name for f in font_manager.fontManager.ttflist}
     found = [name for name in CJK_FONTS if name in have]
@@ -80,8 +76,8 @@ def plot_curves(history, path):
 
 
 def plot_confusion(conf, classes, path):
-    """conf: rows true class, columns predicted. Two panels: the counts, and each row divided by
-    its class's images (recall on the diagonal), which is what shows a small class's errors."""
+    """conf: rows true class, columns predicted. Two panels: the counts, and each row divided by its
+    class's images (recall on the diagonal), which shows a small class's errors."""
     import numpy as np
 
     conf = np.asarray(conf)
@@ -107,10 +103,8 @@ def plot_confusion(conf, classes, path):
 
 
 def show_or_save(images, titles, save_path, heatmaps=None, alpha=0.45):
-    """One panel per image, titled; shown in a window on a display unless save_path is given,
-    else written as PNG. Returns the path written, or None when shown.
-    heatmaps: None, or one 2-D array in [0, 1] (or None) per image, drawn over the whole image with
-    `alpha` (stretched to it: a Grad-CAM map may be of another size than the picture)."""
+    """One titled panel per image, in a window on a display unless save_path is given; returns the
+    path written, or None. heatmaps: None, or one map in [0, 1] (or None) per image, stretched over it."""
     import numpy as np
 
     use_fonts_for(titles)
@@ -130,7 +124,7 @@ def show_or_save(images, titles, save_path, heatmaps=None, alpha=0.45):
         if heatmaps is not None and heatmaps[i] is not None:
             h, w = np.asarray(img).shape[:2]
             ax.imshow(heatmaps[i], cmap="jet", alpha=alpha, vmin=0, vmax=1, interpolation="bilinear",
-                      extent=(-0.5, w - 0.5, h - 0.5, -0.5))  # the image's own pixel edges
+                      extent=(-0.5, w - 0.5, h - 0.5, -0.5))  # The image's own pixel edges.
         ax.set_title(title)
     fig.tight_layout()
     if window:
@@ -140,8 +134,8 @@ def show_or_save(images, titles, save_path, heatmaps=None, alpha=0.45):
 
 
 def plot_errors(errors, path, max_panels=32, what="validation"):
-    """The misclassified images, most confident mistakes first: errors = [(prob, image path, true
-    class, predicted class)], already in that order. Each panel's words are a text of the one axes."""
+    """The misclassified images: errors = [(prob, image path, true class, predicted class)], the
+    most confident mistakes first."""
     import numpy as np
 
     from helpers import imaging
@@ -150,17 +144,16 @@ def plot_errors(errors, path, max_panels=32, what="validation"):
     use_fonts_for([e[2] for e in shown] + [e[3] for e in shown])
     cols = min(8, max(1, len(shown)))
     rows = max(1, math.ceil(len(shown) / cols))
-    # One picture of all the panels, drawn by hand into one array and shown on one axes: 32 axes of
-    # their own (subplots, tight_layout) took 1 s of a 2-core CPU at the end of every run, this 0.3 s.
-    cell, words, top = 220, 40, 40  # pixels: an image's square, its two lines of words, the title
+    # All panels are drawn into one array on one axes: measured, this is much faster than an axes each.
+    cell, words, top = 220, 40, 40  # Pixels: an image's square, its two lines of words, the title.
     canvas = np.full((rows * (cell + words), cols * cell, 3), 255, np.uint8)
     for k, (prob, image, true, pred) in enumerate(shown):
         r, c = divmod(k, cols)
         try:
             img = imaging.load_rgb(image, min_side=cell, max_side=cell - 10)
-        except Exception:  # an image gone since validation: its panel keeps the words
+        except Exception:  # An image gone since validation keeps only its words.
             continue
-        if max(img.size) < cell - 10:  # a small image fills its panel, as one axes each would show it
+        if max(img.size) < cell - 10:  # A small image fills its panel.
             scale = (cell - 10) / max(img.size)
             img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))))
         img = np.asarray(img)
@@ -195,12 +188,12 @@ def plot_split(split, path):
     for side, i in (("train", 0), ("val", 1), ("test", 2)):
         counts = np.array([len(sides[i]) if len(sides) > i else 0 for sides in split.values()])
         if side == "test" and not counts.any():
-            break  # no test split: the tutorial's two bars
+            break  # No test/: the tutorial's two bars.
         ax.bar(x, counts, bottom=bottom, label=f"{side} ({counts.sum()})")
         bottom += counts
     ax.set_xticks(x)
     ax.set_xticklabels(classes, rotation=45 if len(classes) > 6 else 0, ha="right" if len(classes) > 6 else "center")
     ax.set(ylabel="images", title="images per class", ylim=(0, 1.2 * max(bottom.max(), 1)))
-    ax.legend(loc="upper right", ncol=3)  # in the headroom above the bars, never over them
+    ax.legend(loc="upper right", ncol=3)  # In the headroom above the bars, never over them.
     fig.tight_layout()
     return save_figure(fig, path)

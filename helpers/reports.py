@@ -1,6 +1,5 @@
-"""What a training run writes about itself, without PyTorch: the history row of each epoch and
-history.csv, the predictions of a folder of images (Evaluation), the per-class table,
-val_predictions.csv, and the figures of the final report (confusion matrix, error gallery)."""
+"""What a run reports, without PyTorch: history.csv, the predictions of a folder (Evaluation), the
+per-class table, val_predictions.csv and the final report's figures."""
 import dataclasses
 
 import numpy as np
@@ -9,15 +8,14 @@ from helpers import files, plots
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_balanced_acc", "val_macro_f1",
                   "val_acc_ema", "lr", "seconds", "images_per_s", "peak_mem_mb")
-# What a run writes into --output-dir: cheap reports, replaced by the next run.
+# The cheap reports a run writes into --output-dir; the next run replaces them.
 RUN_REPORTS = ("history.csv", "curves.png", "confusion_matrix.png", "val_predictions.csv", "val_errors.png")
 
 
 @dataclasses.dataclass(frozen=True)
 class Evaluation:
-    """Every image's prediction, in the data set's order: its index in the data set, its true and
-    predicted class, the predicted class's probability, the image's loss and whether the true class
-    is among the five most probable."""
+    """Every image's prediction, in the data set's order: index, true and predicted class, the
+    predicted class's probability, the loss, and whether the true class is in the top five."""
     index: np.ndarray
     true: np.ndarray
     pred: np.ndarray
@@ -52,11 +50,9 @@ class Evaluation:
 
 
 def metrics(conf, classes, in_top5=None):
-    """The numbers of a per-class report, from a confusion matrix (rows: true class), as
-    scikit-learn's classification_report computes them: precision, recall, F1, specificity and
-    support per class; accuracy, balanced accuracy, macro and weighted averages; top-5 accuracy
-    where there are more than five classes. A class with no images has no recall (None: missing,
-    not 0) and is left out of the averages, as scikit-learn's labels= would leave it out."""
+    """The per-class report of a confusion matrix (rows: true class), as scikit-learn's
+    classification_report computes it, with specificity, balanced accuracy and top-5 accuracy.
+    A class with no images has no recall (None, not 0) and is left out of the averages."""
     conf = np.asarray(conf, dtype=np.int64)
     total = int(conf.sum())
     per_class = {}
@@ -137,9 +133,8 @@ def write_history(history, path):
 
 
 def final_report(result, paths, classes, *, confusion_png, predictions_csv, errors_png, what="validation"):
-    """The one report of train.py, train.py --eval-only and evaluate.py: the per-class table
-    printed, the confusion matrix (counts and row-normalised), a CSV of every image's prediction and
-    the gallery of errors. paths: the image of each index in result.index. Returns the metrics."""
+    """The report of train.py and evaluate.py: the per-class table, the confusion matrix, a CSV of
+    every prediction and the gallery of errors. paths: the image of each index. Returns the metrics."""
     m = result.metrics(classes)
     print(metrics_table(m))
     plots.plot_confusion(result.confusion, classes, confusion_png)
