@@ -187,7 +187,8 @@ def removed_on_failure(path, unless=()):
 def _is_write_failure(e):
     """torch.save reports a full disk as a RuntimeError, in words that changed between versions."""
     while e is not None:
-        if isinstance(e, RuntimeError) and any(m in str(e).lower() for m in ("write", "iostream error", "unexpected pos")):
+        words = str(e).lower()
+        if isinstance(e, RuntimeError) and any(m in words for m in ("write", "iostream error", "unexpected pos")):
             return True
         e = e.__cause__ or e.__context__
     return False

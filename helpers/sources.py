@@ -111,8 +111,8 @@ def parse_source(text):
 
 
 def check_reachable(source, timeout):
-    """A stream's host takes a connection on its port, or a one-line error (refused, unknown host, no
-    answer within the timeout): OpenCV alone would only say that it could not open the URL."""
+    """A one-line error unless the stream's host takes a connection on its port. OpenCV alone would
+    only say that it could not open the URL."""
     parts = urllib.parse.urlsplit(source.target)
     try:
         port = parts.port or STREAM_SCHEMES[parts.scheme.lower()]
@@ -184,9 +184,8 @@ class Capture:
 
 
 def open_capture(source, timeout):
-    """(Capture, None) or (None, why). A live source that gives no frame within the timeout (and a
-    second) counts as not answering, whether or not this OpenCV honours its own timeouts; a stalled
-    opening is left behind in its thread."""
+    """(Capture, None) or (None, why). The opening runs in a thread, because some OpenCV builds
+    ignore their own timeouts: a live source without a frame within the timeout counts as silent."""
     args = [source.target, source.api]
     if source.kind == "stream" and hasattr(cv2, "CAP_PROP_OPEN_TIMEOUT_MSEC"):
         ms = int(timeout * 1000)

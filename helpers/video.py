@@ -80,7 +80,7 @@ class Reader:
     def _frames(self):
         """(index, time_s, BGR image, seq) of each good frame, seq its number among the good ones."""
         cap, live, plan = self.capture.cap, self.source.live, self.plan
-        # A live source's first frame came before the model loaded: it is old now, so it is counted but not predicted.
+        # A live source's first frame came before the model loaded: it is old, counted but not predicted.
         image = None if live else self.capture.first
         index, good, failures = self.capture.corrupt + int(live), int(live), 0
         while not self._done.is_set() and (plan.max_frames is None or good < plan.max_frames):
@@ -227,8 +227,7 @@ class Reader:
 # ---------------------------------------------------------------- the main loop's helpers
 
 def csv_header(topk, min_prob=None):
-    """frame,time_s,[prediction,]class,prob, then class_2,prob_2 and onward, as batch_predict.py's CSV
-    (prediction: the class reported, or unknown below --min-prob)."""
+    """frame,time_s,[prediction,]class,prob,class_2,prob_2,..., as batch_predict.py's CSV."""
     return (["frame", "time_s"] + (["prediction"] if min_prob is not None else []) + ["class", "prob"]
             + [f"{name}_{k}" for k in range(2, topk + 1) for name in ("class", "prob")])
 
@@ -258,10 +257,9 @@ def draw_label(image, text):
 
 @contextlib.contextmanager
 def video_writer(path, size, fps):
-    """A function that writes one BGR frame to `path` (.mp4 or .avi) at `size` and `fps`, encoding in
-    a thread of its own. The file is written under a temporary name and renamed into place when the
-    block ends (files.atomic_path): the end, a lost stream or a Ctrl-C that stops the loop leave a
-    playable video of every frame written."""
+    """A function that writes one BGR frame to `path` (.mp4 or .avi). Encoding a frame can take as
+    long as predicting it, so it runs in a thread beside the model. The file is renamed into place
+    when the block ends (files.atomic_path), so a stopped run leaves a playable video."""
     fourcc = SAVE_FOURCC[Path(path).suffix.lower()]
     with files.atomic_path(path) as tmp:
         out = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*fourcc), fps, size)
@@ -300,8 +298,8 @@ def video_writer(path, size, fps):
 
 
 class Window:
-    """The annotated frames in a window, where there is a display and this OpenCV can show one;
-    headless otherwise, said once. show() is False once the user closed it or pressed q or Esc."""
+    """The annotated frames in a window, where there is a display and this OpenCV can show one.
+    show() is False once the user closed it or pressed q or Esc."""
 
     def __init__(self, title, wanted=True):
         self.title, self.on = title, False
