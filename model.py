@@ -50,8 +50,8 @@ class Bottleneck(nn.Module):
         width = int(out_channel * (width_per_group / 64.0)) * groups
         self.conv1 = nn.Conv2d(in_channel, width, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
-        # The stride sits on the 3x3 conv ("ResNet v1.5", as torchvision): a 1x1 conv with stride 2
-        # would skip 3/4 of the input; this gives about 0.5% better top-1.
+        # The stride sits on the 3x3 conv ("ResNet v1.5", as in torchvision): a 1x1 conv with stride 2
+        # would skip 3/4 of the input, and the network would be a little less accurate.
         self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, groups=groups, bias=False)
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = nn.Conv2d(width, out_channel * self.expansion, 1, bias=False)
