@@ -1,9 +1,7 @@
-"""A SYNTHETIC stand-in for the flower photos: five classes of flowers drawn with Pillow.
+"""SYNTHETIC demo flowers drawn with Pillow, so that the whole pipeline runs without the real data.
 
-It lets the whole pipeline run on a machine that cannot download the real data set. The pictures
-are cartoons, not photos: accuracy on them says the code works, not how a model does on flowers.
-Each class keeps the look of its real namesake (petal count, shape, colour, centre) while size,
-position, rotation, colours, background and the number of flowers vary at random from a seed.
+Each class keeps the look of its namesake (petals, colour, centre); the rest varies from a seed.
+Accuracy on these cartoons says the code works, not how a model does on flowers.
 """
 import math
 import random
@@ -38,7 +36,7 @@ def _background(rng, size):
 
 
 def _petal(draw, cx, cy, angle, length, width, fill, round_tip=True):
-    """An ellipse-like petal from the centre outwards, as a polygon so it can be rotated."""
+    """A petal from the centre outwards, as a polygon, so that it can be rotated."""
     pts = []
     for i in range(16):
         t = 2 * math.pi * i / 16
@@ -118,7 +116,7 @@ def draw_image(kind, rng, size):
 
 
 def make_demo_dataset(root, per_class=120, seed=0, size_range=(96, 160)):
-    """Write <root>/<class>/<n>.jpg for the five classes and a note saying the data is synthetic."""
+    """Write <root>/<class>/<n>.jpg and a note that says the data is synthetic."""
     root = Path(root)
     rng = random.Random(seed)
     for kind in CLASSES:
@@ -131,7 +129,7 @@ def make_demo_dataset(root, per_class=120, seed=0, size_range=(96, 160)):
 
 
 def make_demo_images(folder, seed=1234, size=200):
-    """One picture per class for predict.py / batch_predict.py; existing files are left alone."""
+    """One picture per class for predict.py and batch_predict.py; a file already there is kept."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)

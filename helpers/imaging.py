@@ -228,7 +228,8 @@ class TrainTransform:
     (and RandomErasing), with its random draws. The crop is drawn before decoding, so a JPEG is
     decoded only as large as the crop needs; otherwise the pixels equal torchvision's (tested)."""
 
-    AUTO_AUGMENT = ("ta", "ra", "aa")
+    # torchvision's policies by their short names; AutoAugment's default policy is ImageNet's.
+    AUTO_AUGMENT = {"ta": "TrivialAugmentWide", "ra": "RandAugment", "aa": "AutoAugment"}
 
     def __init__(self, img_size=224, auto_augment=None, random_erase=0.0):
         from torchvision import transforms  # Imported here: prediction does not need it.
@@ -236,14 +237,8 @@ class TrainTransform:
         self.size = img_size
         self.crop = transforms.RandomResizedCrop(img_size)
         after = [transforms.RandomHorizontalFlip()]
-        if auto_augment == "ta":
-            after.append(transforms.TrivialAugmentWide())
-        elif auto_augment == "ra":
-            after.append(transforms.RandAugment())
-        elif auto_augment == "aa":
-            after.append(transforms.AutoAugment(transforms.AutoAugmentPolicy.IMAGENET))
-        elif auto_augment:
-            raise ValueError(f"unknown auto augment {auto_augment!r}")
+        if auto_augment:
+            after.append(getattr(transforms, self.AUTO_AUGMENT[auto_augment])())
         after += [transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
         if random_erase > 0:
             after.append(transforms.RandomErasing(p=random_erase))
