@@ -23,7 +23,8 @@ from helpers import cli, demo_data  # noqa: E402
 import split_data  # noqa: E402
 import train  # noqa: E402
 
-torch.set_num_threads(2)
+# Under pytest-xdist each worker gets its share of the cores: more threads than cores only wait on each other.
+torch.set_num_threads(max(1, (os.cpu_count() or 2) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 FILTERS_AT_IMPORT = list(warnings.filters)  # with those the helpers set when they were imported
 
 # Small and fast: resnet18 at 32 px. TINY_TRAIN is what a test adds its own paths to.
