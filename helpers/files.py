@@ -6,6 +6,7 @@ import codecs
 import contextlib
 import csv
 import errno
+import functools
 import glob
 import hashlib
 import json
@@ -353,21 +354,18 @@ def shared_images(train_paths, other_paths):
     same file (a link) or the same bytes (a copy). Only files of a size found on both sides are hashed."""
     def stats(paths):
         return {p: os.stat(p) for p in paths if os.path.exists(p)}
-    train, other = stats(train_paths), stats(other_paths)
+    train, shared, by_size = stats(train_paths), [], {}
     inodes = {(st.st_dev, st.st_ino): p for p, st in train.items()}
-    shared = [(p, inodes[(st.st_dev, st.st_ino)]) for p, st in other.items() if (st.st_dev, st.st_ino) in inodes]
-    other = {p: st for p, st in other.items() if (st.st_dev, st.st_ino) not in inodes}
-    by_size = {}
     for p, st in train.items():
-        if st.st_size:  # empty files are alike, and unreadable anyway
+        if st.st_size:  # Empty files are alike, and unreadable anyway.
             by_size.setdefault(st.st_size, []).append(p)
-    digests = {}
-    for p, st in other.items():
-        if st.st_size in by_size:
-            for q in by_size[st.st_size]:
-                digests.setdefault(q, file_sha256(q))
-            mine = file_sha256(p)
-            shared += [(p, q) for q in by_size[st.st_size] if digests[q] == mine][:1]
+    digest = functools.lru_cache(maxsize=None)(file_sha256)
+    for p, st in stats(other_paths).items():
+        same = inodes.get((st.st_dev, st.st_ino))
+        if same is None:
+            same = next((q for q in by_size.get(st.st_size, ()) if digest(q) == digest(p)), None)
+        if same is not None:
+            shared.append((p, same))
     return shared
 
 
