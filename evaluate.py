@@ -51,16 +51,16 @@ def main(args):
         if empty:
             print(f"warning: {folder} has no images of {', '.join(empty)}: their recall is missing", file=sys.stderr)
         kept, probs, skipped = [], [], [str(p) for p in not_regular]
-        for p in not_regular:
-            print(f"skipped: {p} is not a regular file", file=sys.stderr)
+        for path in not_regular:
+            print(f"skipped: {path} is not a regular file", file=sys.stderr)
         results = inference.predict_paths(paths, predictor, p)
-        for i, (path, p, error) in enumerate(tqdm(results, total=len(paths), file=sys.stdout, desc="evaluate")):
-            if p is None:
+        for i, (path, scores, error) in enumerate(tqdm(results, total=len(paths), file=sys.stdout, desc="evaluate")):
+            if scores is None:
                 skipped.append(str(path))
                 tqdm.write(f"skipped: {error}", file=sys.stderr)
                 continue
             kept.append(i)
-            probs.append(p)
+            probs.append(scores)
         if not kept:
             raise cli.UserError(f"none of the {len(paths)} images of {folder} could be read")
         result = evaluation(np.stack(probs), np.asarray(true)[kept])

@@ -71,15 +71,6 @@ def get_args_parser(add_help=True):
     return p
 
 
-class WithSoftmax(torch.nn.Module):
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x):
-        return torch.softmax(self.net(x), dim=1)
-
-
 def import_onnx():
     try:
         import onnx
@@ -266,11 +257,8 @@ def main(args):
     out = Path(args.out or Path(p.weights).with_suffix(".onnx"))
     if out.suffix.lower() != ".onnx":
         raise cli.UserError(f"--out {out}: give a file name ending in .onnx")
-    try:
-        newest = deploy.max_onnx_opset()
-    except ImportError:
-        newest = None
-    if newest and args.opset > newest:
+    newest = deploy.newest_opset(args.opset)
+    if newest != args.opset:
         raise cli.UserError(f"--opset {args.opset}: this torch ({torch.__version__}) writes opsets up to {newest}")
     labels_text = ("\n".join(classes) + "\n").encode()
     own_labels = out.with_suffix(".labels.txt")  # this model's alone
@@ -286,7 +274,7 @@ def main(args):
     shared_labels = None if other else files.check_output(labels, "labels file", overwrite=args.overwrite,
                                                           same_content=labels_text)
     net, _ = inference.load_torch_model(dataclasses.replace(p, device="cpu", channels_last=False))
-    net = WithSoftmax(net) if args.softmax else net
+    net = torch.nn.Sequential(net, torch.nn.Softmax(dim=1)) if args.softmax else net
     inputs = check_inputs(p.img_size, args.check_images)
 
     # Export to a temporary file; it becomes `out` only once ONNX Runtime agrees with PyTorch (and,
@@ -298,7 +286,7 @@ def main(args):
     with held, files.atomic_path(out) as tmp:
         try:
             deploy.export_onnx(net, tmp, p.img_size, args.opset, "probs" if args.softmax else "logits")
-        except (RuntimeError, ValueError) as e:  # an opset this torch cannot write, above all
+        except (RuntimeError, ValueError) as e:  # torch's own errors, as one line
             raise cli.UserError(f"torch.onnx.export failed with --opset {args.opset}: "
                                 f"{cli.first_line(e, 200)}") from None
         onnx.checker.check_model(onnx.load(str(tmp)))

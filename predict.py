@@ -60,8 +60,8 @@ def main(args):
             continue
         if len(args.images) > 1:
             print(f"image: {path}")
-        for name, p in zip(classes, probs.tolist()):
-            print(f"class: {name:10}   prob: {p:.3}")
+        for name, prob in zip(classes, probs.tolist()):
+            print(f"class: {name:10}   prob: {prob:.3}")
         best = int(probs.argmax())
         shown_class = inference.shown_class(classes[best], probs[best], args.min_prob)
         if shown_class != classes[best]:

@@ -259,27 +259,53 @@ def predictor(p):
     return predict, f"ONNX Runtime ({', '.join(session.get_providers())})"
 
 
-def max_onnx_opset():
-    """The newest opset the installed torch's TorchScript exporter writes (None: unknown). Asked
-    before exporting: torch prints its whole graph to stdout when given one beyond it."""
-    from torch.onnx import _constants  # private, but the exporter's own limit; guarded below
+def _torchscript():
+    # The TorchScript exporter: it needs no onnxscript and gives the plain graph TensorRT expects.
+    import inspect
 
-    return getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", getattr(_constants, "ONNX_MAX_OPSET", None))
+    import torch
+    return {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+
+
+def newest_opset(asked):
+    """The newest opset, up to `asked`, that this torch exports. torch keeps its limit private, so a
+    one-layer model is exported at each opset down from `asked`; a failed export prints its graph on
+    stdout, which is sent to /dev/null meanwhile."""
+    import io
+    import warnings
+
+    import torch
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+        for opset in range(asked, 6, -1):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    torch.onnx.export(torch.nn.ReLU(), torch.zeros(1, 1), io.BytesIO(), opset_version=opset,
+                                      **_torchscript())
+                return opset
+            except (RuntimeError, ValueError):
+                continue
+        return None
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def export_onnx(net, out, img_size, opset=17, output_name="logits"):
     """torch.onnx.export with a dynamic batch, input `input`, output `output_name`."""
-    import inspect
     import warnings
 
     import torch
 
     net.eval()
     example = torch.randn(1, 3, img_size, img_size)
-    # The TorchScript exporter: it needs no onnxscript and gives the plain graph TensorRT expects.
-    kwargs = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(net, example, str(out), input_names=["input"], output_names=[output_name],
                           dynamic_axes={"input": {0: "batch"}, output_name: {0: "batch"}},
-                          opset_version=opset, do_constant_folding=True, **kwargs)
+                          opset_version=opset, do_constant_folding=True, **_torchscript())

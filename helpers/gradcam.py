@@ -1,12 +1,9 @@
 """Grad-CAM (Selvaraju et al., 2017): where in the image the evidence for a class lies.
 
-The gradient of the class's score with respect to the output of the last convolutional stage
-(model.py's layer4), averaged over the positions, weighs that stage's channels; their weighted sum,
-through a ReLU, is the map: high where the features that raise the score are. It is upsampled to the
-input's size and scaled to [0, 1]. (With a global average pool before one linear layer, as in a
-ResNet, this is exactly the original CAM: no approximation.)
-
-predict.py --cam imports this module, and only then: it needs torch, which the --onnx path does not.
+The gradient of the class's score with respect to layer4's output, averaged over the positions, weighs
+layer4's channels; their weighted sum through a ReLU is the map, upsampled to the input and scaled to
+[0, 1]. With a global average pool before one linear layer, as in a ResNet, this is exactly CAM.
+predict.py --cam imports this module only then: it needs torch, which --onnx does not.
 """
 import contextlib
 
@@ -18,22 +15,19 @@ from helpers import imaging
 
 
 def _no_autocast(device):
-    # The map is computed in fp32 whatever autocast the caller runs under. torch 2.0's autocast
-    # knows only cpu and cuda (it raises for mps), and elsewhere none is on anyway.
+    # The map is computed in fp32. torch 2.0's autocast knows only cpu and cuda, and elsewhere none is on.
     if device.type in ("cpu", "cuda"):
         return torch.autocast(device_type=device.type, enabled=False)
     return contextlib.nullcontext()
 
 
 def grad_cam(net, x, classes=None):
-    """Heatmaps (N, H, W), float32 in [0, 1], of the batch x (float NCHW, normalised, on the net's
-    device): one per image, for classes[i] (default: the image's top class). net is a ResNet of
-    model.py in eval mode (BatchNorm folded or not, channels-last or not)."""
+    """Heatmaps (N, H, W), float32 in [0, 1], of the normalised batch x on the net's device, for
+    classes[i] (default: each image's top class). net is a ResNet of model.py in eval mode."""
     stage = {}
 
     def cut(module, inputs, output):
-        # layer4's output becomes a leaf of its own: the backward pass starts at the class score and
-        # stops here (through fc and the pool only), whether or not the weights require gradients.
+        # layer4's output becomes a leaf, so the backward pass goes through fc and the pool only.
         stage["out"] = output.detach().float().requires_grad_()
         return stage["out"]
 
@@ -58,8 +52,7 @@ def grad_cam(net, x, classes=None):
 
 
 def crop_heatmaps(net, device, crops, classes, batch_size=16):
-    """Grad-CAM of classes[i] on crops[i]: the uint8 HWC crops the model saw (EvalTransform's
-    resize_crop), normalised as for prediction. In batches: the backward pass holds one batch."""
+    """Grad-CAM of classes[i] on crops[i], the uint8 HWC crops the model saw, in batches."""
     maps = []
     for start in range(0, len(crops), batch_size):
         batch = np.stack(crops[start:start + batch_size])

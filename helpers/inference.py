@@ -9,7 +9,6 @@ import collections
 import concurrent.futures.process
 import dataclasses
 import os
-import sys
 import unicodedata
 from pathlib import Path
 
@@ -209,6 +208,7 @@ def default_workers(n_images, batch_size):
 def decode_batches(paths, img_size=224, batch_size=16, workers=None):
     """Yields (indices, uint8 NHWC batch, errors) for consecutive batches of paths, in order, decoded
     in a pool of processes at most two batches per worker ahead, so memory stays bounded."""
+    # Not torch's DataLoader: prediction without torch was measured to start much faster.
     jobs = [[(i, paths[i]) for i in range(s, min(s + batch_size, len(paths)))] for s in range(0, len(paths), batch_size)]
     if workers is None:
         workers = default_workers(len(paths), batch_size)

@@ -1,7 +1,5 @@
-"""Weight files: building a model of model.py, reading a weights file safely (weights_only), what a
-run's weights carry besides their tensors (the classes and input size they were trained with),
-checking that a file is of the architecture and class count asked for, loading it for training or
-prediction, and torchvision's ImageNet files (URLs from its weight enums, downloaded with torch.hub)."""
+"""Weight files: building a model of model.py, reading a file safely (weights_only), the classes and
+input size a run's weights carry, the checks that a file fits the model, and torchvision's ImageNet files."""
 import collections
 import dataclasses
 import re
@@ -26,8 +24,7 @@ def build_model(name, num_classes=1000, include_top=True):
 
 
 def strip_wrapper_prefix(state_dict):
-    """Files saved from DistributedDataParallel or torch.compile carry a 'module.' or '_orig_mod.'
-    prefix on every key."""
+    """Keys saved from DistributedDataParallel or torch.compile start with 'module.' or '_orig_mod.'."""
     return {re.sub(r"^(module\.|_orig_mod\.)+", "", k): v for k, v in state_dict.items()}
 
 
@@ -36,8 +33,7 @@ def torch_load(path, what):
     files.need_file(path, what)
     with open(path, "rb") as f:
         head = f.read(4)
-    # torch.save writes a zip archive (a pickle before torch 1.6): anything else (an ONNX file, a
-    # class-index file, a photo) is named for what it is not, before torch tries to read it.
+    # torch.save writes a zip (a pickle before torch 1.6): anything else is named before torch reads it.
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
         raise cli.UserError(f"{path} is not a PyTorch weights file (a .pth written by torch.save): "
                         "it is neither a zip nor a pickle")
@@ -55,12 +51,11 @@ def torch_load(path, what):
 
 
 def read_state_dict(path, what="weights file"):
-    """A state_dict from a plain weights file or from a training checkpoint (its 'model')."""
     return read_weights(path, what)[0]
 
 
 def read_weights(path, what="weights file"):
-    """(state_dict, TrainedWith or None) of a plain weights file or a training checkpoint."""
+    """(state_dict, TrainedWith or None) of a plain weights file or of a training checkpoint's 'model'."""
     obj = torch_load(path, what)
     held = trained_with(obj, path)
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
@@ -68,25 +63,21 @@ def read_weights(path, what="weights file"):
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise cli.UserError(f"{path} does not hold a state_dict of tensors")
     state_dict = strip_wrapper_prefix(obj)
-    if held and held.architecture:  # the record and the tensors must agree, or neither can be believed
-        with torch.device("meta"):
-            ref = _shapes(build_model(held.architecture).state_dict())
-        if {k: s for k, s in ref.items() if not k.startswith("fc.")} != \
-                {k: s for k, s in _shapes(state_dict).items() if not k.startswith("fc.")}:
-            other = guess_architecture(state_dict)
-            raise cli.UserError(f"{path} is damaged: it says it holds {held.architecture} weights, but its tensors are "
-                                f"{other or 'of an unknown model'}'s; use the weights train.py wrote")
+    # The record and the tensors must agree, or neither can be believed.
+    if held and held.architecture and _backbone(state_dict) != _model_backbone(held.architecture):
+        other = guess_architecture(state_dict)
+        raise cli.UserError(f"{path} is damaged: it says it holds {held.architecture} weights, but its tensors are "
+                            f"{other or 'of an unknown model'}'s; use the weights train.py wrote")
     return state_dict, held
 
 
 # ---------------------------------------------------------------- what trained weights carry
 
-# A run's best weights carry the class list, input size and architecture they were trained with, so
-# that prediction can use them and refuse a contradiction (weights of 32 px images predicted at 224 px
-# give another class for most images, with no error). They are kept in the state_dict's _metadata,
-# where torch keeps each module's version: torch.save and torch.load(weights_only=True) keep it, and
-# load_state_dict reads only the entries named after modules, so the tutorial's
-# net.load_state_dict(torch.load(path)) loads the file as it always did (a test checks it).
+# A run's weights carry the classes, input size and architecture they were trained with, so that
+# prediction can use them and refuse a contradiction. They live in the state_dict's _metadata, beside
+# torch's module versions: torch.save and torch.load keep it, and load_state_dict ignores an entry that
+# names no module, so the tutorial's net.load_state_dict(torch.load(path)) still works (a test checks it).
+# No public place does both, and the files that earlier runs wrote keep them there.
 INFO_KEY = "flower_classification"
 
 
@@ -108,9 +99,8 @@ def with_info(state_dict, held):
 
 
 def trained_with(obj, path):
-    """What a weights file (its _metadata) or a training checkpoint (its fields) says it was trained
-    with; None when it says nothing (the tutorial's files, those of other repos). A file whose record
-    is damaged is refused: its word cannot be trusted, nor ignored."""
+    """What a weights file or a training checkpoint says it was trained with, or None when it says
+    nothing (the tutorial's files). A damaged record is refused: it can be neither trusted nor ignored."""
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "classes" in obj:  # a checkpoint
         raw = {"classes": obj.get("classes"), "img_size": obj.get("img_size"), "architecture": obj.get("model_name")}
     else:
@@ -131,15 +121,19 @@ def _shapes(state_dict):
     return {k: tuple(v.shape) for k, v in state_dict.items()}
 
 
+def _backbone(state_dict):
+    return {k: s for k, s in _shapes(state_dict).items() if not k.startswith("fc.")}
+
+
+def _model_backbone(name):
+    with torch.device("meta"):  # shapes without memory
+        return _backbone(build_model(name).state_dict())
+
+
 def guess_architecture(state_dict):
     """The model in model.py whose parameter names and shapes (fc aside) match, or None."""
-    found = {k: s for k, s in _shapes(state_dict).items() if not k.startswith("fc.")}
-    for name in model_lib.MODELS:
-        with torch.device("meta"):
-            ref = _shapes(build_model(name).state_dict())
-        if {k: s for k, s in ref.items() if not k.startswith("fc.")} == found:
-            return name
-    return None
+    found = _backbone(state_dict)
+    return next((name for name in model_lib.MODELS if _model_backbone(name) == found), None)
 
 
 def check_architecture(net, model_name, state_dict, path):
@@ -165,8 +159,7 @@ def num_classes_of(state_dict):
 
 
 def check_head(state_dict, in_features, path):
-    """Trained weights end in a whole classifier layer of the model's width: fc.weight of
-    [classes, in_features] and fc.bias of [classes] (load_state_dict's own error is a page)."""
+    """fc.weight of [classes, in_features] and fc.bias of [classes] (load_state_dict's own error is a page)."""
     w, b = state_dict.get("fc.weight"), state_dict.get("fc.bias")
     if (w is None or b is None or w.dim() != 2 or in_features not in (None, w.shape[1])
             or tuple(b.shape) != (w.shape[0],)):
@@ -178,8 +171,7 @@ def check_head(state_dict, in_features, path):
 
 
 def check_num_classes(state_dict, num_classes, path, class_source=None):
-    """Trained weights must have as many outputs as there are class names; checked before a model
-    is built (a list of a million names is no model to build)."""
+    """One output per class name; checked before the model is built (a million names are no model to build)."""
     if num_classes_of(state_dict) is None:
         raise cli.UserError(f"{path} holds no classifier layer (fc.weight): it is no trained model of this repo's")
     bias = state_dict.get("fc.bias")
@@ -197,8 +189,7 @@ def non_finite(state_dict):
 
 
 def check_trained_with(held, path, *, img_size, classes, data_path):
-    """--eval-only: the weights are measured as they were trained, or not at all (at another size,
-    the figures would be another model's)."""
+    """--eval-only measures the weights at the size and on the classes they were trained with, or not at all."""
     if held and held.img_size != img_size:
         raise cli.UserError(f"{path} was trained on {held.img_size} px images, not --img-size {img_size}: "
                             f"pass --img-size {held.img_size}")
@@ -214,8 +205,7 @@ def check_finite(state_dict, path):
 
 
 def load_trained_weights(net, model_name, state_dict, path, class_source=None):
-    """Trained weights, whose class count must be the model's (from the class-index file), and whose
-    values are numbers (a diverged run's NaN weights predict class 0 for everything)."""
+    """Trained weights of the model's architecture and class count, and numbers, loaded into net."""
     check_architecture(net, model_name, state_dict, path)
     check_head(state_dict, net.fc.in_features, path)
     check_num_classes(state_dict, net.fc.out_features, path, class_source)
@@ -229,15 +219,13 @@ def load_trained_weights(net, model_name, state_dict, path, class_source=None):
 
 
 def load_backbone(net, state_dict):
-    """The tutorial's second way: every weight but fc's (whose class count is ImageNet's), loaded
-    with strict=False. Returns the missing and the unexpected keys."""
+    """The tutorial's second way: every weight but fc's, with strict=False. Returns (missing, unexpected)."""
     backbone = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
     return net.load_state_dict(backbone, strict=False)
 
 
 def load_pretrained(net, model_name, state_dict, path, verbose=True):
-    """Start from pretrained weights: the backbone loads, an fc of another class count is dropped
-    (the tutorial's second way: strict=False without fc.*)."""
+    """Starting weights: the backbone loads; an fc of another class count is dropped."""
     check_architecture(net, model_name, state_dict, path)
     head = {k: tuple(v.shape) for k, v in net.state_dict().items() if k.startswith("fc.")}
     if all(k in state_dict and tuple(state_dict[k].shape) == s for k, s in head.items()):
@@ -267,14 +255,13 @@ def imagenet_cache_path(url):
 
 
 def hash_prefix(path):
-    """The start of the file's SHA-256 that torch.hub's file names carry (resnet34-b627a593.pth)."""
+    """The start of the SHA-256 that torch.hub's file names carry (resnet34-b627a593.pth)."""
     m = re.search(r"-([a-f0-9]{6,})\.", Path(path).name)
     return m.group(1) if m else None
 
 
 def check_hash_prefix(path):
-    """A file in the hub cache is trusted by its bytes, not by its name: one copied there by hand
-    (the offline way) must match the hash its name promises."""
+    """A file copied into the hub cache by hand (the offline way) must match the hash its name promises."""
     expected = hash_prefix(path)
     if expected and not files.file_sha256(path).startswith(expected):
         raise cli.UserError(f"{path} is not the file its name says (its SHA-256 does not start with {expected}): "
@@ -283,8 +270,7 @@ def check_hash_prefix(path):
 
 
 def imagenet_weights(model_name, url=None, progress=True):
-    """Path of torchvision's ImageNet file for the model in the torch hub cache, downloaded and
-    checked against the hash prefix in its name (torch.hub's convention) if it is not there."""
+    """torchvision's ImageNet file in the torch hub cache, downloaded and hash-checked when it is not there."""
     url = url or imagenet_url(model_name)
     dest = imagenet_cache_path(url)
     if dest.is_file():
