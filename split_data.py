@@ -80,8 +80,7 @@ def class_images(source):
                 images.append(p.relative_to(source / cla).as_posix())
             except cli.UserError as e:
                 unreadable.append(str(e))
-        for p in not_regular:
-            print(f"warning: skipped {p}: not a regular file (a pipe, a device or a broken link)")
+        unreadable += [f"{p}: not a regular file (a pipe, a device or a broken link)" for p in not_regular]
         if not images:
             raise cli.UserError(f"class folder {source / cla} has no images (looked for "
                                 f"{' '.join(imaging.IMG_EXTENSIONS)}, sub-folders included); add images or remove the folder")
@@ -201,24 +200,21 @@ def check_targets(targets, source, overwrite):
 
 
 def resized_copy(job):
-    """(src, dst, max_size): an upright copy whose shorter side is at most max_size.
-    Returns (warning, error): an unreadable image is copied as it is, with a warning."""
-    src, dst, max_size = job
+    """(src, dst, where, max_size): an upright copy whose shorter side is at most max_size. An image
+    that cannot be read is copied as it is; returns why, or ''. A full disk fails the whole split."""
+    src, dst, where, max_size = job
     try:
-        img = imaging.load_rgb(src, min_side=max_size)  # A large JPEG is decoded at reduced scale already.
+        try:
+            img = imaging.load_rgb(src, min_side=max_size)  # A large JPEG is decoded at reduced scale.
+        except (cli.UserError, OSError, ValueError) as e:
+            shutil.copy2(src, dst)  # Training will name it again.
+            return str(e)
         if min(img.size) > max_size:
             img = ImageOps.scale(img, max_size / min(img.size), Image.LANCZOS)
-        warning = ""
-    except (cli.UserError, OSError, ValueError) as e:
-        img, warning = None, str(e)  # Training will name it again.
-    try:
-        if img is None:
-            shutil.copy2(src, dst)
-        else:
-            imaging.save_image(img, dst, quality=95)
-    except (OSError, ValueError) as e:  # A full disk fails the whole split.
-        return "", getattr(e, "strerror", None) or str(e)
-    return warning, ""
+        imaging.save_image(img, dst, quality=95)
+        return ""
+    except (OSError, ValueError) as e:
+        raise cli.UserError(f"cannot write {where}: {getattr(e, 'strerror', None) or e}") from None
 
 
 def write_split(source, out_root, split, mode="link", max_size=None):
@@ -234,7 +230,7 @@ def write_split(source, out_root, split, mode="link", max_size=None):
                 src, dst = source / cla / name, tmp / side_of[name] / cla / name
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 if max_size:
-                    jobs.append((src, dst, max_size))
+                    jobs.append((src, dst, out_root / dst.relative_to(tmp), max_size))
                 else:
                     try:
                         place(src, dst, mode)
@@ -245,9 +241,7 @@ def write_split(source, out_root, split, mode="link", max_size=None):
         if jobs:
             print(f"resizing {len(jobs)} images to a shorter side of at most {max_size} px")
             with multiprocessing.Pool(os.cpu_count() or 1, initializer=stop.ignore_in_worker) as pool:
-                for (_, dst, _), (warning, error) in zip(jobs, pool.imap(resized_copy, jobs, chunksize=8)):
-                    if error:
-                        raise cli.UserError(f"cannot write {out_root / dst.relative_to(tmp)}: {error}")
+                for warning in pool.imap(resized_copy, jobs, chunksize=8):
                     if warning:
                         print(f"warning: copied as it is: {warning}")
         return tmp
