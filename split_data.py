@@ -92,9 +92,8 @@ def class_images(source):
     return found
 
 
-def share(n, rate):
-    k = int(n * rate)
-    return 1 if k == 0 and rate > 0 and n > 1 else k  # Every class needs a val image, or it cannot be measured.
+def share(n, rate):  # At least one image of a class, or its accuracy cannot be measured.
+    return max(int(n * rate), 1 if rate > 0 and n > 1 else 0)
 
 
 def select_val(source, val_rate=0.1, seed=0, test_rate=0.0):
@@ -141,9 +140,6 @@ def keep_duplicates_together(split, groups):
                     split[cla][side].remove(f)
                     split[cla][home].append(f)
                     moved.append((cla, f, SIDES[side]))
-    for sides in split.values():
-        for names in sides:
-            names.sort()
     return moved
 
 
