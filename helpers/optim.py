@@ -1,10 +1,14 @@
 """The optimiser and its schedule: parameter groups, the learning-rate schedule from
 torch.optim.lr_scheduler (stepped at every optimizer step), and the weights' moving average."""
 import math
+import warnings
 
 import torch
 import torch.nn as nn
 from torch.optim import lr_scheduler
+
+# torch 2.0's SequentialLR steps the next schedule with an epoch number, and warns about its own call.
+warnings.filterwarnings("ignore", message="The epoch parameter in `scheduler.step", category=UserWarning)
 
 
 def parameter_groups(net, s):

@@ -101,7 +101,7 @@ def test_out_of_memory_in_training_goes_back_to_the_last_checkpoint_and_names_a_
     resumed = train.main(parse(train, ["--resume", ckpt]))
     for r, f in zip(comparable(resumed["history"]), comparable(full["history"])):
         assert r == pytest.approx(f, rel=1e-3, abs=1e-4)
-    # Resumed with the batch size named: the rest of the epoch's images, in smaller batches, the same step count.
+    # Resumed with the batch size named: epoch 2's images, in smaller batches, the same step count.
     with pytest.raises(cli.UserError, match=r"--batch-size 3 --accum-steps 2 contradicts .*keeps its 8 images"):
         train.main(parse(train, ["--resume", tmp_path / "c" / "last.pth", "--batch-size", "3"]))
     smaller = train.main(parse(train, ["--resume", tmp_path / "c" / "last.pth", "--batch-size", "2",
