@@ -85,22 +85,16 @@ def bench_model(args, device, task, channels_last, amp):
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     scaler = devices.grad_scaler(device, amp)
 
-    def train_step():
-        with devices.autocast(device, amp):
+    def step():
+        with torch.inference_mode(task != "train"), devices.autocast(device, amp):
             loss = nn.functional.cross_entropy(net(x), y)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        if task == "train":
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
 
-    @torch.inference_mode()
-    def infer_step():
-        with devices.autocast(device, amp):
-            net(x)
-
-    if task == "train":
-        return args.batch_size / time_steps(train_step, device, args.steps, args.warmup)
-    return args.batch_size / time_steps(infer_step, device, args.steps * 2, args.warmup)
+    return args.batch_size / time_steps(step, device, args.steps * (1 if task == "train" else 2), args.warmup)
 
 
 def bench_onnx(args):
