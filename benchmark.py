@@ -379,12 +379,12 @@ def print_report(report):
     print(f"{report['model']} at {report['img_size']} px on {report['device_name']} ({report['date']}), "
           f"{report['task']}:")
     keys = list(report["results"][0])
-    rows = [[r[k] if isinstance(r[k], str) else FORMATS.get(k, "{:.1f}").format(r[k]) for k in keys]
+    text = [isinstance(report["results"][0][k], str) for k in keys]  # Text is left-aligned, figures right.
+    rows = [[r[k] if t else FORMATS.get(k, "{:.1f}").format(r[k]) for k, t in zip(keys, text)]
             for r in report["results"]]
     widths = [max(len(k), *(len(row[i]) for row in rows)) for i, k in enumerate(keys)]
     for row in [keys] + rows:
-        print("  ".join(c.ljust(w) if isinstance(r0, str) else c.rjust(w)
-                        for c, w, r0 in zip(row, widths, report["results"][0].values())))
+        print("  ".join(c.ljust(w) if t else c.rjust(w) for c, w, t in zip(row, widths, text)))
     if report.get("defaults"):
         print(report["defaults"])
 
