@@ -18,14 +18,10 @@ from helpers import cli, files, imaging
 
 
 class ClassFolder(ImageFolder):
-    """torchvision's ImageFolder with three changes:
-    - items are asked for as (index, seed): the seed drives the sample's random augmentation, so a
-      resumed run draws exactly the augmentations the uninterrupted run would have;
-    - the loader only opens the file: the transform decodes it, at the scale its crop needs;
-    - hidden files and folders are not read ('.ipynb_checkpoints', macOS '._x.jpg'), a class may be
-      given (val/ takes train/'s), and an unreadable image is named and skipped: in training another
-      image takes its place (every process keeps its batch size), in validation it is left out.
-    """
+    """torchvision's ImageFolder, with items asked for as (index, seed): the seed drives the sample's
+    augmentation, so a resumed run draws the augmentations the uninterrupted run would have. The
+    transform decodes the file at the scale its crop needs. Hidden files are not read, val/ takes
+    train/'s classes, and an unreadable image is named and skipped (in training another takes its place)."""
 
     def __init__(self, root, transform, class_to_idx=None, replace_unreadable=False):
         self.given_class_to_idx = class_to_idx
@@ -127,9 +123,8 @@ def describe_balance(dataset, where):
 
 
 def class_weights(choice, dataset):
-    """The loss's class weights for --class-weights: None; 'auto', inverse class frequency normalised
-    as scikit-learn's "balanced" (images / (classes x the class's images)); or a JSON file of
-    {class: weight}, every class of the data set given a positive weight."""
+    """The loss's class weights for --class-weights: None; 'auto', scikit-learn's "balanced" (images /
+    (classes x the class's images)); or a JSON file giving every class a positive weight."""
     if choice is None:
         return None
     counts = class_counts(dataset)
@@ -175,9 +170,8 @@ def last_map_size(img_size):
 
 
 def loader_failure(e, workers):
-    """The one line for a data-loader worker that died or could not hand over its batch, or None
-    for any other error. The kernel's out-of-memory killer (a Jetson's usual end) kills a worker;
-    a small /dev/shm (Docker's 64 MB) makes a worker fail to write its batch, or die of SIGBUS."""
+    """The one line for a data-loader worker that died (the kernel's out-of-memory killer) or could
+    not hand over its batch (a small /dev/shm, Docker's 64 MB), or None for any other error."""
     text = str(e)
     if not isinstance(e, RuntimeError) or "DataLoader worker" not in text:
         return None
@@ -209,10 +203,9 @@ def collate_skip_none(batch):
 
 
 class ResumableSampler(DistributedSampler):
-    """DistributedSampler (shuffled by seed and epoch, sharded, padded) that also skips the samples an
-    interrupted epoch already went through, and hands each sample the seed of its augmentation.
-    balanced: each epoch draws len(dataset) samples with replacement, each class equally often
-    (--balanced-sampler), by seed and epoch, then shards them as DistributedSampler does."""
+    """DistributedSampler that also skips what an interrupted epoch already went through, and hands
+    each sample the seed of its augmentation. balanced (--balanced-sampler): each epoch draws
+    len(dataset) samples with replacement, each class equally often, then shards them."""
 
     def __init__(self, dataset, world, shuffle, seed=0, balanced=False):
         super().__init__(dataset, num_replicas=world.size, rank=world.rank, shuffle=shuffle, seed=seed)
