@@ -185,10 +185,9 @@ ENGINE_MARK = "model.json"
 
 
 def trt_engine_folder(path, root, options):
-    """The folder of `root` for this model's TensorRT engines, named by a hash of the file's bytes and
-    of the options. ONNX Runtime names an engine by the file's name, not its weights: a model exported
-    again under the same name would otherwise load the engine of the one before. Folders of models
-    that are gone, or of this file's former contents, are removed: engines are large."""
+    """The folder of `root` for this model's TensorRT engines, named by a hash of the file and the options:
+    ONNX Runtime names an engine by the file's name, so a model exported again under the same name would
+    load the old engine. Folders of models that are gone, or of older contents, are removed (engines are large)."""
     content = files.file_sha256(path)
     key = hashlib.sha256((content + json.dumps(options, sort_keys=True)).encode()).hexdigest()
     folder, me = Path(root) / key[:16], os.path.realpath(path)
@@ -269,8 +268,9 @@ def _torchscript():
 
 def newest_opset(asked):
     """The newest opset, up to `asked`, that this torch exports. torch keeps its limit private, so a
-    one-layer model is exported at each opset down from `asked`; a failed export prints its graph on
-    stdout, which is sent to /dev/null meanwhile."""
+    one-layer model is exported at each opset down from `asked`, with stdout (where torch prints a
+    failed export's graph) sent to /dev/null."""
+    import contextlib
     import io
     import warnings
 
@@ -279,17 +279,16 @@ def newest_opset(asked):
     sys.stdout.flush()
     saved = os.dup(1)
     try:
-        with open(os.devnull, "w") as null:
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), warnings.catch_warnings():
             os.dup2(null.fileno(), 1)
-        for opset in range(asked, 6, -1):
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
+            warnings.simplefilter("ignore")
+            for opset in range(asked, 6, -1):
+                try:
                     torch.onnx.export(torch.nn.ReLU(), torch.zeros(1, 1), io.BytesIO(), opset_version=opset,
                                       **_torchscript())
-                return opset
-            except (RuntimeError, ValueError):
-                continue
+                    return opset
+                except (RuntimeError, ValueError):
+                    continue
         return None
     finally:
         os.dup2(saved, 1)

@@ -101,11 +101,9 @@ class Prediction:
 
 
 def settle(args, batch_size=None):
-    """The Prediction of a script's parsed flags, checked. What the model file carries (an export's
-    metadata, the classes, size and architecture train.py saves with the weights) is used, and a flag
-    that contradicts it is refused in one line naming both. For a file that carries nothing (the
-    tutorial's .pth, an older export): --class-indices, else the class file beside the model, else
-    ./class_indices.json; and --img-size, else 224."""
+    """The checked Prediction of a script's flags. What the model file carries (an export's metadata,
+    what train.py saves with the weights) is used, and a flag that contradicts it is refused in one line
+    naming both. A file that carries nothing (the tutorial's .pth) takes the flags, else the defaults."""
     flags = vars(args)
     onnx_file = flags.get("onnx")
     run = dict(device=flags.get("device", "auto"), amp_dtype=flags.get("amp_dtype", "auto"),
@@ -149,9 +147,8 @@ def settle(args, batch_size=None):
 
 
 def classes_beside(class_indices, model_path, onnx_file):
-    """(classes, source) for a model file that carries none: --class-indices, else the class file
-    beside the model (an export's labels.txt, the weights' run's class_indices.json, which wins over
-    a ./class_indices.json that may be another run's), else ./class_indices.json."""
+    """(classes, source) for a model file that carries none: --class-indices, else the class file beside
+    the model (it wins over a ./class_indices.json that may be another run's), else ./class_indices.json."""
     if class_indices:
         return files.read_class_indices(class_indices), class_indices
     if onnx_file:
