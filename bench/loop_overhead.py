@@ -34,7 +34,7 @@ def main():
             "--epochs", "100"] + rest
     s = settings.resolve(train.get_args_parser().parse_args(argv), train.get_args_parser(), training.World(), None)
     with training.environment(s, training.World()) as env:
-        train_set, _, sampler, loader, val_loader = train.load_data(s, env)
+        train_set, _, sampler, loader, _ = train.load_data(s, env)
         model, plain = train.build_model(s, env, len(train_set.classes), None)
         state = training.RunState()
         optimizer, scheduler, scaler = train.build_optimizer(s, env, plain, None, len(loader), state, None)
