@@ -157,8 +157,9 @@ def saved_on_failure(s, state, env, parts):
             raise cli.UserError(lost_worker + (f"; saved {s.checkpoint} at epoch {state.epoch + 1}, step {state.step}: "
                                                f"python train.py --resume {s.checkpoint} --workers 0" if saved else ""))
         check = memory.check_training(s, env, parts["model"], world.local_size)
+        # Only this run's own checkpoint can be resumed: a last.pth left by an earlier run is another run.
         raise cli.UserError(memory.out_of_memory_line(s, check, cli.first_line(e, 120),
-                                                      resumable=Path(s.checkpoint).exists())) from None
+                                                      resumable=state.epoch > started[0] or bool(s.resume))) from None
 
 
 # ---------------------------------------------------------------- the run's files
