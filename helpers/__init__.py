@@ -1,21 +1,26 @@
 """What the scripts share. The scripts on top (train.py, predict.py, ...) are the design card;
 this package holds the machinery below them, one module for each kind of thing:
 
-    cli        one-line errors (run_cli, UserError), the argument parser and checked argument types
-    files      input and output checks, atomic writes, class-index and labels files, downloads
-    imaging    decoding images safely (size limits, EXIF, draft scaling) and the train/eval transforms
-    devices    the device, mixed precision, channels-last, peak memory (torch 2.0 to today)
-    memory     training's memory estimate against what is free, out-of-memory errors, halving batches
-    weights    reading weight files safely, architecture checks, torchvision's ImageNet files
-    training   the data sets, sampler, optimizer, schedule, EMA, the stop signals and a run's state
-    settings   train.py's settings, resolved once into a frozen object, and its checkpoints
-    reports    what a run writes about itself: history.csv, the per-class table, predictions
-    inference  the predictors, what an ONNX file carries, TensorRT's cache, decoding (no torch on top)
-    plots      the figures (PNG when there is no display)
-    video      cameras, video files, streams and CSI for video_predict.py: the reader thread, the
-               annotated video, the window (OpenCV, imported here only)
-    gradcam    Grad-CAM heatmaps for predict.py --cam
-    demo_data  synthetic flowers for a demo or a test when there is no real data set
+    cli          one-line errors (run_cli, UserError), the argument parser and checked argument types
+    stop         the one way to stop: Ctrl-C, SIGTERM and SIGHUP, at once or at the end of a step
+    files        input and output checks, atomic writes, locks, class-index and labels files, downloads
+    imaging      decoding images safely (size limits, EXIF, draft scaling) and the train/eval transforms
+    devices      the device, mixed precision, channels-last, peak memory (torch 2.0 to today)
+    memory       training's memory estimate against what is free, out-of-memory errors, halving batches
+    weights      building models, reading weight files safely, architecture checks, ImageNet files
+    settings     train.py's settings, resolved once into a frozen object
+    data         the image folders, the resumable sampler, class weights, mixup and cutmix
+    optim        the optimizer, its schedule (torch.optim.lr_scheduler) and the EMA of the weights
+    checkpoints  checkpoints, resume, the best weights and what a failed run saves
+    training     the processes, the device and precision of a run, its state, a step's bundle
+    reports      what a run writes about itself: history.csv, the per-class table, predictions
+    inference    prediction's settings resolved once (settle), decoding, the PyTorch predictor
+    deploy       ONNX files and what they carry, ONNX Runtime, TensorRT's engine cache, export
+    plots        the figures (PNG when there is no display)
+    gradcam      Grad-CAM heatmaps for predict.py --cam
+    sources      cameras, video files, streams and CSI opened with OpenCV (imported here only)
+    video        video_predict.py's reader thread, the annotated video and the window
+    demo_data    synthetic flowers for a demo or a test when there is no real data set
 
 Scripts import modules, not names: `from helpers import files` and then `files.atomic_path(...)`.
 Nothing here imports a script; model.py is the one file on top that this package uses.
