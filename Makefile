@@ -46,7 +46,9 @@ demo: $(VENV)/.run-deps
 # Only the temporary folders of failed tests are kept: pytest keeps every test's, of its last 3 sessions
 # (6 GB a session here, mostly the tiny runs' checkpoints), which fills a small disk. The 15 slowest
 # tests are named at the end of every run, so that a slow new test is seen at once.
-PYTEST_ARGS ?= -q -o tmp_path_retention_policy=failed --durations=15
+# TEST_WORKERS test processes (pytest-xdist); each takes its share of the cores.
+TEST_WORKERS ?= 2
+PYTEST_ARGS ?= -q -o tmp_path_retention_policy=failed --durations=15 -n $(TEST_WORKERS)
 
 test: $(VENV)/.test-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS) tests
