@@ -60,17 +60,14 @@ def save_figure(fig, path, dpi=100):
 
 def plot_curves(history, path):
     fig = new_figure(figsize=(10, 4))
-    ax1, ax2 = fig.subplots(1, 2)
     epochs = [h["epoch"] for h in history]
-    ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    ax1.plot(epochs, [h["val_loss"] for h in history], "o-", label="val")
-    ax1.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax2.plot(epochs, [h["train_acc"] for h in history], "o-", label="train")
-    ax2.plot(epochs, [h["val_acc"] for h in history], "o-", label="val")
-    ax2.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
-    for ax in (ax1, ax2):
+    for ax, key, name in zip(fig.subplots(1, 2), ("loss", "acc"), ("loss", "accuracy")):
+        for side in ("train", "val"):
+            ax.plot(epochs, [h[f"{side}_{key}"] for h in history], "o-", label=side)
+        ax.set(xlabel="epoch", ylabel=name, title=name)
         ax.legend()
         ax.grid(alpha=0.3)
+    fig.axes[1].set_ylim(0, 1.02)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -137,6 +134,7 @@ def plot_errors(errors, path, max_panels=32, what="validation"):
     """The misclassified images: errors = [(prob, image path, true class, predicted class)], the
     most confident mistakes first."""
     import numpy as np
+    from PIL import ImageOps
 
     from helpers import imaging
 
@@ -150,13 +148,9 @@ def plot_errors(errors, path, max_panels=32, what="validation"):
     for k, (prob, image, true, pred) in enumerate(shown):
         r, c = divmod(k, cols)
         try:
-            img = imaging.load_rgb(image, min_side=cell, max_side=cell - 10)
+            img = np.asarray(ImageOps.contain(imaging.load_rgb(image, min_side=cell), (cell - 10, cell - 10)))
         except Exception:  # An image gone since validation keeps only its words.
             continue
-        if max(img.size) < cell - 10:  # A small image fills its panel.
-            scale = (cell - 10) / max(img.size)
-            img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))))
-        img = np.asarray(img)
         y = r * (cell + words) + words + (cell - img.shape[0]) // 2
         x = c * cell + (cell - img.shape[1]) // 2
         canvas[y:y + img.shape[0], x:x + img.shape[1]] = img
