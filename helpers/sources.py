@@ -25,6 +25,10 @@ try:
 except ImportError:
     cv2 = None
 
+# A Jetson CSI camera at 1280x720 and 30 frames/s, converted to BGR on the way; appsink keeps the newest frame only.
+CSI_PIPELINE = ("nvarguscamerasrc sensor-id={} ! video/x-raw(memory:NVMM), width=1280, height=720, framerate=30/1 ! "
+                "nvvidconv ! video/x-raw, format=BGRx ! videoconvert ! video/x-raw, format=BGR ! "
+                "appsink drop=true max-buffers=1")
 STREAM_SCHEMES = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}  # and their default ports
 # Failed reads in a row that still count as corrupt frames, not as the end: FFmpeg answers at once
 # at the end of a file, and a stream that dropped answers at once every time.
@@ -54,14 +58,6 @@ class Source:
         return self.kind != "file"
 
 
-def csi_pipeline(sensor, width=1280, height=720, fps=30):
-    """A Jetson CSI camera through nvarguscamerasrc, converted to BGR on the way (nvvidconv), the
-    newest frame only (appsink drop)."""
-    return (f"nvarguscamerasrc sensor-id={sensor} ! video/x-raw(memory:NVMM), width={width}, height={height}, "
-            f"framerate={fps}/1 ! nvvidconv ! video/x-raw, format=BGRx ! videoconvert ! video/x-raw, format=BGR ! "
-            "appsink drop=true max-buffers=1")
-
-
 def need_gstreamer(what):
     if not has_gstreamer():
         raise cli.UserError(f"{what} needs OpenCV built with GStreamer, and this one ({cv2.__version__}) is not: "
@@ -89,7 +85,7 @@ def parse_source(text):
         if not sensor:
             raise cli.UserError(f"{text}: a CSI camera is csi://N, N its sensor id (csi://0)")
         need_gstreamer(f"{text} (the Jetson's CSI camera, through nvarguscamerasrc)")
-        return Source(text, "csi", csi_pipeline(int(sensor[1])), cv2.CAP_GSTREAMER)
+        return Source(text, "csi", CSI_PIPELINE.format(int(sensor[1])), cv2.CAP_GSTREAMER)
     if scheme and scheme[1].lower() in STREAM_SCHEMES:
         return Source(hide_password(text), "stream", text, cv2.CAP_FFMPEG)
     if scheme:
@@ -183,9 +179,11 @@ class Capture:
         return self.first.shape[1], self.first.shape[0]
 
 
-def open_capture(source, timeout):
-    """(Capture, None) or (None, why). The opening runs in a thread, because some OpenCV builds
-    ignore their own timeouts: a live source without a frame within the timeout counts as silent."""
+def open_source(source, timeout):
+    """The opened source with its first frame, or a one-line error saying why not. The opening runs in
+    a thread, because some OpenCV builds ignore their own timeouts."""
+    if source.kind == "stream":
+        check_reachable(source, timeout)
     args = [source.target, source.api]
     if source.kind == "stream" and hasattr(cv2, "CAP_PROP_OPEN_TIMEOUT_MSEC"):
         ms = int(timeout * 1000)
@@ -195,10 +193,7 @@ def open_capture(source, timeout):
     def work():
         try:
             start = time.perf_counter()
-            try:
-                cap = cv2.VideoCapture(*args)
-            except (TypeError, cv2.error):  # an OpenCV without the timeouts
-                cap = cv2.VideoCapture(*args[:2])
+            cap = cv2.VideoCapture(*args)
             if not cap.isOpened():
                 box["why"] = why_not_opened(source, timeout, time.perf_counter() - start >= 0.9 * timeout)
                 return
@@ -219,15 +214,7 @@ def open_capture(source, timeout):
 
     threading.Thread(target=work, daemon=True).start()
     if not done.wait(timeout + 1 if source.live else None):
-        return None, f"{source.name}: no frame within --timeout {timeout:g} s"
-    return box.get("capture"), box.get("why")
-
-
-def open_source(source, timeout):
-    """The opened source with its first frame, or a one-line error saying why not."""
-    if source.kind == "stream":
-        check_reachable(source, timeout)
-    capture, why = open_capture(source, timeout)
-    if capture is None:
-        raise cli.UserError(why)
-    return capture
+        raise cli.UserError(f"{source.name}: no frame within --timeout {timeout:g} s")
+    if "why" in box:
+        raise cli.UserError(box["why"])
+    return box["capture"]

@@ -115,17 +115,14 @@ class Reader:
                   f"{plan.reconnect_delay:g} s", file=sys.stderr)
             if self._done.wait(plan.reconnect_delay):
                 return None
-            if self.source.kind == "stream":
-                try:
-                    sources.check_reachable(self.source, plan.timeout)
-                except cli.UserError:
-                    continue
-            capture, _ = sources.open_capture(self.source, plan.timeout)
-            if capture is not None:
-                print(f"note: reconnected to {name}", file=sys.stderr)
-                self.capture.cap = capture.cap
-                self.corrupt += capture.corrupt
-                return capture.first
+            try:
+                capture = sources.open_source(self.source, plan.timeout)
+            except cli.UserError:
+                continue
+            print(f"note: reconnected to {name}", file=sys.stderr)
+            self.capture.cap = capture.cap
+            self.corrupt += capture.corrupt
+            return capture.first
         self.lost = f"lost {name} at frame {at}" + (f"; {plan.reconnect} reconnects failed" if plan.reconnect
                                                     else " (--reconnect N reopens it)")
         return None
