@@ -150,7 +150,7 @@ def train_one_epoch(model, loader, step):
         for images, labels, _ in bar:
             images = images.to(env.device, non_blocking=True, memory_format=env.memory_format)
             labels = labels.to(env.device, non_blocking=True)
-            images, targets = data.mix(step.mixer, images, labels, data.batch_seed(s.seed, state.epoch, state.step))
+            images, targets = data.mix(step.mixer, images, labels, s.seed, state.epoch, state.step)
             # Every accum_steps batches make one optimizer step; the epoch's last group may be shorter.
             first = state.step - state.step % s.accum_steps
             group = min(s.accum_steps, n_batches - first)

@@ -169,7 +169,6 @@ def locked(s, world):
     """For the run: the folders it writes into held exclusively (a second run with the same
     --save-path, --checkpoint, --output-dir or class file folder is refused, not mixed with this
     one's files), and the data folder shared (split_data.py cannot re-split it under the run)."""
-    # Every folder the run writes into: the weights', the checkpoint's, the reports', the class file's.
     folders = [Path(s.save_path).parent, Path(s.checkpoint).parent, Path(s.output_dir), Path(s.class_indices).parent]
     written = list(dict.fromkeys(os.path.realpath(f) for f in folders)) if world.is_main else []
     with contextlib.ExitStack() as stack:
@@ -179,6 +178,7 @@ def locked(s, world):
         if os.path.realpath(s.data_path) not in written:
             stack.enter_context(files.locked(s.data_path, "a training run reading it", shared=True))
         yield
+
 
 def check_run_files(s, classes, resumed):
     """Before any work: every file the run writes can be written, no two are the same file, and none

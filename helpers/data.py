@@ -96,30 +96,18 @@ def val_folder(root, train_set, transform):
     if not len(val_set):
         raise cli.UserError(f"no images in {root}: split_data.py was run with --val-rate 0, or every val image had "
                             "a copy in train/ and moved there; run split_data.py again with a --val-rate above 0")
-    check_apart(train_set, val_set)
+    shared = files.shared_images([p for p, _ in train_set.samples], [p for p, _ in val_set.samples])
+    if shared:
+        raise cli.UserError(f"{Path(root).name}/ shares {len(shared)} image(s) with train/ ({shared[0][0]} is "
+                            f"{shared[0][1]}): validation would grade the model on photos it trains on; run "
+                            "split_data.py again (it keeps copies on one side)")
     val_set.missing = [c for i, c in enumerate(train_set.classes) if i not in set(val_set.targets)]
     return val_set
 
 
 def class_counts(dataset):
     """Images of each class of an ImageFolder, in class order."""
-    counts = [0] * len(dataset.classes)
-    for t in dataset.targets:
-        counts[t] += 1
-    return counts
-
-
-def describe_balance(dataset, where):
-    """The images of each class and the ratio of the largest class to the smallest; above 3, the
-    flags that help."""
-    counts = class_counts(dataset)
-    ratio = max(counts) / max(min(counts), 1)
-    text = (f"images per class in {where}: " + ", ".join(f"{c} {n}" for c, n in zip(dataset.classes, counts))
-            + f" (largest/smallest: {ratio:.1f})")
-    if ratio > 3:
-        text += ("\nnote: the classes are imbalanced: --class-weights auto, --balanced-sampler or --select-by "
-                 "balanced_acc may help the small ones (docs/training.md)")
-    return text
+    return torch.bincount(torch.tensor(dataset.targets, dtype=torch.long), minlength=len(dataset.classes)).tolist()
 
 
 def class_weights(choice, dataset):
@@ -148,17 +136,6 @@ def class_weights(choice, dataset):
     if bad:
         raise cli.UserError(f"{path}: the weight of {bad[0]} must be a positive number, not {given[bad[0]]!r}")
     return torch.tensor([float(given[c]) for c in dataset.classes])
-
-
-def check_apart(train_set, val_set):
-    """val/ shares no image with train/ (files.shared_images)."""
-    shared = files.shared_images([p for p, _ in train_set.samples], [p for p, _ in val_set.samples])
-    if shared:
-        val_path, train_path = shared[0]
-        raise cli.UserError(f"{Path(val_set.root).name}/ shares {len(shared)} image(s) with train/ ({val_path} is "
-                            f"{train_path}): validation would grade the model on photos it trains on; run "
-                            "split_data.py again (it keeps copies on one side)")
-
 
 
 def last_map_size(img_size):
@@ -259,25 +236,26 @@ def batch_mixer(s, num_classes):
     return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
 
 
-def batch_seed(seed, epoch, step):
-    """The seed of a batch's mixing: a resumed run mixes each batch as the uninterrupted one did."""
-    return seed * 1_000_003 + epoch * 10_007 + step
-
-
-def mix(mixer, images, labels, seed):
-    """The batch mixed by `mixer` (drawn from its own seed, the process's random state untouched),
-    with soft targets; or, without a mixer, the batch as it is."""
+def mix(mixer, images, labels, seed, epoch, step):
+    """The batch mixed by `mixer`, with soft targets; or, without a mixer, the batch as it is. Each
+    batch has its own seed, so a resumed run mixes it as the uninterrupted run did."""
     if mixer is None:
         return images, labels
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # the process's own random state is untouched
+        torch.manual_seed(seed * 1_000_003 + epoch * 10_007 + step)
         return mixer(images, labels)
 
 
 def describe(train_set, val_set, workers):
     """What the run reads: the images of each set, the classes' balance, a class val/ lacks."""
     print(f"using {len(train_set)} images for training, {len(val_set)} images for validation.")
-    print(describe_balance(train_set, "train/"))
+    counts = class_counts(train_set)
+    ratio = max(counts) / max(min(counts), 1)
+    print("images per class in train/: " + ", ".join(f"{c} {n}" for c, n in zip(train_set.classes, counts))
+          + f" (largest/smallest: {ratio:.1f})")
+    if ratio > 3:
+        print("note: the classes are imbalanced: --class-weights auto, --balanced-sampler or --select-by "
+              "balanced_acc may help the small ones (docs/training.md)")
     if val_set.missing:
         print(f"warning: val/ has no images of {', '.join(val_set.missing)}: their accuracy cannot be measured",
               file=sys.stderr)

@@ -13,7 +13,7 @@ def select_device(name="auto"):
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda:0")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
     try:
@@ -25,7 +25,7 @@ def select_device(name="auto"):
             raise cli.UserError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise cli.UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    if device.type == "mps" and not torch.backends.mps.is_available():
         raise cli.UserError("--device mps asked for, but MPS is not available; use --device cpu")
     return device
 
@@ -125,8 +125,6 @@ def peak_memory_mb(device):
 
 def why_no_compile():
     """Why torch.compile cannot run here, or None when it can."""
-    if not hasattr(torch, "compile"):
-        return f"torch {torch.__version__} has no torch.compile (it needs torch 2.0 or later)"
     if sys.version_info >= (3, 11) and torch.__version__ < "2.1":
         return f"torch {torch.__version__} cannot compile on Python 3.11 (torch 2.1 or later can)"
     if sys.version_info >= (3, 12) and torch.__version__ < "2.4":

@@ -1,9 +1,6 @@
-"""Reading images and preprocessing them, for training and prediction alike.
-
-Every image becomes 8-bit RGB with its EXIF orientation applied. A JPEG is decoded at 1/2, 1/4 or
-1/8 scale when the crop that follows allows it (Pillow's draft()): measured, this makes phone photos
-many times faster to load. This module does not import torch, so ONNX prediction runs without it.
-"""
+"""Reading and preprocessing images, for training and prediction alike: 8-bit RGB, upright by its
+EXIF orientation. A JPEG is decoded at 1/2, 1/4 or 1/8 scale when the crop allows it (Pillow's
+draft()): measured, phone photos load much faster. No torch here: ONNX prediction runs without it."""
 import io
 import math
 import os

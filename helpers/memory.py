@@ -1,9 +1,6 @@
-"""Memory: an estimate of training's peak (a fixed part plus a part per image, from a table that
-bench/train_memory.py measured), what the machine has free, the batch size that fits, and
-out-of-memory errors recognised whichever allocator ran out. The estimate only warns; an error
-that comes anyway is handled where it happens (train.py, or prediction halving its batch).
-torch is imported only where needed: prediction with --onnx runs without it.
-"""
+"""Memory: training's estimated peak (from bench/train_memory.py's table) against what the machine
+has free, the batch size that fits, and out-of-memory errors of every allocator. The estimate only
+warns. torch is imported only where needed: prediction with --onnx runs without it."""
 import dataclasses
 import sys
 from pathlib import Path
@@ -38,9 +35,6 @@ class Estimate:
     def total_mb(self):
         return self.fixed_mb + self.per_image_mb * self.batch_size
 
-    def at(self, batch_size):
-        return dataclasses.replace(self, batch_size=batch_size)
-
 
 def estimate(model, n_params, n_trainable, batch_size, img_size, half, *, optimizer="adam", momentum=0.9,
              ema=False, workers=0, gpu=False):
@@ -73,11 +67,6 @@ def read_meminfo(path="/proc/meminfo"):
     return info
 
 
-def resident_mb():
-    """This process's resident memory now, from /proc/self/status (0 where there is none)."""
-    return read_meminfo("/proc/self/status").get("VmRSS", 0.0)
-
-
 def is_integrated(device):
     """A GPU that shares the system's memory: a Jetson."""
     import torch
@@ -96,7 +85,7 @@ def free_memory(device):
     info = read_meminfo()
     if "MemAvailable" not in info:
         return None, "unknown", 0.0
-    held = resident_mb()
+    held = read_meminfo("/proc/self/status").get("VmRSS", 0.0)  # this process's resident memory
     if device.type == "cuda":  # a Jetson: what torch's tensors hold is in the shared memory too
         held += torch.cuda.memory_allocated(device) / MB
     return info["MemAvailable"] + info.get("SwapFree", 0.0), "MemAvailable + free swap", held
@@ -118,7 +107,7 @@ class Check:
     def needed_mb(self, batch_size=None):
         """What the run will still take from the free memory: its peak, less what this process
         holds already (torch, the model), for each process on this machine."""
-        est = self.est if batch_size is None else self.est.at(batch_size)
+        est = self.est if batch_size is None else dataclasses.replace(self.est, batch_size=batch_size)
         return max(0.0, est.total_mb - self.held_mb) * self.processes
 
     def fits(self, batch_size=None):
@@ -128,10 +117,7 @@ class Check:
         """The largest batch size that divides the run's (so --accum-steps keeps the images per
         optimizer step exactly), is at most `below`, and fits; None when not even 1 does."""
         b = self.est.batch_size
-        for d in sorted((d for d in range(1, min(b, below or b) + 1) if b % d == 0), reverse=True):
-            if self.fits(d):
-                return d
-        return None
+        return next((d for d in range(min(b, below or b), 0, -1) if b % d == 0 and self.fits(d)), None)
 
 
 def check_training(s, env, net, processes=1):

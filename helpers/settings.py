@@ -1,8 +1,6 @@
-"""train.py's settings: one frozen object, resolved once, before any side effect. The defaults
-(written once, in Settings below; train.py's --help reads them from DEFAULTS), under what a resumed
-run saved, under what the user gave. Every derived value (workers, paths, the device torchrun
-gives, where the starting weights come from) is set here; nothing changes the object afterwards.
-"""
+"""train.py's settings: one frozen object, resolved once, before any side effect: the defaults
+(Settings below), under what a resumed run saved, under what the user gave. Every derived value
+(workers, paths, torchrun's device, the starting weights) is set here, and never changed after."""
 import argparse
 import contextlib
 import dataclasses
