@@ -63,17 +63,14 @@ class Reader:
         self.corrupt = capture.corrupt
         self.lost = self._error = None
         self._done = threading.Event()
-        self._queue = queue.Queue(maxsize=2 * plan.batch_size + 2)  # a file's frames, decoded ahead
-        self._latest, self._ended, self._received = None, False, int(source.live)  # a live source's
-        self._cond = threading.Condition()
+        # A file's frames are decoded ahead; a live source's queue holds its newest frame only.
+        self._queue = queue.Queue(maxsize=1 if source.live else 2 * plan.batch_size + 2)
+        self._received = int(source.live)  # a live source's frames so far, the one before the model loaded among them
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def end(self):
         """Stop reading: the window was closed."""
         self._done.set()
-
-    def _stopping(self):
-        return self._done.is_set() or stop.requested()
 
     # -- the reader thread
 
@@ -131,23 +128,27 @@ class Reader:
         try:
             for index, t, image, seq in self._frames():
                 if self.source.live:
-                    with self._cond:
-                        self._latest, self._received = Frame(index, t, image, seq=seq), seq + 1
-                        self._cond.notify()
+                    self._received = seq + 1
+                    self._put(Frame(index, t, image, seq=seq))
                     continue
                 crop = model_crop(image, self.transform) if seq % self.plan.every == 0 else None
-                frame = Frame(index, t, image if self.plan.keep_images else None, crop, seq)
-                while not self._done.is_set():
-                    with contextlib.suppress(queue.Full):
-                        self._queue.put(frame, timeout=0.1)
-                        break
+                self._put(Frame(index, t, image if self.plan.keep_images else None, crop, seq))
         except BaseException as e:  # The main thread raises it again.
             self._error = e
         finally:
             self.capture.cap.release()
-            with self._cond:
-                self._ended = True
-                self._cond.notify()
+            self._put(None)  # The end: it waits until the main thread took the last frame.
+
+    def _put(self, frame):
+        while not self._done.is_set():
+            if self.source.live and frame is not None:
+                with contextlib.suppress(queue.Empty):
+                    self._queue.get_nowait()  # The model was busy: the older frame is dropped (counted later).
+            try:
+                self._queue.put(frame, timeout=0.1)
+                return
+            except queue.Full:
+                pass
 
     # -- the main thread
 
@@ -172,14 +173,9 @@ class Reader:
 
     def _next_queued(self):
         """The next frame the reader thread decoded, or None once it ended or a stop was asked for."""
-        while not self._stopping():
-            try:
+        while not self._done.is_set() and not stop.requested():
+            with contextlib.suppress(queue.Empty):
                 return self._queue.get(timeout=0.1)
-            except queue.Empty:
-                if self._ended:  # It ended after its last put, so that frame is in the queue now.
-                    with contextlib.suppress(queue.Empty):
-                        return self._queue.get_nowait()
-                    return None
         return None
 
     def _file_batches(self):
@@ -202,13 +198,11 @@ class Reader:
     def _live_batches(self):
         taken = -1  # the seq of the frame predicted last
         while True:
-            with self._cond:
-                want = 0 if taken < 0 else taken + self.plan.every
-                while not self._stopping() and not self._ended and (self._latest is None or self._latest.seq < want):
-                    self._cond.wait(0.1)
-                frame = self._latest
-                if self._stopping() or frame is None or frame.seq < want:
-                    return
+            frame = self._next_queued()
+            if frame is None:
+                return
+            if taken >= 0 and frame.seq < taken + self.plan.every:
+                continue  # --every: a newer frame is wanted
             self._pass_over(frame.seq - taken - 1, taken >= 0)
             self.read, self.predicted, taken = frame.seq + 1, self.predicted + 1, frame.seq
             frame.crop = model_crop(frame.image, self.transform)
