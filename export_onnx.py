@@ -50,7 +50,7 @@ def get_args_parser(add_help=True):
     p.add_argument("--opset", type=cli.int_in(11), default=17, help="ONNX opset, 11 or more (default: %(default)s)")
     p.add_argument("--softmax", action="store_true", help="put the softmax in the graph: output probabilities")
     p.add_argument("--check-images", default="data/imgs", help="real images for the check, when there (default: %(default)s)")
-    p.add_argument("--atol", type=cli.float_in(0, None, low_open=True), default=1e-3,
+    p.add_argument("--atol", type=cli.positive_float, default=1e-3,
                    help="largest difference allowed (default: %(default)s)")
     q = p.add_argument_group("INT8")
     q.add_argument("--int8", nargs="?", const="cpu", default=None, choices=("cpu", "tensorrt"),

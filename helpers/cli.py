@@ -10,16 +10,15 @@ import math
 import signal
 import sys
 
-from helpers import stop
+from helpers import memory, stop
 
 
 one_line_ctrl_c = stop.while_importing  # Each script calls it before it imports torch.
 
 
 def _printable(e):
-    """A codecs error handler for the terminal: a file name's bytes that are not UTF-8 (which
-    Python holds as surrogates) are written as they are, as `ls` writes them; a character that the
-    terminal's encoding lacks (a Chinese class name under a Latin-1 or ASCII locale) as \\uXXXX."""
+    """A codecs error handler: a file name's bytes that are not UTF-8 (held as surrogates) are written
+    as they are, as `ls` does; a character the terminal's encoding lacks is written as \\uXXXX."""
     chunk = e.object[e.start:e.end]
     if isinstance(e, UnicodeEncodeError) and all(0xDC80 <= ord(c) <= 0xDCFF for c in chunk):
         return bytes(ord(c) - 0xDC00 for c in chunk), e.end
@@ -27,8 +26,7 @@ def _printable(e):
 
 
 def printable_output():
-    """stdout and stderr print any name, in any locale: a print never ends a run in a
-    UnicodeEncodeError after its work (a non-UTF-8 file name, a non-UTF-8 locale)."""
+    """stdout and stderr print any name in any locale, so a print never ends a run in a UnicodeEncodeError."""
     codecs.register_error("helpers.printable", _printable)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(AttributeError, ValueError, OSError):  # not a TextIOWrapper (a test's capture)
@@ -59,7 +57,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def add_overwrite(parser, help):
     """--overwrite, the one flag that lets a script replace a file that cost training or a download
-    to make; --force is a hidden alias."""
+    to make; --force is its old name, hidden."""
     parser.add_argument("--overwrite", action="store_true", help=help)
     parser.add_argument("--force", dest="overwrite", action="store_true", help=argparse.SUPPRESS)
 
@@ -80,24 +78,19 @@ def run_cli(main, parser, argv=None):
         signum = next((s for s in stop.SIGNALS if stop.name(s) == str(e)), signal.SIGINT)
         print(f"error: interrupted ({stop.name(signum)}); files being written were left as they were", file=sys.stderr)
         sys.exit(128 + signum)
-    except MemoryError:
-        print("error: out of memory; try a smaller --batch-size or --img-size", file=sys.stderr)
-        sys.exit(1)
     except OSError as e:  # disk full, permission denied, a vanished file: the system's own words
         print(f"error: {describe_os_error(e)}", file=sys.stderr)
         sys.exit(1)
-    except RuntimeError as e:  # torch's out-of-memory errors (CUDA and CPU) are RuntimeErrors
-        text = str(e)
-        if "out of memory" not in text and "can't allocate memory" not in text:
+    except (MemoryError, RuntimeError) as e:  # torch's out-of-memory errors (CUDA and CPU) are RuntimeErrors
+        if not memory.is_out_of_memory(e):
             raise
-        print(f"error: out of memory ({first_line(e, 160)}); try smaller settings "
-              "(--batch-size, --img-size)", file=sys.stderr)
+        print(f"error: out of memory ({first_line(e, 160)}); try smaller settings (--batch-size, --img-size)",
+              file=sys.stderr)
         sys.exit(1)
 
 
 def first_line(e, limit=None):
-    """The first line of an exception's message (libraries' messages run to many lines), or its
-    kind when it has none."""
+    """The first line of an exception's message, or its kind when it has none."""
     text = str(e).strip()
     return (text.splitlines()[0] if text else type(e).__name__)[:limit]
 
@@ -109,44 +102,41 @@ def describe_os_error(e):
 
 # ---------------------------------------------------------------- argument values
 
-def int_in(low, high=None):
-    """A whole number in [low, high] (high None: no upper bound)."""
+def int_in(low, high=math.inf):
+    """A whole number in [low, high]."""
     def parse(text):
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}" if high is None else
-                                             f"must be in [{low}, {high}], got {value}")
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}], got {value}" if high < math.inf else
+                                             f"must be at least {low}, got {value}")
         return value
     parse.__name__ = "whole number"
     return parse
 
 
-def float_in(low, high, low_open=False, high_open=False):
-    """A finite float in [low, high]; an end is left out when its *_open is set; None: no bound."""
+def float_in(low, high=math.inf, low_open=False, high_open=False):
+    """A finite float in [low, high]; an end is left out when its *_open is set."""
     def parse(text):
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        too_low = low is not None and (value <= low if low_open else value < low)
-        too_high = high is not None and (value >= high if high_open else value > high)
+        too_low = value <= low if low_open else value < low
+        too_high = value >= high if high_open else value > high
         if too_low or too_high or not math.isfinite(value):
-            if high is None:
-                need = f"a finite number more than {low}" if low_open else f"a finite number at least {low}"
-            else:
-                need = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-            raise argparse.ArgumentTypeError(f"must be {need}, got {text}")
+            left, right = "(" if low_open else "[", ")" if high_open or high == math.inf else "]"
+            raise argparse.ArgumentTypeError(f"must be in {left}{low}, {high}{right}, got {text}")
         return value
     parse.__name__ = "number"
     return parse
 
 
 positive_int = int_in(1)
-positive_float = float_in(0, None, low_open=True)
-non_negative_float = float_in(0, None)
+positive_float = float_in(0, low_open=True)
+non_negative_float = float_in(0)
 # Bounds that keep one mistyped number from taking the machine: a 1024 px crop is already 20x the
 # work of 224 px; more workers than this only fight over the cores.
 img_size_arg = int_in(16, 1024)

@@ -1,7 +1,5 @@
-"""Files: inputs and outputs checked before any work, atomic writes (a temporary file beside the
-target, renamed into place, so a failure leaves the old file whole), locks on folders, the
-class-index and labels files, and downloads.
-"""
+"""Files: inputs and outputs checked before any work, atomic writes, locks on folders, the
+class-index and labels files, and downloads."""
 import codecs
 import contextlib
 import csv
@@ -12,16 +10,15 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import sys
 import tempfile
 import time
 import unicodedata
 import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
-from helpers import cli, stop
+from helpers import cli
 
 # Where train.py writes the class names and the prediction scripts read them, as in the tutorial.
 CLASS_INDICES = "./class_indices.json"
@@ -66,8 +63,8 @@ def existing_ancestor(folder):
 
 
 def check_writable_dir(folder, what="output"):
-    """The folder, or its first existing parent, takes new files. A real temporary file is made,
-    because os.access says yes to root on a read-only mount."""
+    """The folder, or its first existing parent, takes new files. A real file is tried, because
+    os.access says yes to root on a read-only mount."""
     probe = existing_ancestor(folder)
     if not probe.is_dir():
         raise cli.UserError(f"cannot write the {what} in {folder}: {probe} is a file, not a folder")
@@ -80,16 +77,14 @@ def check_writable_dir(folder, what="output"):
 
 def check_output(path, what, overwrite=True, flag="--overwrite", same_content=None, suffixes=None, inputs=()):
     """Check, before any work, that `path` can be written. overwrite=False refuses an existing file
-    unless it holds `same_content` already. suffixes: the endings it must have. inputs: files the
-    run reads, which it must not write over. A device, pipe or link is never replaced."""
+    unless it holds `same_content` already. inputs: files of the run, which it must not write over."""
     path = Path(path)
     check_name_fits(path, what)
-    if path.is_dir():
-        raise cli.UserError(f"the {what} {path} is a folder; give a file name")
     if suffixes and path.suffix.lower() not in suffixes:
         raise cli.UserError(f"the {what} {path} must end in {' or '.join(suffixes)}")
     if path.is_symlink() or (path.exists() and not path.is_file()):
-        raise cli.UserError(f"{path} is a link or a special file, not a regular file; give another path for the {what}")
+        raise cli.UserError(f"{path} is a folder, a link or a special file, not a regular file; give another path "
+                            f"for the {what}")
     for source in inputs:
         if path.exists() and Path(source).exists() and os.path.samefile(path, source):
             raise cli.UserError(f"the {what} {path} is also an input of this run; give another path")
@@ -103,7 +98,7 @@ def check_output(path, what, overwrite=True, flag="--overwrite", same_content=No
 
 def check_name_fits(path, what):
     """The name and its temporary sibling's (atomic_path) fit the file system: found now, not after
-    an epoch of training that could then not be saved."""
+    an epoch of training."""
     path = Path(path)
     try:
         longest = os.pathconf(existing_ancestor(path.parent), "PC_NAME_MAX")
@@ -113,7 +108,7 @@ def check_name_fits(path, what):
         if len(os.fsencode(name)) > longest:
             raise cli.UserError(f"the {what} {path}: the name {name[:40]}... is longer than the {longest} bytes a "
                                 "file name may have here; give a shorter one")
-    overhead = len(".XXXXXXXX.tmp") + len(os.fsencode(path.suffix)) + 1  # mkstemp's `.name.XXXXXXXX.tmp.suffix`
+    overhead = len(".XXXXXXXX.tmp") + len(os.fsencode(path.suffix)) + 1  # atomic_path's `.name.XXXXXXXX.tmp.suffix`
     if len(os.fsencode(path.name)) + overhead > longest:
         raise cli.UserError(f"the {what} {path}: its name is too long to be written safely (the temporary file "
                             f"beside it would exceed {longest} bytes); give a name of at most "
@@ -124,11 +119,10 @@ STALE_SECONDS = 15 * 60  # No atomic write lasts that long, so an older temporar
 
 
 def remove_stale_temporaries(path):
-    """Remove and name the temporary siblings of `path` that a killed run left (kill -9, a power
-    cut). In a folder this process holds locked, all of them are a dead run's; elsewhere only those
-    older than STALE_SECONDS, because another run may be writing the others."""
+    """Remove and name the temporaries that a killed run left beside `path` (kill -9, a power cut): all
+    of them in a folder this process holds locked, elsewhere only old ones (another run may write the others)."""
     path = Path(path)
-    stale, held = [], holds(path.parent)
+    stale, held = [], os.path.realpath(path.parent) in _HELD
     for p in path.parent.glob(glob.escape(f".{path.name}.") + "*" + glob.escape(f".tmp{path.suffix}")):
         with contextlib.suppress(OSError):
             if p.is_file() and not p.is_symlink() and (held or time.time() - p.stat().st_mtime > STALE_SECONDS):
@@ -175,8 +169,8 @@ def made_dirs(folder):
 
 
 def removed_on_failure(path, unless=()):
-    """An __exit__ for ExitStack.push: when the block fails while none of `unless` exists, the file
-    `path` is removed, so a run that failed before it saved anything leaves nothing behind."""
+    """An __exit__ for ExitStack.push: when the block fails while none of `unless` exists, `path` is
+    removed, so a run that failed before it saved anything leaves nothing behind."""
     def exit_(kind, value, tb):
         if kind is not None and not any(os.path.lexists(p) for p in unless):
             with contextlib.suppress(OSError):
@@ -195,24 +189,17 @@ def _is_write_failure(e):
     return False
 
 
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-
-
 @contextlib.contextmanager
 def atomic_path(path):
     """Yields a temporary path beside `path` with the same suffix; renamed onto `path` when the
     block ends without error, removed otherwise (disk full, Ctrl-C, a bug)."""
     path = Path(path)
+    # The name is chosen before the file exists, so that `finally` removes it whenever a signal comes.
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp{path.suffix}"
     with made_dirs(path.parent):
-        tmp = None
         try:
-            # A signal waits until the temporary exists and `tmp` names it, so that `finally` removes it.
-            with stop.blocked():
-                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-                os.close(fd)
-            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; the file gets the usual permissions
-            yield Path(tmp)
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the umask's usual permissions
+            yield tmp
             os.replace(tmp, path)
             remove_stale_temporaries(path)
         except OSError as e:
@@ -225,9 +212,8 @@ def atomic_path(path):
                 raise
             raise cli.UserError(f"cannot write {path} (is the disk full?); it was left as it was") from None
         finally:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.remove(tmp)
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
 
 
 def atomic_write_bytes(path, data):
@@ -241,8 +227,8 @@ def atomic_write_text(path, text):
 
 @contextlib.contextmanager
 def atomic_csv(path, header):
-    """A csv.writer with its header written, renamed onto `path` at the end (atomic_path). UTF-8 in
-    any locale; a file name that is not UTF-8 is written as the bytes it is, as `ls` shows it."""
+    """A csv.writer with its header written, renamed onto `path` at the end (atomic_path). UTF-8 in any
+    locale; a file name that is not UTF-8 is written as the bytes it is."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         writer = csv.writer(f)
         writer.writerow(header)
@@ -257,8 +243,8 @@ def class_indices_bytes(classes):
 
 
 def check_class_names(names, where):
-    """Class names must be non-empty UTF-8 text on one line (they become lines of labels.txt and keys
-    of JSON), and no two may read the same (two Unicode forms, or spaces at their ends)."""
+    """Class names must be non-empty UTF-8 text on one line (lines of labels.txt, keys of JSON), and no
+    two may read the same (two Unicode forms, or spaces at their ends)."""
     bad = [c for c in names if not isinstance(c, str) or not c.strip() or any(ch in c for ch in "\n\r\t\x00")]
     if bad:
         raise cli.UserError(f"{where}: class names must be non-empty strings on one line, found {bad[0]!r}")
@@ -314,11 +300,13 @@ def read_labels(path):
 
 # ---------------------------------------------------------------- locks, copies and downloads
 
+_HELD = set()  # The folders this process holds locked exclusively: no other run writes there.
+
+
 @contextlib.contextmanager
 def locked(folder, what, shared=False):
-    """Hold `folder` for the block: an exclusive lock refuses a second run that would write there, a
-    shared one lets readers in and keeps a writer out. flock on the folder itself ends with the
-    process, whatever kills it, and leaves no lock file. Without locks (Windows), it runs unlocked."""
+    """Hold `folder` for the block, exclusively (one writer) or shared (readers, no writer). flock on
+    the folder ends with the process, whatever kills it, and leaves no file. Windows runs unlocked."""
     try:
         import fcntl
         fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
@@ -342,16 +330,9 @@ def locked(folder, what, shared=False):
         os.close(fd)
 
 
-_HELD = set()  # The folders this process holds locked exclusively: no other run writes there.
-
-
-def holds(folder):
-    return os.path.realpath(folder) in _HELD
-
-
 def shared_images(train_paths, other_paths):
-    """[(other path, train path)] for the images of other_paths that are also training images: the
-    same file (a link) or the same bytes (a copy). Only files of a size found on both sides are hashed."""
+    """[(other path, train path)] for the images of other_paths that are also training images: the same
+    file (a link) or the same bytes (a copy). Only files of a size found on both sides are hashed."""
     def stats(paths):
         return {p: os.stat(p) for p in paths if os.path.exists(p)}
     train, shared, by_size = stats(train_paths), [], {}
@@ -393,10 +374,6 @@ def download(url, dest, sha256=None, progress=True, timeout=60):
 
     from torch.hub import download_url_to_file  # Only downloads need torch.
 
-    if url.startswith("file:"):  # A local "download" of /dev/zero would fill the disk.
-        source = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
-        if not source.is_file():
-            raise cli.UserError(f"could not download {url}: {source} is not a regular file")
     dest = Path(dest)
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(timeout)  # torch.hub sets none, and a stalled server would hang forever.

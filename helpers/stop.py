@@ -36,23 +36,21 @@ def request(signum=signal.SIGINT):
     _requested = _requested or signum
 
 
-def quiet_closed_terminal():
-    """After a hang-up, a stdout or stderr that was the terminal points nowhere, and a print would
-    fail (EIO). Such streams go to /dev/null. Files, pipes and a terminal that is still open are
-    kept (the kernel reports a hung-up terminal as no terminal at all)."""
-    devnull = None
+def _quiet_if_hung_up(signum):
+    """After a hang-up, a stdout or stderr that was the terminal points nowhere and a print would fail
+    (EIO), so such streams go to /dev/null. The kernel reports a hung-up terminal as no terminal at all."""
+    if signum != getattr(signal, "SIGHUP", None):
+        return
     for fd in (1, 2):
         with contextlib.suppress(OSError):
             if stat.S_ISCHR(os.fstat(fd).st_mode) and not os.isatty(fd):
-                devnull = devnull if devnull is not None else os.open(os.devnull, os.O_WRONLY)
+                devnull = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(devnull, fd)
-    if devnull is not None:
-        os.close(devnull)
+                os.close(devnull)
 
 
 def _raise(signum, frame):
-    if signum == getattr(signal, "SIGHUP", None):
-        quiet_closed_terminal()
+    _quiet_if_hung_up(signum)
     raise KeyboardInterrupt(name(signum))
 
 
@@ -92,10 +90,9 @@ def deferred(what):
 
     def record(signum, frame):
         global _requested
-        if signum == getattr(signal, "SIGHUP", None):
-            quiet_closed_terminal()
         if _requested:
-            raise KeyboardInterrupt(name(signum))
+            _raise(signum, frame)
+        _quiet_if_hung_up(signum)
         _requested = signum
         print(f"\n{name(signum)}: {what} ({name(signum)} again to quit now)", file=sys.stderr)
 
@@ -107,29 +104,11 @@ def deferred(what):
             signal.signal(s, handler)
 
 
-@contextlib.contextmanager
-def blocked():
-    """Signals wait until the block ends; then the first one is raised again, for the earlier handler.
-    The handlers are swapped, not the signal mask, because torch's threads would receive a masked signal."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pending = []
-    previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in SIGNALS}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        if pending:
-            signal.raise_signal(pending[0])
-
-
 def ignore_in_worker(worker_id=None):
     """A worker process's start: signals are the main process's to handle. A DataLoader passes the
     worker's id, and its workers ignore SIGTERM too, so that the run can save its step. A pool passes
     nothing and keeps SIGTERM's default, because a pool ends its workers with SIGTERM."""
     for signum in SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
-    if worker_id is None and hasattr(signal, "SIGTERM"):
+    if worker_id is None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -864,16 +864,16 @@ def test_a_killed_decoding_process_is_one_line(tiny_run, tmp_path, monkeypatch):
 
 
 def test_a_signal_while_the_temporary_is_made_leaves_nothing(tmp_path, monkeypatch):
-    # The signal arrives just as mkstemp returns, before the block that would remove the file.
-    import tempfile
+    # The signal arrives just as the temporary is made, before the block that would remove the file.
     from helpers import files
-    real = tempfile.mkstemp
+    real = os.open
 
-    def mkstemp(**kwargs):
-        made = real(**kwargs)
-        os.kill(os.getpid(), signal.SIGINT)  # held until the temporary is the block's to remove
+    def open_and_signal(path, *args, **kwargs):
+        made = real(path, *args, **kwargs)
+        if ".tmp" in os.fspath(path):
+            os.kill(os.getpid(), signal.SIGINT)
         return made
-    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(os, "open", open_and_signal)
     # Python's own Ctrl-C handler, whatever pytest was started with: a background job (`make test &`)
     # starts with SIGINT ignored, and the signal would then never arrive.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
