@@ -119,12 +119,14 @@ def check_reachable(source, timeout):
     where = f"{parts.hostname}:{port}"
     try:
         socket.create_connection((parts.hostname, port), timeout=timeout).close()
+        return
     except socket.gaierror:
-        raise cli.UserError(f"cannot reach {source.name}: unknown host {parts.hostname}") from None
+        why = f"unknown host {parts.hostname}"
     except socket.timeout:
-        raise cli.UserError(f"cannot reach {source.name}: no answer from {where} within --timeout {timeout:g} s") from None
+        why = f"no answer from {where} within --timeout {timeout:g} s"
     except OSError as e:
-        raise cli.UserError(f"cannot reach {source.name}: {e.strerror or e} ({where})") from None
+        why = f"{e.strerror or e} ({where})"
+    raise cli.UserError(f"cannot reach {source.name}: {why}")
 
 
 NOT_OPENED = {
