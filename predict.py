@@ -10,7 +10,6 @@ from helpers import cli
 if __name__ == "__main__":
     cli.one_line_ctrl_c()  # before torch loads: a Ctrl-C during its import ends in one line too
 import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -37,9 +36,8 @@ def main(args):
     if args.cam and args.onnx:
         raise cli.UserError("--cam needs PyTorch (the gradient of the model), not ONNX Runtime: leave out --onnx")
     for path in args.images:
-        if Path(path).is_dir():
-            raise cli.UserError(f"{path} is a folder; batch_predict.py {path} predicts every image in it")
-        files.need_file(path, "image", "pass the image to predict, e.g. python predict.py photo.jpg")
+        files.need_file(path, "image", "pass image files, e.g. python predict.py photo.jpg (batch_predict.py "
+                                       "predicts a folder)")
     figure = args.save_fig or (None if plots.has_display() else "predict.png")
     if figure:
         files.check_output(figure, "figure", suffixes=plots.FIGURE_SUFFIXES, inputs=args.images)

@@ -1,9 +1,6 @@
-"""ONNX and TensorRT: what an ONNX file carries (ModelInfo), the ONNX Runtime session, its execution
-providers and TensorRT's engine cache, and the export.
-
-torch is imported only inside the export functions: --onnx prediction runs on a machine that has
-only requirements-deploy.txt (onnxruntime, pillow, numpy).
-"""
+"""ONNX and TensorRT: what an ONNX file carries (ModelInfo), the ONNX Runtime session, its providers,
+TensorRT's engine cache, and the export. torch is imported only by the export functions: --onnx
+prediction needs only requirements-deploy.txt."""
 import dataclasses
 import hashlib
 import json
@@ -24,8 +21,7 @@ META_VERSION = "1"
 
 @dataclasses.dataclass(frozen=True)
 class ModelInfo:
-    """What export_onnx.py writes into an ONNX file's metadata: all that prediction needs beside the
-    file, and the accuracy it was checked at."""
+    """What export_onnx.py writes into an ONNX file's metadata: all that prediction needs, and the accuracy."""
     classes: list
     img_size: int
     mean: tuple = imaging.MEAN
@@ -49,8 +45,7 @@ class ModelInfo:
 
     @classmethod
     def from_metadata(cls, meta, path):
-        """The ModelInfo in a file's metadata, or None when it has none (an older export); a damaged
-        one is refused in one line."""
+        """The ModelInfo in a file's metadata, or None (an older export); damaged metadata is refused."""
         if "classes" not in meta:
             return None
         try:
@@ -110,9 +105,8 @@ def model_info(path):
 
 
 def open_model(path, provider):
-    """(session or None, metadata) of an ONNX file. With TensorRT among the providers, the session
-    is made later by predictor(): its options need the input size and the INT8 flavour that the
-    metadata holds."""
+    """(session or None, metadata) of an ONNX file. With TensorRT the session is made later by
+    predictor(): its options need the input size and INT8 flavour that the metadata holds."""
     names = provider_names(provider)
     if TRT in names:
         return None, metadata(path)
@@ -185,9 +179,8 @@ ENGINE_MARK = "model.json"
 
 
 def trt_engine_folder(path, root, options):
-    """The folder of `root` for this model's TensorRT engines, named by a hash of the file and the options:
-    ONNX Runtime names an engine by the file's name, so a model exported again under the same name would
-    load the old engine. Folders of models that are gone, or of older contents, are removed (engines are large)."""
+    """The folder of `root` for this model's engines, named by a hash of the file and the options (ONNX
+    Runtime names an engine by the file's name only). Folders of gone or older models are removed."""
     content = files.file_sha256(path)
     key = hashlib.sha256((content + json.dumps(options, sort_keys=True)).encode()).hexdigest()
     folder, me = Path(root) / key[:16], os.path.realpath(path)
@@ -230,8 +223,7 @@ def softmax(logits):
 
 
 def predictor(p):
-    """A function from a uint8 NHWC batch to class probabilities, run by ONNX Runtime, and a line
-    saying what runs it. p is an inference.Prediction: the session it holds, or a new one."""
+    """(predict, a line saying what runs it): ONNX Runtime's predictor for an inference.Prediction."""
     path, n = p.onnx, len(p.classes)
     session = p.session or new_session(path, onnx_providers(p.provider, path, p.trt_cache, p.img_size,
                                                             p.batch_size, p.metadata))
@@ -239,8 +231,6 @@ def predictor(p):
     if inp.type != "tensor(float)" or len(inp.shape) != 4:
         raise cli.UserError(f"{path} takes {inp.type} of {len(inp.shape)} dimensions; export_onnx.py's models take "
                             "float images (N, 3, H, W)")
-    if isinstance(out.shape[-1], int) and out.shape[-1] != n:
-        raise cli.UserError(f"{path} outputs {out.shape[-1]} classes but the class names list {n}")
     if isinstance(inp.shape[-1], int) and inp.shape[-1] != p.img_size:
         raise cli.UserError(f"{path} takes {inp.shape[-1]} px images; pass --img-size {inp.shape[-1]}")
 
@@ -268,8 +258,7 @@ def _torchscript():
 
 def newest_opset(asked):
     """The newest opset, up to `asked`, that this torch exports. torch keeps its limit private, so a
-    one-layer model is exported at each opset down from `asked`, with stdout (where torch prints a
-    failed export's graph) sent to /dev/null."""
+    one-layer model is tried at each opset, with stdout (where torch prints failures) sent to /dev/null."""
     import contextlib
     import io
     import warnings

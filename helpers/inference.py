@@ -1,9 +1,6 @@
-"""Prediction, shared by predict.py, batch_predict.py, evaluate.py, video_predict.py and export_onnx.py:
-the model flags, settle() (the model, its classes, input size and normalisation, settled once), decoding
+"""Prediction for every script that predicts: the model flags, settle() (settings made once), decoding
 in a process pool, and the PyTorch predictor. helpers/deploy.py runs ONNX files.
-
-torch is imported inside the functions that need it, never at the top: prediction without torch was
-measured to start much faster, and with --onnx it needs only requirements-deploy.txt.
+torch is imported only where needed: prediction without it was measured to start much faster.
 """
 import collections
 import concurrent.futures.process
@@ -60,7 +57,6 @@ def add_runtime_args(p):
 
 
 def add_min_prob_arg(p):
-    """--min-prob: a classifier always picks one of its classes, even for a photo of none of them."""
     p.add_argument("--min-prob", type=cli.float_in(0, 1), default=None, metavar="P",
                    help="report an image whose top probability is below P as 'unknown' (a classifier always picks "
                         "one of its classes, also for a photo of none of them) (default: off)")
@@ -76,7 +72,7 @@ def shown_class(name, prob, min_prob):
 
 @dataclasses.dataclass(frozen=True)
 class Prediction:
-    """What prediction runs with, settled by settle() before any work; every later step reads it."""
+    """What prediction runs with, made once by settle() before any work."""
     model: str  # the architecture PyTorch builds
     weights: str  # the trained weights; None with --onnx
     onnx: str  # the ONNX file; None with PyTorch
@@ -101,9 +97,8 @@ class Prediction:
 
 
 def settle(args, batch_size=None):
-    """The checked Prediction of a script's flags. What the model file carries (an export's metadata,
-    what train.py saves with the weights) is used, and a flag that contradicts it is refused in one line
-    naming both. A file that carries nothing (the tutorial's .pth) takes the flags, else the defaults."""
+    """The checked Prediction of a script's flags. What the model file carries wins, and a flag that
+    contradicts it is refused in one line; a file that carries nothing takes the flags, else the defaults."""
     flags = vars(args)
     onnx_file = flags.get("onnx")
     run = dict(device=flags.get("device", "auto"), amp_dtype=flags.get("amp_dtype", "auto"),
@@ -119,8 +114,11 @@ def settle(args, batch_size=None):
         if info:
             run.update(mean=info.mean, std=info.std)
     else:
-        need_torch()  # the weights are read with torch: without it, one line, not an ImportError
-        from helpers import weights
+        try:
+            from helpers import weights  # it reads the weights with torch
+        except ImportError:
+            raise cli.UserError("prediction with PyTorch needs torch (pip install -r requirements.txt); on a machine "
+                                "without it, predict with --onnx FILE (export_onnx.py makes it)") from None
 
         model_path = str(args.weights or weights.default_save_path(args.model or DEFAULT_MODEL))
         files.need_file(model_path, "trained weights", "train.py writes them; pass --weights to point at them")
@@ -148,7 +146,7 @@ def settle(args, batch_size=None):
 
 def classes_beside(class_indices, model_path, onnx_file):
     """(classes, source) for a model file that carries none: --class-indices, else the class file beside
-    the model (it wins over a ./class_indices.json that may be another run's), else ./class_indices.json."""
+    the model (not a ./class_indices.json that may be another run's), else ./class_indices.json."""
     if class_indices:
         return files.read_class_indices(class_indices), class_indices
     if onnx_file:
@@ -197,18 +195,13 @@ def decode_batch(paths, img_size):
     return good, batch, errors
 
 
-def default_workers(n_images, batch_size):
-    # A process pool costs more than it saves for one batch.
-    return 0 if n_images <= batch_size else min(4, max(1, (os.cpu_count() or 2) - 1))
-
-
 def decode_batches(paths, img_size=224, batch_size=16, workers=None):
     """Yields (indices, uint8 NHWC batch, errors) for consecutive batches of paths, in order, decoded
     in a pool of processes at most two batches per worker ahead, so memory stays bounded."""
     # Not torch's DataLoader: prediction without torch was measured to start much faster.
     jobs = [[(i, paths[i]) for i in range(s, min(s + batch_size, len(paths)))] for s in range(0, len(paths), batch_size)]
-    if workers is None:
-        workers = default_workers(len(paths), batch_size)
+    if workers is None:  # a process pool costs more than it saves for one batch
+        workers = 0 if len(paths) <= batch_size else min(4, max(1, (os.cpu_count() or 2) - 1))
     if workers == 0:
         for job in jobs:
             yield decode_batch(job, img_size)
@@ -247,9 +240,8 @@ def predict_paths(paths, predictor, p):
 # ---------------------------------------------------------------- the predictors
 
 def load_predictor(p, torch_model=None):
-    """A function from a uint8 NHWC batch to float32 class probabilities that halves its batch when
-    memory runs out, and a line saying what runs it. torch_model: (net, device) from load_torch_model,
-    when the caller needs the net too (predict.py --cam)."""
+    """(predict, a line saying what runs it): predict maps a uint8 NHWC batch to class probabilities and
+    halves its batch when memory runs out. torch_model: (net, device), when the caller needs the net too."""
     if p.onnx:
         predictor, runs_on = deploy.predictor(p)
     else:
@@ -265,23 +257,12 @@ def load_predictor(p, torch_model=None):
 
 
 def overflow_line(path):
-    """Weights that are all numbers whose outputs are not: the line of prediction, export, --eval-only."""
     return (f"{path} gives NaN or infinite outputs (its weights overflow: the run that made them diverged); train "
             "again with a lower --lr")
 
 
-def need_torch():
-    """Prediction with PyTorch on a machine that has none: one line that says what to do instead."""
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise cli.UserError("prediction with PyTorch needs torch (pip install -r requirements.txt); on a machine "
-                            "without it, predict with --onnx FILE (export_onnx.py makes it)") from None
-
-
 def load_torch_model(p):
-    """(net, device): the trained net in eval mode with BatchNorm folded, on the device, channels-last
-    where devices.channels_last says."""
+    """(net, device): the trained net in eval mode, BatchNorm folded, on the device."""
     from helpers import devices, weights
 
     device = devices.select_device(p.device)
@@ -316,8 +297,7 @@ def torch_predictor(p, net, device):
 
 
 def fold_batchnorm(net):
-    """Fold each eval-mode BatchNorm into the conv before it: the same function, one pass less over
-    every activation."""
+    """Each eval-mode BatchNorm folded into the conv before it: one pass less over every activation."""
     import torch.nn as nn
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 

@@ -73,11 +73,9 @@ def read_weights(path, what="weights file"):
 
 # ---------------------------------------------------------------- what trained weights carry
 
-# A run's weights carry the classes, input size and architecture they were trained with, so that
-# prediction can use them and refuse a contradiction. They live in the state_dict's _metadata, beside
-# torch's module versions: torch.save and torch.load keep it, and load_state_dict ignores an entry that
-# names no module, so the tutorial's net.load_state_dict(torch.load(path)) still works (a test checks it).
-# No public place does both, and the files that earlier runs wrote keep them there.
+# A run's weights carry the classes, input size and architecture they were trained with, in the
+# state_dict's _metadata beside torch's module versions: torch.save and torch.load keep it, and
+# load_state_dict ignores it, so the tutorial's net.load_state_dict(torch.load(path)) still works.
 INFO_KEY = "flower_classification"
 
 
@@ -99,8 +97,8 @@ def with_info(state_dict, held):
 
 
 def trained_with(obj, path):
-    """What a weights file or a training checkpoint says it was trained with, or None when it says
-    nothing (the tutorial's files). A damaged record is refused: it can be neither trusted nor ignored."""
+    """What a weights file or a checkpoint says it was trained with, or None (the tutorial's files).
+    A damaged record is refused: it can be neither trusted nor ignored."""
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "classes" in obj:  # a checkpoint
         raw = {"classes": obj.get("classes"), "img_size": obj.get("img_size"), "architecture": obj.get("model_name")}
     else:
@@ -172,19 +170,17 @@ def check_head(state_dict, in_features, path):
 
 def check_num_classes(state_dict, num_classes, path, class_source=None):
     """One output per class name; checked before the model is built (a million names are no model to build)."""
-    if num_classes_of(state_dict) is None:
-        raise cli.UserError(f"{path} holds no classifier layer (fc.weight): it is no trained model of this repo's")
-    bias = state_dict.get("fc.bias")
-    if bias is not None and tuple(bias.shape) != (num_classes_of(state_dict),):  # a transposed or edited fc
+    n, bias = num_classes_of(state_dict), state_dict.get("fc.bias")
+    if n is None or (bias is not None and tuple(bias.shape) != (n,)):  # no fc, or a transposed or edited one
         check_head(state_dict, None, path)
-    if num_classes_of(state_dict) != num_classes:
+    if n != num_classes:
         source = f"{class_source} lists" if class_source else "the model has"
-        raise cli.UserError(f"{path} was trained for {num_classes_of(state_dict)} classes but {source} {num_classes}; "
+        raise cli.UserError(f"{path} was trained for {n} classes but {source} {num_classes}; "
                             "use the class_indices.json written by the same training run")
 
 
 def non_finite(state_dict):
-    """The names of the tensors holding NaN or infinity (a diverged run's weights)."""
+    """The names of the tensors holding NaN or infinity."""
     return [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
 
 
@@ -250,7 +246,6 @@ def imagenet_url(model_name):
 
 
 def imagenet_cache_path(url):
-    """Where torch.hub keeps the file: <hub dir>/checkpoints/<file name>."""
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
 
 
