@@ -179,16 +179,6 @@ def removed_on_failure(path, unless=()):
     return exit_
 
 
-def _is_write_failure(e):
-    """torch.save reports a full disk as a RuntimeError, in words that changed between versions."""
-    while e is not None:
-        words = str(e).lower()
-        if isinstance(e, RuntimeError) and any(m in words for m in ("write", "iostream error", "unexpected pos")):
-            return True
-        e = e.__cause__ or e.__context__
-    return False
-
-
 @contextlib.contextmanager
 def atomic_path(path):
     """Yields a temporary path beside `path` with the same suffix; renamed onto `path` when the
@@ -207,8 +197,8 @@ def atomic_path(path):
                 raise cli.UserError(f"the disk is full (or the file too large for it) while writing {path}; "
                                 "it was left as it was") from None
             raise cli.UserError(f"cannot write {path}: {cli.describe_os_error(e)}") from None
-        except RuntimeError as e:
-            if not _is_write_failure(e):
+        except RuntimeError as e:  # torch.save's report of a full disk, in words that changed between versions
+            if not any(words in str(e) for words in ("write", "iostream error", "unexpected pos")):
                 raise
             raise cli.UserError(f"cannot write {path} (is the disk full?); it was left as it was") from None
         finally:
@@ -280,8 +270,7 @@ def read_class_indices(path):
         mapping = json.loads(Path(path).read_text(encoding="utf-8"))
         classes = [mapping[str(i)] for i in range(len(mapping))]
     except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as e:
-        reason = "nested too deeply" if isinstance(e, RecursionError) else e
-        raise cli.UserError(f"{path} is not a class-index file like {{\"0\": \"daisy\", ...}}: {reason}") from None
+        raise cli.UserError(f"{path} is not a class-index file like {{\"0\": \"daisy\", ...}}: {e}") from None
     if not classes:
         raise cli.UserError(f"{path} lists no classes")
     return check_class_names(classes, str(path))
