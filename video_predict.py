@@ -55,8 +55,7 @@ def get_args_parser(add_help=True):
 
 def main(args):
     # Settle everything first: the source, the outputs, the classes, the model.
-    sources.need_cv2()
-    source = sources.parse_source(args.source)
+    source = sources.parse_source(args.source)  # or a one-line error, OpenCV's absence among them
     inputs = [args.source] if source.kind == "file" else []
     if args.csv:
         files.check_output(args.csv, "CSV file", suffixes=(".csv",), inputs=inputs)

@@ -190,7 +190,7 @@ def open_source(source, timeout):
     if source.kind == "stream" and hasattr(cv2, "CAP_PROP_OPEN_TIMEOUT_MSEC"):
         ms = int(timeout * 1000)
         args.append([cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
-    box, done = {}, threading.Event()
+    box = {}
 
     def work():
         try:
@@ -211,11 +211,11 @@ def open_source(source, timeout):
                           else f"{source.name} opened, but sent no frame")
         except cv2.error as e:
             box["why"] = f"cannot open {source.name}: {cli.first_line(e)}"
-        finally:
-            done.set()
 
-    threading.Thread(target=work, daemon=True).start()
-    if not done.wait(timeout + 1 if source.live else None):
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    thread.join(timeout + 1 if source.live else None)
+    if thread.is_alive():
         raise cli.UserError(f"{source.name}: no frame within --timeout {timeout:g} s")
     if "why" in box:
         raise cli.UserError(box["why"])

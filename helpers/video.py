@@ -50,11 +50,8 @@ class Plan:
 
 class Reader:
     """The frames of an opened source, decoded in a thread of its own while the model runs.
-
     batches() yields lists of Frames, in order, until the source ends, end() is called or a stop is
-    requested (helpers/stop.py). A file gives every frame, and a list holds up to batch_size crops.
-    A live source gives its newest frame; the frames that came while the model was busy are dropped
-    and counted. `lost` says why a live source ended early (None if it did not)."""
+    requested. `lost` says why a live source ended early (None if it did not)."""
 
     def __init__(self, source, capture, plan):
         self.source, self.capture, self.plan = source, capture, plan
