@@ -1,7 +1,5 @@
-"""The command line of every script, without PyTorch: run_cli, UserError, an ArgumentParser whose
-errors are one line, and the checked argument types. Bad input, a full disk, running out of memory
-or a stop signal end in one line on stderr; only a bug in the code shows a traceback.
-"""
+"""The command line of every script, without PyTorch: run_cli, UserError, a one-line ArgumentParser and
+checked argument types. Every expected failure ends in one line on stderr; only a bug shows a traceback."""
 import argparse
 import codecs
 import contextlib

@@ -1,7 +1,5 @@
-"""The one way a script stops on a signal. Ctrl-C (SIGINT), SIGTERM (kill, a job scheduler, a
-shutdown) and SIGHUP (a closed terminal or SSH session) all stop it the same way, and what it
-finished is kept. No torch here: every script uses this module.
-"""
+"""The one way a script stops on a signal. Ctrl-C (SIGINT), SIGTERM (kill, a job scheduler, a shutdown)
+and SIGHUP (a closed terminal or SSH session) all stop it the same way, and what it finished is kept."""
 import contextlib
 import os
 import signal
