@@ -46,12 +46,8 @@ def train_workers(device_name, batch_size, processes=1):
 def amp_dtype(device, choice="auto"):
     """The autocast dtype for `choice` (auto, bf16, fp16, none); auto takes what the hardware runs
     natively, or None (then fp32 is faster)."""
-    if choice == "none":
-        return None
-    if choice == "bf16":
-        return torch.bfloat16
-    if choice == "fp16":
-        return torch.float16
+    if choice != "auto":
+        return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "cpu":

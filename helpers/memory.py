@@ -134,32 +134,27 @@ def check_training(s, env, net, processes=1):
     return Check(est, free, where, held, processes)
 
 
-def fitting_flags(check, accum_steps, below=None):
-    """The flags of a run with a batch that fits, at the same images per optimizer step; None when
-    not even batch 1 fits."""
-    fits = check.fitting_batch(below)
-    return f"--batch-size {fits} --accum-steps {accum_steps * check.est.batch_size // fits}" if fits else None
-
-
 def advice(check, accum_steps, below=None):
-    flags = fitting_flags(check, accum_steps, below)
-    if not flags:
-        return ("not even --batch-size 1 fits: a smaller --model or --img-size, --freeze-backbone, more swap, "
-                "or fewer other programs running")
-    return f"{flags} fits (the same {check.est.batch_size * accum_steps} images per optimizer step)"
+    """A batch that fits, at the same images per optimizer step: (its flags, or None when not even
+    batch 1 fits; the sentence that says so)."""
+    fits = check.fitting_batch(below)
+    if not fits:
+        return None, ("not even --batch-size 1 fits: a smaller --model or --img-size, --freeze-backbone, more swap, "
+                      "or fewer other programs running")
+    flags = f"--batch-size {fits} --accum-steps {accum_steps * check.est.batch_size // fits}"
+    return flags, f"{flags} fits (the same {check.est.batch_size * accum_steps} images per optimizer step)"
 
 
 def out_of_memory_line(s, check, why, resumable):
     """The one line of a training run that ran out of memory: what happened, and a batch size that
     fits now (at most half of the one that did not), with the command that resumes from the last
     checkpoint when there is one."""
-    below = max(1, s.batch_size // 2)
+    flags, fits = advice(check, s.accum_steps, below=max(1, s.batch_size // 2))
     line = f"out of memory at --batch-size {s.batch_size} ({why}); "
     if resumable:
         line += f"{s.checkpoint} holds the run up to its last save; "
-    line += advice(check, s.accum_steps, below)
-    flags = fitting_flags(check, s.accum_steps, below) if s.batch_size > 1 else None
-    if resumable and flags:
+    line += fits
+    if resumable and flags and s.batch_size > 1:
         line += f": python train.py --resume {s.checkpoint} {flags}"
     return line
 
@@ -174,9 +169,10 @@ def report(check, s, half):
     if check.fits():
         print(f"memory: about {fmt_mb(peak)} at the peak ({what}), {fmt_mb(check.free_mb)} {check.where}")
         return
+    _, fits = advice(check, s.accum_steps)
     print(f"warning: this run needs about {fmt_mb(peak)} at the peak ({what}: {fmt_mb(check.est.fixed_mb)} fixed + "
           f"{fmt_mb(check.est.per_image_mb)} per image), {fmt_mb(need)} more than it holds now, but "
-          f"{fmt_mb(check.free_mb)} is {check.where}: it will not fit; {advice(check, s.accum_steps)}", file=sys.stderr)
+          f"{fmt_mb(check.free_mb)} is {check.where}: it will not fit; {fits}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- out-of-memory errors

@@ -98,9 +98,7 @@ def resolve(args, parser, world, ckpt=None):
         saved = checked_settings(ckpt, args.resume, parser)
         rebatch = check_rebatch(given, saved, args.resume)
         for k in FIXED_ON_RESUME + ("weights",) + RUN_FILES:
-            if k in rebatch:
-                continue
-            if k in given and k in saved and not same_setting(k, given[k], saved[k]):
+            if k not in rebatch and k in given and k in saved and not same_setting(k, given[k], saved[k]):
                 raise cli.UserError(f"{flag(k)} {given[k]} contradicts the resumed run's {saved[k]} ({args.resume}); "
                                     f"a resumed run keeps its settings and files: leave {flag(k)} out, or start a "
                                     "new run (a copy of the run's folder resumes into the copy)")

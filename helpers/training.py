@@ -68,7 +68,6 @@ class Diverged(Exception):
 
     def __init__(self, loss, epoch, step, what="training loss"):
         super().__init__(f"the {what} became {loss} at epoch {epoch + 1}, step {step}")
-        self.loss, self.epoch, self.step = loss, epoch, step
 
 
 def stop_signal(world, device):
@@ -106,21 +105,21 @@ class Step:
     mixer: object = None  # mixup or cutmix, or None
 
 
+@dataclasses.dataclass
 class RunState:
-    """Where a run is: epochs done, batches done in this epoch, the epoch's sums and seconds, the
-    best accuracy, the history, and where the schedule restarted. A checkpoint holds it beside the
-    model and optimiser, so that a resumed run goes on exactly where this one stopped."""
-
-    def __init__(self):
-        self.epoch, self.step, self.seconds = 0, 0, 0.0
-        # loss sum, correct, images: this epoch, this process (float32: MPS has no float64)
-        self.sums = torch.zeros(3)
-        self.best_acc = -1.0  # -1: the first epoch's weights are always kept
-        self.history, self.lr_restart = [], None
+    """Where a run is. A checkpoint holds it beside the model and optimiser, so that a resumed run
+    goes on exactly where this one stopped."""
+    epoch: int = 0  # epochs done
+    step: int = 0  # batches done in this epoch
+    seconds: float = 0.0  # this epoch's
+    # loss sum, correct, images: this epoch, this process (float32: MPS has no float64)
+    sums: torch.Tensor = dataclasses.field(default_factory=lambda: torch.zeros(3))
+    best_acc: float = -1.0  # -1: the first epoch's weights are always kept
+    history: list = dataclasses.field(default_factory=list)
+    lr_restart: int = None  # the optimizer step where a cosine schedule restarted (optim.build_scheduler)
 
     def state_dict(self):
-        return {"epoch": self.epoch, "step": self.step, "seconds": self.seconds, "sums": self.sums.cpu(),
-                "best_acc": self.best_acc, "history": self.history, "lr_restart": self.lr_restart}
+        return {**dataclasses.asdict(self), "sums": self.sums.cpu()}
 
     def load_state_dict(self, d, batch_size=None):
         """batch_size: the resumed run's, when it changed (to a divisor of the saved one, with
