@@ -143,8 +143,14 @@ def plot_errors(errors, path, max_panels=32, what="validation"):
     # All panels are drawn into one array on one axes: measured, this is much faster than an axes each.
     cell, words, top = 220, 40, 40  # Pixels: an image's square, its two lines of words, the title.
     canvas = np.full((rows * (cell + words), cols * cell, 3), 255, np.uint8)
+    height = canvas.shape[0] + top
+    fig = new_figure(figsize=(canvas.shape[1] / 100, height / 100))
+    ax = fig.add_axes((0, 0, 1, canvas.shape[0] / height))
+    ax.axis("off")
     for k, (prob, image, true, pred) in enumerate(shown):
         r, c = divmod(k, cols)
+        ax.text(c * cell + cell / 2, r * (cell + words) + words - 2, f"true: {true}\npred: {pred} ({prob:.2f})",
+                ha="center", va="bottom", fontsize=8, color="firebrick")
         try:
             img = np.asarray(ImageOps.contain(imaging.load_rgb(image, min_side=cell), (cell - 10, cell - 10)))
         except Exception:  # An image gone since validation keeps only its words.
@@ -152,15 +158,7 @@ def plot_errors(errors, path, max_panels=32, what="validation"):
         y = r * (cell + words) + words + (cell - img.shape[0]) // 2
         x = c * cell + (cell - img.shape[1]) // 2
         canvas[y:y + img.shape[0], x:x + img.shape[1]] = img
-    height, width = canvas.shape[0] + top, canvas.shape[1]
-    fig = new_figure(figsize=(width / 100, height / 100))
-    ax = fig.add_axes((0, 0, 1, canvas.shape[0] / height))
-    ax.imshow(canvas, interpolation="nearest")
-    ax.axis("off")
-    for k, (prob, image, true, pred) in enumerate(shown):
-        r, c = divmod(k, cols)
-        ax.text(c * cell + cell / 2, r * (cell + words) + words - 2, f"true: {true}\npred: {pred} ({prob:.2f})",
-                ha="center", va="bottom", fontsize=8, color="firebrick")
+    ax.imshow(canvas, interpolation="nearest")  # imshow copies the array, so it comes after the panels.
     more = f" (the {len(shown)} most confident of {len(errors)})" if len(errors) > len(shown) else ""
     fig.suptitle(f"misclassified {what} images{more}" if errors else f"no misclassified {what} images",
                  y=1 - 8 / height, va="top")
