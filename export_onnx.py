@@ -162,8 +162,7 @@ def val_images(folder, classes):
 
 
 class CalibrationImages:
-    """ONNX Runtime's CalibrationDataReader (any object with get_next() is one): batches of 8
-    images, decoded in worker processes and preprocessed as prediction does."""
+    """ONNX Runtime's CalibrationDataReader: batches of 8 images, decoded as prediction decodes them."""
 
     def __init__(self, paths, img_size):
         self.batches = inference.decode_batches(paths, img_size, batch_size=8)
@@ -181,9 +180,8 @@ class CalibrationImages:
 
 
 def quantize_int8(fp32, int8, paths, img_size, flavour):
-    """Static INT8 quantization of the fp32 file into `int8`: QDQ, per-channel weights, min-max
-    ranges from the calibration images. "cpu": unsigned activations (ONNX Runtime's fastest on a
-    CPU); "tensorrt": symmetric signed ones, as TensorRT requires."""
+    """Static INT8 quantization (QDQ, per-channel weights, min-max ranges) of fp32 into int8. "cpu":
+    unsigned activations (ONNX Runtime's fastest on a CPU); "tensorrt": symmetric signed, as TensorRT needs."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
 
     signed = flavour == "tensorrt"
@@ -225,9 +223,8 @@ def top1(models, paths, labels, img_size):
 
 
 def check_accuracy(fp32, int8, val_dir, p, args):
-    """Measure the model (and its INT8 twin) on val/ and print the figures, side by side; raise when
-    INT8 loses more than --max-drop points (unless --keep-int8). Returns (fp32 top-1, INT8 top-1,
-    images) as fractions, or Nones when there is no val/ to measure on."""
+    """(fp32 top-1, INT8 top-1, images) on val/, printed side by side, or Nones without a val/. INT8 that
+    loses more than --max-drop points is refused (unless --keep-int8)."""
     paths, labels = val_images(val_dir, p.classes)
     if not paths:
         print(f"no {val_dir} with folders named after the classes: {'fp32 and INT8 ' if int8 else ''}accuracy not "
@@ -280,10 +277,8 @@ def main(args):
     # Export to a temporary file; it becomes `out` only once ONNX Runtime agrees with PyTorch (and,
     # with --int8, the INT8 file passed too), with what prediction needs in its metadata.
     info = deploy.ModelInfo(classes=classes, img_size=p.img_size, architecture=p.model)
-    # The folder held while the model files are written: no other export writes there, and a killed
-    # export's temporaries are removed (files.remove_stale_temporaries).
-    held = files.locked(out.parent, f"an export writing {out}") if out.parent.is_dir() else contextlib.nullcontext()
-    with held, files.atomic_path(out) as tmp:
+    # The folder is held while the model files are written, so that no other export writes there.
+    with files.locked(out.parent, f"an export writing {out}"), files.atomic_path(out) as tmp:
         try:
             deploy.export_onnx(net, tmp, p.img_size, args.opset, "probs" if args.softmax else "logits")
         except (RuntimeError, ValueError) as e:  # torch's own errors, as one line
