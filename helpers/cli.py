@@ -17,10 +17,10 @@ one_line_ctrl_c = stop.while_importing  # Each script calls it before it imports
 def _printable(e):
     """A codecs error handler: a file name's bytes that are not UTF-8 (held as surrogates) are written
     as they are, as `ls` does; a character the terminal's encoding lacks is written as \\uXXXX."""
-    chunk = e.object[e.start:e.end]
-    if isinstance(e, UnicodeEncodeError) and all(0xDC80 <= ord(c) <= 0xDCFF for c in chunk):
-        return bytes(ord(c) - 0xDC00 for c in chunk), e.end
-    return codecs.backslashreplace_errors(e)
+    try:
+        return codecs.lookup_error("surrogateescape")(e)
+    except UnicodeError:
+        return codecs.backslashreplace_errors(e)
 
 
 def printable_output():

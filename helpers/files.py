@@ -80,11 +80,12 @@ def check_output(path, what, overwrite=True, flag="--overwrite", same_content=No
     unless it holds `same_content` already. inputs: files of the run, which it must not write over."""
     path = Path(path)
     check_name_fits(path, what)
+    if path.is_dir():
+        raise cli.UserError(f"the {what} {path} is a folder; give a file name")
     if suffixes and path.suffix.lower() not in suffixes:
         raise cli.UserError(f"the {what} {path} must end in {' or '.join(suffixes)}")
     if path.is_symlink() or (path.exists() and not path.is_file()):
-        raise cli.UserError(f"{path} is a folder, a link or a special file, not a regular file; give another path "
-                            f"for the {what}")
+        raise cli.UserError(f"{path} is a link or a special file, not a regular file; give another path for the {what}")
     for source in inputs:
         if path.exists() and Path(source).exists() and os.path.samefile(path, source):
             raise cli.UserError(f"the {what} {path} is also an input of this run; give another path")
