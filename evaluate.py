@@ -32,7 +32,6 @@ def main(args):
     check_apart_from_train(folder, paths, Path(args.data_path) / "train")
     model_file = Path(p.model_file)
     out_dir = Path(args.output_dir or model_file.parent)
-    files.check_writable_dir(out_dir, "report")
     confusion_png, errors_png = out_dir / f"{folder.name}_confusion_matrix.png", out_dir / f"{folder.name}_errors.png"
     outputs = {"confusion matrix": (confusion_png, None), "error gallery": (errors_png, None),
                "--json": (args.json, (".json",)), "--csv": (args.csv, (".csv",))}
