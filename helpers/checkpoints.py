@@ -200,8 +200,10 @@ def check_run_files(s, classes, resumed):
         files.check_outside(path, image_folders, what)
         files.check_output(path, what, suffixes=(".pth", ".pt"), inputs=start)
         if Path(path).exists() and not mine:
-            raise cli.UserError(f"{path} is there from an earlier run; --resume {s.checkpoint} continues it, "
-                                "--overwrite replaces it, --save-path writes elsewhere")
+            # --resume is offered only when there is a checkpoint to resume.
+            resume = f"--resume {s.checkpoint} continues it, " if Path(s.checkpoint).is_file() else ""
+            raise cli.UserError(f"{path} is there from an earlier run; {resume}--overwrite replaces it, "
+                                "--save-path writes elsewhere")
     files.check_outside(s.class_indices, image_folders, "class-index file")
     files.check_output(s.class_indices, "class-index file", overwrite=s.overwrite,
                        same_content=files.class_indices_bytes(classes))

@@ -1,5 +1,6 @@
 """Bad input ends in one clear line and a non-zero exit, never a traceback."""
 import json
+import shutil
 
 import pytest
 import torch
@@ -97,9 +98,14 @@ def test_resume_from_plain_weights_file_explains(tiny_run):
         train.main(parse(train, ["--resume", tiny_run["weights"]]))
 
 
-def test_refuses_to_overwrite_an_earlier_run(tiny_run):
+def test_refuses_to_overwrite_an_earlier_run(tiny_run, tmp_path):
     with pytest.raises(cli.UserError, match="earlier run.*--resume.*--overwrite"):
         train.main(parse(train, TINY_TRAIN + ["--data-path", tiny_run["data"], "--save-path", tiny_run["weights"]]))
+    # Weights alone, with no checkpoint beside them: --resume is not offered, there is nothing to resume.
+    shutil.copy(tiny_run["weights"], tmp_path / "w.pth")
+    with pytest.raises(cli.UserError, match="earlier run; --overwrite replaces it") as refused:
+        train.main(parse(train, TINY_TRAIN + ["--data-path", tiny_run["data"], "--save-path", tmp_path / "w.pth"]))
+    assert "--resume" not in str(refused.value)
 
 
 def test_predict_corrupt_single_image(tiny_run, tmp_path):
