@@ -4,6 +4,7 @@
     python video_predict.py clip.mp4 --csv clip.csv --save clip_labelled.mp4
     python video_predict.py rtsp://user:pass@192.168.1.20:554/stream --onnx resNet34.int8.onnx
     python video_predict.py csi://0 --onnx resNet34.onnx     # a Jetson's CSI camera (JetPack's OpenCV)
+    python video_predict.py csi://0 --serve 8080 --collect data_set/flower_data/flower_photos  # watch, collect
 
 From a camera or a stream the newest frame is predicted and the ones the model could not keep up
 with are dropped (counted); a file is read frame by frame, in batches. Needs OpenCV
@@ -19,7 +20,7 @@ import time
 
 import numpy as np
 
-from helpers import files, inference, sources, stop, video
+from helpers import files, inference, serve, sources, stop, video
 
 
 def get_args_parser(add_help=True):
@@ -34,6 +35,12 @@ def get_args_parser(add_help=True):
     p.add_argument("--save", default=None, metavar="PATH",
                    help="write the frames with their class, probability and frames/s drawn on them (.mp4 or .avi), "
                         "at the source's size and frame rate")
+    p.add_argument("--serve", type=serve.address_arg, default=None, metavar="[HOST:]PORT",
+                   help="show the live annotated frames, the top-k and the frames/s on a web page (on 127.0.0.1 "
+                        "unless HOST is given; on another address the page needs the token printed in its URL)")
+    p.add_argument("--collect", default=None, metavar="FOLDER",
+                   help="with --serve: one button per class on the page saves the current frame as it came from "
+                        "the source into FOLDER/<class>/ (data_set/flower_data/flower_photos: the next split uses it)")
     p.add_argument("--no-show", dest="show", action="store_false", help="no window, even with a display")
     p.add_argument("--every", type=cli.positive_int, default=1, help="predict one frame in N (default: %(default)s)")
     p.add_argument("--max-frames", type=cli.positive_int, default=None, help="stop after N frames of the source")
@@ -61,23 +68,29 @@ def main(args):
         files.check_output(args.csv, "CSV file", suffixes=(".csv",), inputs=inputs)
     if args.save:
         files.check_output(args.save, "video", suffixes=tuple(video.SAVE_FOURCC), inputs=inputs)
+    if args.collect and not args.serve:
+        raise cli.UserError("--collect saves frames from the page of --serve; add --serve PORT")
     # A live source is predicted one newest frame at a time (and TensorRT's engine built for that).
     p = inference.settle(args, batch_size=1 if source.live else None)
     classes = p.classes
+    # The page's port is taken now: a port in use or a foreign host is one line before the source opens.
+    page = serve.Page(args.serve, classes, args.collect, source.name, p.model_file) if args.serve else None
     capture = sources.open_source(source, args.timeout)
     predictor, runs_on = inference.load_predictor(p)
     topk = min(args.topk, len(classes))
     window = video.Window(f"video_predict.py: {source.name}", args.show)
     reader = video.Reader(source, capture, video.Plan(
         p.img_size, p.batch_size, args.every, args.max_frames, args.max_seconds, args.reconnect,
-        args.reconnect_delay, args.timeout, keep_images=bool(args.save) or window.on))
-    meter, label, average = video.RateMeter(), "", None
+        args.reconnect_delay, args.timeout, keep_images=bool(args.save or page) or window.on))
+    meter, label, average, pairs = video.RateMeter(), "", None, []
 
     # A signal ends the loop, and the CSV and the video are closed and kept; a second one quits at once.
     with stop.deferred("stopping; the CSV and the video keep what was predicted"), contextlib.ExitStack() as outputs:
         table = outputs.enter_context(files.atomic_csv(args.csv, video.csv_header(topk, args.min_prob))) if args.csv else None
         save = outputs.enter_context(video.video_writer(args.save, capture.size, capture.fps)) if args.save else None
         outputs.callback(window.close)
+        if page:
+            outputs.enter_context(page.serving(runs_on))
         start = time.perf_counter()
         for batch in reader.batches():
             crops = [frame.crop for frame in batch if frame.crop is not None]
@@ -99,7 +112,10 @@ def main(args):
                         table.writerow([frame.index, f"{frame.time_s:.3f}"] + prediction
                                        + [x for c, q in pairs for x in (c, f"{q:.6f}")])
                 if frame.image is not None:
+                    raw = frame.image.copy() if args.collect else None  # --collect saves what the source sent
                     video.draw_label(frame.image, f"{label}  {rate:.1f} fps")
+                    if page:
+                        page.show(frame.image, raw, pairs, reader.read, reader.predicted)
                     if save:
                         save(frame.image)
                     if not window.show(frame.image):

@@ -68,7 +68,7 @@ def csv_rows(path):
         return list(csv.reader(f))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # tests/test_serve.py uses it too
 def color_model(tmp_path_factory):
     """resnet18 at 32 px whose classifier was trained on frames of three clearly different colours,
     on a fixed random backbone (a second to train, the same everywhere); as weights and as ONNX."""
