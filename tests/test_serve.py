@@ -300,3 +300,99 @@ def test_a_taken_port_or_a_foreign_host_is_one_line_before_the_source_opens(colo
     (tmp_path / "x.mp4").write_bytes(b"")
     res = run_main("video_predict.py", tmp_path / "x.mp4", "--collect", tmp_path)
     assert res.returncode == 1 and "--collect saves frames from the page of --serve" in res.stderr
+
+
+# ---------------------------------------------------------------- a real browser
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+ELEMENT = "element-6066-11e4-a52e-4f735466cecf"  # the W3C WebDriver key of an element's id
+
+
+class WebDriver:
+    """Headless Chromium through chromedriver's W3C WebDriver HTTP API, with urllib alone."""
+
+    def __init__(self):
+        port = free_port()
+        self.proc = subprocess.Popen([CHROMEDRIVER, f"--port={port}"], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        self.base = f"http://127.0.0.1:{port}"
+        end = time.monotonic() + 20
+        while not self.ready():
+            assert time.monotonic() < end and self.proc.poll() is None, "chromedriver did not start"
+            time.sleep(0.05)
+        options = {"binary": CHROMIUM, "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                                                "--disable-dev-shm-usage", "--window-size=720,800"]}
+        caps = {"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": options}}}
+        self.base += "/session/" + self.call("POST", "/session", caps)["sessionId"]
+
+    def ready(self):
+        try:
+            return self.call("GET", "/status")["ready"]
+        except OSError:
+            return False
+
+    def call(self, method, path, body=None):
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.base + path, data, {"Content-Type": "application/json"}, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as r:
+                return json.loads(r.read())["value"]
+        except urllib.error.HTTPError as e:
+            raise AssertionError(f"WebDriver {method} {path}: {e.read()[:300]}") from None
+
+    def script(self, js):
+        return self.call("POST", "/execute/sync", {"script": js, "args": []})
+
+    def until(self, js, limit=20):
+        end = time.monotonic() + limit
+        while not self.script(js):
+            assert time.monotonic() < end, js
+            time.sleep(0.1)
+
+    def screenshot(self):
+        return Image.open(io.BytesIO(base64.b64decode(self.call("GET", "/screenshot")))).convert("RGB")
+
+    def quit(self):
+        try:
+            self.call("DELETE", "")
+        finally:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="no chromium and chromedriver (apt install chromium "
+                                                             "chromium-driver; .ci/run installs them)")
+def test_in_a_real_browser_the_page_shows_live_frames_and_a_click_collects(color_model, camera, tmp_path):
+    cam = camera(fps=30)
+    live = Run(cam.url, *onnx_flags(color_model), "--reconnect", "0", "--collect", tmp_path / "photos")
+    browser = WebDriver()
+    try:
+        browser.call("POST", "/url", {"url": live.base + "/"})
+        # The live <img> has a frame, the script has filled in the top-k, the frames/s and the model.
+        browser.until("return document.getElementById('live').naturalWidth === 160 && "
+                      "document.querySelectorAll('#topk tr').length === 1 && "
+                      "document.getElementById('about').textContent.includes('ONNX Runtime')")
+        shot = np.asarray(browser.screenshot()).astype(int)
+        box = browser.script("const r = document.getElementById('live').getBoundingClientRect(); "
+                             "return [r.left, r.top, r.width, r.height, window.devicePixelRatio];")
+        scale = box[4]
+        x, y, w, h = (round(v * scale) for v in box[:4])
+        frame = shot[y:y + h, x:x + w]
+        assert frame.shape[:2] == (round(120 * scale), round(160 * scale))
+        assert frame[:round(4 * scale), :round(4 * scale)].mean() < 40  # the label's dark box, drawn on the frame
+        picture = frame[h // 2:].reshape(-1, 3).mean(0)  # the camera's colour: one of the classes, not the page
+        assert min(np.abs(picture - COLORS[c]).sum() for c in COLORS) < 90, picture
+        assert np.abs(shot[-40:, -40:] - (30, 30, 30)).max() < 4  # the page's background elsewhere
+        button = browser.call("POST", "/element", {"using": "css selector", "value": "#collect button[value=green]"})
+        browser.call("POST", f"/element/{button[ELEMENT]}/click", {})
+        browser.until("return document.getElementById('saved').textContent.startsWith('saved green/') && "
+                      "document.getElementById('thumb').naturalWidth === 160")
+        assert browser.script("return document.querySelector('#collect button[value=green] small').textContent") == "1"
+    finally:
+        browser.quit()
+        cam.stopped = True  # the camera hangs up: the run ends, its files kept
+    with pytest.raises(cli.UserError, match=r"lost http://127.0.0.1:\d+/video at frame \d+"):
+        live.join()
+    saved, = (tmp_path / "photos" / "green").iterdir()
+    raw = cv2.imread(str(saved))
+    assert raw.shape == (120, 160, 3) and not annotated(raw)
