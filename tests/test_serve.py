@@ -8,8 +8,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -20,7 +22,8 @@ import pytest
 from PIL import Image
 
 from helpers import cli, serve, sources
-from conftest import run_main
+from conftest import ROOT, run_main
+from test_deploy import RUN_AND_LIST_MODULES
 from test_video import COLORS, camera, clip, color_model, csv_rows, needs_cv2, onnx_flags, run  # noqa: F401 (fixtures)
 
 cv2 = sources.cv2
@@ -154,7 +157,7 @@ def test_stream_of_a_camera_and_collecting_its_raw_frames(color_model, camera, t
     (tmp_path / "photos" / "purple").mkdir(parents=True)
     (tmp_path / "photos" / "purple" / "old.jpg").write_bytes(b"mine")
     cam = camera(fps=30)
-    live = Run(cam.url, *onnx_flags(color_model), "--max-seconds", "4", "--collect", tmp_path / "photos",
+    live = Run(cam.url, *onnx_flags(color_model), "--reconnect", "0", "--collect", tmp_path / "photos",
                "--csv", tmp_path / "live.csv")
     frames = mjpeg(live.port, 3)
     assert all(annotated(f) for f in frames)
@@ -175,7 +178,9 @@ def test_stream_of_a_camera_and_collecting_its_raw_frames(color_model, camera, t
     status, headers, _ = get(f"{live.base}/collect?token={token}", b"class=blue")  # a form, without the script
     assert status == 200 and headers["Content-Type"].startswith("text/html")  # redirected back to the page
     assert get(f"{live.base}/collect?token={token}", b"class=..")[0] == 400
-    live.join()
+    cam.stopped = True  # the camera hangs up: the run ends, its files kept
+    with pytest.raises(cli.UserError, match=r"lost http://127.0.0.1:\d+/video at frame \d+.*live.csv hold"):
+        live.join()
     red = sorted((tmp_path / "photos" / "red").iterdir())
     assert [p.name for p in red] == sorted(os.path.basename(s) for s in saved[:2]) and len(set(saved)) == 3
     assert all(re.fullmatch(r"\d{8}-\d{6}\.\d{3}_f\d{6}(_\d+)?\.jpg", p.name) for p in red)
@@ -193,7 +198,7 @@ def test_a_stalled_viewer_does_not_slow_prediction(color_model, camera, tmp_path
     cam = camera(fps=40, plan=(None, None))
 
     def csv_fps(name, stall):
-        live = Run(cam.url, *onnx_flags(color_model), "--max-seconds", "2", "--csv", tmp_path / name)
+        live = Run(cam.url, *onnx_flags(color_model), "--max-seconds", "1.5", "--csv", tmp_path / name)
         if stall:
             s = socket.socket()
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, soon full
@@ -210,6 +215,42 @@ def test_a_stalled_viewer_does_not_slow_prediction(color_model, camera, tmp_path
 
     alone, stalled = csv_fps("alone.csv", False), csv_fps("stalled.csv", True)
     assert stalled >= 0.9 * alone, (alone, stalled)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP], ids=["sighup"])
+def test_a_signal_stops_the_server_with_the_rest_without_torch(color_model, camera, tmp_path, sig):
+    """A closed SSH session (SIGHUP; Ctrl-C and SIGTERM take the same path, stop.deferred) with a viewer
+    watching: the server stops, the CSV and the video are kept; --onnx runs without torch."""
+    cam, port = camera(fps=50), free_port()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("DISPLAY", None)
+    block = "".join(f"sys.modules[{m!r}] = None\n" for m in ("torch", "torchvision"))
+    proc = subprocess.Popen([sys.executable, "-c", "import sys\n" + block + RUN_AND_LIST_MODULES.format(root=str(ROOT)),
+                             str(ROOT / "video_predict.py"), cam.url, *map(str, onnx_flags(color_model)),
+                             "--serve", str(port), "--csv", str(tmp_path / "live.csv"),
+                             "--save", str(tmp_path / "live.mp4")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    watchdog = threading.Timer(120, proc.kill)
+    watchdog.start()
+    try:
+        seen = [line for _, line in zip(range(3), proc.stdout)]
+        assert annotated(mjpeg(port, 1)[0])
+        viewer = socket.create_connection(("127.0.0.1", port))
+        viewer.sendall(b"GET /stream HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        watchdog.cancel()
+    assert proc.returncode == 128 + sig, err
+    assert re.search(rf"^interrupted \({signal.Signals(sig).name}\) after \d+ frames; .*live.csv and .*live.mp4 hold",
+                     err, re.M) and "Traceback" not in err
+    assert "onnxruntime" in out.rsplit("MODULES", 1)[1].split()  # and torch could not be imported
+    predicted = len(re.findall(r"^frame: ", "".join(seen) + out, re.M))
+    assert len(csv_rows(tmp_path / "live.csv")) == predicted + 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live.csv", "live.mp4"]
+    with viewer, socket.socket() as s:
+        assert viewer.makefile("rb").read().startswith(b"HTTP/1.0 200")  # its stream ended with the run
+        assert s.connect_ex(("127.0.0.1", port)) != 0  # nobody listens any more
 
 
 # ---------------------------------------------------------------- who gets in, and how many
