@@ -115,7 +115,7 @@ def main(args):
                     raw = frame.image.copy() if args.collect else None  # --collect saves what the source sent
                     video.draw_label(frame.image, f"{label}  {rate:.1f} fps")
                     if page:
-                        page.show(frame.image, raw, pairs, reader.read, reader.predicted)
+                        page.show(frame, raw, pairs, reader)
                     if save:
                         save(frame.image)
                     if not window.show(frame.image):

@@ -8,6 +8,7 @@ them) and sends it at its own pace, so a slow viewer misses frames and never slo
 """
 import argparse
 import contextlib
+import errno
 import hmac
 import html
 import http.server
@@ -28,6 +29,7 @@ VIEWERS = 8  # streams at once; the next is answered 503 (try again later)
 CONNECTIONS = 2 * VIEWERS  # threads at once, streams included; more connections are closed at once
 MAX_URL, MAX_BODY = 2048, 1024  # bytes of a request's URL and of a POST's body
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+PAGE = (Path(__file__).parent / "serve.html").read_text(encoding="utf-8")  # the page, its style and its script
 
 
 def address_arg(text):
@@ -74,9 +76,9 @@ class Page:
         except socket.gaierror:
             raise cli.UserError(f"--serve {host}:{port}: unknown host {host}") from None
         except OSError as e:
-            why = {98: f"port {port} is taken (another --serve?); choose another with --serve [HOST:]PORT",
-                   99: f"{host} is not an address of this machine (0.0.0.0 serves on all of them)",
-                   13: f"port {port} needs root; choose one above 1023"}.get(e.errno, cli.describe_os_error(e))
+            why = {errno.EADDRINUSE: f"port {port} is taken (another --serve?); choose another with --serve [HOST:]PORT",
+                   errno.EADDRNOTAVAIL: f"{host} is not an address of this machine (0.0.0.0 serves on all of them)",
+                   errno.EACCES: f"port {port} needs root; choose one above 1023"}.get(e.errno, cli.describe_os_error(e))
             raise cli.UserError(f"cannot serve on {host}:{port}: {why}") from None
         ip, self.port = self.server.server_address[:2]
         self.loopback = ipaddress.ip_address(ip).is_loopback
@@ -111,15 +113,16 @@ class Page:
 
     # -- the main loop's side: never waits for a viewer
 
-    def show(self, annotated, raw, pairs, read, predicted):
-        """The newest annotated frame, its raw copy (for --collect), the top-k and the counts so far."""
+    def show(self, frame, raw, pairs, reader):
+        """The newest frame (annotated), its raw copy (for --collect), the top-k, the reader's counts."""
         now = time.perf_counter()
-        self.rates = [r for r in self.rates if now - r[0] < 2.0] + [(now, read, predicted)]
-        (t0, r0, p0), dt = self.rates[0], max(now - self.rates[0][0], 1e-9)
-        status = {"topk": [[c, round(q, 4)] for c, q in pairs], "frame": read,
-                  "fps_read": round((read - r0) / dt, 1), "fps_predicted": round((predicted - p0) / dt, 1)}
+        self.rates = [r for r in self.rates if now - r[0] < 2.0] + [(now, reader.read, reader.predicted)]
+        (t0, read, predicted), dt = self.rates[0], max(now - self.rates[0][0], 1e-9)
+        status = {"topk": [[c, round(q, 4)] for c, q in pairs], "frame": frame.index,
+                  "fps_read": round((reader.read - read) / dt, 1),
+                  "fps_predicted": round((reader.predicted - predicted) / dt, 1)}
         with self.cond:
-            self.image, self.raw, self.status = annotated, raw, status
+            self.image, self.raw, self.status = frame.image, raw, status
             self.seq += 1
             self.cond.notify_all()
 
@@ -151,7 +154,8 @@ class Page:
             raise cli.UserError("no frame yet")
         data = cv2.imencode(".jpg", raw, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
         with self.saving:
-            stamp = time.strftime("%Y%m%d-%H%M%S") + f".{int(time.time() * 1000) % 1000:03d}"
+            now = time.time()
+            stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}"
             n = 0
             while True:  # a unique name that sorts by time: a second click in the same millisecond gets _1
                 path = self.folder / name / f"{stamp}_f{frame:06d}{f'_{n}' if n else ''}.jpg"
@@ -194,27 +198,22 @@ class Handler(http.server.BaseHTTPRequestHandler):
         host = urllib.parse.urlsplit("//" + self.headers.get("Host", "")).hostname
         return page.loopback and not need_token and host in LOOPBACK_NAMES
 
-    def request_parts(self):
-        """(path, query) of a request for one of the server's own paths, or None once refused."""
-        if len(self.path) > MAX_URL:
-            self.send_error(414)
-            return None
-        if not self.path.startswith("/") or self.path.startswith("//"):
-            self.send_error(404)  # an absolute URL or a network path: none of the server's own
-            return None
+    def checked(self, paths, need_token=False):
+        """The path of a request for one of `paths` that may pass, else None once answered: the URL
+        size-bound, exact paths only (no files, no folders, no '..', no absolute URL), the token."""
         url = urllib.parse.urlsplit(self.path)
-        return url.path, urllib.parse.parse_qs(url.query)
+        if len(self.path) > MAX_URL:
+            return self.send_error(414)
+        if not self.path.startswith("/") or url.path not in paths:
+            return self.send_error(404)
+        if not self.allowed(urllib.parse.parse_qs(url.query), need_token):
+            return self.send_error(403, "add ?token=... as printed by video_predict.py")
+        return url.path
 
     def do_GET(self):
-        parts = self.request_parts()
-        if parts is None:
+        page, path = self.server.page, self.checked(("/", "/stream", "/status", "/thumb"))
+        if path is None:
             return
-        path, query = parts
-        page = self.server.page
-        if path not in ("/", "/stream", "/status", "/thumb"):
-            return self.send_error(404)  # exact paths only: no files, no folders, no '..'
-        if not self.allowed(query):
-            return self.send_error(403, "add ?token=... as printed by video_predict.py")
         if path == "/":
             return self.reply(200, "text/html; charset=utf-8", page_html(page).encode())
         if path == "/status":
@@ -245,15 +244,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             page.viewers.release()
 
     def do_POST(self):
-        parts = self.request_parts()
-        if parts is None:
-            return
-        path, query = parts
         page = self.server.page
-        if path != "/collect" or page.folder is None:
-            return self.send_error(404)
-        if not self.allowed(query, need_token=True):
-            return self.send_error(403, "collecting needs the page's token")
+        if self.checked(("/collect",) if page.folder else (), need_token=True) is None:
+            return
         length = self.headers.get("Content-Length", "")
         if "Transfer-Encoding" in self.headers or not length.isdigit():
             return self.send_error(411)
@@ -288,36 +281,4 @@ def page_html(page):
                       for c, n in page.counts.items())
     collect = (f'<form id="collect" method="post" action="/collect{q}"><p>Save the current frame (as the camera '
                f'sees it) as:</p>{buttons}</form><p id="saved"></p><img id="thumb" alt="">' if page.folder else "")
-    return HTML.format(title=html.escape(page.about["source"]), q=q, collect=collect)
-
-
-HTML = """<!doctype html><html><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
-<title>video_predict.py: {title}</title><style>
-body{{font:15px sans-serif;margin:12px;background:#1e1e1e;color:#eee}} #live{{max-width:100%;display:block}}
-td{{padding:0 .8em 0 0}} button{{font-size:1em;margin:.2em;padding:.5em .9em}} #thumb{{height:90px}}
-#about{{color:#aaa}}</style></head><body>
-<img id="live" src="/stream{q}" alt="the live frames"><table id="topk"></table><p id="fps"></p><p id="about"></p>
-{collect}<script>
-const q = "{q}", $ = id => document.getElementById(id);
-function show(s) {{
-  const rows = s.topk.map(([c, p]) => {{ const r = document.createElement("tr");
-    for (const t of [c, p.toFixed(3)]) r.insertCell().textContent = t; return r; }});
-  $("topk").replaceChildren(...rows);
-  $("fps").textContent = `${{s.fps_predicted}} frames/s predicted, ${{s.fps_read}} read`;
-  $("about").textContent = `${{s.source}} \\u00b7 ${{s.model}} \\u00b7 ${{s.runs_on}}`;
-  if (s.classes) for (const b of document.querySelectorAll("#collect button"))
-    b.querySelector("small").textContent = s.classes[b.value];
-  if (s.last_saved && $("saved").textContent !== "saved " + s.last_saved) {{
-    $("saved").textContent = "saved " + s.last_saved; $("thumb").src = "/thumb" + q + "&" + Date.now(); }}
-}}
-async function poll() {{ try {{ show(await (await fetch("/status" + q)).json()); }} catch (e) {{}} }}
-setInterval(poll, 500); poll();
-const form = $("collect");
-if (form) form.addEventListener("submit", async e => {{
-  e.preventDefault();
-  const r = await fetch(form.action, {{method: "POST", headers: {{Accept: "application/json"}},
-                                      body: new URLSearchParams({{class: e.submitter.value}})}});
-  if (!r.ok) $("saved").textContent = "not saved: " + r.status; else poll();
-}});
-</script></body></html>
-"""
+    return PAGE.replace("@TITLE@", html.escape(page.about["source"])).replace("@COLLECT@", collect).replace("@Q@", q)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import urllib.error
 import urllib.request
 
@@ -263,7 +264,8 @@ def page(tmp_path):
         stack.append(p.serving("ONNX Runtime"))
         stack[-1].__enter__()
         frame = np.full((48, 64, 3), 200, np.uint8)
-        p.show(frame, frame.copy(), [("a", 0.9)], 1, 1)
+        p.show(types.SimpleNamespace(image=frame, index=0), frame.copy(), [("a", 0.9)],
+               types.SimpleNamespace(read=1, predicted=1))
         return p
 
     stack = []
