@@ -20,6 +20,7 @@ this package holds the machinery below them, one module for each kind of thing:
     gradcam      Grad-CAM heatmaps for predict.py --cam
     sources      cameras, video files, streams and CSI opened with OpenCV (imported here only)
     video        video_predict.py's reader thread, the annotated video and the window
+    serve        video_predict.py --serve: the live page (MJPEG, top-k, collecting frames; serve.html)
     demo_data    synthetic flowers for a demo or a test when there is no real data set
 
 Scripts import modules, not names: `from helpers import files` and then `files.atomic_path(...)`.
