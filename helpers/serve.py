@@ -173,6 +173,10 @@ def collect_classes(folder, classes):
     """{class: images already there}: the model's classes, then the class folders already in FOLDER."""
     if folder.exists() and not folder.is_dir():
         raise cli.UserError(f"--collect {folder} is a file; give a folder (data_set/flower_data/flower_photos)")
+    for side in [folder.resolve(), *folder.resolve().parents]:  # train/ and val/ are split_data.py's to write
+        if side.name in ("train", "val", "test") and (side.parent / ".split.json").exists():
+            raise cli.UserError(f"--collect {folder} is inside {side}, which split_data.py writes; collect into "
+                                f"{side.parent / 'flower_photos'} and split again")
     files.check_writable_dir(folder, "collected frames")
     found = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) if folder.is_dir() else []
     names = list(dict.fromkeys(list(classes) + found))

@@ -340,6 +340,13 @@ def test_a_taken_port_or_a_foreign_host_is_one_line_before_the_source_opens(colo
     (tmp_path / "x.mp4").write_bytes(b"")
     res = run_main("video_predict.py", tmp_path / "x.mp4", "--collect", tmp_path)
     assert res.returncode == 1 and "--collect saves frames from the page of --serve" in res.stderr
+    (tmp_path / "flower_data" / "train" / "a").mkdir(parents=True)
+    (tmp_path / "flower_data" / ".split.json").write_text("{}")
+    res = run_main("video_predict.py", "rtsp://127.0.0.1:1/none", *onnx_flags(color_model), "--serve", free_port(),
+                   "--collect", tmp_path / "flower_data" / "train")
+    assert res.returncode == 1 and res.stderr.count("\n") == 1
+    assert re.search(r"--collect .*train is inside .*train, which split_data.py writes; collect into "
+                     r".*flower_data/flower_photos and split again", res.stderr)
 
 
 # ---------------------------------------------------------------- a real browser
