@@ -70,6 +70,8 @@ class Page:
 
     def __init__(self, address, classes, collect, source_name, model_file):
         host, port = address
+        self.folder = Path(collect) if collect else None
+        self.counts = collect_classes(self.folder, classes) if collect else {}  # checked before the port is taken
         try:
             family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
             self.server = Server(sockaddr[:2], family, self)
@@ -86,9 +88,6 @@ class Page:
         shown = "localhost" if self.loopback else socket.gethostname() if ip in ("0.0.0.0", "::") else host
         self.url = f"http://{shown}:{self.port}/" + ("" if self.loopback else f"?token={self.token}")
         self.about = {"source": source_name, "model": str(model_file), "runs_on": ""}
-        self.folder, self.counts = (Path(collect) if collect else None), {}
-        if collect:
-            self.counts = collect_classes(self.folder, classes)
         self.cond, self.encoding, self.saving = threading.Condition(), threading.Lock(), threading.Lock()
         self.viewers = threading.BoundedSemaphore(VIEWERS)
         self.image = self.raw = self.jpeg = None
