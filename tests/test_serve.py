@@ -204,15 +204,14 @@ def test_a_stalled_viewer_does_not_slow_prediction(color_model, camera, tmp_path
     viewer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, soon full
     viewer.connect(("127.0.0.1", runs["stalled"].port))
     viewer.sendall(b"GET /stream HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-    fps = {}
+    rows = {}
     for name, live in runs.items():
         live.join()
-        times = [float(r[1]) for r in csv_rows(tmp_path / f"{name}.csv")[1:]]
-        fps[name] = (len(times) - 1) / (times[-1] - times[0])
+        rows[name] = len(csv_rows(tmp_path / f"{name}.csv")) - 1  # frames predicted in the run's 2 s
     with viewer, viewer.makefile("rb") as f:
         sent = f.read().count(b"--frame\r\n")  # what it was sent, read only now
-    assert 0 < sent < len(times) / 2, (sent, len(times))
-    assert fps["stalled"] >= 0.9 * fps["alone"], fps
+    assert rows["stalled"] >= 0.9 * rows["alone"], rows
+    assert 0 < sent < rows["stalled"] / 2, (sent, rows)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGHUP], ids=["sighup"])
