@@ -19,9 +19,11 @@ import os
 import random
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -231,9 +233,12 @@ def loader_benchmark(args):
     return report_of(args, torch.device("cpu"), "data loader, one worker", results)
 
 
-def timed(cmd):
+def timed(cmd, viewer=None):
     """Run a script in a new Python; return its seconds, start-up included, and its last line on
-    stdout. A failure ends the benchmark with the script's own last line."""
+    stdout. A failure ends the benchmark with the script's own last line. viewer: the port of
+    video_predict.py --serve, whose stream one viewer reads to the end while it runs."""
+    if viewer:
+        threading.Thread(target=watch_stream, args=(viewer,), daemon=True).start()
     start = time.perf_counter()
     res = subprocess.run([sys.executable] + [str(c) for c in cmd], capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -242,6 +247,27 @@ def timed(cmd):
         last = (res.stderr.strip().splitlines() or ["no message"])[-1]
         raise cli.UserError(f"{Path(str(cmd[0])).name} failed: {last.replace('error: ', '')}")
     return seconds, (res.stdout.strip().splitlines() or [""])[-1]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def watch_stream(port, wait=60):
+    """One viewer of a live page's MJPEG stream, as a browser reads it, from when the port opens to the end."""
+    end = time.monotonic() + wait
+    while time.monotonic() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.settimeout(None)
+                s.sendall(b"GET /stream HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                while s.recv(1 << 16):
+                    pass
+                return
+        except OSError:
+            time.sleep(0.02)
 
 
 def throwaway_model(args, tmp, calib, img_size=None, export=True):
@@ -339,11 +365,13 @@ def video_benchmark(args):
                  [HERE / "bench" / "naive_video.py", clip, *model[:4], "--img-size", size, "--device", device]),
                 (f"video_predict.py (PyTorch, batch {bs})", script + model + ["--device", device]),
                 (f"video_predict.py --onnx fp32 (batch {bs})", script + ["--onnx", onnx32, "--img-size", size]),
-                (f"video_predict.py --onnx INT8 (batch {bs})", script + ["--onnx", int8, "--img-size", size])]
+                (f"video_predict.py --onnx INT8 (batch {bs})", script + ["--onnx", int8, "--img-size", size]),
+                (f"video_predict.py --onnx fp32 --serve, 1 viewer (batch {bs})",
+                 script + ["--onnx", onnx32, "--img-size", size, "--serve", free_port()])]
         build_trt_engines([cmd for _, cmd in runs[2:]])
         results = []
         for name, cmd in runs:
-            seconds, last = timed(cmd)
+            seconds, last = timed(cmd, viewer=cmd[-1] if "--serve" in cmd else None)
             frames, fps = int(re.search(r"read (\d+) frames", last)[1]), float(re.search(r"([\d.]+) frames/s", last)[1])
             results.append({"path": name, "frames": frames, "fps": fps, "seconds": seconds,
                             "process_fps": frames / seconds})
@@ -362,7 +390,8 @@ def video_benchmark(args):
                         class_indices=tmp / "class_indices.json")
         predictors = [naive_model] + [inference.load_predictor(inference.settle(argparse.Namespace(**settings, onnx=o)))[0]
                                       for o in (None, str(onnx32), str(int8))]
-        for r, predict, batch in zip(results, predictors, (1, bs, bs, bs)):
+        predictors.append(predictors[2])  # --serve's run predicts with the fp32 ONNX model
+        for r, predict, batch in zip(results, predictors, (1, bs, bs, bs, bs)):
             r["model_images_per_s"] = model_rate(predict, batch, size)
             r["share"] = r["fps"] / r["model_images_per_s"]
             r["ratio"] = r["fps"] / results[0]["fps"]

@@ -433,11 +433,12 @@ def test_bad_source_from_the_command_line_is_one_line_on_stderr(color_model, tmp
 def test_video_benchmark_runs_each_path_with_valid_commands_and_shares(tmp_path, monkeypatch, capsys):
     """The commands are checked against each script's own parser, the processes faked (the other
     tests run them), and the model alone is faked too."""
-    commands, exports = [], []
+    commands, exports, viewers = [], [], []
 
-    def fake_timed(cmd):
+    def fake_timed(cmd, viewer=None):
         cmd = [str(c) for c in cmd]
         (exports if cmd[0].endswith("export_onnx.py") else commands).append(cmd)
+        viewers.append(viewer)
         fps = 10.0 if cmd[0].endswith("naive_video.py") else 40.0
         return 2.0, f"read 60 frames, predicted 60, dropped 0, skipped 0, {fps} frames/s with something"
 
@@ -453,8 +454,10 @@ def test_video_benchmark_runs_each_path_with_valid_commands_and_shares(tmp_path,
         assert args.img_size == 32 and (getattr(args, "onnx", None) or args.model == "resnet18")
     assert "--int8" in exports[0] and {os.path.basename(c[c.index("--onnx") + 1]) for c in commands
                                         if "--onnx" in c} == {"m.onnx", "m.int8.onnx"}
-    assert [r["fps"] for r in report["results"]] == [10.0, 40.0, 40.0, 40.0]
-    assert [r["share"] for r in report["results"]] == [0.2, 0.8, 0.8, 0.8]
+    assert [r["fps"] for r in report["results"]] == [10.0, 40.0, 40.0, 40.0, 40.0]
+    assert [r["share"] for r in report["results"]] == [0.2, 0.8, 0.8, 0.8, 0.8]
+    serving = commands[-1]  # --serve with one viewer watching its stream, beside the runs without
+    assert viewers[-1] == int(serving[serving.index("--serve") + 1]) and not any(viewers[1:-1])
     assert report["results"][1]["ratio"] == 4.0 and report["results"][1]["process_fps"] == 30.0
     out = capsys.readouterr().out
     assert "640x480 30 fps clip of 3 frames" in out and "80%" in out and "4.00x" in out
