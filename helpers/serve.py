@@ -85,8 +85,9 @@ class Page:
         ip, self.port = self.server.server_address[:2]
         self.loopback = ipaddress.ip_address(ip).is_loopback
         self.token = secrets.token_urlsafe(16)  # needed for everything on another address, for collecting always
-        shown = "localhost" if self.loopback else socket.gethostname() if ip in ("0.0.0.0", "::") else host
-        self.url = f"http://{shown}:{self.port}/" + ("" if self.loopback else f"?token={self.token}")
+        self.names = LOOPBACK_NAMES | {ip}  # the Host a browser on this machine sends (127.0.0.2 is loopback too)
+        shown = "localhost" if ip in LOOPBACK_NAMES else socket.gethostname() if ip in ("0.0.0.0", "::") else host
+        self.url = f"http://{f'[{shown}]' if ':' in shown else shown}:{self.port}/" + ("" if self.loopback else f"?token={self.token}")
         self.about = {"source": source_name, "model": str(model_file), "runs_on": ""}
         self.cond, self.encoding, self.saving = threading.Condition(), threading.Lock(), threading.Lock()
         self.viewers = threading.BoundedSemaphore(VIEWERS)
@@ -199,7 +200,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if hmac.compare_digest(query.get("token", [""])[0].encode(), page.token.encode()):
             return True
         host = urllib.parse.urlsplit("//" + self.headers.get("Host", "")).hostname
-        return page.loopback and not need_token and host in LOOPBACK_NAMES
+        return page.loopback and not need_token and host in page.names
 
     def checked(self, paths, need_token=False):
         """The path of a request for one of `paths` that may pass, else None once answered: the URL
