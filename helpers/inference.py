@@ -239,9 +239,10 @@ def predict_paths(paths, predictor, p):
 
 # ---------------------------------------------------------------- the predictors
 
-def load_predictor(p, torch_model=None):
+def load_predictor(p, torch_model=None, warm_up=False):
     """(predict, a line saying what runs it): predict maps a uint8 NHWC batch to class probabilities and
-    halves its batch when memory runs out. torch_model: (net, device), when the caller needs the net too."""
+    halves its batch when memory runs out. torch_model: (net, device), when the caller needs the net too.
+    warm_up: predict one black image first (TensorRT builds its engine, CUDA and oneDNN pick their kernels)."""
     if p.onnx:
         predictor, runs_on = deploy.predictor(p)
     else:
@@ -253,6 +254,8 @@ def load_predictor(p, torch_model=None):
         if not np.isfinite(probs).all():  # weights that are numbers can still overflow: never "prob: nan"
             raise cli.UserError(overflow_line(p.model_file))
         return probs
+    if warm_up:
+        predict(np.zeros((1, p.img_size, p.img_size, 3), np.uint8))
     return predict, runs_on
 
 
