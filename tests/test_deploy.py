@@ -657,3 +657,35 @@ def test_a_pth_given_to_onnx_and_an_onnx_file_given_to_weights_are_named_for_wha
     for script, first in (("predict.py", [img, "--save-fig", tmp_path / "f.png"]), ("export_onnx.py", [])):
         assert_one_line_error(run_main(script, *first, "--weights", onnx_file, cwd=tmp_path),
                               "m.onnx is not a PyTorch weights file", "it is an ONNX model", "with --onnx")
+
+
+def test_sigterm_acts_within_a_second_while_large_images_are_decoded(tmp_path):
+    """The decoding processes are ended, not waited for: the pool's shutdown would wait for the batch
+    being decoded (here about 2 s on 2 cores)."""
+    import signal
+    import time
+
+    folder = tmp_path / "big"
+    folder.mkdir()
+    Image.new("RGB", (4000, 3000), (200, 30, 30)).save(folder / "0.png", compress_level=1)
+    for i in range(1, 12):  # slow to decode, quick to make
+        shutil.copy(folder / "0.png", folder / f"{i}.png")
+    onnx_file = tiny_onnx(tmp_path / "m.onnx", deploy.ModelInfo(classes=["r", "g", "b"], img_size=32).to_metadata())
+    proc = subprocess.Popen([sys.executable, str(ROOT / "batch_predict.py"), str(folder), "--onnx", str(onnx_file),
+                             "--workers", "1", "--batch-size", "12"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        deadline = time.perf_counter() + 30
+        while not children.read_text().split() and time.perf_counter() < deadline:  # the decoding process
+            time.sleep(0.05)
+        time.sleep(0.3)
+        start = time.perf_counter()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        took = time.perf_counter() - start
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM and err.strip() == "error: interrupted (SIGTERM); files being " \
+        "written were left as they were" and out == ""
+    assert took < 1.5, took  # a second, and room for a loaded machine
