@@ -22,8 +22,10 @@ META_VERSION = "1"
 # 1 MB more in `trained_on` (the train set's fingerprint).
 META_MAX_BYTES = 4 * 2**20  # all keys and values together
 META_MAX_CLASSES = 100_000  # ImageNet-21k has 21,843
-META_MAX_FIELD = 200  # characters of each small field (a number, a list of three, a name)
-META_KEYS = ("metadata_version", "classes", "img_size", "resize", "mean", "std")  # what says "export_onnx.py wrote it"
+META_MAX_FIELD = 200  # characters of each field read as a number, a list of three or a short name:
+META_SMALL = ("metadata_version", "img_size", "resize", "mean", "std", "architecture", "val_accuracy", "val_images",
+              "fp32_val_accuracy", "int8_for")
+META_KEYS = ("metadata_version", "classes", "img_size")  # any of these says "export_onnx.py wrote it"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,8 +57,7 @@ class ModelInfo:
         """The ModelInfo in a file's metadata, or None (an older export); damaged metadata is refused."""
         if not any(key in meta for key in META_KEYS):
             return None
-        small = [f.name for f in dataclasses.fields(cls) if f.name != "classes"
-                 and len(meta.get(f.name, "")) > META_MAX_FIELD]
+        small = [k for k in META_SMALL if len(meta.get(k, "")) > META_MAX_FIELD]
         if small:  # int() of a long number takes quadratic time in Python 3.8, holding the interpreter
             raise cli.UserError(f"{path} holds damaged metadata ({small[0]} is {len(meta[small[0]])} characters "
                                 "long); export it again with export_onnx.py")
