@@ -32,7 +32,7 @@ CSI_PIPELINE = ("nvarguscamerasrc sensor-id={} ! video/x-raw(memory:NVMM), width
 STREAM_SCHEMES = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}  # and their default ports
 # Failed reads in a row that still count as corrupt frames, not as the end: FFmpeg answers at once
 # at the end of a file, and a stream that dropped answers at once every time (a file over the network
-# may wait --timeout for each, so it has the fewer).
+# counts as a stream here: each failed read may wait --timeout).
 RETRIES = {"file": 50, "live": 5}
 
 
