@@ -75,8 +75,12 @@ def main(args):
     classes = p.classes
     # The page's port is taken now: a port in use or a foreign host is one line before the source opens.
     page = serve.Page(args.serve, classes, args.collect, source.name, p.model_file) if args.serve else None
-    capture = sources.open_source(source, args.timeout)
-    predictor, runs_on = inference.load_predictor(p)
+    # A file is opened first, so that its errors come before the model loads; a live source once the model
+    # is loaded and warmed up, so that the frames of its first seconds are not dropped meanwhile.
+    capture = None if source.live else sources.open_source(source, args.timeout)
+    sources.check_reachable(source, args.timeout)  # a stream's host, before the model loads
+    predictor, runs_on = inference.load_predictor(p, warm_up=source.live)
+    capture = capture or sources.open_source(source, args.timeout)
     topk = min(args.topk, len(classes))
     window = video.Window(f"video_predict.py: {source.name}", args.show)
     reader = video.Reader(source, capture, video.Plan(

@@ -17,6 +17,15 @@ from helpers import cli, files, imaging, memory
 PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 TRT, CPU = PROVIDERS["tensorrt"], PROVIDERS["cpu"]
 META_VERSION = "1"
+# Bounds on what is read from an ONNX file's metadata, checked before any of it is used: the file is
+# input like any other, and one long name took minutes to draw. An export writes a few kB, and up to
+# 1 MB more in `trained_on` (the train set's fingerprint).
+META_MAX_BYTES = 4 * 2**20  # all keys and values together
+META_MAX_CLASSES = 100_000  # ImageNet-21k has 21,843
+META_MAX_FIELD = 200  # characters of each field read as a number, a list of three or a short name:
+META_SMALL = ("metadata_version", "img_size", "resize", "mean", "std", "architecture", "val_accuracy", "val_images",
+              "fp32_val_accuracy", "int8_for")
+META_KEYS = ("metadata_version", "classes", "img_size")  # any of these says "export_onnx.py wrote it"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,10 +55,15 @@ class ModelInfo:
     @classmethod
     def from_metadata(cls, meta, path):
         """The ModelInfo in a file's metadata, or None (an older export); damaged metadata is refused."""
-        if "classes" not in meta:
+        if not any(key in meta for key in META_KEYS):
             return None
+        small = [k for k in META_SMALL if len(meta.get(k, "")) > META_MAX_FIELD]
+        if small:  # int() of a long number takes quadratic time in Python 3.8, holding the interpreter
+            raise cli.UserError(f"{path} holds damaged metadata ({small[0]} is {len(meta[small[0]])} characters "
+                                "long); export it again with export_onnx.py")
         try:
-            classes = json.loads(meta["classes"])
+            # Numbers among the classes are read as floats (a long int() takes minutes) and refused below.
+            classes = json.loads(meta["classes"], parse_int=float, parse_constant=float)
             mean, std = (tuple(float(v) for v in json.loads(meta.get(k, json.dumps(d))))
                          for k, d in (("mean", imaging.MEAN), ("std", imaging.STD)))
             img_size = int(meta["img_size"])
@@ -67,7 +81,10 @@ class ModelInfo:
                 or not 16 <= img_size <= 1024):
             raise cli.UserError(f"{path} holds damaged metadata (classes, img_size, mean or std out of range); "
                                 "export it again with export_onnx.py")
-        files.check_class_names(classes, f"{path}'s metadata")
+        if len(classes) > META_MAX_CLASSES:
+            raise cli.UserError(f"{path} holds damaged metadata: {len(classes)} classes, more than "
+                                f"{META_MAX_CLASSES:,}; export it again with export_onnx.py")
+        files.check_class_names(classes, f"{path} holds damaged metadata")
         return info
 
 
@@ -82,6 +99,9 @@ def import_onnxruntime():
 
 def new_session(path, providers):
     """An ONNX Runtime session of the file, or one line saying why there is none."""
+    if files.model_kind(path) == "PyTorch weights":  # ONNX Runtime would only say that protobuf parsing failed
+        raise cli.UserError(f"{path} is not an ONNX model: it is PyTorch weights (a .pth written by torch.save); "
+                            "pass it with --weights, or make an ONNX file of it with export_onnx.py")
     ort = import_onnxruntime()
     ort.set_default_logger_severity(3)  # its warnings are not the user's business: errors come as one line
     options = ort.SessionOptions()
@@ -94,9 +114,24 @@ def new_session(path, providers):
         raise cli.UserError(f"{path} is not a usable ONNX model: {cli.first_line(e)}") from None
 
 
+def read_metadata(session, path):
+    """The metadata of a session's ONNX file as {key: text}, or one line saying that it is damaged or
+    larger than an export writes (META_MAX_BYTES)."""
+    try:
+        meta = session.get_modelmeta().custom_metadata_map
+    except UnicodeDecodeError as e:  # ONNX Runtime gives its bytes to Python as UTF-8 text
+        raise cli.UserError(f"{path} holds damaged metadata (bytes that are not UTF-8 text: {e.reason} at "
+                            f"byte {e.start}); export it again with export_onnx.py") from None
+    size = sum(len(k.encode("utf-8")) + len(v.encode("utf-8")) for k, v in meta.items())
+    if size > META_MAX_BYTES:
+        raise cli.UserError(f"{path} holds damaged metadata: {size / 2**20:.1f} MB of text, more than the "
+                            f"{META_MAX_BYTES // 2**20} MB an export writes; export it again with export_onnx.py")
+    return meta
+
+
 def metadata(path):
     """An ONNX file's metadata as {key: value}, read by ONNX Runtime on the CPU."""
-    return new_session(path, [CPU]).get_modelmeta().custom_metadata_map
+    return read_metadata(new_session(path, [CPU]), path)
 
 
 def model_info(path):
@@ -111,7 +146,7 @@ def open_model(path, provider):
     if TRT in names:
         return None, metadata(path)
     session = new_session(path, names)
-    return session, session.get_modelmeta().custom_metadata_map
+    return session, read_metadata(session, path)
 
 
 def provider_names(provider):

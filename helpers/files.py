@@ -37,6 +37,23 @@ def need_file(path, what, hint=""):
     return path
 
 
+# ONNX files are protobuf: field 1 (ir_version, a small number), then one of the next fields of ModelProto.
+ONNX_HEAD = re.compile(rb"\x08[\x01-\x1f][\x12\x1a\x22\x28\x32\x3a\x42\x72]", re.S)
+
+
+def model_kind(path):
+    """What a model file's first bytes say it is: "PyTorch weights" (torch.save's zip or pickle), "an ONNX
+    model", or None; so that a file given to the wrong flag is named for what it is."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return None
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return "PyTorch weights"
+    return "an ONNX model" if ONNX_HEAD.match(head) else None
+
+
 def need_dir(path, what, hint=""):
     path, hint = Path(path), f"; {hint}" if hint else ""
     if path.exists() and not path.is_dir():
@@ -233,12 +250,22 @@ def class_indices_bytes(classes):
     return json.dumps({str(i): c for i, c in enumerate(classes)}, indent=4).encode()
 
 
+# A class name is a folder's name: 255 characters at most on every file system. Longer ones are refused
+# (a class file or ONNX metadata made by hand): every figure, line and frame that shows one draws each of
+# its characters, and matplotlib took seconds per 100,000, deaf to Ctrl-C and SIGTERM meanwhile.
+MAX_CLASS_NAME = 255
+
+
 def check_class_names(names, where):
-    """Class names must be non-empty UTF-8 text on one line (lines of labels.txt, keys of JSON), and no
-    two may read the same (two Unicode forms, or spaces at their ends)."""
+    """Class names must be non-empty UTF-8 text on one line (lines of labels.txt, keys of JSON), at most
+    MAX_CLASS_NAME characters, and no two may read the same (two Unicode forms, or spaces at their ends)."""
     bad = [c for c in names if not isinstance(c, str) or not c.strip() or any(ch in c for ch in "\n\r\t\x00")]
     if bad:
         raise cli.UserError(f"{where}: class names must be non-empty strings on one line, found {bad[0]!r}")
+    long = [c for c in names if len(c) > MAX_CLASS_NAME]
+    if long:
+        raise cli.UserError(f"{where}: a class name of {len(long[0])} characters ({long[0][:20]!r}...), more than "
+                            f"the {MAX_CLASS_NAME} a folder's name may have")
     locale = codecs.lookup(sys.getfilesystemencoding()).name
     for c in names:
         # Outside Python's UTF-8 mode, a non-UTF-8 locale reads a UTF-8 folder name as other characters.
@@ -285,7 +312,7 @@ def read_labels(path):
         raise cli.UserError(f"cannot read labels file {path}: {e}") from None
     if not classes:
         raise cli.UserError(f"{path} lists no classes")
-    return classes
+    return check_class_names(classes, str(path))
 
 
 # ---------------------------------------------------------------- locks, copies and downloads

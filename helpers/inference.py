@@ -5,6 +5,7 @@ torch is imported only where needed: prediction without it was measured to start
 import collections
 import concurrent.futures.process
 import dataclasses
+import multiprocessing
 import os
 import unicodedata
 from pathlib import Path
@@ -208,6 +209,7 @@ def decode_batches(paths, img_size=224, batch_size=16, workers=None):
         return
     # concurrent.futures, not multiprocessing.Pool: a worker killed by the out-of-memory killer breaks
     # this pool with an error, where a Pool would wait for its lost batch for ever.
+    before = set(multiprocessing.active_children())
     pool = concurrent.futures.ProcessPoolExecutor(workers, initializer=stop.ignore_in_worker)
     pending = collections.deque()
     try:
@@ -220,6 +222,11 @@ def decode_batches(paths, img_size=224, batch_size=16, workers=None):
     except concurrent.futures.process.BrokenProcessPool:
         raise cli.UserError(f"a decoding process was killed (by the system's out-of-memory killer?); pass --workers 0 "
                             f"(it was {workers}) or a smaller --batch-size") from None
+    except BaseException:  # a stop, an error, or no more batches wanted: the pool's processes end now, for
+        # shutdown() would wait for the batches they decode (seconds for large images), and a stop acts within one.
+        for child in set(multiprocessing.active_children()) - before:
+            child.terminate()
+        raise
     finally:  # done, stopped early or interrupted: the batches not started are dropped
         for future in pending:
             future.cancel()
@@ -239,9 +246,10 @@ def predict_paths(paths, predictor, p):
 
 # ---------------------------------------------------------------- the predictors
 
-def load_predictor(p, torch_model=None):
+def load_predictor(p, torch_model=None, warm_up=False):
     """(predict, a line saying what runs it): predict maps a uint8 NHWC batch to class probabilities and
-    halves its batch when memory runs out. torch_model: (net, device), when the caller needs the net too."""
+    halves its batch when memory runs out. torch_model: (net, device), when the caller needs the net too.
+    warm_up: predict one black image first (TensorRT builds its engine, CUDA and oneDNN pick their kernels)."""
     if p.onnx:
         predictor, runs_on = deploy.predictor(p)
     else:
@@ -253,6 +261,8 @@ def load_predictor(p, torch_model=None):
         if not np.isfinite(probs).all():  # weights that are numbers can still overflow: never "prob: nan"
             raise cli.UserError(overflow_line(p.model_file))
         return probs
+    if warm_up:
+        predict(np.zeros((1, p.img_size, p.img_size, 3), np.uint8))
     return predict, runs_on
 
 

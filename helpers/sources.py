@@ -31,7 +31,8 @@ CSI_PIPELINE = ("nvarguscamerasrc sensor-id={} ! video/x-raw(memory:NVMM), width
                 "appsink drop=true max-buffers=1")
 STREAM_SCHEMES = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}  # and their default ports
 # Failed reads in a row that still count as corrupt frames, not as the end: FFmpeg answers at once
-# at the end of a file, and a stream that dropped answers at once every time.
+# at the end of a file, and a stream that dropped answers at once every time (a file over the network
+# counts as a stream here: each failed read may wait --timeout).
 RETRIES = {"file": 50, "live": 5}
 
 
@@ -55,7 +56,12 @@ class Source:
 
     @property
     def live(self):
+        """A camera or a stream, as far as can be told before it is opened (Capture.live tells after)."""
         return self.kind != "file"
+
+    @property
+    def retries(self):
+        return RETRIES["file" if self.kind == "file" else "live"]
 
 
 def need_gstreamer(what):
@@ -108,7 +114,9 @@ def parse_source(text):
 
 def check_reachable(source, timeout):
     """A one-line error unless the stream's host takes a connection on its port. OpenCV alone would
-    only say that it could not open the URL."""
+    only say that it could not open the URL. Other sources pass."""
+    if source.kind != "stream":
+        return
     parts = urllib.parse.urlsplit(source.target)
     try:
         port = parts.port or STREAM_SCHEMES[parts.scheme.lower()]
@@ -175,6 +183,8 @@ class Capture:
     corrupt: int  # bad frames before the first good one
     fps: float  # the source's frame rate, as it says (30 when it says nothing usable)
     opened_at: float  # time.perf_counter() when the first frame came: a live source's time 0
+    frames: int = 0  # the frames the container promises; 0 for a live source, whose length nobody knows
+    live: bool = False  # a camera or a stream: frames are dropped while the model is busy, never a file's
 
     @property
     def size(self):
@@ -184,8 +194,7 @@ class Capture:
 def open_source(source, timeout):
     """The opened source with its first frame, or a one-line error saying why not. The opening runs in
     a thread, because some OpenCV builds ignore their own timeouts."""
-    if source.kind == "stream":
-        check_reachable(source, timeout)
+    check_reachable(source, timeout)
     args = [source.target, source.api]
     if source.kind == "stream" and hasattr(cv2, "CAP_PROP_OPEN_TIMEOUT_MSEC"):
         ms = int(timeout * 1000)
@@ -199,12 +208,18 @@ def open_source(source, timeout):
             if not cap.isOpened():
                 box["why"] = why_not_opened(source, timeout, time.perf_counter() - start >= 0.9 * timeout)
                 return
-            for bad in range(RETRIES["live" if source.live else "file"]):
+            for bad in range(source.retries):
                 ok, frame = cap.read()
                 frame = to_bgr(frame) if ok else None
                 if frame is not None:
                     fps = cap.get(cv2.CAP_PROP_FPS)
-                    box["capture"] = Capture(cap, frame, bad, fps if 1 <= fps <= 240 else 30.0, time.perf_counter())
+                    fps = fps if 1 <= fps <= 240 else 30.0
+                    # A known length is a file, wherever it lives (a video served over HTTP too): every frame
+                    # is read, once. A live source (a camera, RTSP, MJPEG) has none (0, -1 or -2**63).
+                    count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+                    frames = int(count) if 0 < count < 2**31 else 0
+                    box["capture"] = Capture(cap, frame, bad, fps, time.perf_counter(), frames,
+                                             live=source.live and not frames)
                     return
             cap.release()
             box["why"] = (f"cannot read video {source.name}: OpenCV opened it but decoded no frame" if not source.live

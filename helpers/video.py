@@ -1,6 +1,7 @@
 """Video for video_predict.py: the reader thread that decodes beside the model, the annotated video
-and the window. A live source gives its newest frame and drops the others (counted); a file gives
-every frame. torch is not imported (video_predict.py --onnx runs without it).
+and the window. A live source gives its newest frame and drops the others (counted); a file (one whose
+length is known, wherever it lives) gives every frame. torch is not imported (video_predict.py --onnx
+runs without it).
 """
 import contextlib
 import dataclasses
@@ -17,6 +18,9 @@ from helpers import cli, files, imaging, plots, sources, stop
 
 cv2 = sources.cv2
 SAVE_FOURCC = {".mp4": "mp4v", ".avi": "MJPG"}  # what pip's OpenCV encodes without extra libraries
+# Seconds a reopened live source must send frames before its reconnects are given back: one that drops
+# again sooner (it opens, sends a frame or replays a few, and hangs up) keeps counting, so it ends.
+RECONNECT_HEALED = 1.0
 
 
 @dataclasses.dataclass
@@ -51,18 +55,22 @@ class Plan:
 class Reader:
     """The frames of an opened source, decoded in a thread of its own while the model runs.
     batches() yields lists of Frames, in order, until the source ends, end() is called or a stop is
-    requested. `lost` says why a live source ended early (None if it did not)."""
+    requested. `lost` says why a live source ended early (None if it did not); `at_end`, that a file
+    was read to its end (which may come before the frames it promised)."""
 
     def __init__(self, source, capture, plan):
         self.source, self.capture, self.plan = source, capture, plan
+        self.live = capture.live
         self.transform = imaging.EvalTransform(plan.img_size)
         self.read = self.predicted = self.dropped = self.skipped = 0
         self.corrupt = capture.corrupt
         self.lost = self._error = None
+        self.at_end = False
         self._done = threading.Event()
         # A file's frames are decoded ahead; a live source's queue holds its newest frame only.
-        self._queue = queue.Queue(maxsize=1 if source.live else 2 * plan.batch_size + 2)
-        self._received = int(source.live)  # a live source's frames so far, the one before the model loaded among them
+        self._queue = queue.Queue(maxsize=1 if self.live else 2 * plan.batch_size + 2)
+        self._received = 0  # a live source's good frames so far
+        self._reconnects = 0  # in a row: given back once a reopened source has sent frames for a while
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def end(self):
@@ -73,23 +81,26 @@ class Reader:
 
     def _frames(self):
         """(index, time_s, BGR image, seq) of each good frame, seq its number among the good ones."""
-        cap, live, plan = self.capture.cap, self.source.live, self.plan
-        # A live source's first frame came before the model loaded: it is old, counted but not predicted.
-        image = None if live else self.capture.first
-        index, good, failures = self.capture.corrupt + int(live), int(live), 0
+        cap, live, plan = self.capture.cap, self.live, self.plan
+        # The model was loaded before a live source was opened: its first frame is new, and predicted.
+        image, reopened_at = self.capture.first, None
+        index, good, failures = self.capture.corrupt, 0, 0
         while not self._done.is_set() and (plan.max_frames is None or good < plan.max_frames):
             if image is None:
                 ok, raw = cap.read()
                 image = sources.to_bgr(raw) if ok else None
             if image is None:
                 failures += 1
-                if failures < sources.RETRIES["live" if live else "file"]:
+                if failures < self.source.retries:
                     continue
                 image = self._reopen(index) if live else None
                 if image is None:
+                    self.at_end = not live
                     return
-                cap, failures = self.capture.cap, 0
+                cap, failures, reopened_at = self.capture.cap, 0, time.perf_counter()
                 continue
+            if reopened_at is not None and time.perf_counter() - reopened_at >= RECONNECT_HEALED:
+                self._reconnects, reopened_at = 0, None  # it sends again: the reconnects in a row start over
             self.corrupt += failures
             index, failures = index + failures, 0
             msec = cap.get(cv2.CAP_PROP_POS_MSEC) if not live else 0
@@ -104,8 +115,9 @@ class Reader:
         """The first frame of the source opened again, or None (self.lost says why)."""
         self.capture.cap.release()
         plan, name = self.plan, self.source.name
-        for attempt in range(1, plan.reconnect + 1):
-            print(f"note: lost {name} at frame {at}; reconnecting ({attempt}/{plan.reconnect}) in "
+        while self._reconnects < plan.reconnect:
+            self._reconnects += 1
+            print(f"note: lost {name} at frame {at}; reconnecting ({self._reconnects}/{plan.reconnect}) in "
                   f"{plan.reconnect_delay:g} s", file=sys.stderr)
             if self._done.wait(plan.reconnect_delay):
                 return None
@@ -117,14 +129,14 @@ class Reader:
             self.capture.cap = capture.cap
             self.corrupt += capture.corrupt
             return capture.first
-        self.lost = f"lost {name} at frame {at}" + (f"; {plan.reconnect} reconnects failed" if plan.reconnect
+        self.lost = f"lost {name} at frame {at}" + (f"; {plan.reconnect} reconnects in a row failed" if plan.reconnect
                                                     else " (--reconnect N reopens it)")
         return None
 
     def _run(self):
         try:
             for index, t, image, seq in self._frames():
-                if self.source.live:
+                if self.live:
                     self._received = seq + 1
                     self._put(Frame(index, t, image, seq=seq))
                     continue
@@ -138,7 +150,7 @@ class Reader:
 
     def _put(self, frame):
         while not self._done.is_set():
-            if self.source.live and frame is not None:
+            if self.live and frame is not None:
                 with contextlib.suppress(queue.Empty):
                     self._queue.get_nowait()  # The model was busy: the older frame is dropped (counted later).
             try:
@@ -152,11 +164,13 @@ class Reader:
     def batches(self):
         self._thread.start()
         try:
-            yield from (self._live_batches() if self.source.live else self._file_batches())
+            yield from (self._live_batches() if self.live else self._file_batches())
         finally:
             self._done.set()
-            self._thread.join(timeout=2)  # A stalled stream's read may take longer; the thread is a daemon.
-            if self.source.live:  # the frames that came after the last one predicted
+            # A stop acts within a second: a stalled stream's read may take --timeout, so the thread (a daemon)
+            # is left to end by itself.
+            self._thread.join(timeout=0.3)
+            if self.live:  # the frames that came after the last one predicted
                 self._pass_over(self._received - self.read, self.read > 0)
                 self.read = self._received
         if self._error is not None:
@@ -208,8 +222,11 @@ class Reader:
             yield [frame]
 
     def counts(self):
-        return (f"read {self.read} frames, predicted {self.predicted}, dropped {self.dropped}, skipped {self.skipped}"
-                + (f", corrupt {self.corrupt}" if self.corrupt else ""))
+        promised = self.capture.frames
+        short = (f" of the {promised} that {self.source.name} promised (the rest could not be read: is it cut short?)"
+                 if self.at_end and self.read + self.corrupt < promised else "")
+        return (f"read {self.read} frames{short}, predicted {self.predicted}, dropped {self.dropped}, skipped "
+                f"{self.skipped}" + (f", corrupt {self.corrupt}" if self.corrupt else ""))
 
 
 # ---------------------------------------------------------------- the main loop's helpers

@@ -35,8 +35,10 @@ def torch_load(path, what):
         head = f.read(4)
     # torch.save writes a zip (a pickle before torch 1.6): anything else is named before torch reads it.
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        onnx = ("; it is an ONNX model, which predict.py, batch_predict.py, evaluate.py and video_predict.py "
+                "run with --onnx") if files.model_kind(path) == "an ONNX model" else ""
         raise cli.UserError(f"{path} is not a PyTorch weights file (a .pth written by torch.save): "
-                        "it is neither a zip nor a pickle")
+                            f"it is neither a zip nor a pickle{onnx}")
     try:
         with warnings.catch_warnings():  # torch 2.0 warns about its own TypedStorage here, on stderr
             warnings.simplefilter("ignore")

@@ -571,3 +571,121 @@ def test_tutorial_baselines_predict_a_folder_and_one_image(tmp_path, capsys):
     tutorial.main(parse(tutorial, [tmp_path / "imgs" / "img_000.jpg"] + common))
     assert len(re.findall(r"^class: c\d +prob: ", capsys.readouterr().out, re.M)) == 5
     assert (tmp_path / "tutorial_predict.png").is_file()
+
+
+# ---------------------------------------------------------------- damaged, oversized and misplaced model files
+
+def tiny_onnx(path, meta):
+    """A 3-class ONNX model of 32 px (each class: the mean of one colour), with `meta` as its metadata:
+    made in milliseconds, without torch."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("GlobalAveragePool", ["input"], ["pool"]),
+                               helper.make_node("Flatten", ["pool"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 32, 32])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # what the floor's onnxruntime reads
+    helper.set_model_props(model, meta)
+    onnx.save(model, str(path))
+    return path
+
+
+def red_image(path):
+    Image.new("RGB", (40, 40), (250, 10, 10)).save(path)
+    return path
+
+
+def test_damaged_metadata_of_any_kind_is_one_line_never_ignored(tmp_path):
+    """A byte that is not UTF-8, or a lost classes key, is damage: never the labels.txt beside the file
+    (here in reverse order) and 224 px instead, which ended in a misleading 'pass --img-size 32'."""
+    img = red_image(tmp_path / "red.png")
+    meta = deploy.ModelInfo(classes=["red", "green", "blue"], img_size=32).to_metadata()
+    good = tiny_onnx(tmp_path / "good.onnx", meta).read_bytes()
+    at = good.index(b'"red"') + 1
+    (tmp_path / "bytes.onnx").write_bytes(good[:at] + b"\xff" + good[at + 1:])  # one byte, same length
+    tiny_onnx(tmp_path / "keyless.onnx", {k: v for k, v in meta.items() if k != "classes"})
+    (tmp_path / "labels.txt").write_text("blue\ngreen\nred\n")
+    for name, words in (("bytes.onnx", "not UTF-8"), ("keyless.onnx", "'classes'")):
+        res = run_main("predict.py", img, "--onnx", tmp_path / name, "--save-fig", tmp_path / "f.png")
+        assert_one_line_error(res, f"{name} holds damaged metadata", words)
+        assert "--img-size" not in res.stderr
+    res = run_main("predict.py", img, "--onnx", tmp_path / "good.onnx", "--save-fig", tmp_path / "f.png")
+    assert res.returncode == 0 and res.stdout.startswith("class: red ")
+
+
+def test_metadata_beyond_its_bounds_is_refused_at_once_and_a_long_name_nowhere_takes_time(tmp_path):
+    """A 100 kB class name took seconds to draw (matplotlib lays out every character, in C, deaf to
+    signals); the metadata, one name and the number of classes are bounded, and trained_on's 1 MB fits."""
+    import time
+
+    img = red_image(tmp_path / "red.png")
+    meta = deploy.ModelInfo(classes=["red", "green", "blue"], img_size=32).to_metadata()
+    cases = {"name": (dict(meta, classes=json.dumps(["r" * 100_000, "g", "b"])), "a class name of 100000 characters"),
+             "total": (dict(meta, note="x" * (5 * 2**20)), "5.0 MB of text"),
+             "count": (dict(meta, classes=json.dumps([f"c{i}" for i in range(100_001)])), "100001 classes"),
+             "number": (dict(meta, img_size="3" * 5000), "img_size is 5000 characters")}
+    start = time.perf_counter()
+    for name, (edited, words) in cases.items():
+        res = run_main("predict.py", img, "--onnx", tiny_onnx(tmp_path / f"{name}.onnx", edited), "--save-fig",
+                       tmp_path / "f.png")
+        assert_one_line_error(res, "holds damaged metadata", words)
+    assert time.perf_counter() - start < 5 and not (tmp_path / "f.png").exists()
+    # The same bound for the names of a class-index file and of a labels.txt.
+    (tmp_path / "ci.json").write_text(json.dumps({"0": "r" * 300, "1": "g", "2": "b"}))
+    tiny_onnx(tmp_path / "plain.onnx", {})  # an export from before the metadata: labels.txt beside it
+    (tmp_path / "labels.txt").write_text("r" * 300 + "\ng\nb\n")
+    for flags in (["--class-indices", tmp_path / "ci.json"], []):
+        res = run_main("predict.py", img, "--onnx", tmp_path / "plain.onnx", "--img-size", "32", *flags)
+        assert_one_line_error(res, "a class name of 300 characters")
+    with_fingerprint = tiny_onnx(tmp_path / "fp.onnx", dict(meta, trained_on="f" * 2**20))
+    res = run_main("predict.py", img, "--onnx", with_fingerprint, "--save-fig", tmp_path / "f.png")
+    assert res.returncode == 0 and res.stdout.startswith("class: red ")
+
+
+def test_a_pth_given_to_onnx_and_an_onnx_file_given_to_weights_are_named_for_what_they_are(tmp_path):
+    import torch
+
+    img = red_image(tmp_path / "red.png")
+    torch.save({"fc.weight": torch.zeros(3, 4)}, tmp_path / "w.pth")
+    onnx_file = tiny_onnx(tmp_path / "m.onnx", deploy.ModelInfo(classes=["r", "g", "b"], img_size=32).to_metadata())
+    for script, first in (("predict.py", [img, "--save-fig", tmp_path / "f.png"]), ("batch_predict.py", [tmp_path]),
+                          ("evaluate.py", [tmp_path])):
+        assert_one_line_error(run_main(script, *first, "--onnx", tmp_path / "w.pth", cwd=tmp_path),
+                              "w.pth is not an ONNX model: it is PyTorch weights", "pass it with --weights")
+    for script, first in (("predict.py", [img, "--save-fig", tmp_path / "f.png"]), ("export_onnx.py", [])):
+        assert_one_line_error(run_main(script, *first, "--weights", onnx_file, cwd=tmp_path),
+                              "m.onnx is not a PyTorch weights file", "it is an ONNX model", "with --onnx")
+
+
+def test_sigterm_acts_within_a_second_while_large_images_are_decoded(tmp_path):
+    """The decoding processes are ended, not waited for: the pool's shutdown would wait for the batch
+    being decoded (here about 2 s on 2 cores)."""
+    import signal
+    import time
+
+    folder = tmp_path / "big"
+    folder.mkdir()
+    Image.new("RGB", (4000, 3000), (200, 30, 30)).save(folder / "0.png", compress_level=1)
+    for i in range(1, 12):  # slow to decode, quick to make
+        shutil.copy(folder / "0.png", folder / f"{i}.png")
+    onnx_file = tiny_onnx(tmp_path / "m.onnx", deploy.ModelInfo(classes=["r", "g", "b"], img_size=32).to_metadata())
+    proc = subprocess.Popen([sys.executable, str(ROOT / "batch_predict.py"), str(folder), "--onnx", str(onnx_file),
+                             "--workers", "1", "--batch-size", "12"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        deadline = time.perf_counter() + 30
+        while not children.read_text().split() and time.perf_counter() < deadline:  # the decoding process
+            time.sleep(0.05)
+        time.sleep(0.3)
+        start = time.perf_counter()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        took = time.perf_counter() - start
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM and err.strip() == "error: interrupted (SIGTERM); files being " \
+        "written were left as they were" and out == ""
+    assert took < 1.5, took  # a second, and room for a loaded machine

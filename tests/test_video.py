@@ -184,6 +184,17 @@ def test_corrupt_frames_in_a_file_are_skipped_and_counted(color_model, tmp_path,
 
 
 @needs_cv2
+def test_a_truncated_file_says_how_many_frames_it_promised_and_how_many_were_read(color_model, tmp_path, capsys):
+    path = write_clip(tmp_path / "cut.avi", color_frames())
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])  # the header still promises 30 frames
+    reader = run(path, *onnx_flags(color_model), "--csv", tmp_path / "out.csv")
+    assert 5 < reader.read < 30 and len(csv_rows(tmp_path / "out.csv")) == reader.read + 1
+    assert re.search(rf"^read {reader.read} frames of the 30 that .*cut.avi promised \(the rest could not be read",
+                     capsys.readouterr().out, re.M)
+
+
+@needs_cv2
 def test_a_frame_is_predicted_as_predict_py_predicts_it_saved_as_png(tiny_run, tmp_path):
     """RGB, then predict.py's eval transform: the same probabilities as predict.py on the frame as a
     PNG; the same crop in OpenCV's BGR gives others."""
@@ -220,13 +231,13 @@ class Camera(socketserver.ThreadingMixIn, http.server.HTTPServer):
     """An IP camera on 127.0.0.1: GET /video answers JPEG frames as multipart/x-mixed-replace, as
     MJPEG cameras do. plan: the frames each connection gets before the camera hangs up (None: until
     the client leaves); later connections are answered 503. corrupt: parts of the first connection
-    sent as broken JPEG data."""
+    sent as broken JPEG data. stall: after its frames a connection stays open and silent."""
     daemon_threads = True
 
-    def __init__(self, frames, plan=(None,), corrupt=(), fps=100):
+    def __init__(self, frames, plan=(None,), corrupt=(), fps=100, stall=False):
         super().__init__(("127.0.0.1", 0), CameraHandler)
         self.jpegs = [cv2.imencode(".jpg", cv2.cvtColor(f, cv2.COLOR_RGB2BGR))[1].tobytes() for f in frames]
-        self.plan, self.corrupt, self.fps = list(plan), set(corrupt), fps
+        self.plan, self.corrupt, self.fps, self.stall = list(plan), set(corrupt), fps, stall
         self.connections, self.stopped = 0, False
         threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
@@ -254,6 +265,8 @@ class CameraHandler(http.server.BaseHTTPRequestHandler):
                                  % (len(data), data))
                 i += 1
                 time.sleep(1 / cam.fps)
+            while cam.stall and not cam.stopped:
+                time.sleep(0.05)
         except OSError:  # the client left
             pass
 
@@ -285,13 +298,62 @@ def test_stream_predicts_the_newest_frame_up_to_max_frames(color_model, camera, 
     rows = csv_rows(tmp_path / "live.csv")[1:]
     assert len(rows) == reader.predicted
     numbers = [int(r[0]) for r in rows]
-    assert numbers == sorted(set(numbers)) and 0 < numbers[0] and numbers[-1] <= 20 and 3 not in numbers
+    assert numbers == sorted(set(numbers)) and numbers[-1] <= 20 and 3 not in numbers
     times = [float(r[1]) for r in rows]
     assert times == sorted(times)
     for r in rows:  # frame n of the stream is the camera's n-th picture
         assert r[2] == list(COLORS)[int(r[0]) % 30 // 10]
     assert re.search(r"read 20 frames, predicted \d+, dropped \d+, skipped 0, corrupt 1, [\d.]+ frames/s with ONNX",
                      capsys.readouterr().out)
+
+
+@pytest.fixture
+def web_server(tmp_path):
+    """A plain web server on 127.0.0.1 serving tmp_path/www, as a file is served over HTTP."""
+    import functools
+
+    (tmp_path / "www").mkdir()
+    handler = functools.partial(QuietFiles, directory=str(tmp_path / "www"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    yield tmp_path / "www", f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+class QuietFiles(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@needs_cv2
+def test_a_video_file_over_http_is_a_file_every_frame_once_and_a_normal_end(color_model, web_server, tmp_path,
+                                                                              capsys):
+    www, url = web_server
+    write_clip(www / "clip.avi", color_frames())
+    reader = run(f"{url}/clip.avi", *onnx_flags(color_model), "--csv", tmp_path / "out.csv", "--max-frames", "60")
+    rows = csv_rows(tmp_path / "out.csv")[1:]
+    assert [int(r[0]) for r in rows] == list(range(30)) and reader.lost is None
+    assert [float(r[1]) for r in rows] == pytest.approx([i / 10 for i in range(30)], abs=1e-3)  # the video's time
+    assert [r[2] for r in rows] == ["blue"] * 10 + ["green"] * 10 + ["red"] * 10
+    assert "read 30 frames, predicted 30, dropped 0, skipped 0, " in capsys.readouterr().out
+
+
+@needs_cv2
+def test_a_live_source_s_first_frame_is_predicted_with_the_model_loaded_before(color_model, camera, tmp_path):
+    cam = camera(fps=5)
+    reader = run(cam.url, *onnx_flags(color_model), "--max-frames", "3", "--csv", tmp_path / "live.csv")
+    assert [int(r[0]) for r in csv_rows(tmp_path / "live.csv")[1:]] == [0, 1, 2]
+    assert (reader.read, reader.predicted, reader.dropped) == (3, 3, 0)
+
+
+@needs_cv2
+def test_reconnects_count_in_a_row_and_a_stream_that_drops_at_once_does_not_give_them_back(color_model, camera):
+    cam = camera(plan=(12,) + (2,) * 30)  # after frame 12, each connection sends two frames and hangs up
+    with pytest.raises(cli.UserError, match=r"lost http://127.0.0.1:\d+/video at frame 16; 2 reconnects in a row "
+                                            r"failed"):
+        run(cam.url, *onnx_flags(color_model), "--reconnect", "2", "--reconnect-delay", "0.05")
+    assert cam.connections == 3
 
 
 @needs_cv2
@@ -308,7 +370,7 @@ def test_stream_that_drops_is_reopened(color_model, camera, capsys):
 @needs_cv2
 def test_stream_lost_for_good_ends_in_one_line_with_everything_written(color_model, camera, tmp_path, capsys):
     cam = camera(plan=(10,))
-    with pytest.raises(cli.UserError, match=r"lost http://127.0.0.1:\d+/video at frame 10; 1 reconnects failed; "
+    with pytest.raises(cli.UserError, match=r"lost http://127.0.0.1:\d+/video at frame 10; 1 reconnects in a row failed; "
                                             r".*live.csv and .*live.mp4 hold everything up to it"):
         run(cam.url, *onnx_flags(color_model), "--reconnect", "1", "--reconnect-delay", "0.1",
             "--csv", tmp_path / "live.csv", "--save", tmp_path / "live.mp4")
@@ -344,6 +406,30 @@ def test_a_signal_leaves_a_complete_csv_and_a_playable_video(color_model, camera
     assert len(csv_rows(tmp_path / "live.csv")) == predicted + 1
     assert video_info(tmp_path / "live.mp4")[0] == predicted
     assert sorted(p.name for p in tmp_path.iterdir()) == ["live.csv", "live.mp4"]
+
+
+@needs_cv2
+def test_sigterm_acts_within_a_second_while_a_stream_stalls(color_model, camera, tmp_path):
+    """The reader thread waits in OpenCV's read for up to --timeout (10 s) on a silent stream: the stop
+    does not wait for it."""
+    cam = camera(plan=(5,), fps=20, stall=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("DISPLAY", None)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "video_predict.py"), cam.url, *map(str, onnx_flags(color_model)),
+                             "--csv", str(tmp_path / "live.csv")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        assert proc.stdout.readline().startswith("frame: ")
+        time.sleep(0.6)  # the five frames were sent in 0.25 s: the stream is silent now
+        start = time.perf_counter()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        took = time.perf_counter() - start
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM and "interrupted (SIGTERM)" in err
+    assert took < 1.5, took  # a second, and room for a loaded machine; it took 2.2 s when the stop waited
+    assert len(csv_rows(tmp_path / "live.csv")) == int(re.search(r"predicted (\d+)", out)[1]) + 1
 
 
 # ---------------------------------------------------------------- what it needs, and what not
