@@ -46,7 +46,7 @@ def main(args):
         raise cli.UserError(f"no images in {folder} (looked for {' '.join(imaging.IMG_EXTENSIONS)}"
                         f"{'' if args.recursive else '; --recursive looks in sub-folders'})")
     if args.csv:
-        files.check_output(args.csv, "CSV file", suffixes=(".csv",))
+        files.check_report(args.csv, "CSV file", suffixes=(".csv",))
     p = inference.settle(args)
     classes = p.classes
     predictor, runs_on = inference.load_predictor(p)

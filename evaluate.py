@@ -38,7 +38,7 @@ def main(args):
     outputs = {what: (Path(path), suffixes) for what, (path, suffixes) in outputs.items() if path}
     for what, (path, suffixes) in outputs.items():  # cheap reports: replaced, but never among the images
         files.check_outside(path, [folder], what)
-        files.check_output(path, what, suffixes=suffixes)
+        files.check_report(path, what, suffixes=suffixes)
     files.check_distinct({what: path for what, (path, _) in outputs.items()})
     empty = [c for i, c in enumerate(classes) if i not in set(true)]
     predictor, runs_on = inference.load_predictor(p)
@@ -66,7 +66,7 @@ def main(args):
         m = reports.final_report(result, [str(paths[i]) for i in kept], classes, confusion_png=confusion_png,
                                  predictions_csv=args.csv, errors_png=errors_png, what=folder.name)
         if args.json:
-            report = {**m, "images": len(kept), "skipped": len(skipped), "model": str(model_file), "folder": str(folder)}
+            report = {"report": files.REPORT_MARK, **m, "images": len(kept), "skipped": len(skipped), "model": str(model_file), "folder": str(folder)}
             files.atomic_write_text(args.json, json.dumps(report, indent=2, ensure_ascii=False))
             print(f"wrote {args.json}")
         return {**m, "images": len(kept), "skipped": skipped}

@@ -58,9 +58,9 @@ def main(args):
     source = sources.parse_source(args.source)  # or a one-line error, OpenCV's absence among them
     inputs = [args.source] if source.kind == "file" else []
     if args.csv:
-        files.check_output(args.csv, "CSV file", suffixes=(".csv",), inputs=inputs)
+        files.check_report(args.csv, "CSV file", suffixes=(".csv",), inputs=inputs)
     if args.save:
-        files.check_output(args.save, "video", suffixes=tuple(video.SAVE_FOURCC), inputs=inputs)
+        files.check_report(args.save, "video", suffixes=tuple(video.SAVE_FOURCC), inputs=inputs)
     # A live source is predicted one newest frame at a time (and TensorRT's engine built for that).
     p = inference.settle(args, batch_size=1 if source.live else None)
     classes = p.classes
