@@ -80,7 +80,7 @@ def check_same_data(ckpt, classes, fingerprint, s):
                             f"(--weights {path}), or put the data back")
 
 
-def checkpoint(s, state, *, model, optimizer, scheduler, scaler, ema, classes, fingerprint):
+def checkpoint(s, state, *, model, optimizer, scheduler, scaler, ema, classes, fingerprint, trained_on=None):
     """What last.pth holds: all a resumed run needs to go on exactly where this one is."""
     saved = {k: getattr(s, k) for k in settings.SAVED}
     folder = os.path.abspath(os.path.dirname(s.checkpoint))
@@ -92,7 +92,7 @@ def checkpoint(s, state, *, model, optimizer, scheduler, scaler, ema, classes, f
     return {**state.state_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "ema": ema.state_dict() if ema is not None else None, "classes": classes, "model_name": s.model,
-            "img_size": s.img_size, "settings": saved, "data": fingerprint}
+            "img_size": s.img_size, "settings": saved, "data": fingerprint, "trained_on": trained_on}
 
 
 def restore(ckpt, path, *, optimizer, scheduler, scaler, ema):

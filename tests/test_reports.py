@@ -80,3 +80,75 @@ def test_video_reports_are_marked_and_a_video_of_the_users_is_refused(tiny_run, 
     (tmp_path / "mine.csv").write_text("frame,label\n")
     refused(run_main("video_predict.py", tmp_path / "ours.mp4", *model, "--csv", tmp_path / "mine.csv"),
             tmp_path / "mine.csv", b"frame,label\n")
+
+
+# ---------------------------------------------------------------- what the model trained on
+
+def copy_tree(src, dest):
+    shutil.copytree(src, dest, copy_function=shutil.copy)  # copies, not links: other bytes on disk, same content
+    return dest
+
+
+def test_a_re_split_after_training_is_caught_by_what_the_weights_and_onnx_file_trained_on(tiny_run, tmp_path):
+    # The newcomer's path: the model trained on the plain split, then split_data.py --test-rate 0.1 --overwrite.
+    root = tmp_path / "flower_data"
+    copy_tree(tiny_run["data"] / "flower_photos", root / "flower_photos")
+    assert run_main("split_data.py", "--data-path", root).returncode == 0
+    assert run_main("split_data.py", "--data-path", root, "--test-rate", "0.1", "--overwrite").returncode == 0
+    test = sorted((root / "test").rglob("*.jpg"))
+    assert test and not any(files.shared_images(sorted((root / "train").rglob("*.jpg")), test))  # today's check: clean
+    res = run_main("evaluate.py", "--weights", tiny_run["weights"], "--data-path", root)
+    assert res.returncode == 1 and res.stderr.count("\n") == 1, res
+    assert f"all {len(test)} images of {root / 'test'} are images that {tiny_run['weights']} trained on" in res.stderr
+    # An ONNX file carries the same record under one metadata key (export_onnx.py's is checked in test_deploy.py).
+    from helpers import weights
+    held = weights.read_weights(tiny_run["weights"], "weights")[1]
+    onnx = tiny_onnx(tmp_path / "m.onnx", held)
+    res = run_main("evaluate.py", "--onnx", onnx, "--data-path", root)
+    assert res.returncode == 1 and f"are images that {onnx} trained on" in res.stderr, res
+
+
+def tiny_onnx(path, held):
+    """A 3-class "model" (the mean of each colour channel), carrying held's record as export_onnx.py writes it."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from helpers import deploy
+    graph = helper.make_graph([helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+                               helper.make_node("Flatten", ["pooled"], ["logits"])], "tiny",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # what ONNX Runtime 1.16 reads
+    info = deploy.ModelInfo(classes=held.classes, img_size=held.img_size, trained_on=held.trained_on)
+    helper.set_model_props(model, info.to_metadata())
+    onnx.save(model, str(path))
+    return path
+
+
+def test_evaluate_leaves_out_the_model_s_own_images_elsewhere_and_never_blames_another_train_set(tiny_run, tmp_path):
+    import evaluate
+    from conftest import parse
+
+    data = tiny_run["data"]
+    # A folder elsewhere: the val images (never trained on) and copies of two training images.
+    folder = copy_tree(data / "val", tmp_path / "elsewhere")
+    trained = sorted((data / "train" / "roses").glob("*.jpg"))[:2]
+    for i, path in enumerate(trained):
+        shutil.copy(path, folder / "roses" / f"renamed_{i}.jpg")
+    val = len(list((data / "val").rglob("*.jpg")))
+    # --data-path names another data set, whose train/ shares a photo with the folder but not with the model.
+    other = tmp_path / "other"
+    (other / "train" / "daisy").mkdir(parents=True)
+    shutil.copy(next((data / "val" / "daisy").glob("*.jpg")), other / "train" / "daisy" / "same.jpg")
+    result = evaluate.main(parse(evaluate, [folder, "--weights", tiny_run["weights"], "--data-path", other,
+                                            "--output-dir", tmp_path / "reports"]))
+    assert result["images"] == val
+    assert sorted(result["left_out_as_trained_on"]) == [str(folder / "roses" / f"renamed_{i}.jpg") for i in range(2)]
+    # Weights that do not say what they trained on keep today's check against --data-path's train/.
+    import torch
+    plain = tmp_path / "plain.pth"
+    torch.save(dict(torch.load(tiny_run["weights"])), plain)
+    res = run_main("evaluate.py", folder, "--weights", plain, "--class-indices", tiny_run["classes"], "--data-path",
+                   other, "--output-dir", tmp_path / "reports")
+    assert res.returncode == 1 and "shares 1 image(s) with" in res.stderr, res
