@@ -54,8 +54,10 @@ class Evaluation:
 
 def metrics(conf, classes, in_top5=None):
     """The per-class report of a confusion matrix (rows: true class), as scikit-learn's
-    classification_report computes it, with specificity, balanced accuracy and top-5 accuracy.
-    A class with no images has no recall (None, not 0) and is left out of the averages."""
+    classification_report(labels=the model's classes, zero_division=0) computes it, with specificity,
+    balanced accuracy and top-5 accuracy. A class with no images has no recall (None, not 0); the macro
+    averages are over all the model's classes, where such a value counts as 0, and balanced accuracy
+    (scikit-learn's too) is over the classes that have images."""
     conf = np.asarray(conf, dtype=np.int64)
     total = int(conf.sum())
     per_class = {}
@@ -78,14 +80,14 @@ def metrics(conf, classes, in_top5=None):
             return None
         if weighted:
             return sum(c[key] * c["support"] for c in present) / n_present
-        return sum(c[key] for c in present) / len(present)
+        return sum(c[key] or 0.0 for c in per_class.values()) / len(per_class)
 
     top5 = None
     if len(classes) > 5 and in_top5 is not None:
         top5 = float(np.mean(in_top5)) if len(in_top5) else None
     return {
         "accuracy": int(np.trace(conf)) / total if total else None,
-        "balanced_accuracy": average("recall", False),
+        "balanced_accuracy": sum(c["recall"] for c in present) / len(present) if present else None,
         "top5_accuracy": top5,
         "per_class": per_class,
         "macro": {k: average(k, False) for k in ("precision", "recall", "f1")},
@@ -113,7 +115,8 @@ def metrics_table(m):
         lines.append(f"{'top-5 accuracy':<{width}}{'':>24}{cell(m['top5_accuracy'])}")
     missing = [name for name, c in m["per_class"].items() if not c["support"]]
     if missing:
-        lines.append(f"no images of {', '.join(missing)}: their recall is missing (-), not 0")
+        lines.append(f"no images of {', '.join(missing)}: their recall is missing (-), not 0; the macro averages are "
+                     f"over the model's {len(m['per_class'])} classes, where it counts as 0 (scikit-learn's labels=)")
     return "\n".join(lines)
 
 

@@ -2,6 +2,7 @@
 the model's classes."""
 import shutil
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -152,3 +153,27 @@ def test_evaluate_leaves_out_the_model_s_own_images_elsewhere_and_never_blames_a
     res = run_main("evaluate.py", folder, "--weights", plain, "--class-indices", tiny_run["classes"], "--data-path",
                    other, "--output-dir", tmp_path / "reports")
     assert res.returncode == 1 and "shares 1 image(s) with" in res.stderr, res
+
+
+# ---------------------------------------------------------------- macro averages over the model's classes
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")  # scikit-learn's, about tulips
+def test_macro_averages_are_over_the_model_s_classes_as_scikit_learn_s_labels():
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    from helpers import reports
+
+    classes = ["daisy", "roses", "tulips", "lilies"]  # tulips: no images, but predicted; lilies: neither
+    true = [0] * 5 + [1] * 4
+    pred = [0, 0, 0, 1, 2, 1, 1, 0, 2]
+    result = reports.Evaluation(index=None, true=np.array(true), pred=np.array(pred), prob=None, losses=None,
+                                in_top5=None, num_classes=len(classes))
+    m = result.metrics(classes)
+    ref = sklearn_metrics.classification_report(true, pred, labels=range(len(classes)), target_names=classes,
+                                                output_dict=True, zero_division=0)
+    for avg in ("macro", "weighted"):
+        for k in ("precision", "recall", "f1"):
+            assert m[avg][k] == pytest.approx(ref[f"{avg} avg"][k if k != "f1" else "f1-score"]), (avg, k)
+    assert m["balanced_accuracy"] == pytest.approx(sklearn_metrics.balanced_accuracy_score(true, pred))
+    assert m["per_class"]["tulips"]["recall"] is None and m["per_class"]["tulips"]["support"] == 0
+    table = reports.metrics_table(m)
+    assert "macro avg" in table and "over the model's 4 classes" in table and "tulips, lilies" in table
