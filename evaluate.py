@@ -48,9 +48,10 @@ def main(args):
     with files.locked(out_dir, "evaluate.py writing its reports"):
         print(f"evaluating {model_file} on {len(paths)} images of {folder} ({runs_on})")
         if left_out:
+            named = ", ".join(map(str, left_out[:3])) + (" ..." if len(left_out) > 3 else "")
             print(f"warning: left out {len(left_out)} of the {len(left_out) + len(paths)} images of {folder}: "
-                  f"{model_file} trained on them ({', '.join(map(str, left_out[:3]))}{' ...' if len(left_out) > 3 else ''}"
-                  f"); the numbers below are on the other {len(paths)}", file=sys.stderr)
+                  f"{model_file} trained on them ({named}); the numbers below are on the other {len(paths)}",
+                  file=sys.stderr)
         if empty:
             print(f"warning: {folder} has no images of {', '.join(empty)}: their recall is missing", file=sys.stderr)
         kept, probs, skipped = [], [], [str(p) for p in not_regular]
@@ -99,9 +100,9 @@ def leave_out_trained(folder, paths, true, train, p):
         return paths, true, []
     seen = set(reports.seen_in_training(p.trained_on, paths, p.model_file))
     if len(seen) == len(paths):
-        raise cli.UserError(f"all {len(paths)} images of {folder} are images that {p.model_file} trained on (a re-split "
-                            "after training, or copies): its accuracy there says nothing about new photos; train "
-                            "again on the new train/, or evaluate a folder of photos it never saw")
+        raise cli.UserError(f"all {len(paths)} images of {folder} are images that {p.model_file} trained on (a "
+                            "re-split after training, or copies): its accuracy there says nothing about new photos; "
+                            "train again on the new train/, or evaluate a folder of photos it never saw")
     kept = [i for i, path in enumerate(paths) if path not in seen]
     return [paths[i] for i in kept], [true[i] for i in kept], sorted(seen)
 
@@ -157,9 +158,10 @@ def get_args_parser(add_help=True):
                    help="folder of class sub-folders (default: <data-path>/test when there, else <data-path>/val)")
     p.add_argument("--data-path", default="data_set/flower_data", help="train.py's data folder (default: %(default)s)")
     p.add_argument("--batch-size", type=cli.batch_size_arg, default=16, help="images per batch (default: %(default)s)")
-    p.add_argument("--json", default=None, metavar="PATH", help="also write every number here (replaced if there)")
+    p.add_argument("--json", default=None, metavar="PATH",
+                   help="also write every number here (replaces only an earlier report)")
     p.add_argument("--csv", default=None, metavar="PATH",
-                   help="also write path,true,predicted,prob,correct for every image (replaced if there)")
+                   help="also write path,true,predicted,prob,correct for every image (replaces only an earlier report)")
     p.add_argument("--output-dir", default=None,
                    help="where <folder>_confusion_matrix.png and <folder>_errors.png go (default: beside the model)")
     inference.add_model_args(p)

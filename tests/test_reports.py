@@ -22,21 +22,21 @@ def refused(result, path, before):
 # ---------------------------------------------------------------- reports replace only their own kind
 
 def test_a_report_path_on_a_file_that_is_not_that_report_is_refused_in_every_script(tiny_run, tmp_path):
-    weights, data = tiny_run["weights"], tiny_run["data"]
-    model = ["--weights", weights]
-    victims = {"class_indices.json": tiny_run["classes"].read_bytes(), ".split.json": (data / ".split.json").read_bytes(),
-               "labels.csv": b"path,label\nmine.jpg,daisy\n", "photo.jpg": next(data.rglob("*.jpg")).read_bytes(),
-               "curves.png": next(data.rglob("*.jpg")).read_bytes()}
+    data, photo = tiny_run["data"], next(tiny_run["data"].rglob("*.jpg"))
+    model = ["--weights", tiny_run["weights"]]
+    evaluate = ["evaluate.py", data / "val", *model, "--data-path", data, "--output-dir", tmp_path / "figs"]
+    victims = {"class_indices.json": tiny_run["classes"].read_bytes(),
+               ".split.json": (data / ".split.json").read_bytes(),
+               "labels.csv": b"path,label\nmine.jpg,daisy\n", "photo.jpg": photo.read_bytes(),
+               "curves.png": photo.read_bytes()}
     for name, content in victims.items():
         (tmp_path / name).write_bytes(content)
     v = {name: tmp_path / name for name in victims}
     for flag, name in (("--json", "class_indices.json"), ("--json", ".split.json"), ("--csv", "labels.csv")):
-        refused(run_main("evaluate.py", data / "val", *model, "--data-path", data, "--json", tmp_path / "e.json", flag, v[name]),
-                v[name], victims[name])
+        refused(run_main(*evaluate, flag, v[name]), v[name], victims[name])
     refused(run_main("batch_predict.py", data / "val" / "daisy", *model, "--csv", v["labels.csv"]),
             v["labels.csv"], victims["labels.csv"])
-    refused(run_main("predict.py", next(data.rglob("*.jpg")), *model, "--save-fig", v["photo.jpg"]),
-            v["photo.jpg"], victims["photo.jpg"])
+    refused(run_main("predict.py", photo, *model, "--save-fig", v["photo.jpg"]), v["photo.jpg"], victims["photo.jpg"])
     # A report folder: train.py's curves.png there is a photo of the user's (a PNG that matplotlib did not draw).
     Image.open(v["curves.png"]).save(v["curves.png"])
     victims["curves.png"] = v["curves.png"].read_bytes()
@@ -49,10 +49,9 @@ def test_a_report_path_on_a_file_that_is_not_that_report_is_refused_in_every_scr
 
     # Their own reports, from an earlier run, they replace.
     for _ in range(2):
-        ok = run_main("evaluate.py", data / "val", *model, "--data-path", data, "--json", tmp_path / "e.json", "--csv", tmp_path / "e.csv",
-                      "--output-dir", tmp_path / "figs")
+        ok = run_main(*evaluate, "--json", tmp_path / "e.json", "--csv", tmp_path / "e.csv")
         assert ok.returncode == 0, ok.stderr
-        ok = run_main("predict.py", next(data.rglob("*.jpg")), *model, "--save-fig", tmp_path / "p.jpg")
+        ok = run_main("predict.py", photo, *model, "--save-fig", tmp_path / "p.jpg")
         assert ok.returncode == 0, ok.stderr
     for name in ("e.json", "e.csv", "p.jpg", "figs/val_confusion_matrix.png"):
         assert files.is_our_report(tmp_path / name), name
