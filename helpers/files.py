@@ -105,8 +105,9 @@ def check_report(path, what, suffixes=None, inputs=()):
     the user's own CSV)."""
     path = check_output(path, what, overwrite=True, suffixes=suffixes, inputs=inputs)
     if path.exists() and not is_our_report(path):
-        raise cli.UserError(f"{path} is there and is not a {what} that these scripts wrote (weights, class indices, "
-                            "the split record, a file of yours?); give another path, or move that file away first")
+        raise cli.UserError(f"{path} is there and is not a report that these scripts wrote (weights, class indices, "
+                            f"the split record, a file of yours?), so the {what} will not replace it; give another "
+                            "path, or move that file away first")
     return path
 
 

@@ -281,9 +281,9 @@ def video_writer(path, size, fps):
             jobs.put(None)
             thread.join()
             out.release()
-        files.mark_video(tmp)
         if failed or (written[0] and tmp.stat().st_size == 0):
             raise cli.UserError(f"cannot write video {path} (is the disk full?); it was left as it was")
+        files.mark_video(tmp)
 
 
 class Window:
