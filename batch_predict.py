@@ -24,7 +24,7 @@ def get_args_parser(add_help=True):
     p.add_argument("--recursive", action="store_true", help="include images in sub-folders")
     p.add_argument("--topk", type=cli.positive_int, default=1, help="classes to report per image (default: %(default)s)")
     p.add_argument("--csv", default=None, metavar="PATH",
-                   help="also write path, top-k classes and probabilities here (replaced if there)")
+                   help="also write path, top-k classes and probabilities here (replaces only an earlier report)")
     inference.add_model_args(p)
     inference.add_min_prob_arg(p)
     return inference.add_runtime_args(p)
@@ -46,7 +46,7 @@ def main(args):
         raise cli.UserError(f"no images in {folder} (looked for {' '.join(imaging.IMG_EXTENSIONS)}"
                         f"{'' if args.recursive else '; --recursive looks in sub-folders'})")
     if args.csv:
-        files.check_output(args.csv, "CSV file", suffixes=(".csv",))
+        files.check_report(args.csv, "CSV file", suffixes=(".csv",))
     p = inference.settle(args)
     classes = p.classes
     predictor, runs_on = inference.load_predictor(p)

@@ -29,7 +29,7 @@ def main(args):
     p = inference.settle(args)
     classes = p.classes
     paths, true, not_regular = folder_images(folder, classes, p.class_source)
-    check_apart_from_train(folder, paths, Path(args.data_path) / "train")
+    paths, true, left_out = leave_out_trained(folder, paths, true, Path(args.data_path) / "train", p)
     model_file = Path(p.model_file)
     out_dir = Path(args.output_dir or model_file.parent)
     confusion_png, errors_png = out_dir / f"{folder.name}_confusion_matrix.png", out_dir / f"{folder.name}_errors.png"
@@ -38,7 +38,7 @@ def main(args):
     outputs = {what: (Path(path), suffixes) for what, (path, suffixes) in outputs.items() if path}
     for what, (path, suffixes) in outputs.items():  # cheap reports: replaced, but never among the images
         files.check_outside(path, [folder], what)
-        files.check_output(path, what, suffixes=suffixes)
+        files.check_report(path, what, suffixes=suffixes)
     files.check_distinct({what: path for what, (path, _) in outputs.items()})
     empty = [c for i, c in enumerate(classes) if i not in set(true)]
     predictor, runs_on = inference.load_predictor(p)
@@ -47,6 +47,11 @@ def main(args):
     # (a training run may be writing its own reports there).
     with files.locked(out_dir, "evaluate.py writing its reports"):
         print(f"evaluating {model_file} on {len(paths)} images of {folder} ({runs_on})")
+        if left_out:
+            named = ", ".join(map(str, left_out[:3])) + (" ..." if len(left_out) > 3 else "")
+            print(f"warning: left out {len(left_out)} of the {len(left_out) + len(paths)} images of {folder}: "
+                  f"{model_file} trained on them ({named}); the numbers below are on the other {len(paths)}",
+                  file=sys.stderr)
         if empty:
             print(f"warning: {folder} has no images of {', '.join(empty)}: their recall is missing", file=sys.stderr)
         kept, probs, skipped = [], [], [str(p) for p in not_regular]
@@ -66,10 +71,11 @@ def main(args):
         m = reports.final_report(result, [str(paths[i]) for i in kept], classes, confusion_png=confusion_png,
                                  predictions_csv=args.csv, errors_png=errors_png, what=folder.name)
         if args.json:
-            report = {**m, "images": len(kept), "skipped": len(skipped), "model": str(model_file), "folder": str(folder)}
+            report = {"report": files.REPORT_MARK, **m, "images": len(kept), "skipped": len(skipped),
+                      "left_out_as_trained_on": len(left_out), "model": str(model_file), "folder": str(folder)}
             files.atomic_write_text(args.json, json.dumps(report, indent=2, ensure_ascii=False))
             print(f"wrote {args.json}")
-        return {**m, "images": len(kept), "skipped": skipped}
+        return {**m, "images": len(kept), "skipped": skipped, "left_out_as_trained_on": [str(p) for p in left_out]}
 
 
 def default_folder(data_path):
@@ -78,15 +84,33 @@ def default_folder(data_path):
     return test if test.is_dir() else Path(data_path) / "val"
 
 
-def check_apart_from_train(folder, paths, train):
-    """The honest number is measured on photos the model never trained on: a folder that shares
-    images with train/ (a link to it, hard links, copies) is refused; train/ itself, asked for by
-    name, is evaluated with a note."""
-    if not train.is_dir():
-        return
+def leave_out_trained(folder, paths, true, train, p):
+    """(paths, true, left out): the honest number is measured on photos the model never trained on.
+    A model that knows what it trained on (train.py's weights and checkpoints, export_onnx.py's files)
+    has those photos left out, named, wherever they are (a re-split after training, copies elsewhere);
+    it scores the rest, so that the number is the honest one, and refuses a folder with nothing left.
+    Older files are checked against --data-path's train/ instead. train/ itself, asked for by name,
+    is evaluated whole, with a note."""
     if os.path.abspath(folder) == os.path.abspath(train):
         print(f"note: {folder} is the training folder: this is the accuracy on photos the model trained on",
               file=sys.stderr)
+        return paths, true, []
+    if p.trained_on is None:
+        check_apart_from_train(folder, paths, train)
+        return paths, true, []
+    seen = set(reports.seen_in_training(p.trained_on, paths, p.model_file))
+    if len(seen) == len(paths):
+        raise cli.UserError(f"all {len(paths)} images of {folder} are images that {p.model_file} trained on (a "
+                            "re-split after training, or copies): its accuracy there says nothing about new photos; "
+                            "train again on the new train/, or evaluate a folder of photos it never saw")
+    kept = [i for i, path in enumerate(paths) if path not in seen]
+    return [paths[i] for i in kept], [true[i] for i in kept], sorted(seen)
+
+
+def check_apart_from_train(folder, paths, train):
+    """For a model file that does not say what it trained on: a folder that shares images with
+    --data-path's train/ (a link to it, hard links, copies) is refused."""
+    if not train.is_dir():
         return
     if folder.resolve() == train.resolve():
         raise cli.UserError(f"{folder} is {train} (through a link): the accuracy would be measured on photos the model "
@@ -134,9 +158,10 @@ def get_args_parser(add_help=True):
                    help="folder of class sub-folders (default: <data-path>/test when there, else <data-path>/val)")
     p.add_argument("--data-path", default="data_set/flower_data", help="train.py's data folder (default: %(default)s)")
     p.add_argument("--batch-size", type=cli.batch_size_arg, default=16, help="images per batch (default: %(default)s)")
-    p.add_argument("--json", default=None, metavar="PATH", help="also write every number here (replaced if there)")
+    p.add_argument("--json", default=None, metavar="PATH",
+                   help="also write every number here (replaces only an earlier report)")
     p.add_argument("--csv", default=None, metavar="PATH",
-                   help="also write path,true,predicted,prob,correct for every image (replaced if there)")
+                   help="also write path,true,predicted,prob,correct for every image (replaces only an earlier report)")
     p.add_argument("--output-dir", default=None,
                    help="where <folder>_confusion_matrix.png and <folder>_errors.png go (default: beside the model)")
     inference.add_model_args(p)

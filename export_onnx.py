@@ -276,7 +276,7 @@ def main(args):
 
     # Export to a temporary file; it becomes `out` only once ONNX Runtime agrees with PyTorch (and,
     # with --int8, the INT8 file passed too), with what prediction needs in its metadata.
-    info = deploy.ModelInfo(classes=classes, img_size=p.img_size, architecture=p.model)
+    info = deploy.ModelInfo(classes=classes, img_size=p.img_size, architecture=p.model, trained_on=p.trained_on)
     # The folder is held while the model files are written, so that no other export writes there.
     with files.locked(out.parent, f"an export writing {out}"), files.atomic_path(out) as tmp:
         try:

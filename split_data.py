@@ -378,6 +378,7 @@ def main(args):
     targets = [data_root / side for side in SIDES]
     to_remove = check_targets(targets, source, args.overwrite)
     files.check_writable_dir(data_root, "split")
+    files.check_report(data_root / "split.png", "split figure")
     if args.download:
         url = files.as_url(args.url)
         sha = None if (args.sha256 or "").lower() == "none" else (

@@ -81,9 +81,10 @@ def main(args):
                                         label_smoothing=s.label_smoothing)
         step = training.Step(criterion, optimizer, scheduler, scaler, s, env, state, ema,
                              mixer=data.batch_mixer(s, len(classes)))
-        trained_with = weights.TrainedWith(classes=classes, img_size=s.img_size, architecture=s.model)
+        trained_with = weights.TrainedWith(classes=classes, img_size=s.img_size, architecture=s.model,
+                                           trained_on=reports.trained_on(p for p, _ in train_set.samples))
         parts = dict(model=model_without_ddp, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema,
-                     classes=classes, fingerprint=fingerprint)
+                     classes=classes, fingerprint=fingerprint, trained_on=trained_with.trained_on)
         best_val = None  # the val predictions of the best weights, when this run saved them
         with checkpoints.saved_on_failure(s, state, env, parts):  # a signal, out of memory, a lost worker, NaN
             while state.epoch < s.epochs:

@@ -65,9 +65,9 @@ def main(args):
     source = sources.parse_source(args.source)  # or a one-line error, OpenCV's absence among them
     inputs = [args.source] if source.kind == "file" else []
     if args.csv:
-        files.check_output(args.csv, "CSV file", suffixes=(".csv",), inputs=inputs)
+        files.check_report(args.csv, "CSV file", suffixes=(".csv",), inputs=inputs)
     if args.save:
-        files.check_output(args.save, "video", suffixes=tuple(video.SAVE_FOURCC), inputs=inputs)
+        files.check_report(args.save, "video", suffixes=tuple(video.SAVE_FOURCC), inputs=inputs)
     if args.collect and not args.serve:
         raise cli.UserError("--collect saves frames from the page of --serve; add --serve PORT")
     # A live source is predicted one newest frame at a time (and TensorRT's engine built for that).

@@ -80,7 +80,7 @@ def check_same_data(ckpt, classes, fingerprint, s):
                             f"(--weights {path}), or put the data back")
 
 
-def checkpoint(s, state, *, model, optimizer, scheduler, scaler, ema, classes, fingerprint):
+def checkpoint(s, state, *, model, optimizer, scheduler, scaler, ema, classes, fingerprint, trained_on=None):
     """What last.pth holds: all a resumed run needs to go on exactly where this one is."""
     saved = {k: getattr(s, k) for k in settings.SAVED}
     folder = os.path.abspath(os.path.dirname(s.checkpoint))
@@ -92,7 +92,7 @@ def checkpoint(s, state, *, model, optimizer, scheduler, scaler, ema, classes, f
     return {**state.state_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "ema": ema.state_dict() if ema is not None else None, "classes": classes, "model_name": s.model,
-            "img_size": s.img_size, "settings": saved, "data": fingerprint}
+            "img_size": s.img_size, "settings": saved, "data": fingerprint, "trained_on": trained_on}
 
 
 def restore(ckpt, path, *, optimizer, scheduler, scaler, ema):
@@ -188,7 +188,7 @@ def check_run_files(s, classes, resumed):
     files.check_writable_dir(s.output_dir, "reports")
     written = {name: Path(s.output_dir) / name for name in reports.RUN_REPORTS}
     for name, path in written.items():
-        files.check_output(path, name)
+        files.check_report(path, name)
     if s.eval_only:
         return
     files.check_distinct({"--save-path": s.save_path, "--checkpoint": s.checkpoint, "--class-indices": s.class_indices,
@@ -198,7 +198,7 @@ def check_run_files(s, classes, resumed):
     start = [s.weights] if s.start == "file" and not resumed else []
     for path, what in ((s.save_path, "best weights"), (s.checkpoint, "checkpoint")):
         files.check_outside(path, image_folders, what)
-        files.check_output(path, what, suffixes=(".pth", ".pt"), inputs=start)
+        files.check_output(path, what, overwrite=True, suffixes=(".pth", ".pt"), inputs=start)
         if Path(path).exists() and not mine:
             # --resume is offered only when there is a checkpoint to resume.
             resume = f"--resume {s.checkpoint} continues it, " if Path(s.checkpoint).is_file() else ""

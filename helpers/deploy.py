@@ -40,13 +40,14 @@ class ModelInfo:
     val_images: int = None
     fp32_val_accuracy: float = None  # an INT8 file: the fp32 model's, on the same images
     int8_for: str = None  # an INT8 file: "cpu" or "tensorrt"
+    trained_on: str = None  # the train set's fingerprint (reports.trained_on), for evaluate.py
 
     def to_metadata(self):
         """{key: text} for onnx.helper.set_model_props: plain text, JSON for the lists."""
         meta = {"metadata_version": META_VERSION, "classes": json.dumps(list(self.classes)),
                 "img_size": str(self.img_size), "resize": str(int(round(self.img_size / 0.875))),
                 "mean": json.dumps(list(self.mean)), "std": json.dumps(list(self.std))}
-        for key in ("architecture", "val_accuracy", "val_images", "fp32_val_accuracy", "int8_for"):
+        for key in ("architecture", "val_accuracy", "val_images", "fp32_val_accuracy", "int8_for", "trained_on"):
             value = getattr(self, key)
             if value is not None:
                 meta[key] = f"{value:.6f}" if isinstance(value, float) else str(value)
@@ -72,7 +73,8 @@ class ModelInfo:
                 return kind(meta[key]) if key in meta else None
             info = cls(classes=classes, img_size=img_size, mean=mean, std=std, architecture=meta.get("architecture"),
                        val_accuracy=number("val_accuracy", float), val_images=number("val_images", int),
-                       fp32_val_accuracy=number("fp32_val_accuracy", float), int8_for=meta.get("int8_for"))
+                       fp32_val_accuracy=number("fp32_val_accuracy", float), int8_for=meta.get("int8_for"),
+                       trained_on=meta.get("trained_on"))
         except (KeyError, ValueError, TypeError, RecursionError) as e:
             raise cli.UserError(f"{path} holds damaged metadata ({type(e).__name__}: {cli.first_line(e, 80)}); "
                                 "export it again with export_onnx.py") from None

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import secrets
+import struct
 import sys
 import tempfile
 import time
@@ -92,9 +93,10 @@ def check_writable_dir(folder, what="output"):
         raise cli.UserError(f"cannot write the {what} in {folder}: {e.strerror or e} ({probe})") from None
 
 
-def check_output(path, what, overwrite=True, flag="--overwrite", same_content=None, suffixes=None, inputs=()):
+def check_output(path, what, overwrite=False, flag="--overwrite", same_content=None, suffixes=None, inputs=()):
     """Check, before any work, that `path` can be written. overwrite=False refuses an existing file
-    unless it holds `same_content` already. inputs: files of the run, which it must not write over."""
+    unless it holds `same_content` already. inputs: files of the run, which it must not write over.
+    A cheap report is checked with check_report instead."""
     path = Path(path)
     check_name_fits(path, what)
     if path.is_dir():
@@ -112,6 +114,60 @@ def check_output(path, what, overwrite=True, flag="--overwrite", same_content=No
         raise cli.UserError(f"{path} already exists; {flag} replaces it, or choose another path for the {what}")
     check_writable_dir(path.parent, what)
     return path
+
+
+def check_report(path, what, suffixes=None, inputs=()):
+    """check_output for a cheap report (CSV, JSON, figure, video): it replaces an earlier report of its
+    kind that these scripts wrote, and nothing else (weights, class indices, the split record, a photo,
+    the user's own CSV)."""
+    path = check_output(path, what, overwrite=True, suffixes=suffixes, inputs=inputs)
+    if path.exists() and not is_our_report(path):
+        raise cli.UserError(f"{path} is there and is not a report that these scripts wrote (weights, class indices, "
+                            f"the split record, a file of yours?), so the {what} will not replace it; give another "
+                            "path, or move that file away first")
+    return path
+
+
+# The first columns of every CSV the scripts write (history.csv, predictions, video frames). atomic_csv
+# writes no other, so that check_report knows each of them again.
+CSV_HEADS = (("epoch", "train_loss", "train_acc"), ("path", "true", "predicted"), ("path", "class", "prob"),
+             ("path", "prediction", "class"), ("frame", "time_s", "class"), ("frame", "time_s", "prediction"))
+REPORT_MARK = "resnet flowers: report"  # evaluate.py's JSON holds {"report": REPORT_MARK}; videos end in it
+
+
+def is_our_report(path):
+    """Whether `path` is a report of its suffix's kind that these scripts wrote: a CSV with one of
+    CSV_HEADS, a JSON object marked {"report": REPORT_MARK}, a video ending in the mark (mark_video), a
+    figure that names matplotlib (PNG's Software, PDF's Creator, SVG's metadata; plots.save_figure's JPEG)."""
+    suffix, window = Path(path).suffix.lower(), 1 << 16
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(window)
+            f.seek(max(0, size - window))
+            tail = f.read()
+            if suffix == ".json" and size < (64 << 20):
+                f.seek(0)
+                return json.loads(f.read().decode("utf-8")).get("report") == REPORT_MARK
+    except (OSError, ValueError, AttributeError, RecursionError):  # unreadable, not JSON, not an object
+        return False
+    if suffix == ".csv":
+        header = next(csv.reader([head.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", "replace")]), [])
+        return tuple(header[:3]) in CSV_HEADS
+    if suffix in (".mp4", ".avi"):
+        return tail.rstrip(b"\0").endswith(REPORT_MARK.encode())
+    return suffix in (".png", ".jpg", ".jpeg", ".pdf", ".svg") and b"matplotlib" in (head + tail).lower()
+
+
+def mark_video(path):
+    """End a finished MP4 or AVI with REPORT_MARK, in a box or chunk that players skip (MP4's `free`,
+    AVI's `JUNK`), so that the next run knows the file as its own report."""
+    mark = REPORT_MARK.encode()
+    mark += b"\0" * (len(mark) % 2)  # RIFF chunks have an even size
+    box = struct.pack(">I4s", 8 + len(mark), b"free") if Path(path).suffix.lower() == ".mp4" else \
+        struct.pack("<4sI", b"JUNK", len(mark))
+    with open(path, "ab") as f:
+        f.write(box + mark)
 
 
 def check_name_fits(path, what):
@@ -237,6 +293,8 @@ def atomic_write_text(path, text):
 def atomic_csv(path, header):
     """A csv.writer with its header written, renamed onto `path` at the end (atomic_path). UTF-8 in any
     locale; a file name that is not UTF-8 is written as the bytes it is."""
+    if tuple(header[:3]) not in CSV_HEADS:
+        raise ValueError(f"add the CSV header {header[:3]} to files.CSV_HEADS, so that check_report knows it")
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         writer = csv.writer(f)
         writer.writerow(header)

@@ -89,6 +89,7 @@ class Prediction:
     trt_cache: str = None
     batch_size: int = 16
     workers: int = None
+    trained_on: str = None  # the fingerprint of the images the model trained on, when its file carries one
     metadata: dict = dataclasses.field(default=None, compare=False, repr=False)  # the ONNX file's
     session: object = dataclasses.field(default=None, compare=False, repr=False)  # its ONNX Runtime session
 
@@ -142,7 +143,8 @@ def settle(args, batch_size=None):
     else:
         classes, source = classes_beside(args.class_indices, model_path, onnx_file)
     return Prediction(model=args.model or architecture or DEFAULT_MODEL, classes=classes, class_source=source,
-                      img_size=info.img_size if info else args.img_size or 224, **run)
+                      img_size=info.img_size if info else args.img_size or 224,
+                      trained_on=info.trained_on if info else None, **run)
 
 
 def classes_beside(class_indices, model_path, onnx_file):

@@ -51,8 +51,17 @@ def new_figure(**kwargs):
 
 
 def save_figure(fig, path, dpi=100):
+    fmt = Path(path).suffix.lower().lstrip(".") or "png"
+    # A JPEG names matplotlib too, as PNG, PDF and SVG do, so that files.check_report knows it next time.
+    jpeg = {}
+    if fmt in ("jpg", "jpeg"):
+        from PIL import Image
+
+        exif = Image.Exif()
+        exif[0x0131] = "Matplotlib"  # EXIF's Software tag
+        jpeg = {"pil_kwargs": {"exif": exif.tobytes()}}
     with files.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, format=Path(path).suffix.lstrip(".") or "png")
+        fig.savefig(tmp, dpi=dpi, format=fmt, **jpeg)
     return path
 
 

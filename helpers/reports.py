@@ -1,10 +1,13 @@
 """What a run reports, without PyTorch: history.csv, the predictions of a folder (Evaluation), the
-per-class table, val_predictions.csv and the final report's figures."""
+per-class table, val_predictions.csv and the final report's figures; what a model trained on."""
+import base64
 import dataclasses
+import hashlib
+import os
 
 import numpy as np
 
-from helpers import files, plots
+from helpers import cli, files, plots
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_balanced_acc", "val_macro_f1",
                   "val_acc_ema", "lr", "seconds", "images_per_s", "peak_mem_mb")
@@ -51,8 +54,10 @@ class Evaluation:
 
 def metrics(conf, classes, in_top5=None):
     """The per-class report of a confusion matrix (rows: true class), as scikit-learn's
-    classification_report computes it, with specificity, balanced accuracy and top-5 accuracy.
-    A class with no images has no recall (None, not 0) and is left out of the averages."""
+    classification_report(labels=the model's classes, zero_division=0) computes it, with specificity,
+    balanced accuracy and top-5 accuracy. A class with no images has no recall (None, not 0); the macro
+    averages are over all the model's classes, where such a value counts as 0, and balanced accuracy
+    (scikit-learn's too) is over the classes that have images."""
     conf = np.asarray(conf, dtype=np.int64)
     total = int(conf.sum())
     per_class = {}
@@ -75,14 +80,14 @@ def metrics(conf, classes, in_top5=None):
             return None
         if weighted:
             return sum(c[key] * c["support"] for c in present) / n_present
-        return sum(c[key] for c in present) / len(present)
+        return sum(c[key] or 0.0 for c in per_class.values()) / len(per_class)
 
     top5 = None
     if len(classes) > 5 and in_top5 is not None:
         top5 = float(np.mean(in_top5)) if len(in_top5) else None
     return {
         "accuracy": int(np.trace(conf)) / total if total else None,
-        "balanced_accuracy": average("recall", False),
+        "balanced_accuracy": sum(c["recall"] for c in present) / len(present) if present else None,
         "top5_accuracy": top5,
         "per_class": per_class,
         "macro": {k: average(k, False) for k in ("precision", "recall", "f1")},
@@ -110,7 +115,8 @@ def metrics_table(m):
         lines.append(f"{'top-5 accuracy':<{width}}{'':>24}{cell(m['top5_accuracy'])}")
     missing = [name for name, c in m["per_class"].items() if not c["support"]]
     if missing:
-        lines.append(f"no images of {', '.join(missing)}: their recall is missing (-), not 0")
+        lines.append(f"no images of {', '.join(missing)}: their recall is missing (-), not 0; the macro averages are "
+                     f"over the model's {len(m['per_class'])} classes, where it counts as 0 (scikit-learn's labels=)")
     return "\n".join(lines)
 
 
@@ -147,3 +153,58 @@ def final_report(result, paths, classes, *, confusion_png, predictions_csv, erro
     written = [str(p) for p in (confusion_png, predictions_csv, errors_png) if p]
     print(f"wrote {', '.join(written[:-1])} and {written[-1]} ({len(errors)} misclassified)")
     return m
+
+
+# ---------------------------------------------------------------- what a model trained on
+
+# The weights, the checkpoint and the ONNX file carry `trained_on`: a short hash of each training image's
+# content, sorted, in base64 after a version. 6 bytes each: 100,000 images take 800 kB of text, and an
+# image the model never saw matches one of them by chance with odds of about 1 in 3 billion.
+TRAINED_ON_VERSION = "v1:"
+HASH_BYTES = 6
+PART = 1 << 14  # the first and the last 16 kB of a file (all of an image of up to 32 kB)
+
+
+def content_hash(path):
+    """6 bytes of BLAKE2b over an image's size, its first and its last 16 kB: a copy of the file,
+    wherever it lives, has the same; reading a 12 MP photo whole would make train.py's start slow."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        h = hashlib.blake2b(size.to_bytes(8, "little") + f.read(PART), digest_size=HASH_BYTES)
+        if size > 2 * PART:
+            f.seek(size - PART)
+        h.update(f.read(PART))
+    return h.digest()
+
+
+def trained_on(paths):
+    """The fingerprint of a train set's images (train.py), unreadable ones left out."""
+    hashes = set()
+    for path in paths:
+        try:
+            hashes.add(content_hash(path))
+        except OSError:
+            pass
+    return TRAINED_ON_VERSION + base64.b64encode(b"".join(sorted(hashes))).decode("ascii")
+
+
+def seen_in_training(fingerprint, paths, model_file):
+    """The paths among `paths` whose content is in a model's `trained_on` fingerprint."""
+    try:
+        if not fingerprint.startswith(TRAINED_ON_VERSION):
+            raise ValueError("unknown version")
+        raw = base64.b64decode(fingerprint[len(TRAINED_ON_VERSION):], validate=True)
+        if len(raw) % HASH_BYTES:
+            raise ValueError("a partial hash")
+    except (ValueError, AttributeError) as e:
+        raise cli.UserError(f"{model_file} holds a damaged record of the images it trained on ({e}); use the file "
+                            "that train.py or export_onnx.py wrote") from None
+    known = {raw[i:i + HASH_BYTES] for i in range(0, len(raw), HASH_BYTES)}
+    seen = []
+    for path in paths:
+        try:
+            if content_hash(path) in known:
+                seen.append(path)
+        except OSError:
+            pass  # unreadable: prediction skips and names it
+    return seen

@@ -300,6 +300,7 @@ def video_writer(path, size, fps):
             out.release()
         if failed or (written[0] and tmp.stat().st_size == 0):
             raise cli.UserError(f"cannot write video {path} (is the disk full?); it was left as it was")
+        files.mark_video(tmp)
 
 
 class Window:

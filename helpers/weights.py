@@ -86,6 +86,7 @@ class TrainedWith:
     classes: list
     img_size: int
     architecture: str = None
+    trained_on: str = None  # the train set's fingerprint (reports.trained_on), for evaluate.py
 
 
 def with_info(state_dict, held):
@@ -94,7 +95,7 @@ def with_info(state_dict, held):
         state_dict = collections.OrderedDict(state_dict)
         state_dict._metadata = collections.OrderedDict()
     state_dict._metadata[INFO_KEY] = {"version": 1, "classes": list(held.classes), "img_size": int(held.img_size),
-                                      "architecture": held.architecture}
+                                      "architecture": held.architecture, "trained_on": held.trained_on}
     return state_dict
 
 
@@ -102,19 +103,20 @@ def trained_with(obj, path):
     """What a weights file or a checkpoint says it was trained with, or None (the tutorial's files).
     A damaged record is refused: it can be neither trusted nor ignored."""
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "classes" in obj:  # a checkpoint
-        raw = {"classes": obj.get("classes"), "img_size": obj.get("img_size"), "architecture": obj.get("model_name")}
+        raw = {"classes": obj.get("classes"), "img_size": obj.get("img_size"), "architecture": obj.get("model_name"),
+               "trained_on": obj.get("trained_on")}
     else:
         raw = (getattr(obj, "_metadata", None) or {}).get(INFO_KEY)
         if raw is None:
             return None
-    classes, img_size, arch = (raw.get(k) if isinstance(raw, dict) else None
-                               for k in ("classes", "img_size", "architecture"))
+    classes, img_size, arch, trained_on = (raw.get(k) if isinstance(raw, dict) else None
+                                           for k in ("classes", "img_size", "architecture", "trained_on"))
     if (not isinstance(classes, list) or not classes or type(img_size) is not int or not 16 <= img_size <= 1024
-            or arch not in (None, *model_lib.MODELS)):
+            or arch not in (None, *model_lib.MODELS) or not isinstance(trained_on, (str, type(None)))):
         raise cli.UserError(f"{path} holds a damaged record of what it was trained with (classes, image size, "
                             "architecture); use the weights file train.py wrote")
     files.check_class_names(classes, f"{path}'s record of its classes")
-    return TrainedWith(classes=classes, img_size=img_size, architecture=arch)
+    return TrainedWith(classes=classes, img_size=img_size, architecture=arch, trained_on=trained_on)
 
 
 def _shapes(state_dict):

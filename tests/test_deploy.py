@@ -117,7 +117,8 @@ def test_int8_flavour_is_read_without_the_onnx_package(int8_run, trt_run, monkey
 
 # ---------------------------------------------------------------- what the ONNX file carries
 
-def test_both_files_carry_classes_size_normalisation_architecture_and_accuracy(int8_run):
+def test_both_files_carry_classes_size_normalisation_architecture_and_accuracy(int8_run, tiny_run):
+    from helpers import weights
     line = re.search(r"top-1 on (\d+) images of .*: fp32 ([\d.]+)%\s+INT8 ([\d.]+)%", int8_run["printed"])
     for name, printed in (("fp32", line[2]), ("int8", line[3])):
         meta = deploy.metadata(int8_run[name])
@@ -126,6 +127,7 @@ def test_both_files_carry_classes_size_normalisation_architecture_and_accuracy(i
         assert info.classes == ["daisy", "roses", "tulips"] and info.img_size == 32 and info.architecture == "resnet18"
         assert info.mean == imaging.MEAN and info.std == imaging.STD and info.val_images == 18
         assert info.val_accuracy == pytest.approx(float(printed) / 100, abs=1e-4)  # the figure it was checked at
+        assert meta["trained_on"] == weights.read_weights(tiny_run["weights"], "w")[1].trained_on  # reports.trained_on
     int8 = deploy.model_info(int8_run["int8"])
     assert int8.int8_for == "cpu" and int8.fp32_val_accuracy == pytest.approx(float(line[2]) / 100, abs=1e-4)
     assert deploy.model_info(int8_run["fp32"]).int8_for is None
