@@ -6,9 +6,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= data_set/flower_data
 DEMO_OUT ?= runs/demo
+DEMO_IMGS ?= data/imgs
+DEMO_PER_CLASS ?= 120
 DEMO_ARGS ?= --model resnet18 --weights none --img-size 96 --epochs 8 --batch-size 32 --opt adamw --lr 2e-3 \
   --weight-decay 0.05 --lr-scheduler cosine --warmup-epochs 1 --label-smoothing 0.1
-MODEL_ARGS = --model resnet18 --img-size 96 --weights $(DEMO_OUT)/resNet18.pth --class-indices $(DEMO_OUT)/class_indices.json
+# The weights carry their model, image size and classes: the other scripts need only --weights.
+DEMO_WEIGHTS = $(DEMO_OUT)/resNet18.pth
+DATA_FLAG = $(if $(filter data_set/flower_data,$(DATA)),,--data-path $(DATA))
 
 # Python 3.8 (JetPack 5's) for the floor when this machine has one, else the default python3.
 # (pyenv's shims answer `command -v` for versions they will not run: each candidate is tried for real.)
@@ -36,12 +40,25 @@ demo: $(VENV)/.run-deps
 	  echo "== real data set found in $(DATA)/flower_photos"; \
 	  [ -d $(DATA)/train ] || $(BIN)/python split_data.py --data-path $(DATA); \
 	else \
-	  $(BIN)/python split_data.py --demo --data-path $(DATA) --overwrite; \
+	  $(BIN)/python split_data.py --demo --data-path $(DATA) --demo-imgs $(DEMO_IMGS) \
+	    --demo-per-class $(DEMO_PER_CLASS) --overwrite; \
 	fi
-	$(BIN)/python train.py --data-path $(DATA) $(DEMO_ARGS) --save-path $(DEMO_OUT)/resNet18.pth \
+	$(BIN)/python train.py --data-path $(DATA) $(DEMO_ARGS) --save-path $(DEMO_WEIGHTS) \
 	  --class-indices $(DEMO_OUT)/class_indices.json --overwrite
-	$(BIN)/python predict.py data/imgs/daisy.jpg $(MODEL_ARGS) --cam --save-fig $(DEMO_OUT)/predict.png
-	$(BIN)/python batch_predict.py data/imgs $(MODEL_ARGS) --csv $(DEMO_OUT)/predictions.csv
+	$(BIN)/python predict.py $(DEMO_IMGS)/daisy.jpg --weights $(DEMO_WEIGHTS) --cam --save-fig $(DEMO_OUT)/predict.png
+	$(BIN)/python batch_predict.py $(DEMO_IMGS) --weights $(DEMO_WEIGHTS) --csv $(DEMO_OUT)/predictions.csv
+	@echo ""
+	@echo "== what now: the demo's model is $(DEMO_WEIGHTS); it carries its classes, model and image size"
+	@echo "look at $(DEMO_OUT)/: curves.png, confusion_matrix.png, val_errors.png, predict.png (docs/pictures.md)"
+	@echo "predict, evaluate and export with it (or '. $(BIN)/activate', then 'python ...' as in README.md):"
+	@echo "  $(BIN)/python predict.py $(DEMO_IMGS)/tulips.jpg --weights $(DEMO_WEIGHTS)"
+	@echo "  $(BIN)/python batch_predict.py $(DEMO_IMGS) --weights $(DEMO_WEIGHTS)"
+	@echo "  $(BIN)/python evaluate.py --weights $(DEMO_WEIGHTS) $(DATA_FLAG)"
+	@echo "export needs onnx and onnxruntime (pip install -r requirements-deploy.txt does not bring onnx); once:"
+	@echo "  $(BIN)/pip install onnx onnxruntime"
+	@echo "  $(BIN)/python export_onnx.py --weights $(DEMO_WEIGHTS) $(DATA_FLAG)"
+	@echo "  $(BIN)/python batch_predict.py $(DEMO_IMGS) --onnx $(DEMO_WEIGHTS:.pth=.onnx)"
+	@echo "your own photos: data_set/README.md, then the workflow of README.md"
 
 # Only the temporary folders of failed tests are kept: pytest keeps every test's, of its last 3 sessions
 # (6 GB a session here, mostly the tiny runs' checkpoints), which fills a small disk. The 15 slowest

@@ -355,7 +355,7 @@ def download_flowers(data_root, url, sha256):
 
 
 def make_demo(source, per_class, seed, imgs_dir):
-    if not (source / "SYNTHETIC_DEMO_DATA.txt").exists():
+    if not (source / demo_data.MARKER).exists():
         print(f"generating SYNTHETIC demo flowers ({per_class} per class) in {source}")
         demo_data.make_demo_dataset(source, per_class=per_class, seed=seed)
     else:
@@ -383,7 +383,7 @@ def main(args):
         sha = None if (args.sha256 or "").lower() == "none" else (
             args.sha256 or (FLOWERS_SHA256 if args.url == FLOWERS_URL else None))
     if args.demo:
-        if source.exists() and not (source / "SYNTHETIC_DEMO_DATA.txt").exists():
+        if source.exists() and not (source / demo_data.MARKER).exists():
             raise cli.UserError(f"{source} already holds a data set; --demo will not write into it "
                                 "(use --data-path for another folder)")
         files.check_writable_dir(args.demo_imgs, "demo images")

@@ -117,7 +117,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from helpers import checkpoints, data, devices, files, memory, optim, plots, stop, training, weights
+from helpers import checkpoints, data, demo_data, devices, files, memory, optim, plots, stop, training, weights
 
 
 def main(args):
@@ -202,7 +202,8 @@ def main(args):
                           + f"  ({state.history[-1]['images_per_s']:.1f} images/s)")
                     checkpoints.save(checkpoints.checkpoint(s, state, **parts), s.checkpoint)
                     reports.write_history(state.history, Path(s.output_dir) / "history.csv")
-                    plots.plot_curves(state.history, Path(s.output_dir) / "curves.png")
+                    plots.plot_curves(state.history, Path(s.output_dir) / "curves.png",
+                                      note=demo_data.figure_note(s.data_path))
         if world.is_main:
             print("Finished Training")
 
@@ -355,7 +356,7 @@ def report(result, val_set, classes, out_dir):
     out = Path(out_dir)
     return reports.final_report(result, [path for path, _ in val_set.samples], classes,
                                 confusion_png=out / "confusion_matrix.png", predictions_csv=out / "val_predictions.csv",
-                                errors_png=out / "val_errors.png")
+                                errors_png=out / "val_errors.png", note=demo_data.figure_note(Path(val_set.root).parent))
 
 
 # ---------------------------------------------------------------- the builders
@@ -405,8 +406,10 @@ def build_model(s, env, num_classes, ckpt, start_weights=None):
     if ckpt:
         model.load_state_dict(ckpt["model"])
     elif s.start == "none":
-        if env.world.is_main:
-            print("training from scratch (use more than 20 epochs)")
+        if env.world.is_main:  # the advice is for photos: the demo's cartoons need fewer epochs
+            few = s.epochs <= 20 and not demo_data.figure_note(s.data_path)
+            print("training from scratch" + (f" for {s.epochs} epochs: photos need more than 20 from scratch (or "
+                                             "--weights imagenet)" if few else ""))
     else:
         path = s.weights if s.start == "file" else weights.imagenet_cache_path(weights.imagenet_url(s.model))
         state_dict = start_weights
