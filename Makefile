@@ -4,7 +4,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Your data set; the demo trains on it when DATA/flower_photos holds real images, else on SYNTHETIC demo
+# flowers in DEMO_DATA, apart from it (the README's workflow then downloads into DATA as if no demo ran).
 DATA ?= data_set/flower_data
+DEMO_DATA ?= data_set/demo
+REAL_DATA := $(and $(wildcard $(DATA)/flower_photos),$(if $(wildcard $(DATA)/flower_photos/SYNTHETIC_DEMO_DATA.txt),,yes))
+DEMO_PATH := $(if $(REAL_DATA),$(DATA),$(DEMO_DATA))
 DEMO_OUT ?= runs/demo
 DEMO_IMGS ?= data/imgs
 DEMO_PER_CLASS ?= 120
@@ -12,7 +17,7 @@ DEMO_ARGS ?= --model resnet18 --weights none --img-size 96 --epochs 8 --batch-si
   --weight-decay 0.05 --lr-scheduler cosine --warmup-epochs 1 --label-smoothing 0.1
 # The weights carry their model, image size and classes: the other scripts need only --weights.
 DEMO_WEIGHTS = $(DEMO_OUT)/resNet18.pth
-DATA_FLAG = $(if $(filter data_set/flower_data,$(DATA)),,--data-path $(DATA))
+DATA_FLAG = $(if $(filter data_set/flower_data,$(DEMO_PATH)),,--data-path $(DEMO_PATH))
 
 # Python 3.8 (JetPack 5's) for the floor when this machine has one, else the default python3.
 # (pyenv's shims answer `command -v` for versions they will not run: each candidate is tried for real.)
@@ -36,14 +41,14 @@ $(VENV)/.test-deps: requirements-test.txt requirements-video.txt $(VENV)/.run-de
 venv: $(VENV)/.run-deps
 
 demo: $(VENV)/.run-deps
-	@if [ -d $(DATA)/flower_photos ] && [ ! -f $(DATA)/flower_photos/SYNTHETIC_DEMO_DATA.txt ]; then \
-	  echo "== real data set found in $(DATA)/flower_photos"; \
-	  [ -d $(DATA)/train ] || $(BIN)/python split_data.py --data-path $(DATA); \
-	else \
-	  $(BIN)/python split_data.py --demo --data-path $(DATA) --demo-imgs $(DEMO_IMGS) \
-	    --demo-per-class $(DEMO_PER_CLASS) --overwrite; \
-	fi
-	$(BIN)/python train.py --data-path $(DATA) $(DEMO_ARGS) --save-path $(DEMO_WEIGHTS) \
+ifneq ($(REAL_DATA),)
+	@echo "== real data set found in $(DATA)/flower_photos"
+	[ -d $(DATA)/train ] || $(BIN)/python split_data.py --data-path $(DATA)
+else
+	$(BIN)/python split_data.py --demo --data-path $(DEMO_DATA) --demo-imgs $(DEMO_IMGS) \
+	  --demo-per-class $(DEMO_PER_CLASS) --overwrite
+endif
+	$(BIN)/python train.py --data-path $(DEMO_PATH) $(DEMO_ARGS) --save-path $(DEMO_WEIGHTS) \
 	  --class-indices $(DEMO_OUT)/class_indices.json --overwrite
 	$(BIN)/python predict.py $(DEMO_IMGS)/daisy.jpg --weights $(DEMO_WEIGHTS) --cam --save-fig $(DEMO_OUT)/predict.png
 	$(BIN)/python batch_predict.py $(DEMO_IMGS) --weights $(DEMO_WEIGHTS) --csv $(DEMO_OUT)/predictions.csv

@@ -378,6 +378,9 @@ def main(args):
     targets = [data_root / side for side in SIDES]
     to_remove = check_targets(targets, source, args.overwrite)
     files.check_writable_dir(data_root, "split")
+    if args.download and (source / demo_data.MARKER).exists():  # else "already there", and cartoons split as flowers
+        raise cli.UserError(f"{source} holds the SYNTHETIC demo flowers; delete that folder and run again to download "
+                            "the real ones (make demo keeps its own in data_set/demo)")
     if args.download:
         url = files.as_url(args.url)
         sha = None if (args.sha256 or "").lower() == "none" else (

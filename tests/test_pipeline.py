@@ -124,9 +124,10 @@ def test_make_demo_then_every_command_it_prints_works_as_printed(tmp_path):
     (venv / "bin" / "python").chmod(0o755)
     (venv / ".run-deps").touch()  # the environment is there: make installs nothing
     tiny = "--model resnet18 --weights none --img-size 32 --epochs 1 --batch-size 16 --workers 0"
-    res = subprocess.run(["make", "--no-print-directory", "demo", f"VENV={venv}", f"DATA={tmp_path / 'data'}",
-                          f"DEMO_OUT={tmp_path / 'demo'}", f"DEMO_IMGS={tmp_path / 'imgs'}", "DEMO_PER_CLASS=4",
-                          f"DEMO_ARGS={tiny}"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    res = subprocess.run(["make", "--no-print-directory", "demo", f"VENV={venv}", f"DATA={tmp_path / 'none'}",
+                          f"DEMO_DATA={tmp_path / 'data'}", f"DEMO_OUT={tmp_path / 'demo'}",
+                          f"DEMO_IMGS={tmp_path / 'imgs'}", "DEMO_PER_CLASS=4", f"DEMO_ARGS={tiny}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
     made = [json.loads(line) for line in log.read_text().splitlines()]
     assert [c[0] for c in made] == ["split_data.py", "train.py", "predict.py", "batch_predict.py"]
