@@ -64,7 +64,7 @@ def plot_curves(history, path, note=None):
     """Loss and accuracy per epoch, and the note (demo_data.figure_note) on top when given. The loss is on a
     log scale: from scratch the first epoch's val loss can be ten times the rest, and a linear axis
     would flatten every later epoch."""
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
     fig = new_figure(figsize=(10, 4.8))
     epochs = [h["epoch"] for h in history]
@@ -72,10 +72,13 @@ def plot_curves(history, path, note=None):
         for side in ("train", "val"):
             ax.plot(epochs, [h[f"{side}_{key}"] for h in history], "o-", label=side)
         ax.set(xlabel="epoch", ylabel=name, title=name)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.legend()
         ax.grid(alpha=0.3, which="both")
     fig.axes[0].set_yscale("log")
+    fig.axes[0].yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))  # 0.5, 1, 2, 5: not 5x10^-1
+    fig.axes[0].yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    fig.axes[0].yaxis.set_minor_formatter(NullFormatter())
     fig.axes[1].set_ylim(0, 1.02)
     fig.text(0.5, 0.01, TRAIN_VS_VAL, ha="center", va="bottom", fontsize=8, color="dimgray")
     if note:

@@ -110,7 +110,7 @@ def test_the_class_file_beside_the_weights_wins_over_a_stale_one_here(tiny_run, 
     assert [line.split()[1] for line in res.stdout.splitlines() if line.startswith("class: ")] == ["tulips", "roses", "daisy"]
 
 
-def test_make_demo_then_every_command_it_prints_works_as_printed(tmp_path):
+def test_make_demo_then_every_command_it_prints_works_as_printed(tmp_path, monkeypatch):
     """The newcomer's path: `make demo` (tiny here: 4 images a class, one epoch at 32 px), then each
     command of its "what now" block, as printed. make runs with a stand-in python that records each
     command; each runs then, in order, in this process (run_main: the same exit code and output as
@@ -138,12 +138,20 @@ def test_make_demo_then_every_command_it_prints_works_as_printed(tmp_path):
     printed = [c[1:] for c in printed if c[0] == f"{venv}/bin/python"]
     assert [c[0] for c in printed] == ["predict.py", "batch_predict.py", "evaluate.py", "export_onnx.py",
                                       "batch_predict.py"]
+    from matplotlib.text import Text
+
+    from helpers import plots
+    words, save = {}, plots.save_figure  # every figure's words, by the script that drew it
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path, dpi=100: words.setdefault(script, []).append(
+        " ".join(t.get_text() for t in fig.findobj(Text))) or save(fig, path, dpi))
     outputs = []
     for script, *argv in made + printed:
         out = run_main(script, *argv, cwd=ROOT)
         assert out.returncode == 0 and "error" not in out.stderr.lower(), (script, argv, out.stdout + out.stderr)
         outputs.append(out.stdout)
     assert "SYNTHETIC" in outputs[0] and "more than 20" not in outputs[1]
+    assert len(words["train.py"]) == 3 and len(words["evaluate.py"]) == 2  # curves, confusion matrix, errors
+    assert all("SYNTHETIC" in w for w in words["train.py"] + words["evaluate.py"])
     assert {p.name for p in (tmp_path / "demo").iterdir()} >= {
         "resNet18.pth", "curves.png", "confusion_matrix.png", "val_errors.png", "predict.png", "predictions.csv",
         "val_confusion_matrix.png", "resNet18.onnx"}
