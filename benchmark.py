@@ -27,18 +27,14 @@ import threading
 import time
 from pathlib import Path
 
-import torch
-import torch.nn as nn
-
-from helpers import demo_data, deploy, devices, files, imaging, inference, weights
-from model import MODELS
+from helpers import demo_data, deploy, files, imaging, inference
 
 HERE = Path(__file__).resolve().parent
 
 
 def get_args_parser(add_help=True):
     p = cli.ArgumentParser(description="Benchmark the plain and fast paths", add_help=add_help)
-    p.add_argument("--model", default="resnet34", choices=list(MODELS), help="(default: %(default)s)")
+    p.add_argument("--model", default="resnet34", choices=inference.MODEL_NAMES, help="(default: %(default)s)")
     p.add_argument("--batch-size", type=cli.batch_size_arg, default=16, help="(default: %(default)s)")
     p.add_argument("--img-size", type=cli.img_size_arg, default=224, help="(default: %(default)s)")
     p.add_argument("--device", default="auto", help="(default: %(default)s)")
@@ -62,6 +58,14 @@ def get_args_parser(add_help=True):
     p.add_argument("--machine", action="store_true", help="only print the machine: CPU, native bf16, GPU, versions")
     p.add_argument("--one-path", default=None, help=argparse.SUPPRESS)  # One path, in a process of its own.
     return p
+
+
+if __name__ == "__main__":
+    cli.check_args_first(get_args_parser())  # before torch loads (seconds): a mistyped flag is refused at once
+import torch
+import torch.nn as nn
+
+from helpers import devices, weights
 
 
 def time_steps(step, device, steps, warmup):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from helpers import files, imaging, inference, reports
+from helpers import demo_data, files, imaging, inference, reports
 
 
 def main(args):
@@ -69,7 +69,8 @@ def main(args):
             raise cli.UserError(f"none of the {len(paths)} images of {folder} could be read")
         result = evaluation(np.stack(probs), np.asarray(true)[kept])
         m = reports.final_report(result, [str(paths[i]) for i in kept], classes, confusion_png=confusion_png,
-                                 predictions_csv=args.csv, errors_png=errors_png, what=folder.name)
+                                 predictions_csv=args.csv, errors_png=errors_png, what=folder.name,
+                                 note=demo_data.figure_note(folder.parent))
         if args.json:
             report = {"report": files.REPORT_MARK, **m, "images": len(kept), "skipped": len(skipped),
                       "left_out_as_trained_on": len(left_out), "model": str(model_file), "folder": str(folder)}

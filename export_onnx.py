@@ -33,12 +33,6 @@ from pathlib import Path
 
 import numpy as np
 
-try:
-    import torch
-except ImportError:  # a deployment machine (requirements-deploy.txt) predicts; exporting needs PyTorch
-    sys.exit("error: export_onnx.py needs PyTorch (pip install -r requirements.txt); run it where the model was "
-             "trained and copy the .onnx file and labels.txt to this machine")
-
 from helpers import deploy, files, imaging, inference
 
 
@@ -69,6 +63,15 @@ def get_args_parser(add_help=True):
                         "(default: %(default)s)")
     q.add_argument("--keep-int8", action="store_true", help="keep the INT8 file whatever it loses")
     return p
+
+
+if __name__ == "__main__":
+    cli.check_args_first(get_args_parser())  # before torch loads (seconds): a mistyped flag is refused at once
+try:
+    import torch
+except ImportError:  # a deployment machine (requirements-deploy.txt) predicts; exporting needs PyTorch
+    sys.exit("error: export_onnx.py needs PyTorch (pip install -r requirements.txt); run it where the model was "
+             "trained and copy the .onnx file and labels.txt to this machine")
 
 
 def import_onnx():

@@ -10,16 +10,12 @@ Both give the same backbone; --out saves the adapted weights for train.py --weig
 from helpers import cli
 if __name__ == "__main__":
     cli.one_line_ctrl_c()  # before torch loads: a Ctrl-C during its import ends in one line too
-import torch
-import torch.nn as nn
-
-from helpers import files, weights
-from model import MODELS
+from helpers import inference
 
 
 def get_args_parser(add_help=True):
     p = cli.ArgumentParser(description="Load ImageNet weights and adapt the classifier", add_help=add_help)
-    p.add_argument("--model", default="resnet34", choices=list(MODELS), help="architecture (default: %(default)s)")
+    p.add_argument("--model", default="resnet34", choices=inference.MODEL_NAMES, help="architecture (default: %(default)s)")
     p.add_argument("--weights", default=None,
                    help="ImageNet weights file (default: ./<model>-pre.pth, e.g. ./resnet34-pre.pth)")
     p.add_argument("--num-classes", type=cli.int_in(1, 100_000), default=5, help="classes of your data set (default: %(default)s)")
@@ -31,6 +27,14 @@ def get_args_parser(add_help=True):
     p.add_argument("--out", default=None, help="save the adapted state_dict here for train.py --weights")
     cli.add_overwrite(p, "replace an existing --out file")
     return p
+
+
+if __name__ == "__main__":
+    cli.check_args_first(get_args_parser())  # before torch loads (seconds): a mistyped flag is refused at once
+import torch
+import torch.nn as nn
+
+from helpers import files, weights
 
 
 def replace_fc_after_loading(model_name, state_dict, num_classes, path):

@@ -355,7 +355,7 @@ def download_flowers(data_root, url, sha256):
 
 
 def make_demo(source, per_class, seed, imgs_dir):
-    if not (source / "SYNTHETIC_DEMO_DATA.txt").exists():
+    if not (source / demo_data.MARKER).exists():
         print(f"generating SYNTHETIC demo flowers ({per_class} per class) in {source}")
         demo_data.make_demo_dataset(source, per_class=per_class, seed=seed)
     else:
@@ -379,12 +379,15 @@ def main(args):
     to_remove = check_targets(targets, source, args.overwrite)
     files.check_writable_dir(data_root, "split")
     files.check_report(data_root / "split.png", "split figure")
+    if args.download and (source / demo_data.MARKER).exists():  # else "already there", and cartoons split as flowers
+        raise cli.UserError(f"{source} holds the SYNTHETIC demo flowers; delete that folder and run again to download "
+                            "the real ones (make demo keeps its own in data_set/demo)")
     if args.download:
         url = files.as_url(args.url)
         sha = None if (args.sha256 or "").lower() == "none" else (
             args.sha256 or (FLOWERS_SHA256 if args.url == FLOWERS_URL else None))
     if args.demo:
-        if source.exists() and not (source / "SYNTHETIC_DEMO_DATA.txt").exists():
+        if source.exists() and not (source / demo_data.MARKER).exists():
             raise cli.UserError(f"{source} already holds a data set; --demo will not write into it "
                                 "(use --data-path for another folder)")
         files.check_writable_dir(args.demo_imgs, "demo images")

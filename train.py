@@ -19,6 +19,97 @@ import sys
 import time
 from pathlib import Path
 
+from helpers import imaging, inference, reports, settings  # no torch at load time: the parser below needs them
+
+
+# ---------------------------------------------------------------- the command line
+
+def get_args_parser(add_help=True):
+    # Every default is settings.DEFAULTS's: the parser's are None, so that a resumed run can tell a
+    # value the user gave (refused when it contradicts the run) from one left out.
+    d = settings.DEFAULTS
+    p = cli.ArgumentParser(description="Train a ResNet classifier (the flower tutorial's train.py)", add_help=add_help)
+    g = p.add_argument_group("data, model and output")
+    g.add_argument("--data-path", help=f"folder with train/ and val/ (default: {d.data_path})")
+    g.add_argument("--model", choices=inference.MODEL_NAMES, help=f"architecture (default: {d.model})")
+    g.add_argument("--weights", help="starting weights: a file (default: ./<model>-pre.pth), 'imagenet' to download "
+                                     "torchvision's, or 'none' to train from scratch")
+    g.add_argument("--epochs", type=cli.int_in(1, 100_000),
+                   help=f"epochs in all (default: {d.epochs}; a resumed run keeps its own unless given: then the run "
+                        "is extended or shortened)")
+    g.add_argument("--batch-size", type=cli.batch_size_arg, help=f"images per step, per process (default: {d.batch_size})")
+    g.add_argument("--lr", type=cli.float_in(0, 100, low_open=True), help=f"learning rate (default: {d.lr:g})")
+    g.add_argument("--img-size", type=cli.img_size_arg,
+                   help=f"train crop; val resizes to img-size/0.875 (default: {d.img_size})")
+    g.add_argument("--workers", type=cli.workers_arg, help="data loader processes (default: min(cpus, batch, 8))")
+    g.add_argument("--device", help=f"auto, cpu, cuda, cuda:N or mps (default: {d.device})")
+    g.add_argument("--freeze-backbone", action="store_true", default=None, help="train only the new fc layer")
+    g.add_argument("--save-path", help="best weights, a plain state_dict (default: ./resNet34.pth, after the model)")
+    g.add_argument("--class-indices", help=f"class-index file to write (default: {d.class_indices})")
+    g.add_argument("--seed", type=cli.seed_arg, help=f"random seed (default: {d.seed})")
+    cli.add_overwrite(g, "replace the weights, checkpoint and class-index file of an earlier run")
+    g.add_argument("--output-dir", help=f"{', '.join(reports.RUN_REPORTS)} (default: beside --save-path)")
+    g = p.add_argument_group("resume")
+    g.add_argument("--checkpoint", help="checkpoint written every epoch (default: last.pth beside --save-path)")
+    g.add_argument("--resume", metavar="PATH", help="continue the run saved in this checkpoint")
+    g = p.add_argument_group("speed")
+    g.add_argument("--amp-dtype", choices=("auto", "bf16", "fp16", "none"),
+                   help=f"mixed precision: auto picks bf16 where supported, else fp16 on CUDA (default: {d.amp_dtype})")
+    g.add_argument("--no-amp", dest="amp_dtype", action="store_const", const="none", help="train in fp32")
+    g.add_argument("--channels-last", dest="channels_last", action="store_const", const=True,
+                   help="NHWC memory format even where auto leaves it off (default: auto, on where it is measured "
+                        "to help: CPUs, GPUs with tensor cores)")
+    g.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False,
+                   help="keep the NCHW memory format")
+    g.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the model (torch 2.0+, not on Python 3.11 with torch 2.0)")
+    g = p.add_argument_group("recipes")
+    g.add_argument("--opt", choices=("adam", "adamw", "sgd"), help=f"optimizer (default: {d.opt})")
+    g.add_argument("--momentum", type=cli.float_in(0, 1, high_open=True), help=f"SGD momentum (default: {d.momentum})")
+    g.add_argument("--weight-decay", type=cli.float_in(0, 100), help=f"weight decay (default: {d.weight_decay:g})")
+    g.add_argument("--norm-weight-decay", type=cli.float_in(0, 100),
+                   help="weight decay of norm layers and biases (default: as --weight-decay; 0 is usual)")
+    g.add_argument("--lr-scheduler", choices=("none", "cosine", "step"), help=f"(default: {d.lr_scheduler})")
+    g.add_argument("--warmup-epochs", type=cli.non_negative_float,
+                   help=f"linear warm-up epochs (default: {d.warmup_epochs:g})")
+    g.add_argument("--lr-step-size", type=cli.int_in(1, 100_000), help="step scheduler: epochs per decay (default: epochs/3)")
+    g.add_argument("--lr-gamma", type=cli.float_in(0, 1, low_open=True),
+                   help=f"step scheduler: decay factor (default: {d.lr_gamma})")
+    g.add_argument("--label-smoothing", type=cli.float_in(0, 1, high_open=True), help=f"(default: {d.label_smoothing:g})")
+    g.add_argument("--auto-augment", nargs="?", const="ta", choices=imaging.TrainTransform.AUTO_AUGMENT,
+                   help="ta: TrivialAugmentWide (what the bare flag picks), ra: RandAugment, aa: AutoAugment "
+                        "(ImageNet policy) (default: off)")
+    g.add_argument("--random-erase", type=cli.float_in(0, 1), help=f"probability of RandomErasing (default: {d.random_erase:g})")
+    g.add_argument("--mixup-alpha", type=cli.non_negative_float,
+                   help=f"mixup's Beta(alpha, alpha); 0 is off (default: {d.mixup_alpha:g})")
+    g.add_argument("--cutmix-alpha", type=cli.non_negative_float,
+                   help=f"cutmix's Beta(alpha, alpha); 0 is off (default: {d.cutmix_alpha:g})")
+    g.add_argument("--backbone-lr-scale", type=cli.non_negative_float,
+                   help=f"learning rate of the pretrained layers relative to the new fc (default: {d.backbone_lr_scale:g})")
+    g.add_argument("--accum-steps", type=cli.int_in(1, 1024),
+                   help="batches per optimizer step: the gradient of accum-steps x batch-size images at the memory "
+                        f"of one batch (default: {d.accum_steps})")
+    g.add_argument("--clip-grad-norm", type=cli.positive_float, help="clip the gradient norm to this (default: off)")
+    g.add_argument("--model-ema", action="store_true", default=None,
+                   help="keep an exponential moving average of the weights; validate both, keep the better")
+    g.add_argument("--model-ema-decay", type=cli.float_in(0, 1, high_open=True),
+                   help=f"EMA decay per optimizer step, warmed up as min(decay, (1+n)/(10+n)) (default: {d.model_ema_decay})")
+    g = p.add_argument_group("classes of different sizes")
+    g.add_argument("--class-weights", metavar="auto|FILE",
+                   help="weigh the loss by class: auto (inverse class frequency, as scikit-learn's 'balanced') or "
+                        "a JSON file of {class: weight} (default: off)")
+    g.add_argument("--balanced-sampler", action="store_true", default=None,
+                   help="draw each class equally often in every epoch (with replacement; seeded, resumable)")
+    g.add_argument("--select-by", choices=("acc", "balanced_acc", "macro_f1"),
+                   help=f"what the best weights are best at on val/ (default: {d.select_by}, the tutorial's)")
+    g = p.add_argument_group("evaluation, several GPUs")
+    g.add_argument("--eval-only", action="store_true", help="only evaluate --weights (default: --save-path) on val/")
+    g.add_argument("--sync-bn", action="store_true", default=None, help="synchronised BatchNorm across GPUs (torchrun)")
+    return p
+
+
+if __name__ == "__main__":
+    cli.check_args_first(get_args_parser())  # before torch loads (seconds): a mistyped flag is refused at once
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -26,9 +117,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from helpers import (checkpoints, data, devices, files, imaging, inference, memory, optim, plots, reports, settings,
-                     stop, training, weights)
-from model import MODELS
+from helpers import checkpoints, data, demo_data, devices, files, memory, optim, plots, stop, training, weights
 
 
 def main(args):
@@ -114,7 +203,8 @@ def main(args):
                           + f"  ({state.history[-1]['images_per_s']:.1f} images/s)")
                     checkpoints.save(checkpoints.checkpoint(s, state, **parts), s.checkpoint)
                     reports.write_history(state.history, Path(s.output_dir) / "history.csv")
-                    plots.plot_curves(state.history, Path(s.output_dir) / "curves.png")
+                    plots.plot_curves(state.history, Path(s.output_dir) / "curves.png",
+                                      note=demo_data.figure_note(s.data_path))
         if world.is_main:
             print("Finished Training")
 
@@ -267,7 +357,7 @@ def report(result, val_set, classes, out_dir):
     out = Path(out_dir)
     return reports.final_report(result, [path for path, _ in val_set.samples], classes,
                                 confusion_png=out / "confusion_matrix.png", predictions_csv=out / "val_predictions.csv",
-                                errors_png=out / "val_errors.png")
+                                errors_png=out / "val_errors.png", note=demo_data.figure_note(Path(val_set.root).parent))
 
 
 # ---------------------------------------------------------------- the builders
@@ -317,8 +407,10 @@ def build_model(s, env, num_classes, ckpt, start_weights=None):
     if ckpt:
         model.load_state_dict(ckpt["model"])
     elif s.start == "none":
-        if env.world.is_main:
-            print("training from scratch (use more than 20 epochs)")
+        if env.world.is_main:  # the advice is for photos: the demo's cartoons need fewer epochs
+            few = s.epochs <= 20 and not demo_data.figure_note(s.data_path)
+            print("training from scratch" + (f" for {s.epochs} epochs: photos need more than 20 from scratch (or "
+                                             "--weights imagenet)" if few else ""))
     else:
         path = s.weights if s.start == "file" else weights.imagenet_cache_path(weights.imagenet_url(s.model))
         state_dict = start_weights
@@ -358,92 +450,6 @@ def build_optimizer(s, env, model, ema, batches_per_epoch, state, ckpt):
             optim.restart_cosine(optimizer, s, state.lr_restart, steps_per_epoch, verbose=env.world.is_main)
             scheduler = optim.build_scheduler(optimizer, s, steps_per_epoch, state.lr_restart)
     return optimizer, scheduler, scaler
-
-
-# ---------------------------------------------------------------- the command line
-
-def get_args_parser(add_help=True):
-    # Every default is settings.DEFAULTS's: the parser's are None, so that a resumed run can tell a
-    # value the user gave (refused when it contradicts the run) from one left out.
-    d = settings.DEFAULTS
-    p = cli.ArgumentParser(description="Train a ResNet classifier (the flower tutorial's train.py)", add_help=add_help)
-    g = p.add_argument_group("data, model and output")
-    g.add_argument("--data-path", help=f"folder with train/ and val/ (default: {d.data_path})")
-    g.add_argument("--model", choices=list(MODELS), help=f"architecture (default: {d.model})")
-    g.add_argument("--weights", help="starting weights: a file (default: ./<model>-pre.pth), 'imagenet' to download "
-                                     "torchvision's, or 'none' to train from scratch")
-    g.add_argument("--epochs", type=cli.int_in(1, 100_000),
-                   help=f"epochs in all (default: {d.epochs}; a resumed run keeps its own unless given: then the run "
-                        "is extended or shortened)")
-    g.add_argument("--batch-size", type=cli.batch_size_arg, help=f"images per step, per process (default: {d.batch_size})")
-    g.add_argument("--lr", type=cli.float_in(0, 100, low_open=True), help=f"learning rate (default: {d.lr:g})")
-    g.add_argument("--img-size", type=cli.img_size_arg,
-                   help=f"train crop; val resizes to img-size/0.875 (default: {d.img_size})")
-    g.add_argument("--workers", type=cli.workers_arg, help="data loader processes (default: min(cpus, batch, 8))")
-    g.add_argument("--device", help=f"auto, cpu, cuda, cuda:N or mps (default: {d.device})")
-    g.add_argument("--freeze-backbone", action="store_true", default=None, help="train only the new fc layer")
-    g.add_argument("--save-path", help="best weights, a plain state_dict (default: ./resNet34.pth, after the model)")
-    g.add_argument("--class-indices", help=f"class-index file to write (default: {d.class_indices})")
-    g.add_argument("--seed", type=cli.seed_arg, help=f"random seed (default: {d.seed})")
-    cli.add_overwrite(g, "replace the weights, checkpoint and class-index file of an earlier run")
-    g.add_argument("--output-dir", help=f"{', '.join(reports.RUN_REPORTS)} (default: beside --save-path)")
-    g = p.add_argument_group("resume")
-    g.add_argument("--checkpoint", help="checkpoint written every epoch (default: last.pth beside --save-path)")
-    g.add_argument("--resume", metavar="PATH", help="continue the run saved in this checkpoint")
-    g = p.add_argument_group("speed")
-    g.add_argument("--amp-dtype", choices=("auto", "bf16", "fp16", "none"),
-                   help=f"mixed precision: auto picks bf16 where supported, else fp16 on CUDA (default: {d.amp_dtype})")
-    g.add_argument("--no-amp", dest="amp_dtype", action="store_const", const="none", help="train in fp32")
-    g.add_argument("--channels-last", dest="channels_last", action="store_const", const=True,
-                   help="NHWC memory format even where auto leaves it off (default: auto, on where it is measured "
-                        "to help: CPUs, GPUs with tensor cores)")
-    g.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False,
-                   help="keep the NCHW memory format")
-    g.add_argument("--compile", action="store_true", default=None,
-                   help="torch.compile the model (torch 2.0+, not on Python 3.11 with torch 2.0)")
-    g = p.add_argument_group("recipes")
-    g.add_argument("--opt", choices=("adam", "adamw", "sgd"), help=f"optimizer (default: {d.opt})")
-    g.add_argument("--momentum", type=cli.float_in(0, 1, high_open=True), help=f"SGD momentum (default: {d.momentum})")
-    g.add_argument("--weight-decay", type=cli.float_in(0, 100), help=f"weight decay (default: {d.weight_decay:g})")
-    g.add_argument("--norm-weight-decay", type=cli.float_in(0, 100),
-                   help="weight decay of norm layers and biases (default: as --weight-decay; 0 is usual)")
-    g.add_argument("--lr-scheduler", choices=("none", "cosine", "step"), help=f"(default: {d.lr_scheduler})")
-    g.add_argument("--warmup-epochs", type=cli.non_negative_float,
-                   help=f"linear warm-up epochs (default: {d.warmup_epochs:g})")
-    g.add_argument("--lr-step-size", type=cli.int_in(1, 100_000), help="step scheduler: epochs per decay (default: epochs/3)")
-    g.add_argument("--lr-gamma", type=cli.float_in(0, 1, low_open=True),
-                   help=f"step scheduler: decay factor (default: {d.lr_gamma})")
-    g.add_argument("--label-smoothing", type=cli.float_in(0, 1, high_open=True), help=f"(default: {d.label_smoothing:g})")
-    g.add_argument("--auto-augment", nargs="?", const="ta", choices=imaging.TrainTransform.AUTO_AUGMENT,
-                   help="ta: TrivialAugmentWide (what the bare flag picks), ra: RandAugment, aa: AutoAugment "
-                        "(ImageNet policy) (default: off)")
-    g.add_argument("--random-erase", type=cli.float_in(0, 1), help=f"probability of RandomErasing (default: {d.random_erase:g})")
-    g.add_argument("--mixup-alpha", type=cli.non_negative_float,
-                   help=f"mixup's Beta(alpha, alpha); 0 is off (default: {d.mixup_alpha:g})")
-    g.add_argument("--cutmix-alpha", type=cli.non_negative_float,
-                   help=f"cutmix's Beta(alpha, alpha); 0 is off (default: {d.cutmix_alpha:g})")
-    g.add_argument("--backbone-lr-scale", type=cli.non_negative_float,
-                   help=f"learning rate of the pretrained layers relative to the new fc (default: {d.backbone_lr_scale:g})")
-    g.add_argument("--accum-steps", type=cli.int_in(1, 1024),
-                   help="batches per optimizer step: the gradient of accum-steps x batch-size images at the memory "
-                        f"of one batch (default: {d.accum_steps})")
-    g.add_argument("--clip-grad-norm", type=cli.positive_float, help="clip the gradient norm to this (default: off)")
-    g.add_argument("--model-ema", action="store_true", default=None,
-                   help="keep an exponential moving average of the weights; validate both, keep the better")
-    g.add_argument("--model-ema-decay", type=cli.float_in(0, 1, high_open=True),
-                   help=f"EMA decay per optimizer step, warmed up as min(decay, (1+n)/(10+n)) (default: {d.model_ema_decay})")
-    g = p.add_argument_group("classes of different sizes")
-    g.add_argument("--class-weights", metavar="auto|FILE",
-                   help="weigh the loss by class: auto (inverse class frequency, as scikit-learn's 'balanced') or "
-                        "a JSON file of {class: weight} (default: off)")
-    g.add_argument("--balanced-sampler", action="store_true", default=None,
-                   help="draw each class equally often in every epoch (with replacement; seeded, resumable)")
-    g.add_argument("--select-by", choices=("acc", "balanced_acc", "macro_f1"),
-                   help=f"what the best weights are best at on val/ (default: {d.select_by}, the tutorial's)")
-    g = p.add_argument_group("evaluation, several GPUs")
-    g.add_argument("--eval-only", action="store_true", help="only evaluate --weights (default: --save-path) on val/")
-    g.add_argument("--sync-bn", action="store_true", default=None, help="synchronised BatchNorm across GPUs (torchrun)")
-    return p
 
 
 if __name__ == "__main__":

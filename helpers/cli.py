@@ -36,7 +36,11 @@ class UserError(Exception):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, with its errors on one line like every other error of the scripts."""
+    """argparse, with its errors on one line like every other error of the scripts, and no guessing: a
+    flag is taken only as it is written (argparse would read --epoch as --epochs), so a typo is an error."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message):
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
@@ -58,6 +62,13 @@ def add_overwrite(parser, help):
     to make; --force is its old name, hidden."""
     parser.add_argument("--overwrite", action="store_true", help=help)
     parser.add_argument("--force", dest="overwrite", action="store_true", help=argparse.SUPPRESS)
+
+
+def check_args_first(parser):
+    """Parse the command line once before the script imports torch, which takes seconds: a mistyped flag
+    or --help answers at once. run_cli parses it again (parsing changes nothing)."""
+    printable_output()
+    parser.parse_args()
 
 
 def run_cli(main, parser, argv=None):

@@ -259,7 +259,8 @@ def describe(train_set, val_set, workers):
     if val_set.missing:
         print(f"warning: val/ has no images of {', '.join(val_set.missing)}: their accuracy cannot be measured",
               file=sys.stderr)
-    print(f"Using {workers} dataloader workers every process")
+    print(f"loading images with {workers} worker process{'' if workers == 1 else 'es'} (per training process)"
+          if workers else "loading images in the training process itself (--workers 0)")
 
 
 def fingerprint(train_set, val_set):

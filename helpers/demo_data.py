@@ -14,6 +14,8 @@ from helpers import imaging
 CLASSES = ("daisy", "dandelion", "roses", "sunflowers", "tulips")
 NOTE = ("SYNTHETIC DEMO DATA drawn by helpers/demo_data.py, not photographs. "
         "Replace this folder with the real flower_photos (split_data.py --download) for real results.\n")
+MARKER = "SYNTHETIC_DEMO_DATA.txt"  # in flower_photos/, beside the class folders
+SIZE_RANGE = (96, 160)  # the side of each picture, in pixels
 
 
 def _jitter(rng, rgb, amount=25):
@@ -115,7 +117,7 @@ def draw_image(kind, rng, size):
     return ImageEnhance.Brightness(img).enhance(rng.uniform(0.6, 1.3))
 
 
-def make_demo_dataset(root, per_class=120, seed=0, size_range=(96, 160)):
+def make_demo_dataset(root, per_class=120, seed=0, size_range=SIZE_RANGE):
     """Write <root>/<class>/<n>.jpg and a note that says the data is synthetic."""
     root = Path(root)
     rng = random.Random(seed)
@@ -124,21 +126,28 @@ def make_demo_dataset(root, per_class=120, seed=0, size_range=(96, 160)):
         for i in range(per_class):
             size = rng.randint(*size_range)
             imaging.save_image(draw_image(kind, rng, size), root / kind / f"{kind}_{i:04d}.jpg", quality=90)
-    (root / "SYNTHETIC_DEMO_DATA.txt").write_text(NOTE, encoding="utf-8")
+    (root / MARKER).write_text(NOTE, encoding="utf-8")
     return root
 
 
-def make_demo_images(folder, seed=1234, size=200):
-    """One picture per class for predict.py and batch_predict.py; a file already there is kept."""
+def figure_note(data_path):
+    """The note on the figures of a data folder (train.py's --data-path) that holds these demo
+    flowers, else None: a figure shown without its folder still says what it shows."""
+    return "SYNTHETIC demo data, not photographs" if (Path(data_path) / "flower_photos" / MARKER).is_file() else None
+
+
+def make_demo_images(folder, seed=1234, size_range=SIZE_RANGE):
+    """One picture per class for predict.py and batch_predict.py, drawn as the training pictures are
+    (new ones: another seed); a file already there is kept."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     written = []
     for kind in CLASSES:
         path = folder / f"{kind}.jpg"
-        img = draw_image(kind, rng, size)
+        img = draw_image(kind, rng, rng.randint(*size_range))
         if not path.exists():
-            imaging.save_image(img, path, quality=92)
+            imaging.save_image(img, path, quality=90)
             written.append(path)
     return written
 

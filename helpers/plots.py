@@ -65,23 +65,41 @@ def save_figure(fig, path, dpi=100):
     return path
 
 
-def plot_curves(history, path):
-    fig = new_figure(figsize=(10, 4))
+TRAIN_VS_VAL = ("train: the mean over the epoch, on augmented crops, while the weights still change; val: the "
+                "epoch's last weights on plain crops.\nSo train accuracy can sit below val accuracy.")
+
+
+def plot_curves(history, path, note=None):
+    """Loss and accuracy per epoch, and the note (demo_data.figure_note) on top when given. The loss is on a
+    log scale: from scratch the first epoch's val loss can be ten times the rest, and a linear axis
+    would flatten every later epoch."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+    fig = new_figure(figsize=(10, 4.8))
     epochs = [h["epoch"] for h in history]
-    for ax, key, name in zip(fig.subplots(1, 2), ("loss", "acc"), ("loss", "accuracy")):
+    for ax, key, name in zip(fig.subplots(1, 2), ("loss", "acc"), ("loss (log scale)", "accuracy")):
         for side in ("train", "val"):
             ax.plot(epochs, [h[f"{side}_{key}"] for h in history], "o-", label=side)
         ax.set(xlabel="epoch", ylabel=name, title=name)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.legend()
-        ax.grid(alpha=0.3)
+        ax.grid(alpha=0.3, which="both")
+    fig.axes[0].set_yscale("log")
+    fig.axes[0].yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))  # 0.5, 1, 2, 5: not 5x10^-1
+    fig.axes[0].yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    fig.axes[0].yaxis.set_minor_formatter(NullFormatter())
     fig.axes[1].set_ylim(0, 1.02)
-    fig.tight_layout()
+    fig.text(0.5, 0.01, TRAIN_VS_VAL, ha="center", va="bottom", fontsize=8, color="dimgray")
+    if note:
+        fig.suptitle(note, color="firebrick")
+    fig.tight_layout(rect=(0, 0.08, 1, 0.95 if note else 1))
     return save_figure(fig, path)
 
 
-def plot_confusion(conf, classes, path):
+def plot_confusion(conf, classes, path, what="validation", note=None):
     """conf: rows true class, columns predicted. Two panels: the counts, and each row divided by its
-    class's images (recall on the diagonal), which shows a small class's errors."""
+    class's images (recall on the diagonal), which shows a small class's errors. what: the images'
+    set (validation, test, a folder's name), named in the titles."""
     import numpy as np
 
     conf = np.asarray(conf)
@@ -91,7 +109,7 @@ def plot_confusion(conf, classes, path):
     normalized = np.divide(conf, support, out=np.zeros(conf.shape), where=support > 0)
     fig = new_figure(figsize=(2 * (1.2 + 0.8 * n), 1 + 0.7 * n))
     for ax, values, title, fmt in zip(fig.subplots(1, 2), (conf, normalized),
-                                      ("confusion matrix (images)", "row-normalised (recall on the diagonal)"),
+                                      (f"{what}: confusion matrix (images)", "row-normalised (recall on the diagonal)"),
                                       ("{:.0f}", "{:.2f}")):
         ax.imshow(values, cmap="Blues", vmin=0)
         ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true", title=title)
@@ -102,7 +120,9 @@ def plot_confusion(conf, classes, path):
             for j in range(n):
                 ax.text(j, i, fmt.format(values[i, j]), ha="center", va="center",
                         color="white" if values[i, j] > thresh else "black")
-    fig.tight_layout()
+    if note:
+        fig.suptitle(note, color="firebrick")
+    fig.tight_layout(rect=(0, 0, 1, 0.93 if note else 1))
     return save_figure(fig, path)
 
 
@@ -137,7 +157,7 @@ def show_or_save(images, titles, save_path, heatmaps=None, alpha=0.45):
     return save_figure(fig, save_path)
 
 
-def plot_errors(errors, path, max_panels=32, what="validation"):
+def plot_errors(errors, path, max_panels=32, what="validation", note=None):
     """The misclassified images: errors = [(prob, image path, true class, predicted class)], the
     most confident mistakes first."""
     import numpy as np
@@ -150,7 +170,7 @@ def plot_errors(errors, path, max_panels=32, what="validation"):
     cols = min(8, max(1, len(shown)))
     rows = max(1, math.ceil(len(shown) / cols))
     # All panels are drawn into one array on one axes: measured, this is much faster than an axes each.
-    cell, words, top = 220, 40, 40  # Pixels: an image's square, its two lines of words, the title.
+    cell, words, top = 220, 40, 60 if note else 40  # Pixels: an image's square, its two lines of words, the title.
     canvas = np.full((rows * (cell + words), cols * cell, 3), 255, np.uint8)
     height = canvas.shape[0] + top
     fig = new_figure(figsize=(canvas.shape[1] / 100, height / 100))
@@ -169,8 +189,8 @@ def plot_errors(errors, path, max_panels=32, what="validation"):
         canvas[y:y + img.shape[0], x:x + img.shape[1]] = img
     ax.imshow(canvas, interpolation="nearest")  # imshow copies the array, so it comes after the panels.
     more = f" (the {len(shown)} most confident of {len(errors)})" if len(errors) > len(shown) else ""
-    fig.suptitle(f"misclassified {what} images{more}" if errors else f"no misclassified {what} images",
-                 y=1 - 8 / height, va="top")
+    title = f"misclassified {what} images{more}" if errors else f"no misclassified {what} images"
+    fig.suptitle(f"{title}\n{note}" if note else title, y=1 - 8 / height, va="top")
     return save_figure(fig, path)
 
 

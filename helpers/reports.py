@@ -138,18 +138,20 @@ def write_history(history, path):
         w.writerows([row.get(k, "") for k in HISTORY_FIELDS] for row in history)
 
 
-def final_report(result, paths, classes, *, confusion_png, predictions_csv, errors_png, what="validation"):
+def final_report(result, paths, classes, *, confusion_png, predictions_csv, errors_png, what="validation",
+                 note=None):
     """The report of train.py and evaluate.py: the per-class table, the confusion matrix, a CSV of
-    every prediction and the gallery of errors. paths: the image of each index. Returns the metrics."""
+    every prediction and the gallery of errors. paths: the image of each index. what: the images' set,
+    named in the figures' titles, with the note (demo_data.figure_note) when given. Returns the metrics."""
     m = result.metrics(classes)
     print(metrics_table(m))
-    plots.plot_confusion(result.confusion, classes, confusion_png)
+    plots.plot_confusion(result.confusion, classes, confusion_png, what=what, note=note)
     rows = list(zip(result.index.tolist(), result.true.tolist(), result.pred.tolist(), result.prob.tolist()))
     if predictions_csv:
         with files.atomic_csv(predictions_csv, ["path", "true", "predicted", "prob", "correct"]) as w:
             w.writerows([paths[i], classes[t], classes[p], f"{prob:.6f}", int(t == p)] for i, t, p, prob in rows)
     errors = [(prob, paths[i], classes[t], classes[p]) for i, t, p, prob in rows if t != p]
-    plots.plot_errors(sorted(errors, key=lambda e: -e[0]), errors_png, what=what)
+    plots.plot_errors(sorted(errors, key=lambda e: -e[0]), errors_png, what=what, note=note)
     written = [str(p) for p in (confusion_png, predictions_csv, errors_png) if p]
     print(f"wrote {', '.join(written[:-1])} and {written[-1]} ({len(errors)} misclassified)")
     return m

@@ -7,9 +7,7 @@ import dataclasses
 import io
 from pathlib import Path
 
-import torch
-
-from helpers import cli, data, devices, files, weights
+from helpers import cli, files
 
 RUN = {"run": True}  # a field of how this run was started: not saved in a checkpoint, not resumed
 
@@ -92,6 +90,10 @@ def resolve(args, parser, world, ckpt=None):
     """The run's settings, settled once: the defaults, under what a resumed run saved (`ckpt`),
     under what the user gave (the parser's defaults are None, so a given value can be told from a
     default). parser: train.py's, whose argument types check a checkpoint's saved settings."""
+    # Imported here, not at the top: train.py builds its parser from DEFAULTS before torch loads.
+    import torch
+
+    from helpers import data, devices, weights
     given = {k: v for k, v in vars(args).items() if k in SAVED and v is not None}
     values = {k: getattr(DEFAULTS, k) for k in SAVED}
     if ckpt:

@@ -333,3 +333,20 @@ def test_predict_on_many_images_caps_the_figure_and_predicts_them_all(tiny_run, 
                                            "--save-fig", tmp_path / "p.png", "--workers", "0"]))
     assert len(results) == len(images) and drawn == [predict.MAX_PANELS]
     assert f"the figure shows the first 32 of {len(images)} images; batch_predict.py" in capsys.readouterr().out
+
+
+def test_figures_name_their_set_and_note_and_the_loss_axis_is_not_owned_by_the_first_epoch(tmp_path, monkeypatch):
+    """evaluate.py's test/ figures say "test"; a note (the demo's "SYNTHETIC") is on every figure; the
+    loss is on a log scale, so a first epoch at 20 does not flatten the later ones near 0.5."""
+    from matplotlib.text import Text
+    figures = {}
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path, dpi=100: figures.setdefault(Path(path).name, fig))
+    plots.plot_confusion(np.eye(3, dtype=int), ["a", "b", "c"], tmp_path / "c.png", what="test", note="NOTE")
+    plots.plot_errors([(0.9, str(tmp_path / "gone.jpg"), "a", "b")], tmp_path / "e.png", what="test", note="NOTE")
+    history = [{"epoch": e, "train_loss": 1.5 / e, "val_loss": 20.0 if e == 1 else 0.5, "train_acc": 0.5,
+                "val_acc": 0.6} for e in (1, 2, 3)]
+    plots.plot_curves(history, tmp_path / "curves.png", note="NOTE")
+    words = {name: " ".join(t.get_text() for t in fig.findobj(Text)) for name, fig in figures.items()}
+    assert "test: confusion matrix" in words["c.png"] and "misclassified test images" in words["e.png"]
+    assert all("NOTE" in w for w in words.values()) and "train accuracy can sit below val" in words["curves.png"]
+    assert figures["curves.png"].axes[0].get_yscale() == "log"

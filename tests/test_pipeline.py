@@ -1,7 +1,12 @@
-"""One run on tiny generated data: split, train, predict and batch predict."""
+"""One run on tiny generated data: split, train, predict and batch predict; `make demo` and what it prints."""
 import csv
 import json
+import os
+import shlex
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -10,7 +15,7 @@ from PIL import Image
 import batch_predict
 import model
 import predict
-from conftest import parse, run_main, run_script
+from conftest import ROOT, parse, run_main, run_script
 
 
 def model_args(tiny_run):
@@ -103,3 +108,50 @@ def test_the_class_file_beside_the_weights_wins_over_a_stale_one_here(tiny_run, 
     # Given explicitly, the stale file is used: the user asked for it.
     res = run_main("predict.py", *common, "--class-indices", here / "class_indices.json", cwd=here)
     assert [line.split()[1] for line in res.stdout.splitlines() if line.startswith("class: ")] == ["tulips", "roses", "daisy"]
+
+
+def test_make_demo_then_every_command_it_prints_works_as_printed(tmp_path, monkeypatch):
+    """The newcomer's path: `make demo` (tiny here: 4 images a class, one epoch at 32 px), then each
+    command of its "what now" block, as printed. make runs with a stand-in python that records each
+    command; each runs then, in order, in this process (run_main: the same exit code and output as
+    the printed line, without importing torch nine times)."""
+    venv, log = tmp_path / "venv", tmp_path / "commands.jsonl"
+    (venv / "bin").mkdir(parents=True)
+    (tmp_path / "record.py").write_text(f"import json, sys\nwith open({str(log)!r}, 'a') as f:\n"
+                                        "    f.write(json.dumps(sys.argv[1:]) + '\\n')\n")
+    (venv / "bin" / "python").write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} "
+                                         f"{shlex.quote(str(tmp_path / 'record.py'))} \"$@\"\n")
+    (venv / "bin" / "python").chmod(0o755)
+    (venv / ".run-deps").touch()  # the environment is there: make installs nothing
+    tiny = "--model resnet18 --weights none --img-size 32 --epochs 1 --batch-size 16 --workers 0"
+    res = subprocess.run(["make", "--no-print-directory", "demo", f"VENV={venv}", f"DATA={tmp_path / 'none'}",
+                          f"DEMO_DATA={tmp_path / 'data'}", f"DEMO_OUT={tmp_path / 'demo'}",
+                          f"DEMO_IMGS={tmp_path / 'imgs'}", "DEMO_PER_CLASS=4", f"DEMO_ARGS={tiny}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    made = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [c[0] for c in made] == ["split_data.py", "train.py", "predict.py", "batch_predict.py"]
+    what_now = res.stdout[res.stdout.index("== what now"):]
+    printed = [shlex.split(line) for line in what_now.splitlines() if line.strip().startswith(f"{venv}/bin/")]
+    assert [c for c in printed if c[0] != f"{venv}/bin/python"] == [[f"{venv}/bin/pip", "install", "onnx",
+                                                                      "onnxruntime"]]  # CI has them (requirements-test.txt)
+    printed = [c[1:] for c in printed if c[0] == f"{venv}/bin/python"]
+    assert [c[0] for c in printed] == ["predict.py", "batch_predict.py", "evaluate.py", "export_onnx.py",
+                                      "batch_predict.py"]
+    from matplotlib.text import Text
+
+    from helpers import plots
+    words, save = {}, plots.save_figure  # every figure's words, by the script that drew it
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path, dpi=100: words.setdefault(script, []).append(
+        " ".join(t.get_text() for t in fig.findobj(Text))) or save(fig, path, dpi))
+    outputs = []
+    for script, *argv in made + printed:
+        out = run_main(script, *argv, cwd=ROOT)
+        assert out.returncode == 0 and "error" not in out.stderr.lower(), (script, argv, out.stdout + out.stderr)
+        outputs.append(out.stdout)
+    assert "SYNTHETIC" in outputs[0] and "more than 20" not in outputs[1]
+    assert len(words["train.py"]) == 3 and len(words["evaluate.py"]) == 2  # curves, confusion matrix, errors
+    assert all("SYNTHETIC" in w for w in words["train.py"] + words["evaluate.py"])
+    assert {p.name for p in (tmp_path / "demo").iterdir()} >= {
+        "resNet18.pth", "curves.png", "confusion_matrix.png", "val_errors.png", "predict.png", "predictions.csv",
+        "val_confusion_matrix.png", "resNet18.onnx"}

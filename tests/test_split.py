@@ -102,6 +102,9 @@ def test_demo_makes_labelled_synthetic_data_and_example_images(tmp_path, capsys)
         ["daisy", "dandelion", "roses", "sunflowers", "tulips"])
     assert (imgs / "daisy.jpg").read_bytes() == b"user's own file"  # never overwritten
     assert (imgs / "tulips.jpg").stat().st_size > 1000
+    # --download never takes the demo's cartoons for the flowers it would have downloaded
+    with pytest.raises(cli.UserError, match="holds the SYNTHETIC demo flowers; delete that folder"):
+        split_data.main(parse(split_data, ["--data-path", tmp_path / "d", "--download", "--overwrite"]))
     # --demo never writes into a real data set
     real = tmp_path / "real"
     make_class_folders(real / "flower_photos", per_class=2, classes=("x",))
