@@ -22,7 +22,8 @@ def get_args_parser(add_help=True):
     p.add_argument("--model", default="resnet34", choices=list(MODELS), help="architecture (default: %(default)s)")
     p.add_argument("--weights", default=None,
                    help="ImageNet weights file (default: ./<model>-pre.pth, e.g. ./resnet34-pre.pth)")
-    p.add_argument("--num-classes", type=cli.int_in(1, 100_000), default=5, help="classes of your data set (default: %(default)s)")
+    p.add_argument("--num-classes", type=cli.int_in(2, 100_000), default=5,
+                   help="classes of your data set, two or more (default: %(default)s)")
     p.add_argument("--download", action="store_true",
                    help="fetch torchvision's ImageNet file for --model into the torch hub cache (hash checked)")
     p.add_argument("--url", default=None, help="with --download: another address (or a local file) for the file")

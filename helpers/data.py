@@ -73,6 +73,9 @@ def train_folder(root, transform):
     train_set = ClassFolder(files.need_dir(root, "train folder", "run split_data.py first"), transform,
                             replace_unreadable=True)
     files.check_class_names(train_set.classes, str(root))
+    if len(train_set.classes) < 2:  # one class: loss 0, accuracy 1, and every image that class
+        raise cli.UserError(f"{root} has one class folder ({train_set.classes[0]}): a classifier needs two classes "
+                            "or more; add a folder of images for each other class")
     empty = [c for i, c in enumerate(train_set.classes) if i not in set(train_set.targets)]
     if empty:
         raise cli.UserError(f"no images in the class folder(s) {', '.join(empty)} of {root}; "

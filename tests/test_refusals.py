@@ -1,0 +1,40 @@
+"""Settings that train or predict nonsense without a word are refused in one line, before any work;
+the lines that explain a refusal name the flag the user gave."""
+import pytest
+import torch
+
+from helpers import weights
+from conftest import TINY_TRAIN, make_class_folders, run_main
+
+
+def one_class_model(path):
+    """Weights of a one-class resnet18 that carry their class, as train.py would have saved them."""
+    net = weights.build_model("resnet18", num_classes=1)
+    held = weights.TrainedWith(classes=["daisy"], img_size=32, architecture="resnet18")
+    torch.save(weights.with_info(net.state_dict(), held), path)
+    return path
+
+
+@pytest.mark.parametrize("script", ["train.py", "split_data.py", "predict.py", "evaluate.py", "export_onnx.py",
+                                    "load_weights.py"])
+def test_one_class_is_refused_before_any_work(script, tmp_path):
+    """A classifier of one class has loss 0 and accuracy 1, and calls every image that class."""
+    photos = make_class_folders(tmp_path / "flower_photos", per_class=2, size=32, classes=("daisy",))
+    if script == "train.py":
+        make_class_folders(tmp_path / "train", per_class=2, size=32, classes=("daisy",))
+        make_class_folders(tmp_path / "val", per_class=1, size=32, classes=("daisy",))
+        argv = TINY_TRAIN + ["--data-path", tmp_path, "--save-path", tmp_path / "run" / "w.pth"]
+    elif script == "split_data.py":
+        argv = ["--data-path", tmp_path]
+    elif script == "load_weights.py":
+        argv = ["--num-classes", "1", "--model", "resnet18", "--weights", tmp_path / "none.pth"]
+    else:
+        model = ["--weights", one_class_model(tmp_path / "w.pth")]
+        argv = {"predict.py": [photos / "daisy" / "daisy_0.jpg", "--save-fig", tmp_path / "p.png"] + model,
+                "evaluate.py": [tmp_path / "flower_photos"] + model,
+                "export_onnx.py": model + ["--out", tmp_path / "m.onnx"]}[script]
+    before = sorted(tmp_path.rglob("*"))
+    res = run_main(script, *argv)
+    assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert ("one class" in res.stderr and "two classes" in res.stderr) or "--num-classes" in res.stderr, res.stderr
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written
