@@ -38,3 +38,22 @@ def test_one_class_is_refused_before_any_work(script, tmp_path):
     assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert ("one class" in res.stderr and "two classes" in res.stderr) or "--num-classes" in res.stderr, res.stderr
     assert sorted(tmp_path.rglob("*")) == before  # nothing written
+
+
+@pytest.mark.parametrize("flags, resumed", [(["--freeze-backbone"], False), (["--backbone-lr-scale", "0"], False),
+                                            (["--freeze-backbone"], True)])
+def test_a_head_over_a_frozen_random_backbone_is_refused(flags, resumed, tmp_path):
+    """--weights none with the backbone frozen (or at learning rate 0) trains fc over random features;
+    a resumed run's saved settings are checked the same way."""
+    from conftest import parse, resolve
+    import train
+    from helpers import cli
+    if resumed:
+        settings = {"model": "resnet18", "weights": "none", "freeze_backbone": True}
+        args, ckpt = parse(train, ["--resume", tmp_path / "last.pth"]), {"settings": settings, "epoch": 0, "step": 0}
+    else:
+        args, ckpt = parse(train, TINY_TRAIN + flags + ["--data-path", tmp_path]), None
+    with pytest.raises(cli.UserError, match=f"{flags[0]}.* with --weights none would train only fc"):
+        resolve(args, ckpt)
+    if not resumed:  # from trained weights it is what the flag is for
+        assert resolve(parse(train, TINY_TRAIN[:2] + flags + ["--data-path", tmp_path]), None).weights == "./resnet18-pre.pth"
