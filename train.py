@@ -48,7 +48,7 @@ def main(args):
         class_weights = data.class_weights(s.class_weights, train_set)
         checkpoints.check_run_files(s, classes, resumed=ckpt is not None)
         if world.is_main:
-            data.describe(train_set, val_set, s.workers)
+            data.describe(train_set, val_set, s.workers, s)
         if s.eval_only:  # its reports' folder held: a training run may be writing there
             if world.is_main:
                 held.enter_context(files.made_dirs(s.output_dir))

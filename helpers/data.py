@@ -249,20 +249,33 @@ def mix(mixer, images, labels, seed, epoch, step):
         return mixer(images, labels)
 
 
-def describe(train_set, val_set, workers):
-    """What the run reads: the images of each set, the classes' balance, a class val/ lacks."""
+def describe(train_set, val_set, workers, s):
+    """What the run reads: the images of each set, the classes' balance, a class val/ lacks. s: the
+    run's settings, so that the note on imbalanced classes offers only what is not on already."""
     print(f"using {len(train_set)} images for training, {len(val_set)} images for validation.")
     counts = class_counts(train_set)
     ratio = max(counts) / max(min(counts), 1)
     print("images per class in train/: " + ", ".join(f"{c} {n}" for c, n in zip(train_set.classes, counts))
           + f" (largest/smallest: {ratio:.1f})")
     if ratio > 3:
-        print("note: the classes are imbalanced: --class-weights auto, --balanced-sampler or --select-by "
-              "balanced_acc may help the small ones (docs/training.md)")
+        print(imbalance_note(s))
     if val_set.missing:
         print(f"warning: val/ has no images of {', '.join(val_set.missing)}: their accuracy cannot be measured",
               file=sys.stderr)
     print(f"Using {workers} dataloader workers every process")
+
+
+def imbalance_note(s):
+    """The note for classes of different sizes: what is on, and only what is not on as advice. The
+    sampler and auto weights each make up for the sizes: one of the two, never both (settings refuses that)."""
+    on = [name for name, is_on in ((f"--class-weights {s.class_weights}", s.class_weights),
+                                   ("--balanced-sampler", s.balanced_sampler),
+                                   (f"--select-by {s.select_by}", s.select_by != "acc")) if is_on]
+    balancing = s.class_weights or s.balanced_sampler
+    offer = [] if balancing else ["--class-weights auto or --balanced-sampler (one of the two)"]
+    offer += ["--select-by balanced_acc"] if s.select_by == "acc" else []
+    return ("note: the classes are imbalanced" + (f" ({', '.join(on)}: on)" if on else "")
+            + (f": {', and '.join(offer)} may help the small ones (docs/training.md)" if offer else ""))
 
 
 def fingerprint(train_set, val_set):

@@ -57,3 +57,25 @@ def test_a_head_over_a_frozen_random_backbone_is_refused(flags, resumed, tmp_pat
         resolve(args, ckpt)
     if not resumed:  # from trained weights it is what the flag is for
         assert resolve(parse(train, TINY_TRAIN[:2] + flags + ["--data-path", tmp_path]), None).weights == "./resnet18-pre.pth"
+
+
+@pytest.mark.parametrize("flags, on, offered", [
+    ([], [], ["--class-weights auto or --balanced-sampler", "--select-by balanced_acc"]),
+    (["--balanced-sampler"], ["--balanced-sampler"], ["--select-by balanced_acc"]),
+    (["--class-weights", "auto", "--select-by", "macro_f1"], ["--class-weights auto", "--select-by macro_f1"], []),
+    (["--class-weights", "auto", "--balanced-sampler"], None, None)])
+def test_balancing_twice_is_refused_and_the_note_never_offers_a_flag_that_is_on(flags, on, offered, tmp_path):
+    """The sampler draws each class equally often; auto weights then count a small class once more.
+    The imbalance note says what is on, and offers only the rest."""
+    from conftest import parse, resolve
+    import train
+    from helpers import cli, data
+    args = parse(train, TINY_TRAIN + flags + ["--data-path", tmp_path])
+    if on is None:
+        with pytest.raises(cli.UserError, match="--balanced-sampler and --class-weights auto .* twice over"):
+            resolve(args)
+        return
+    note = data.imbalance_note(resolve(args))
+    advice = note.split(":", 2)[-1] if offered else ""
+    assert all(flag in note for flag in on + offered), note
+    assert not any(flag.split()[0] in advice for flag in on), note  # nothing that is on is offered
