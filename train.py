@@ -145,7 +145,8 @@ def train_one_epoch(model, loader, step):
     n_batches = state.step + len(loader)
     bar = tqdm(loader, file=sys.stdout, disable=not env.world.is_main, initial=state.step, total=n_batches,
                desc=f"train epoch[{state.epoch + 1}/{s.epochs}]")
-    start = last_shown = time.perf_counter()
+    start = time.perf_counter()
+    last_shown = start - 1  # the first loss is read at once: a NaN there is not the learning rate's doing
     try:
         for images, labels, _ in bar:
             images = images.to(env.device, non_blocking=True, memory_format=env.memory_format)

@@ -143,7 +143,7 @@ def saved_on_failure(s, state, env, parts):
         sys.exit(128 + e.signum)
     except training.Diverged as e:
         kept = f"{s.checkpoint} holds the last good epoch" if Path(s.checkpoint).exists() else "nothing was saved"
-        raise cli.UserError(f"{e}: training diverged; lower --lr (it is {s.lr:g}) and train again ({kept})") from None
+        raise cli.UserError(f"{e}: {divergence_cause(s, e, env)} ({kept})") from None
     except Exception as e:
         lost_worker = data.loader_failure(e, s.workers)
         if not lost_worker and not memory.is_out_of_memory(e):
@@ -160,6 +160,18 @@ def saved_on_failure(s, state, env, parts):
         # Only this run's own checkpoint can be resumed: a last.pth left by an earlier run is another run.
         raise cli.UserError(memory.out_of_memory_line(s, check, cli.first_line(e, 120),
                                                       resumable=state.epoch > started[0] or bool(s.resume))) from None
+
+
+def divergence_cause(s, e, env):
+    """Why a run diverged, where it can be told. A loss that is not a number before the first optimizer
+    step cannot come from the learning rate: the starting weights (or fp16) overflow on these images."""
+    if e.what == "training loss" and e.epoch == 0 and e.step <= s.accum_steps and not s.resume:
+        start = {"none": "random starting weights", "imagenet": f"the ImageNet {s.model} weights"}.get(
+            s.start, f"the starting weights {s.weights}")
+        fp16 = "; or fp16 overflows: try --amp-dtype bf16 or --no-amp" if env.amp_dtype == torch.float16 else ""
+        return (f"it was not a number before the first optimizer step, so --lr is not the cause: the model's outputs "
+                f"overflow with {start} on these images; check them, or start from other weights{fp16}")
+    return f"training diverged; lower --lr (it is {s.lr:g}) and train again"
 
 
 # ---------------------------------------------------------------- the run's files

@@ -113,6 +113,9 @@ def class_counts(dataset):
     return torch.bincount(torch.tensor(dataset.targets, dtype=torch.long), minlength=len(dataset.classes)).tolist()
 
 
+CLASS_WEIGHT_RANGE = (1e-6, 1e6)
+
+
 def class_weights(choice, dataset):
     """The loss's class weights for --class-weights: None; 'auto', scikit-learn's "balanced" (images /
     (classes x the class's images)); or a JSON file giving every class a positive weight."""
@@ -138,6 +141,12 @@ def class_weights(choice, dataset):
            or not math.isfinite(w) or w <= 0]
     if bad:
         raise cli.UserError(f"{path}: the weight of {bad[0]} must be a positive number, not {given[bad[0]]!r}")
+    # The loss is summed in float32: beyond these bounds it overflows (NaN), or a class counts for nothing.
+    extreme = [c for c, w in given.items() if not CLASS_WEIGHT_RANGE[0] <= w <= CLASS_WEIGHT_RANGE[1]]
+    if extreme:
+        raise cli.UserError(f"{path}: the weight of {extreme[0]} is {given[extreme[0]]:g}; each weight must be from "
+                            f"{CLASS_WEIGHT_RANGE[0]:g} to {CLASS_WEIGHT_RANGE[1]:g}, or the loss overflows float32 "
+                            "(only their ratios count: 1 for the largest class, say)")
     return torch.tensor([float(given[c]) for c in dataset.classes])
 
 

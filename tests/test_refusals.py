@@ -79,3 +79,29 @@ def test_balancing_twice_is_refused_and_the_note_never_offers_a_flag_that_is_on(
     advice = note.split(":", 2)[-1] if offered else ""
     assert all(flag in note for flag in on + offered), note
     assert not any(flag.split()[0] in advice for flag in on), note  # nothing that is on is offered
+
+
+@pytest.mark.parametrize("weights", [{"daisy": 1e308, "roses": 1, "tulips": 1}, {"daisy": 1, "roses": 1e-300, "tulips": 1}])
+def test_class_weights_that_overflow_the_loss_are_refused_before_any_work(weights, data, tmp_path):
+    """1e308 is a finite float64, but the loss is summed in float32: it became NaN, blamed on --lr."""
+    import json
+    (tmp_path / "w.json").write_text(json.dumps(weights))
+    out = tmp_path / "run"
+    res = run_main("train.py", *TINY_TRAIN, "--data-path", data, "--class-weights", tmp_path / "w.json",
+                   "--save-path", out / "w.pth", "--class-indices", out / "ci.json")
+    assert res.returncode == 1 and res.stderr.count("\n") == 1, res.stderr
+    assert "the loss overflows float32" in res.stderr and "--lr" not in res.stderr, res.stderr
+    assert not out.exists()
+
+
+def test_a_loss_that_is_nan_before_any_step_names_the_starting_weights_not_the_lr(data, tmp_path):
+    """Finite starting weights whose outputs overflow: the first loss is NaN before the learning rate acted."""
+    sd = weights.build_model("resnet18", num_classes=3).state_dict()
+    sd["layer4.1.bn2.weight"].fill_(3e38)
+    torch.save(sd, tmp_path / "start.pth")
+    out = tmp_path / "run"
+    res = run_main("train.py", *TINY_TRAIN, "--data-path", data, "--weights", tmp_path / "start.pth",
+                   "--save-path", out / "w.pth", "--class-indices", out / "ci.json")
+    assert res.returncode == 1 and res.stderr.count("error:") == 1, res.stderr
+    assert "at epoch 1, step 1" in res.stderr and "before the first optimizer step" in res.stderr, res.stderr
+    assert f"the starting weights {tmp_path / 'start.pth'}" in res.stderr and "lower --lr" not in res.stderr
