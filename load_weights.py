@@ -70,8 +70,8 @@ def main(args):
                            "or pass --weights PATH")
     if args.out:  # never over the file it reads, --overwrite or not
         files.check_output(args.out, "adapted weights", overwrite=args.overwrite, suffixes=(".pth", ".pt"), inputs=[source])
-    path = weights.imagenet_weights(args.model, url=url) if args.download else source
-    state_dict = weights.read_state_dict(path)
+    path = source  # downloaded into the torch hub cache, where the checks delete a bad download
+    state_dict = weights.read_imagenet(args.model, url=url) if args.download else weights.read_state_dict(path)
     adapt = replace_fc_after_loading if args.way == 1 else load_without_fc
     net = adapt(args.model, state_dict, args.num_classes, path)
     print(f"{args.model} from {path}: fc is now Linear({net.fc.in_features}, {net.fc.out_features}) (way {args.way})")

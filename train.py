@@ -296,7 +296,7 @@ def read_start_weights(s):
     if s.start == "imagenet":
         cached = weights.imagenet_cache_path(weights.imagenet_url(s.model))  # refuses a model without them
         if cached.is_file():
-            return weights.read_state_dict(weights.check_hash_prefix(cached))
+            return weights.read_imagenet(s.model)
         files.check_writable_dir(cached.parent, "ImageNet weights")  # downloaded when the model is built
         return None
     if s.start == "none":
@@ -323,7 +323,7 @@ def build_model(s, env, num_classes, ckpt, start_weights=None):
         path = s.weights if s.start == "file" else weights.imagenet_cache_path(weights.imagenet_url(s.model))
         state_dict = start_weights
         if state_dict is None:  # ImageNet weights not in the hub cache yet
-            state_dict = weights.read_state_dict(weights.imagenet_weights(s.model, progress=env.world.is_main))
+            state_dict = weights.read_imagenet(s.model, progress=env.world.is_main)
         weights.load_pretrained(model, s.model, state_dict, path, verbose=env.world.is_main)
     if s.freeze_backbone:
         for name, p in model.named_parameters():
