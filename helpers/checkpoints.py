@@ -196,7 +196,12 @@ def check_run_files(s, classes, resumed):
     """Before any work: every file the run writes can be written, no two are the same file, and none
     that cost training is replaced without --overwrite (a resumed run's own files are its to replace)."""
     image_folders = [Path(s.data_path) / "train", Path(s.data_path) / "val"]
-    files.check_outside(s.output_dir, image_folders, "--output-dir")
+    # Each named by its flag; the paths given first, so that the reports' folder, beside --save-path
+    # unless --output-dir is given, is not blamed for --save-path.
+    given = [] if s.eval_only else [(s.save_path, "--save-path"), (s.checkpoint, "--checkpoint"),
+                                    (s.class_indices, "--class-indices")]
+    for path, flag in given + [(s.output_dir, "--output-dir (beside --save-path unless given)")]:
+        files.check_outside(path, image_folders, flag)
     files.check_writable_dir(s.output_dir, "reports")
     written = {name: Path(s.output_dir) / name for name in reports.RUN_REPORTS}
     for name, path in written.items():
@@ -209,13 +214,11 @@ def check_run_files(s, classes, resumed):
     # The starting weights are an input: a run never writes over them, --overwrite or not.
     start = [s.weights] if s.start == "file" and not resumed else []
     for path, what in ((s.save_path, "best weights"), (s.checkpoint, "checkpoint")):
-        files.check_outside(path, image_folders, what)
         files.check_output(path, what, suffixes=(".pth", ".pt"), inputs=start)
         if Path(path).exists() and not mine:
             # --resume is offered only when there is a checkpoint to resume.
             resume = f"--resume {s.checkpoint} continues it, " if Path(s.checkpoint).is_file() else ""
             raise cli.UserError(f"{path} is there from an earlier run; {resume}--overwrite replaces it, "
                                 "--save-path writes elsewhere")
-    files.check_outside(s.class_indices, image_folders, "class-index file")
     files.check_output(s.class_indices, "class-index file", overwrite=s.overwrite,
                        same_content=files.class_indices_bytes(classes))

@@ -5,6 +5,7 @@ import codecs
 import contextlib
 import gc
 import math
+import re
 import signal
 import sys
 
@@ -39,10 +40,28 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse, with its errors on one line like every other error of the scripts."""
 
     def error(self, message):
+        if message.startswith("ambiguous option:"):  # name the flags of --help, not a hidden old name
+            head, _, matches = message.partition(" could match ")
+            message = f"{head} could match {', '.join(m for m in matches.split(', ') if m in self.visible_flags())}"
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
 
+    def visible_flags(self):
+        """The flags --help shows (a hidden old name, such as --force, is not among them)."""
+        return set(re.findall(r"--[A-Za-z0-9][\w-]*", self.format_usage()))
+
     def parse_known_args(self, args=None, namespace=None):
+        # A flag shortened so that it fits one flag of --help is that flag, even where a hidden old
+        # name starts the same way (--data: --data-path, not "ambiguous with --data-root").
+        args = list(sys.argv[1:] if args is None else args)
+        visible = self.visible_flags()
+        for i, arg in enumerate(args):
+            if arg == "--":
+                break
+            name, eq, value = arg.partition("=")
+            fits = [f for f in visible if f.startswith(name)] if name.startswith("--") and name not in visible else []
+            if len(fits) == 1:
+                args[i] = fits[0] + eq + value
         # An empty value ('' from an unset shell variable) would read as "not given" and quietly
         # fall back to a default path, so it is refused for every flag and argument.
         ns, rest = super().parse_known_args(args, namespace)

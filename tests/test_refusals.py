@@ -1,5 +1,7 @@
 """Settings that train or predict nonsense without a word are refused in one line, before any work;
 the lines that explain a refusal name the flag the user gave."""
+import os
+
 import pytest
 import torch
 
@@ -105,3 +107,60 @@ def test_a_loss_that_is_nan_before_any_step_names_the_starting_weights_not_the_l
     assert res.returncode == 1 and res.stderr.count("error:") == 1, res.stderr
     assert "at epoch 1, step 1" in res.stderr and "before the first optimizer step" in res.stderr, res.stderr
     assert f"the starting weights {tmp_path / 'start.pth'}" in res.stderr and "lower --lr" not in res.stderr
+
+
+def test_benchmark_predict_folder_skips_and_names_an_unreadable_image(tmp_path, monkeypatch):
+    """The tutorial's loop, one of the timed runs, stopped at it: the benchmark ended after its first run."""
+    import benchmark
+    from PIL import Image
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        Image.new("RGB", (40, 30), (50 * i, 90, 30)).save(folder / f"{i}.jpg")
+    (folder / "bad.jpg").write_text("not a picture")
+    runs, seen = [], set()
+
+    def timed(cmd):  # what each run would read, when it runs
+        runs.append(cmd)
+        for a in map(str, cmd[1:]):
+            seen.update(os.listdir(a) if os.path.isdir(a) else [os.path.basename(a)] if a.endswith(".jpg") else [])
+        return 1.0, ""
+    monkeypatch.setattr(benchmark, "timed", timed)
+    res = run_main("benchmark.py", "--predict-folder", folder, "--no-onnx", "--repeats", "1", "--model", "resnet18",
+                   "--device", "cpu")
+    assert res.returncode == 0, res.stderr
+    assert "skipped: cannot read image" in res.stderr and "bad.jpg" in res.stderr
+    assert "3 images" in res.stdout and len(runs) == 4
+    assert seen == {"0.jpg", "1.jpg", "2.jpg"}  # every run reads the readable images only
+
+
+@pytest.mark.parametrize("flag", ["--save-path", "--checkpoint", "--class-indices", "--output-dir"])
+def test_an_output_inside_the_images_names_the_flag_that_was_given(flag, data, tmp_path):
+    """--save-path inside val/ was refused with a line about --output-dir, a flag the user never gave."""
+    out = tmp_path / "run"
+    paths = {"--save-path": out / "w.pth", "--checkpoint": out / "last.pth", "--class-indices": out / "ci.json",
+             "--output-dir": out}
+    paths[flag] = data / "val" / "daisy" / ("" if flag == "--output-dir" else paths[flag].name)
+    if flag == "--save-path":  # the checkpoint and the reports follow it there
+        del paths["--checkpoint"], paths["--output-dir"]
+    argv = [a for f, p in paths.items() for a in (f, p)]
+    res = run_main("train.py", *TINY_TRAIN, "--data-path", data, *argv)
+    assert res.returncode == 1 and res.stderr.startswith(f"error: the {flag} ") and "inside" in res.stderr, res.stderr
+    assert not out.exists()
+
+
+def test_a_shortened_flag_is_not_ambiguous_with_a_hidden_old_name(tmp_path):
+    """split_data.py --data was "ambiguous: --data-path, --data-root", naming a hidden alias."""
+    res = run_main("split_data.py", "--data", tmp_path / "none")  # now --data-path
+    assert "--data-root" not in res.stderr and f"{tmp_path / 'none'}/flower_photos" in res.stderr, res.stderr
+    res = run_main("split_data.py", "--d", tmp_path / "none")  # still ambiguous: the flags of --help are named
+    assert "ambiguous option: --d could match --data-path, --download" in res.stderr and "--data-root" not in res.stderr
+
+
+def test_evaluate_names_output_dir_for_its_pictures_inside_the_folder(data, tmp_path):
+    net = weights.build_model("resnet18", num_classes=3)
+    held = weights.TrainedWith(classes=["daisy", "roses", "tulips"], img_size=32, architecture="resnet18")
+    torch.save(weights.with_info(net.state_dict(), held), tmp_path / "w.pth")
+    res = run_main("evaluate.py", data / "val", "--weights", tmp_path / "w.pth", "--output-dir", data / "val" / "out")
+    assert res.returncode == 1 and res.stderr.startswith("error: the --output-dir's confusion matrix "), res.stderr
+    assert not (data / "val" / "out").exists()
