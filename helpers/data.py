@@ -138,13 +138,15 @@ def class_weights(choice, dataset):
                             + (f"; not classes of it: {', '.join(unknown)}" if unknown else "")
                             + (f"; missing: {', '.join(missing)}" if missing else ""))
     bad = [c for c, w in given.items() if isinstance(w, bool) or not isinstance(w, (int, float))
-           or not math.isfinite(w) or w <= 0]
+           or (isinstance(w, float) and not math.isfinite(w)) or w <= 0]  # a whole number of 400 digits is one
     if bad:
         raise cli.UserError(f"{path}: the weight of {bad[0]} must be a positive number, not {given[bad[0]]!r}")
     # The loss is summed in float32: beyond these bounds it overflows (NaN), or a class counts for nothing.
     extreme = [c for c, w in given.items() if not CLASS_WEIGHT_RANGE[0] <= w <= CLASS_WEIGHT_RANGE[1]]
     if extreme:
-        raise cli.UserError(f"{path}: the weight of {extreme[0]} is {given[extreme[0]]:g}; each weight must be from "
+        w = given[extreme[0]]
+        shown = f"{float(w):g}" if w < 1e308 else "over 1e308"
+        raise cli.UserError(f"{path}: the weight of {extreme[0]} is {shown}; each weight must be from "
                             f"{CLASS_WEIGHT_RANGE[0]:g} to {CLASS_WEIGHT_RANGE[1]:g}, or the loss overflows float32 "
                             "(only their ratios count: 1 for the largest class, say)")
     return torch.tensor([float(given[c]) for c in dataset.classes])

@@ -83,7 +83,8 @@ def test_balancing_twice_is_refused_and_the_note_never_offers_a_flag_that_is_on(
     assert not any(flag.split()[0] in advice for flag in on), note  # nothing that is on is offered
 
 
-@pytest.mark.parametrize("weights", [{"daisy": 1e308, "roses": 1, "tulips": 1}, {"daisy": 1, "roses": 1e-300, "tulips": 1}])
+@pytest.mark.parametrize("weights", [{"daisy": 1e308, "roses": 1, "tulips": 1}, {"daisy": 1, "roses": 1e-300, "tulips": 1},
+                                     {"daisy": 10 ** 400, "roses": 1, "tulips": 1}])  # JSON's whole numbers have no bound
 def test_class_weights_that_overflow_the_loss_are_refused_before_any_work(weights, data, tmp_path):
     """1e308 is a finite float64, but the loss is summed in float32: it became NaN, blamed on --lr."""
     import json
