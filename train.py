@@ -318,7 +318,7 @@ def build_model(s, env, num_classes, ckpt, start_weights=None):
         model.load_state_dict(ckpt["model"])
     elif s.start == "none":
         if env.world.is_main:
-            print("training from scratch (use more than 20 epochs)")
+            print("training from scratch" + (" (use more than 20 epochs)" if s.epochs <= 20 else ""))
     else:
         path = s.weights if s.start == "file" else weights.imagenet_cache_path(weights.imagenet_url(s.model))
         state_dict = start_weights

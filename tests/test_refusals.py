@@ -165,3 +165,17 @@ def test_evaluate_names_output_dir_for_its_pictures_inside_the_folder(data, tmp_
     res = run_main("evaluate.py", data / "val", "--weights", tmp_path / "w.pth", "--output-dir", data / "val" / "out")
     assert res.returncode == 1 and res.stderr.startswith("error: the --output-dir's confusion matrix "), res.stderr
     assert not (data / "val" / "out").exists()
+
+
+@pytest.mark.parametrize("epochs, advised", [("3", True), ("30", False)])
+def test_from_scratch_advises_more_epochs_only_when_there_are_few(epochs, advised, tmp_path, capsys):
+    """A hint never asks for what is already done (as the imbalance note never offers a flag that is on)."""
+    import types
+    from conftest import parse, resolve
+    import train
+    s = resolve(parse(train, TINY_TRAIN + ["--epochs", epochs, "--data-path", tmp_path]))
+    env = types.SimpleNamespace(world=types.SimpleNamespace(is_main=True, distributed=False), device=torch.device("cpu"),
+                                memory_format=torch.contiguous_format)
+    train.build_model(s, env, 3, None)
+    out = capsys.readouterr().out
+    assert "training from scratch" in out and ("more than 20 epochs" in out) == advised, out
