@@ -218,7 +218,8 @@ def check_run_files(s, classes, resumed):
         if Path(path).exists() and not mine:
             # --resume is offered only when there is a checkpoint to resume.
             resume = f"--resume {s.checkpoint} continues it, " if Path(s.checkpoint).is_file() else ""
+            beside = path == s.save_path or Path(s.checkpoint) == Path(s.save_path).parent / "last.pth"
             raise cli.UserError(f"{path} is there from an earlier run; {resume}--overwrite replaces it, "
-                                "--save-path writes elsewhere")
+                                f"{'--save-path' if beside else '--checkpoint'} writes elsewhere")
     files.check_output(s.class_indices, "class-index file", overwrite=s.overwrite,
                        same_content=files.class_indices_bytes(classes))

@@ -179,3 +179,13 @@ def test_from_scratch_advises_more_epochs_only_when_there_are_few(epochs, advise
     train.build_model(s, env, 3, None)
     out = capsys.readouterr().out
     assert "training from scratch" in out and ("more than 20 epochs" in out) == advised, out
+
+
+def test_an_earlier_checkpoint_names_the_flag_that_moves_it(data, tmp_path):
+    """--checkpoint given: --save-path does not move it, so the line must not offer --save-path."""
+    (tmp_path / "ck").mkdir()
+    torch.save({}, tmp_path / "ck" / "last.pth")
+    res = run_main("train.py", *TINY_TRAIN, "--data-path", data, "--save-path", tmp_path / "run" / "w.pth",
+                   "--class-indices", tmp_path / "run" / "ci.json", "--checkpoint", tmp_path / "ck" / "last.pth")
+    assert res.returncode == 1 and "is there from an earlier run" in res.stderr, res.stderr
+    assert "--checkpoint writes elsewhere" in res.stderr and "--save-path" not in res.stderr, res.stderr
