@@ -317,9 +317,19 @@ def predict_folder(args):
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
     paths = imaging.list_images(folder)
-    if not paths:
-        raise cli.UserError(f"no images in {folder}")
+    readable = readable_images(paths, args.img_size)
+    if not readable:
+        raise cli.UserError(f"no images in {folder}" + (" that can be read (each is named above)" if paths else ""))
     with tempfile.TemporaryDirectory() as tmp:
+        if len(readable) < len(paths):  # the runs see only the readable ones, linked into a folder of their own
+            folder = Path(tmp) / folder.name
+            folder.mkdir()
+            for p in readable:
+                try:
+                    os.link(p, folder / p.name)
+                except OSError:  # another file system
+                    os.symlink(p.resolve(), folder / p.name)
+        paths = [folder / p.name for p in readable]
         model, onnx32, int8 = throwaway_model(args, Path(tmp), folder, export=not args.no_onnx)
         tutorial = [HERE / "bench" / "tutorial_predict.py", *model[:4], "--device", args.device]
         batch = [HERE / "batch_predict.py", folder, "--batch-size", "16"]
@@ -344,6 +354,17 @@ def predict_folder(args):
     for r in results:  # Against the tutorial's, the first row of each task.
         r["ratio"] = r["images_per_s"] / next(b for b in results if b["task"] == r["task"])["images_per_s"]
     return report_of(args, device, f"whole processes, {len(paths)} images of {folder}", results)
+
+
+def readable_images(paths, img_size):
+    """The images that decode; each other one is named and skipped, as batch_predict.py does (the
+    tutorial's loop, one of the runs timed, would stop at it)."""
+    readable = []
+    for indices, _, errors in inference.decode_batches(paths, img_size, batch_size=64):
+        readable += [paths[i] for i in indices]
+        for _, error in errors:
+            print(f"skipped: {error}", file=sys.stderr)
+    return readable
 
 
 def model_rate(predict, batch_size, img_size):

@@ -18,7 +18,8 @@ def get_args_parser(add_help=True):
     p.add_argument("--model", default="resnet34", choices=inference.MODEL_NAMES, help="architecture (default: %(default)s)")
     p.add_argument("--weights", default=None,
                    help="ImageNet weights file (default: ./<model>-pre.pth, e.g. ./resnet34-pre.pth)")
-    p.add_argument("--num-classes", type=cli.int_in(1, 100_000), default=5, help="classes of your data set (default: %(default)s)")
+    p.add_argument("--num-classes", type=cli.int_in(2, 100_000), default=5,
+                   help="classes of your data set, two or more (default: %(default)s)")
     p.add_argument("--download", action="store_true",
                    help="fetch torchvision's ImageNet file for --model into the torch hub cache (hash checked)")
     p.add_argument("--url", default=None, help="with --download: another address (or a local file) for the file")
@@ -73,8 +74,8 @@ def main(args):
                            "or pass --weights PATH")
     if args.out:  # never over the file it reads, --overwrite or not
         files.check_output(args.out, "adapted weights", overwrite=args.overwrite, suffixes=(".pth", ".pt"), inputs=[source])
-    path = weights.imagenet_weights(args.model, url=url) if args.download else source
-    state_dict = weights.read_state_dict(path)
+    path = source  # downloaded into the torch hub cache, where the checks delete a bad download
+    state_dict = weights.read_imagenet(args.model, url=url) if args.download else weights.read_state_dict(path)
     adapt = replace_fc_after_loading if args.way == 1 else load_without_fc
     net = adapt(args.model, state_dict, args.num_classes, path)
     print(f"{args.model} from {path}: fc is now Linear({net.fc.in_features}, {net.fc.out_features}) (way {args.way})")

@@ -71,6 +71,9 @@ def class_images(source):
     if not classes:
         raise cli.UserError(f"{source} has no class folders; it must hold <class>/<images>")
     files.check_class_names(classes, f"the class folders of {source}")  # train.py would refuse them later
+    if len(classes) < 2:  # train.py would refuse it after the split
+        raise cli.UserError(f"{source} has one class folder ({classes[0]}): a classifier needs two classes or more; "
+                            "add a folder of images for each other class")
     found, unreadable = {}, []
     for cla in classes:
         not_regular, images = [], []

@@ -137,7 +137,7 @@ def main(args):
         class_weights = data.class_weights(s.class_weights, train_set)
         checkpoints.check_run_files(s, classes, resumed=ckpt is not None)
         if world.is_main:
-            data.describe(train_set, val_set, s.workers)
+            data.describe(train_set, val_set, s.workers, s)
         if s.eval_only:  # its reports' folder held: a training run may be writing there
             if world.is_main:
                 held.enter_context(files.made_dirs(s.output_dir))
@@ -236,7 +236,8 @@ def train_one_epoch(model, loader, step):
     n_batches = state.step + len(loader)
     bar = tqdm(loader, file=sys.stdout, disable=not env.world.is_main, initial=state.step, total=n_batches,
                desc=f"train epoch[{state.epoch + 1}/{s.epochs}]")
-    start = last_shown = time.perf_counter()
+    start = time.perf_counter()
+    last_shown = start - 1  # the first loss is read at once: a NaN there is not the learning rate's doing
     try:
         for images, labels, _ in bar:
             images = images.to(env.device, non_blocking=True, memory_format=env.memory_format)
@@ -386,7 +387,7 @@ def read_start_weights(s):
     if s.start == "imagenet":
         cached = weights.imagenet_cache_path(weights.imagenet_url(s.model))  # refuses a model without them
         if cached.is_file():
-            return weights.read_state_dict(weights.check_hash_prefix(cached))
+            return weights.read_imagenet(s.model)
         files.check_writable_dir(cached.parent, "ImageNet weights")  # downloaded when the model is built
         return None
     if s.start == "none":
@@ -415,7 +416,7 @@ def build_model(s, env, num_classes, ckpt, start_weights=None):
         path = s.weights if s.start == "file" else weights.imagenet_cache_path(weights.imagenet_url(s.model))
         state_dict = start_weights
         if state_dict is None:  # ImageNet weights not in the hub cache yet
-            state_dict = weights.read_state_dict(weights.imagenet_weights(s.model, progress=env.world.is_main))
+            state_dict = weights.read_imagenet(s.model, progress=env.world.is_main)
         weights.load_pretrained(model, s.model, state_dict, path, verbose=env.world.is_main)
     if s.freeze_backbone:
         for name, p in model.named_parameters():

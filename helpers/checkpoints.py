@@ -143,7 +143,7 @@ def saved_on_failure(s, state, env, parts):
         sys.exit(128 + e.signum)
     except training.Diverged as e:
         kept = f"{s.checkpoint} holds the last good epoch" if Path(s.checkpoint).exists() else "nothing was saved"
-        raise cli.UserError(f"{e}: training diverged; lower --lr (it is {s.lr:g}) and train again ({kept})") from None
+        raise cli.UserError(f"{e}: {divergence_cause(s, e, env)} ({kept})") from None
     except Exception as e:
         lost_worker = data.loader_failure(e, s.workers)
         if not lost_worker and not memory.is_out_of_memory(e):
@@ -160,6 +160,18 @@ def saved_on_failure(s, state, env, parts):
         # Only this run's own checkpoint can be resumed: a last.pth left by an earlier run is another run.
         raise cli.UserError(memory.out_of_memory_line(s, check, cli.first_line(e, 120),
                                                       resumable=state.epoch > started[0] or bool(s.resume))) from None
+
+
+def divergence_cause(s, e, env):
+    """Why a run diverged, where it can be told. A loss that is not a number before the first optimizer
+    step cannot come from the learning rate: the starting weights (or fp16) overflow on these images."""
+    if e.what == "training loss" and e.epoch == 0 and e.step <= s.accum_steps and not s.resume:
+        start = {"none": "random starting weights", "imagenet": f"the ImageNet {s.model} weights"}.get(
+            s.start, f"the starting weights {s.weights}")
+        fp16 = "; or fp16 overflows: try --amp-dtype bf16 or --no-amp" if env.amp_dtype == torch.float16 else ""
+        return (f"it was not a number before the first optimizer step, so --lr is not the cause: the model's outputs "
+                f"overflow with {start} on these images; check them, or start from other weights{fp16}")
+    return f"training diverged; lower --lr (it is {s.lr:g}) and train again"
 
 
 # ---------------------------------------------------------------- the run's files
@@ -184,7 +196,12 @@ def check_run_files(s, classes, resumed):
     """Before any work: every file the run writes can be written, no two are the same file, and none
     that cost training is replaced without --overwrite (a resumed run's own files are its to replace)."""
     image_folders = [Path(s.data_path) / "train", Path(s.data_path) / "val"]
-    files.check_outside(s.output_dir, image_folders, "--output-dir")
+    # Each named by its flag; the paths given first, so that the reports' folder, beside --save-path
+    # unless --output-dir is given, is not blamed for --save-path.
+    given = [] if s.eval_only else [(s.save_path, "--save-path"), (s.checkpoint, "--checkpoint"),
+                                    (s.class_indices, "--class-indices")]
+    for path, flag in given + [(s.output_dir, "--output-dir (beside --save-path unless given)")]:
+        files.check_outside(path, image_folders, flag)
     files.check_writable_dir(s.output_dir, "reports")
     written = {name: Path(s.output_dir) / name for name in reports.RUN_REPORTS}
     for name, path in written.items():
@@ -197,13 +214,12 @@ def check_run_files(s, classes, resumed):
     # The starting weights are an input: a run never writes over them, --overwrite or not.
     start = [s.weights] if s.start == "file" and not resumed else []
     for path, what in ((s.save_path, "best weights"), (s.checkpoint, "checkpoint")):
-        files.check_outside(path, image_folders, what)
         files.check_output(path, what, overwrite=True, suffixes=(".pth", ".pt"), inputs=start)
         if Path(path).exists() and not mine:
             # --resume is offered only when there is a checkpoint to resume.
             resume = f"--resume {s.checkpoint} continues it, " if Path(s.checkpoint).is_file() else ""
+            beside = path == s.save_path or Path(s.checkpoint) == Path(s.save_path).parent / "last.pth"
             raise cli.UserError(f"{path} is there from an earlier run; {resume}--overwrite replaces it, "
-                                "--save-path writes elsewhere")
-    files.check_outside(s.class_indices, image_folders, "class-index file")
+                                f"{'--save-path' if beside else '--checkpoint'} writes elsewhere")
     files.check_output(s.class_indices, "class-index file", overwrite=s.overwrite,
                        same_content=files.class_indices_bytes(classes))

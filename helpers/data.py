@@ -73,6 +73,9 @@ def train_folder(root, transform):
     train_set = ClassFolder(files.need_dir(root, "train folder", "run split_data.py first"), transform,
                             replace_unreadable=True)
     files.check_class_names(train_set.classes, str(root))
+    if len(train_set.classes) < 2:  # one class: loss 0, accuracy 1, and every image that class
+        raise cli.UserError(f"{root} has one class folder ({train_set.classes[0]}): a classifier needs two classes "
+                            "or more; add a folder of images for each other class")
     empty = [c for i, c in enumerate(train_set.classes) if i not in set(train_set.targets)]
     if empty:
         raise cli.UserError(f"no images in the class folder(s) {', '.join(empty)} of {root}; "
@@ -110,6 +113,9 @@ def class_counts(dataset):
     return torch.bincount(torch.tensor(dataset.targets, dtype=torch.long), minlength=len(dataset.classes)).tolist()
 
 
+CLASS_WEIGHT_RANGE = (1e-6, 1e6)
+
+
 def class_weights(choice, dataset):
     """The loss's class weights for --class-weights: None; 'auto', scikit-learn's "balanced" (images /
     (classes x the class's images)); or a JSON file giving every class a positive weight."""
@@ -132,9 +138,17 @@ def class_weights(choice, dataset):
                             + (f"; not classes of it: {', '.join(unknown)}" if unknown else "")
                             + (f"; missing: {', '.join(missing)}" if missing else ""))
     bad = [c for c, w in given.items() if isinstance(w, bool) or not isinstance(w, (int, float))
-           or not math.isfinite(w) or w <= 0]
+           or (isinstance(w, float) and not math.isfinite(w)) or w <= 0]  # a whole number of 400 digits is one
     if bad:
         raise cli.UserError(f"{path}: the weight of {bad[0]} must be a positive number, not {given[bad[0]]!r}")
+    # The loss is summed in float32: beyond these bounds it overflows (NaN), or a class counts for nothing.
+    extreme = [c for c, w in given.items() if not CLASS_WEIGHT_RANGE[0] <= w <= CLASS_WEIGHT_RANGE[1]]
+    if extreme:
+        w = given[extreme[0]]
+        shown = f"{float(w):g}" if w < 1e308 else "over 1e308"
+        raise cli.UserError(f"{path}: the weight of {extreme[0]} is {shown}; each weight must be from "
+                            f"{CLASS_WEIGHT_RANGE[0]:g} to {CLASS_WEIGHT_RANGE[1]:g}, or the loss overflows float32 "
+                            "(only their ratios count: 1 for the largest class, say)")
     return torch.tensor([float(given[c]) for c in dataset.classes])
 
 
@@ -246,21 +260,34 @@ def mix(mixer, images, labels, seed, epoch, step):
         return mixer(images, labels)
 
 
-def describe(train_set, val_set, workers):
-    """What the run reads: the images of each set, the classes' balance, a class val/ lacks."""
+def describe(train_set, val_set, workers, s):
+    """What the run reads: the images of each set, the classes' balance, a class val/ lacks. s: the
+    run's settings, so that the note on imbalanced classes offers only what is not on already."""
     print(f"using {len(train_set)} images for training, {len(val_set)} images for validation.")
     counts = class_counts(train_set)
     ratio = max(counts) / max(min(counts), 1)
     print("images per class in train/: " + ", ".join(f"{c} {n}" for c, n in zip(train_set.classes, counts))
           + f" (largest/smallest: {ratio:.1f})")
     if ratio > 3:
-        print("note: the classes are imbalanced: --class-weights auto, --balanced-sampler or --select-by "
-              "balanced_acc may help the small ones (docs/training.md)")
+        print(imbalance_note(s))
     if val_set.missing:
         print(f"warning: val/ has no images of {', '.join(val_set.missing)}: their accuracy cannot be measured",
               file=sys.stderr)
     print(f"loading images with {workers} worker process{'' if workers == 1 else 'es'} (per training process)"
           if workers else "loading images in the training process itself (--workers 0)")
+
+
+def imbalance_note(s):
+    """The note for classes of different sizes: what is on, and only what is not on as advice. The
+    sampler and auto weights each make up for the sizes: one of the two, never both (settings refuses that)."""
+    on = [name for name, is_on in ((f"--class-weights {s.class_weights}", s.class_weights),
+                                   ("--balanced-sampler", s.balanced_sampler),
+                                   (f"--select-by {s.select_by}", s.select_by != "acc")) if is_on]
+    balancing = s.class_weights or s.balanced_sampler
+    offer = [] if balancing else ["--class-weights auto or --balanced-sampler (one of the two)"]
+    offer += ["--select-by balanced_acc"] if s.select_by == "acc" else []
+    return ("note: the classes are imbalanced" + (f" ({', '.join(on)}: on)" if on else "")
+            + (f": {', and '.join(offer)} may help the small ones (docs/training.md)" if offer else ""))
 
 
 def fingerprint(train_set, val_set):

@@ -142,6 +142,9 @@ def settle(args, batch_size=None):
         source = f"{model_path} ({'its metadata' if onnx_file else 'what it was trained with'})"
     else:
         classes, source = classes_beside(args.class_indices, model_path, onnx_file)
+    if len(classes) < 2:  # its softmax is 1.0 for every image, whatever --min-prob says
+        raise cli.UserError(f"{source} holds one class ({classes[0]}): such a model calls every image "
+                            f"{classes[0]} with probability 1; train it on two classes or more")
     return Prediction(model=args.model or architecture or DEFAULT_MODEL, classes=classes, class_source=source,
                       img_size=info.img_size if info else args.img_size or 224,
                       trained_on=info.trained_on if info else None, **run)

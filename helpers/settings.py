@@ -124,6 +124,15 @@ def resolve(args, parser, world, ckpt=None):
         raise cli.UserError(f"--batch-size 1 at --img-size {v.img_size}: the last BatchNorm layers would see one value "
                             "per channel, and cannot train on that; pass --batch-size 2 or more, or an --img-size "
                             "above 32")
+    if v.balanced_sampler and v.class_weights == "auto":
+        raise cli.UserError("--balanced-sampler and --class-weights auto each make up for the classes' sizes, and "
+                            "together count a small class twice over (a class 3x smaller would weigh 9x); pass one "
+                            "of the two (a --class-weights FILE of your own costs may go with the sampler)")
+    frozen = "--freeze-backbone" if v.freeze_backbone else "--backbone-lr-scale 0" if v.backbone_lr_scale == 0 else None
+    if start == "none" and frozen and not args.eval_only:  # also a resumed run's saved settings
+        raise cli.UserError(f"{frozen} with --weights none would train only fc, over a backbone of random weights "
+                            f"that never learns; start from trained weights (--weights imagenet or a file), or leave "
+                            f"{frozen.split()[0]} out")
     if ckpt and v.epochs < ckpt["epoch"] + (ckpt["step"] > 0):
         raise cli.UserError(f"--epochs {v.epochs}: the resumed run has already done {ckpt['epoch']} epochs")
     if (v.mixup_alpha or v.cutmix_alpha) and not data.mixup_available():

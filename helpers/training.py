@@ -68,6 +68,7 @@ class Diverged(Exception):
 
     def __init__(self, loss, epoch, step, what="training loss"):
         super().__init__(f"the {what} became {loss} at epoch {epoch + 1}, step {step}")
+        self.what, self.epoch, self.step = what, epoch, step
 
 
 def stop_signal(world, device):

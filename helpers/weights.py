@@ -264,8 +264,33 @@ def check_hash_prefix(path):
     expected = hash_prefix(path)
     if expected and not files.file_sha256(path).startswith(expected):
         raise cli.UserError(f"{path} is not the file its name says (its SHA-256 does not start with {expected}): "
-                            "a wrong or damaged copy; delete it, or put the right file there")
+                            "a wrong or damaged copy")
     return Path(path)
+
+
+def read_imagenet(model_name, url=None, progress=True):
+    """The state_dict of torchvision's ImageNet file for the model (or of --url's), from the torch hub
+    cache, downloaded first when it is not there. A download that fails its checks (the hash its name
+    promises, a weights file, of this model) is deleted, so a later good file of the same name is not
+    refused for it; a cached copy that fails them is named, to be deleted."""
+    url = url or imagenet_url(model_name)
+    dest = imagenet_cache_path(url)
+    downloaded = not dest.is_file()
+    path = imagenet_weights(model_name, url, progress) if downloaded else dest
+    try:
+        if not downloaded:  # a download's hash was checked as it came
+            check_hash_prefix(path)
+        state_dict = read_state_dict(path)
+        with torch.device("meta"):  # shapes without memory
+            net = build_model(model_name)
+        check_architecture(net, model_name, state_dict, path)
+        return state_dict
+    except cli.UserError as e:
+        if downloaded:
+            path.unlink(missing_ok=True)
+            raise cli.UserError(f"{e}. The download from {url} was deleted") from None
+        raise cli.UserError(f"{e}. It is a copy in the torch hub cache: delete it (it is downloaded again), or put "
+                            "the right file there") from None
 
 
 def imagenet_weights(model_name, url=None, progress=True):

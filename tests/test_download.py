@@ -117,3 +117,35 @@ def test_an_archive_the_user_put_there_is_unpacked_and_kept(tmp_path):
     split_data.main(parse(split_data, ["--data-path", data, "--download", "--url",
                                        (data / "flower_photos.tgz").as_uri(), "--sha256", "none"]))
     assert (data / "flower_photos.tgz").exists() and (data / "train" / "roses").is_dir()
+
+
+def test_a_download_that_fails_its_checks_leaves_nothing_in_the_hub_cache(server, tmp_path, monkeypatch):
+    """A bad file at --url was kept in the torch hub cache; a later good file of the same name was then
+    refused with the same error, and nothing said to delete the cached copy."""
+    from conftest import run_main
+    root, url = server
+    hub = tmp_path / "torch" / "hub"
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(hub))  # TORCH_HOME is read only while no hub folder was set in this process
+    cached = hub / "checkpoints" / "resnet18.pth"  # no hash in its name: only reading it can check it
+    argv = ["--model", "resnet18", "--download", "--url", f"{url}/resnet18.pth", "--num-classes", "3"]
+    try:
+        for bad in (b"<html>Service unavailable</html>", None):  # not weights; weights of another model
+            if bad is None:  # a VGG's first layer, say
+                torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, root / "resnet18.pth")
+            else:
+                (root / "resnet18.pth").write_bytes(bad)
+            res = run_main("load_weights.py", *argv)
+            error = res.stderr.strip().splitlines()[-1]  # after the server's log and the progress bar
+            assert res.returncode == 1 and res.stderr.count("error:") == 1 and error.startswith("error:"), res.stderr
+            assert "The download from" in error and error.endswith("was deleted"), res.stderr
+            assert not cached.exists() and not list(hub.rglob("*.partial"))
+        good = weights.build_model("resnet18").state_dict()
+        torch.save(good, root / "resnet18.pth")
+        assert run_main("load_weights.py", *argv).returncode == 0 and cached.exists()
+        cached.write_bytes(b"damaged on the card")  # a cached copy that fails: named, to be deleted
+        res = run_main("load_weights.py", *argv)
+        assert res.returncode == 1 and "torch hub cache: delete it" in res.stderr, res.stderr
+    finally:
+        torch.hub.set_dir(old)

@@ -184,11 +184,12 @@ def test_balanced_sampler_draws_classes_equally_is_seeded_and_sharded(tmp_path):
 def test_imbalance_flags_resume_exactly_and_select_by_picks_its_metric(tmp_path, capsys):
     from test_recipes import check_resumes_exactly
     data = imbalanced(tmp_path / "data")
-    extra = ["--class-weights", "auto", "--balanced-sampler", "--select-by", "balanced_acc"]
+    (tmp_path / "costs.json").write_text('{"daisy": 1, "roses": 1, "tulips": 2}')  # auto is refused with the sampler
+    extra = ["--class-weights", tmp_path / "costs.json", "--balanced-sampler", "--select-by", "balanced_acc"]
     full, _, ckpt = check_resumes_exactly(data, tmp_path, extra, 5)
     out = capsys.readouterr().out
     assert "images per class in train/: daisy 12, roses 12, tulips 3 (largest/smallest: 4.0)" in out
-    assert "--class-weights auto, --balanced-sampler or --select-by balanced_acc" in out  # the ratio is above 3
+    assert "costs.json, --balanced-sampler, --select-by balanced_acc: on)\n" in out  # the ratio is above 3
     assert ckpt["settings"]["select_by"] == "balanced_acc" and ckpt["settings"]["balanced_sampler"] is True
     assert full["best_acc"] == pytest.approx(max(h["val_balanced_acc"] for h in full["history"]), abs=1e-5)
     with open(tmp_path / "a" / "history.csv") as f:

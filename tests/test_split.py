@@ -71,7 +71,7 @@ def test_existing_split_is_refused_then_replaced_with_overwrite_and_nothing_else
 
 
 def test_progress_lines_and_links(tmp_path, capsys):
-    make_class_folders(tmp_path / "flower_photos", per_class=10, classes=("roses",))
+    make_class_folders(tmp_path / "flower_photos", per_class=10, classes=("daisy", "roses"))
     split_data.main(parse(split_data, ["--data-path", tmp_path]))
     out = capsys.readouterr().out
     assert "[roses] processing [10/10]" in out and out.rstrip().splitlines()[-2] == "processing done!"
