@@ -137,7 +137,10 @@ def decode_rgb(img, shrink=1.0, path=None):
         if w * h > MAX_PIXELS:
             raise _too_large(path, w, h)
         img.load()
-        img = ImageOps.exif_transpose(img)
+        # exif_transpose copies the whole image even when it has nothing to turn (a third of a small
+        # photo's decoding): it is called only for an orientation to apply. _to_rgb makes the copy.
+        if img.getexif().get(0x0112, 1) in (2, 3, 4, 5, 6, 7, 8):
+            img = ImageOps.exif_transpose(img)
         return _to_rgb(img)
     except cli.UserError:
         raise
