@@ -59,7 +59,7 @@ endif
 	@echo "  $(BIN)/python predict.py $(DEMO_IMGS)/tulips.jpg --weights $(DEMO_WEIGHTS)"
 	@echo "  $(BIN)/python batch_predict.py $(DEMO_IMGS) --weights $(DEMO_WEIGHTS)"
 	@echo "  $(BIN)/python evaluate.py --weights $(DEMO_WEIGHTS) $(DATA_FLAG)"
-	@echo "export needs onnx and onnxruntime (pip install -r requirements-deploy.txt does not bring onnx); once:"
+	@echo "export needs onnx and onnxruntime; install them once:"
 	@echo "  $(BIN)/pip install onnx onnxruntime"
 	@echo "  $(BIN)/python export_onnx.py --weights $(DEMO_WEIGHTS) $(DATA_FLAG)"
 	@echo "  $(BIN)/python batch_predict.py $(DEMO_IMGS) --onnx $(DEMO_WEIGHTS:.pth=.onnx)"

@@ -71,7 +71,7 @@ def seeded(seed):
     """The CPU's default generator seeded for the block, and put back as it was after it (the
     process's own random state is untouched); seed None: the block draws as it is. The transforms,
     mixup and cutmix draw from this generator alone. torch.manual_seed would also queue the lazy
-    seeding of CUDA, XPU and MTIA, each formatting the Python stack: a fifth of an image's time."""
+    seeding of CUDA, XPU and MTIA, which formats the Python stack for every image."""
     if seed is None:
         yield
         return
