@@ -104,17 +104,19 @@ def _distractors(draw, rng, size):
         draw.ellipse([x - r, y - r, x + r, y + r], fill=_jitter(rng, colour, 30))
 
 
-def draw_image(kind, rng, size):
+def draw_image(kind, rng, size, clear=False):
+    """One training picture; clear: one large flower, not blurred, as the training set often has it
+    (the demo's example pictures show the classes, not their hardest cases)."""
     img = _background(rng, size)
     draw = ImageDraw.Draw(img)
     _distractors(draw, rng, size)
-    for _ in range(rng.choice([1, 1, 1, 2, 3])):
-        r = size * rng.uniform(0.1, 0.33)
+    for _ in range(1 if clear else rng.choice([1, 1, 1, 2, 3])):
+        r = size * rng.uniform(0.25 if clear else 0.1, 0.33)
         cx, cy = rng.uniform(r * 0.6, size - r * 0.6), rng.uniform(r * 0.6, size - r * 0.6)
         _flower(draw, rng, kind, cx, cy, r)
-    if rng.random() < 0.5:
+    if rng.random() < 0.5 and not clear:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.5)))
-    return ImageEnhance.Brightness(img).enhance(rng.uniform(0.6, 1.3))
+    return ImageEnhance.Brightness(img).enhance(rng.uniform(0.8, 1.2) if clear else rng.uniform(0.6, 1.3))
 
 
 def make_demo_dataset(root, per_class=120, seed=0, size_range=SIZE_RANGE):
@@ -137,15 +139,15 @@ def figure_note(data_path):
 
 
 def make_demo_images(folder, seed=1234, size_range=SIZE_RANGE):
-    """One picture per class for predict.py and batch_predict.py, drawn as the training pictures are
-    (new ones: another seed); a file already there is kept."""
+    """One clear picture per class for predict.py and batch_predict.py, drawn by the training
+    pictures' generator (new ones: another seed); a file already there is kept."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     written = []
     for kind in CLASSES:
         path = folder / f"{kind}.jpg"
-        img = draw_image(kind, rng, rng.randint(*size_range))
+        img = draw_image(kind, rng, rng.randint(*size_range), clear=True)
         if not path.exists():
             imaging.save_image(img, path, quality=90)
             written.append(path)
