@@ -13,6 +13,7 @@ from helpers import cli
 if __name__ == "__main__":
     cli.one_line_ctrl_c()  # before torch loads: a Ctrl-C during its import ends in one line too
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -239,8 +240,11 @@ def write_split(source, out_root, split, mode="link", max_size=None):
             print()
         if jobs:
             print(f"resizing {len(jobs)} images to a shorter side of at most {max_size} px")
-            with multiprocessing.Pool(os.cpu_count() or 1, initializer=stop.ignore_in_worker) as pool:
-                for warning in pool.imap(resized_copy, jobs, chunksize=8):
+            # Starting a pool of processes costs more than resizing a few images in this one.
+            few = len(jobs) <= 64
+            with contextlib.nullcontext() if few else multiprocessing.Pool(os.cpu_count() or 1,
+                                                                          initializer=stop.ignore_in_worker) as pool:
+                for warning in map(resized_copy, jobs) if few else pool.imap(resized_copy, jobs, chunksize=8):
                     if warning:
                         print(f"warning: copied as it is: {warning}")
         return tmp
