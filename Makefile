@@ -13,7 +13,7 @@ DEMO_PATH := $(if $(REAL_DATA),$(DATA),$(DEMO_DATA))
 DEMO_OUT ?= runs/demo
 DEMO_IMGS ?= data/imgs
 DEMO_PER_CLASS ?= 120
-DEMO_ARGS ?= --model resnet18 --weights none --img-size 64 --epochs 10 --batch-size 32 --opt adamw --lr 2e-3 \
+DEMO_ARGS ?= --model resnet18 --weights none --img-size 64 --epochs 14 --batch-size 32 --opt adamw --lr 2e-3 \
   --weight-decay 0.05 --lr-scheduler cosine --warmup-epochs 1 --label-smoothing 0.1
 # The weights carry their model, image size and classes: the other scripts need only --weights.
 DEMO_WEIGHTS = $(DEMO_OUT)/resNet18.pth
