@@ -12,6 +12,7 @@ import errno
 import hmac
 import html
 import http.server
+import io
 import ipaddress
 import json
 import secrets
@@ -28,6 +29,7 @@ cv2 = sources.cv2
 VIEWERS = 8  # streams at once; the next is answered 503 (try again later)
 CONNECTIONS = 2 * VIEWERS  # threads at once, streams included; more connections are closed at once
 MAX_URL, MAX_BODY = 2048, 1024  # bytes of a request's URL and of a POST's body
+REQUEST_SECONDS = 5  # the whole request (its line, headers and body) must arrive within this, or it is dropped
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 PAGE = (Path(__file__).parent / "serve.html").read_text(encoding="utf-8")  # the page, its style and its script
 
@@ -43,6 +45,7 @@ def address_arg(text):
 
 class Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = CONNECTIONS  # a page opens several connections at once: none waits for a resent SYN
 
     def __init__(self, sockaddr, family, page):
         self.address_family, self.page = family, page
@@ -62,6 +65,28 @@ class Server(http.server.ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self.slots.release()
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], OSError):  # a viewer that left or stalled is normal, not an error
+            super().handle_error(request, client_address)
+
+
+class DeadlineReader(io.RawIOBase):
+    """A socket's bytes, each read given only the time left before one deadline: a client that sends
+    its request a line at a time cannot hold a connection (and its thread) for longer."""
+
+    def __init__(self, sock, seconds):
+        self.sock, self.end = sock, time.monotonic() + seconds
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request took too long")
+        self.sock.settimeout(left)
+        return self.sock.recv_into(buffer)
 
 
 class Page:
@@ -83,6 +108,7 @@ class Page:
                    errno.EACCES: f"port {port} needs root; choose one above 1023"}.get(e.errno, cli.describe_os_error(e))
             raise cli.UserError(f"cannot serve on {host}:{port}: {why}") from None
         ip, self.port = self.server.server_address[:2]
+        self.bound = "localhost" if ip in LOOPBACK_NAMES else f"[{ip}]" if ":" in ip else ip  # for ssh -L
         self.loopback = ipaddress.ip_address(ip).is_loopback
         self.token = secrets.token_urlsafe(16)  # needed for everything on another address, for collecting always
         self.names = LOOPBACK_NAMES | {ip}  # the Host a browser on this machine sends (127.0.0.2 is loopback too)
@@ -100,7 +126,7 @@ class Page:
         self.about["runs_on"] = runs_on
         threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
         print(f"note: the live page is at {self.url}" + (
-            f" (from another machine: ssh -L {self.port}:localhost:{self.port} HOST, then open it there)"
+            f" (from another machine: ssh -L {self.port}:{self.bound}:{self.port} HOST, then open it there)"
             if self.loopback else " (the token in it keeps everyone else out)"), file=sys.stderr)
         try:
             yield self
@@ -162,7 +188,10 @@ class Page:
                 if not path.exists():
                     break
                 n += 1
-            files.atomic_write_bytes(path, data)
+            try:
+                files.atomic_write_bytes(path, data)
+            except OSError as e:  # a full disk, a file put where the class's folder was: the run goes on
+                raise cli.UserError(f"cannot save {path}: {cli.describe_os_error(e)}") from None
             self.counts[name] += 1
             small = cv2.resize(raw, (160, max(1, raw.shape[0] * 160 // raw.shape[1])), interpolation=cv2.INTER_AREA)
             self.thumb, self.last_saved = cv2.imencode(".jpg", small)[1].tobytes(), f"{name}/{path.name}"
@@ -177,12 +206,19 @@ def collect_classes(folder, classes):
         if side.name in ("train", "val", "test") and (side.parent / ".split.json").exists():
             raise cli.UserError(f"--collect {folder} is inside {side}, which split_data.py writes; collect into "
                                 f"{side.parent / 'flower_photos'} and split again")
+    if (folder / ".split.json").exists() or (folder / "flower_photos").is_dir() and (
+            (folder / "train").is_dir() or (folder / "val").is_dir()):
+        raise cli.UserError(f"--collect {folder} is the root of a split (its train/ and val/ are split_data.py's "
+                            f"to write); collect into {folder / 'flower_photos'} and split again")
     files.check_writable_dir(folder, "collected frames")
     found = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) if folder.is_dir() else []
     names = list(dict.fromkeys(list(classes) + found))
     bad = [c for c in names if c in (".", "..") or "/" in c or "\\" in c]
     if bad:
         raise cli.UserError(f"--collect: the class {bad[0]!r} cannot be a folder name")
+    taken = [folder / c for c in names if (folder / c).exists() and not (folder / c).is_dir()]
+    if taken:
+        raise cli.UserError(f"--collect: {taken[0]} is a file; a class's path must be a folder or absent")
     return {c: sum(imaging.is_image_file(p) for p in (folder / c).iterdir()) if (folder / c).is_dir() else 0
             for c in names}
 
@@ -193,6 +229,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass  # stdout holds the frames' lines
+
+    def setup(self):
+        super().setup()
+        self.rfile.close()  # read through the request's deadline instead
+        self.rfile = io.BufferedReader(DeadlineReader(self.connection, REQUEST_SECONDS))
+
+    def send_response(self, *args):
+        self.connection.settimeout(self.timeout)  # the request is read: answers get the usual timeout again
+        super().send_response(*args)
 
     def allowed(self, query, need_token=False):
         """The token, or (for a GET on loopback) a Host that names loopback (no DNS rebinding)."""
@@ -262,7 +307,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         try:
             saved = page.collect(name)
         except cli.UserError as e:
-            return self.send_error(503, str(e))
+            print(f"warning: --collect: {e}", file=sys.stderr)
+            return self.send_error(503, "not saved", str(e))  # the path may not be Latin-1: in the body
         if "application/json" in self.headers.get("Accept", ""):
             return self.reply(200, "application/json", json.dumps({"saved": saved, "classes": page.counts}).encode())
         self.send_response(303)  # a form sent without the page's script: back to the page

@@ -2,6 +2,7 @@
 a local MJPEG camera, viewers that stall or crowd, collecting raw frames, who may get in; and a real
 headless Chromium driven through chromedriver's W3C WebDriver HTTP API (urllib only)."""
 import base64
+import contextlib
 import http.client
 import io
 import json
@@ -10,6 +11,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -301,6 +303,12 @@ def test_a_token_on_another_address_and_only_the_servers_own_paths(page, tmp_pat
     assert get(f"{base}/status?token={p.token}")[0] == 200
     assert get(f"{base}/collect", b"class=a")[0] == 403
     assert get(f"{base}/collect?token={p.token}", b"class=a")[0] == 200 and len(list(tmp_path.rglob("*.jpg"))) == 1
+    (tmp_path / "photos" / "b").write_bytes(b"")  # a file where a class's folder goes: refused, the run goes on
+    assert get(f"{base}/collect?token={p.token}", b"class=b")[0] == 503
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"warning: --collect: cannot save \S+photos/b/\S+\.jpg: .*\n", err), err
+    with pytest.raises(cli.UserError, match=r"--collect: \S+photos/b is a file; a class's path must be a folder"):
+        serve.Page(("127.0.0.1", free_port()), ["a", "b"], tmp_path / "photos", "camera 0", "m.onnx")
     for path in ("/..", "/../../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "/stream/..%2f..%2fetc%2fpasswd",
                  "/%2fetc%2fpasswd", "//etc/passwd", "/etc/passwd", "http://127.0.0.1/etc/passwd", "/helpers/",
                  "/video_predict.py", "/./status"):
@@ -311,9 +319,29 @@ def test_a_token_on_another_address_and_only_the_servers_own_paths(page, tmp_pat
     assert raw_request(p.port, f"POST /collect?token={p.token} HTTP/1.0\r\n\r\nclass=a") == 411
 
 
-def test_on_loopback_a_foreign_host_header_needs_the_token(page):
+def test_on_loopback_a_foreign_host_header_needs_the_token(page, capsys, monkeypatch):
     """A page on 127.0.0.1 opens without the token, but not under another host's name (DNS rebinding)."""
-    p = page()
+    monkeypatch.setattr(serve, "REQUEST_SECONDS", 1.0)
+    p, other = page(), page("127.0.0.2")
+    assert f"ssh -L {other.port}:127.0.0.2:{other.port} HOST" in capsys.readouterr().err  # the address it binds
+    slow = [socket.create_connection(("127.0.0.1", p.port)) for _ in range(serve.CONNECTIONS)]
+    for s in slow:
+        s.sendall(b"GET /status HTTP/1.0\r\n")  # then a header line now and then: each dropped at its deadline
+    assert raw_request(p.port, "GET /status HTTP/1.0\r\n\r\n") == 503
+    for _ in range(6):
+        time.sleep(0.25)
+        for s in slow:
+            with contextlib.suppress(OSError):
+                s.sendall(b"X-Slow: 1\r\n")
+    assert raw_request(p.port, "GET /status HTTP/1.0\r\nHost: localhost\r\n\r\n") == 200
+    for s in slow:
+        s.close()
+    for _ in range(5):  # viewers that leave at once, before the answer: no traceback
+        with socket.create_connection(("127.0.0.1", p.port)) as s:
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # reset, not a polite close
+    time.sleep(0.2)
+    assert capsys.readouterr().err == ""
     base = f"http://127.0.0.1:{p.port}"
     assert get(base + "/")[0] == 200 and get(base + "/", headers={"Host": f"localhost:{p.port + 1}"})[0] == 200
     assert get(base + "/", headers={"Host": "evil.example:80"})[0] == 403
@@ -346,6 +374,9 @@ def test_a_taken_port_or_a_foreign_host_is_one_line_before_the_source_opens(colo
     assert res.returncode == 1 and res.stderr.count("\n") == 1
     assert re.search(r"--collect .*train is inside .*train, which split_data.py writes; collect into "
                      r".*flower_data/flower_photos and split again", res.stderr)
+    with pytest.raises(cli.UserError, match=r"flower_data is the root of a split .*; collect into \S+flower_data/"
+                                            r"flower_photos and split again"):  # not train/ and val/ as classes
+        serve.collect_classes(tmp_path / "flower_data", ["a"])
 
 
 # ---------------------------------------------------------------- a real browser
