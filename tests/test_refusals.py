@@ -43,7 +43,7 @@ def test_one_class_is_refused_before_any_work(script, tmp_path):
 
 
 @pytest.mark.parametrize("flags, resumed", [(["--freeze-backbone"], False), (["--backbone-lr-scale", "0"], False),
-                                            (["--freeze-backbone"], True)])
+                                            (["--backbone-lr-scale", "1e-12"], False), (["--freeze-backbone"], True)])
 def test_a_head_over_a_frozen_random_backbone_is_refused(flags, resumed, tmp_path):
     """--weights none with the backbone frozen (or at learning rate 0) trains fc over random features;
     a resumed run's saved settings are checked the same way."""
