@@ -189,3 +189,17 @@ def test_an_earlier_checkpoint_names_the_flag_that_moves_it(data, tmp_path):
                    "--class-indices", tmp_path / "run" / "ci.json", "--checkpoint", tmp_path / "ck" / "last.pth")
     assert res.returncode == 1 and "is there from an earlier run" in res.stderr, res.stderr
     assert "--checkpoint writes elsewhere" in res.stderr and "--save-path" not in res.stderr, res.stderr
+
+
+def test_a_class_whose_every_image_is_unreadable_is_refused_before_training(tmp_path):
+    """Its images were each skipped during the epoch, and the model trained on the other classes alone;
+    one decodable image per class is checked before any work."""
+    make_class_folders(tmp_path / "train", per_class=3, size=32)
+    make_class_folders(tmp_path / "val", per_class=1, size=32)
+    for jpg in (tmp_path / "train" / "roses").iterdir():
+        jpg.write_bytes(jpg.read_bytes()[:300])  # the header reads, the pixels do not
+    res = run_main("train.py", *TINY_TRAIN, "--data-path", tmp_path, "--save-path", tmp_path / "run" / "w.pth",
+                   cwd=tmp_path)
+    assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "no image of the class roses" in res.stderr and "3 tried" in res.stderr, res.stderr
+    assert not (tmp_path / "run").exists()
