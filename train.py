@@ -366,7 +366,8 @@ def report(result, val_set, classes, out_dir):
 def load_data(s, env):
     """The train and val sets (checked: classes, images) and their samplers and loaders."""
     root = files.need_dir(s.data_path, "data folder", "run split_data.py first")
-    train_set = data.train_folder(root / "train", imaging.TrainTransform(s.img_size, s.auto_augment, s.random_erase))
+    train_set = data.train_folder(root / "train", imaging.TrainTransform(s.img_size, s.auto_augment, s.random_erase),
+                                  check_readable=not s.eval_only)
     val_set = data.val_folder(root / "val", train_set, imaging.EvalTransform(s.img_size))
     train_sampler = data.ResumableSampler(train_set, env.world, shuffle=True, seed=s.seed, balanced=s.balanced_sampler)
     val_sampler = data.ResumableSampler(val_set, env.world, shuffle=False)

@@ -84,8 +84,9 @@ def seeded(seed):
         generator.set_state(saved)
 
 
-def train_folder(root, transform):
-    """The train set: class folders with images in each, their names fit for files and figures."""
+def train_folder(root, transform, check_readable=True):
+    """The train set: class folders with images in each, their names fit for files and figures;
+    check_readable: one image of each class can be decoded (not needed to evaluate only)."""
     train_set = ClassFolder(files.need_dir(root, "train folder", "run split_data.py first"), transform,
                             replace_unreadable=True)
     files.check_class_names(train_set.classes, str(root))
@@ -96,6 +97,20 @@ def train_folder(root, transform):
     if empty:
         raise cli.UserError(f"no images in the class folder(s) {', '.join(empty)} of {root}; "
                             "add images or remove the folder(s)")
+    # Each class's first image that decodes, at 1/8 scale for a JPEG: one small decode per healthy class.
+    # A class of unreadable images only would be skipped all epoch, and the model trained on the others.
+    readable, why = set(), {}
+    for path, target in train_set.samples if check_readable else []:
+        if target not in readable:
+            try:
+                imaging.load_rgb(path, min_side=1)
+                readable.add(target)
+            except cli.UserError as e:
+                why.setdefault(target, e)
+    if why.keys() - readable:
+        first = min(why.keys() - readable)
+        raise cli.UserError(f"no image of the class {train_set.classes[first]} in {root} can be read "
+                            f"({train_set.targets.count(first)} tried; {why[first]}); replace them or remove the folder")
     return train_set
 
 

@@ -1,6 +1,7 @@
 """ONNX and TensorRT: what an ONNX file carries (ModelInfo), the ONNX Runtime session, its providers,
 TensorRT's engine cache, and the export. torch is imported only by the export functions: --onnx
 prediction needs only requirements-deploy.txt."""
+import collections
 import dataclasses
 import hashlib
 import json
@@ -71,6 +72,7 @@ class ModelInfo:
 
             def number(key, kind):
                 return kind(meta[key]) if key in meta else None
+            resize = number("resize", int)  # only written for other programs, but damage all the same
             info = cls(classes=classes, img_size=img_size, mean=mean, std=std, architecture=meta.get("architecture"),
                        val_accuracy=number("val_accuracy", float), val_images=number("val_images", int),
                        fp32_val_accuracy=number("fp32_val_accuracy", float), int8_for=meta.get("int8_for"),
@@ -83,6 +85,17 @@ class ModelInfo:
                 or not 16 <= img_size <= 1024):
             raise cli.UserError(f"{path} holds damaged metadata (classes, img_size, mean or std out of range); "
                                 "export it again with export_onnx.py")
+        wrong = [key for key, bad in (
+            ("metadata_version", meta.get("metadata_version", META_VERSION) != META_VERSION),
+            ("int8_for", info.int8_for not in (None, "cpu", "tensorrt")),
+            ("resize", resize is not None and not img_size <= resize <= 2 * img_size),
+            ("val_accuracy", info.val_accuracy is not None and not 0 <= info.val_accuracy <= 1),
+            ("fp32_val_accuracy", info.fp32_val_accuracy is not None and not 0 <= info.fp32_val_accuracy <= 1),
+            ("val_images", info.val_images is not None and info.val_images < 1)) if bad]
+        if wrong:
+            raise cli.UserError(f"{path} holds damaged metadata ({wrong[0]} is {meta[wrong[0]]!r}, where "
+                                f"metadata_version {META_VERSION} allows no such value); export it again with "
+                                "export_onnx.py")
         if len(classes) > META_MAX_CLASSES:
             raise cli.UserError(f"{path} holds damaged metadata: {len(classes)} classes, more than "
                                 f"{META_MAX_CLASSES:,}; export it again with export_onnx.py")
@@ -124,6 +137,19 @@ def read_metadata(session, path):
     except UnicodeDecodeError as e:  # ONNX Runtime gives its bytes to Python as UTF-8 text
         raise cli.UserError(f"{path} holds damaged metadata (bytes that are not UTF-8 text: {e.reason} at "
                             f"byte {e.start}); export it again with export_onnx.py") from None
+    try:
+        import onnx
+    except ImportError:  # ONNX Runtime gives a dict, the last of a repeated key: only onnx sees the list
+        onnx = None
+    if onnx is not None:
+        try:
+            keys = collections.Counter(p.key for p in onnx.load(str(path), load_external_data=False).metadata_props)
+        except Exception as e:
+            raise cli.UserError(f"{path} is not a usable ONNX model: {cli.first_line(e)}") from None
+        twice = sorted(k for k, n in keys.items() if n > 1)
+        if twice:
+            raise cli.UserError(f"{path} holds damaged metadata ({twice[0][:80]!r} is there {keys[twice[0]]} times); "
+                                "export it again with export_onnx.py")
     size = sum(len(k.encode("utf-8")) + len(v.encode("utf-8")) for k, v in meta.items())
     if size > META_MAX_BYTES:
         raise cli.UserError(f"{path} holds damaged metadata: {size / 2**20:.1f} MB of text, more than the "

@@ -128,7 +128,9 @@ def resolve(args, parser, world, ckpt=None):
         raise cli.UserError("--balanced-sampler and --class-weights auto each make up for the classes' sizes, and "
                             "together count a small class twice over (a class 3x smaller would weigh 9x); pass one "
                             "of the two (a --class-weights FILE of your own costs may go with the sampler)")
-    frozen = "--freeze-backbone" if v.freeze_backbone else "--backbone-lr-scale 0" if v.backbone_lr_scale == 0 else None
+    # A scale below 1e-6 moves the backbone's weights by nothing a float32 keeps: it is frozen too.
+    frozen = ("--freeze-backbone" if v.freeze_backbone else
+              f"--backbone-lr-scale {v.backbone_lr_scale:g}" if v.backbone_lr_scale < 1e-6 else None)
     if start == "none" and frozen and not args.eval_only:  # also a resumed run's saved settings
         raise cli.UserError(f"{frozen} with --weights none would train only fc, over a backbone of random weights "
                             f"that never learns; start from trained weights (--weights imagenet or a file), or leave "

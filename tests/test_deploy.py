@@ -617,6 +617,30 @@ def test_damaged_metadata_of_any_kind_is_one_line_never_ignored(tmp_path):
     assert res.returncode == 0 and res.stdout.startswith("class: red ")
 
 
+def test_a_repeated_key_an_unknown_version_and_a_field_of_the_wrong_kind_are_damage(tmp_path):
+    """ONNX Runtime gives the metadata as a dict, keeping the last of two `classes`; a version this
+    program never wrote, or a field that does not parse to its kind, is damage too, never used silently."""
+    import onnx
+
+    img = red_image(tmp_path / "red.png")
+    meta = deploy.ModelInfo(classes=["red", "green", "blue"], img_size=32).to_metadata()
+    twice = onnx.load(str(tiny_onnx(tmp_path / "twice.onnx", meta)))
+    onnx.helper.set_model_props(twice, dict(meta, note=""))
+    twice.metadata_props[-1].key, twice.metadata_props[-1].value = "classes", json.dumps(["blue", "green", "red"])
+    onnx.save(twice, str(tmp_path / "twice.onnx"))
+    cases = {"twice": "'classes' is there 2 times", "version": "metadata_version is '99'",
+             "int8": "int8_for is 'banana'", "resize": "resize", "accuracy": "val_accuracy is '7'"}
+    edits = {"version": {"metadata_version": "99"}, "int8": {"int8_for": "banana"}, "resize": {"resize": "abc"},
+             "accuracy": {"val_accuracy": "7"}}
+    for name, words in cases.items():
+        path = tmp_path / f"{name}.onnx"
+        if name in edits:
+            tiny_onnx(path, dict(meta, **edits[name]))
+        res = run_main("predict.py", img, "--onnx", path, "--save-fig", tmp_path / "f.png")
+        assert_one_line_error(res, f"{name}.onnx holds damaged metadata", words)
+    assert not (tmp_path / "f.png").exists()
+
+
 def test_metadata_beyond_its_bounds_is_refused_at_once_and_a_long_name_nowhere_takes_time(tmp_path):
     """A 100 kB class name took seconds to draw (matplotlib lays out every character, in C, deaf to
     signals); the metadata, one name and the number of classes are bounded, and trained_on's 1 MB fits."""

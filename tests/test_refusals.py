@@ -43,7 +43,7 @@ def test_one_class_is_refused_before_any_work(script, tmp_path):
 
 
 @pytest.mark.parametrize("flags, resumed", [(["--freeze-backbone"], False), (["--backbone-lr-scale", "0"], False),
-                                            (["--freeze-backbone"], True)])
+                                            (["--backbone-lr-scale", "1e-12"], False), (["--freeze-backbone"], True)])
 def test_a_head_over_a_frozen_random_backbone_is_refused(flags, resumed, tmp_path):
     """--weights none with the backbone frozen (or at learning rate 0) trains fc over random features;
     a resumed run's saved settings are checked the same way."""
@@ -189,3 +189,17 @@ def test_an_earlier_checkpoint_names_the_flag_that_moves_it(data, tmp_path):
                    "--class-indices", tmp_path / "run" / "ci.json", "--checkpoint", tmp_path / "ck" / "last.pth")
     assert res.returncode == 1 and "is there from an earlier run" in res.stderr, res.stderr
     assert "--checkpoint writes elsewhere" in res.stderr and "--save-path" not in res.stderr, res.stderr
+
+
+def test_a_class_whose_every_image_is_unreadable_is_refused_before_training(tmp_path):
+    """Its images were each skipped during the epoch, and the model trained on the other classes alone;
+    one decodable image per class is checked before any work."""
+    make_class_folders(tmp_path / "train", per_class=3, size=32)
+    make_class_folders(tmp_path / "val", per_class=1, size=32)
+    for jpg in (tmp_path / "train" / "roses").iterdir():
+        jpg.write_bytes(jpg.read_bytes()[:300])  # the header reads, the pixels do not
+    res = run_main("train.py", *TINY_TRAIN, "--data-path", tmp_path, "--save-path", tmp_path / "run" / "w.pth",
+                   cwd=tmp_path)
+    assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "no image of the class roses" in res.stderr and "3 tried" in res.stderr, res.stderr
+    assert not (tmp_path / "run").exists()
