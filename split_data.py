@@ -32,7 +32,7 @@ from helpers import demo_data, files, imaging, plots, stop
 
 FLOWERS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
 FLOWERS_SHA256 = "4c54ace7911aaffe13a365c34f650e71dd5bf1be0a58b464e5a7183e3e595d9c"
-MANIFEST = ".split.json"  # Beside train/ and val/: the size and time of every file the split wrote.
+MANIFEST = files.SPLIT_RECORD  # Beside train/ and val/: the size and time of every file the split wrote.
 JUNK = {".DS_Store", "Thumbs.db", "desktop.ini"}  # File browsers make these; they are not the user's work.
 SIDES = ("train", "val", "test")
 NO_SOURCE = "put <class>/<images> there, or run with --download (flowers) or --demo (synthetic)"

@@ -205,7 +205,8 @@ def check_run_files(s, classes, resumed):
     files.check_writable_dir(s.output_dir, "reports")
     written = {name: Path(s.output_dir) / name for name in reports.RUN_REPORTS}
     for name, path in written.items():
-        files.check_report(path, name)
+        head = reports.HISTORY_FIELDS if name == "history.csv" else reports.PREDICTIONS_FIELDS
+        files.check_report(path, name, head=head)
     if s.eval_only:
         return
     files.check_distinct({"--save-path": s.save_path, "--checkpoint": s.checkpoint, "--class-indices": s.class_indices,
