@@ -55,6 +55,7 @@ def check_checkpoint_model(ckpt, path):
     if (name not in weights.model_lib.MODELS or not isinstance(classes, list) or not isinstance(state_dict, dict)
             or not all(isinstance(v, torch.Tensor) for v in state_dict.values())):
         raise cli.UserError(f"{path} is a damaged checkpoint (its model, its classes or its weights); it cannot be resumed")
+    files.check_class_names(classes, f"{path}'s classes")
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in weights.build_model(name, num_classes=len(classes)).state_dict().items()}
     if weights.non_finite(state_dict):

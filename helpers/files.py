@@ -331,6 +331,12 @@ def check_class_names(names, where):
     bad = [c for c in names if not isinstance(c, str) or not c.strip() or any(ch in c for ch in "\n\r\t\x00")]
     if bad:
         raise cli.UserError(f"{where}: class names must be non-empty strings on one line, found {bad[0]!r}")
+    # Control and format characters (an ESC sequence, a bidi override) would act on the terminal when
+    # printed; only the joiners that Persian, Indic scripts and emoji need are kept.
+    hidden = [c for c in names if any(unicodedata.category(ch) in ("Cc", "Cf") and ch not in "\u200c\u200d" for ch in c)]
+    if hidden:
+        raise cli.UserError(f"{where}: the class name {hidden[0]!r} holds control or text-direction characters; "
+                            "rename it")
     long = [c for c in names if len(c) > MAX_CLASS_NAME]
     if long:
         raise cli.UserError(f"{where}: a class name of {len(long[0])} characters ({long[0][:20]!r}...), more than "

@@ -207,3 +207,29 @@ def test_macro_averages_are_over_the_model_s_classes_as_scikit_learn_s_labels():
     assert m["per_class"]["tulips"]["recall"] is None and m["per_class"]["tulips"]["support"] == 0
     table = reports.metrics_table(m)
     assert "macro avg" in table and "over the model's 4 classes" in table and "tulips, lilies" in table
+
+
+def test_class_names_with_control_or_direction_characters_are_refused_from_every_source(tiny_run, tmp_path):
+    import json
+
+    import torch
+
+    from helpers import cli, weights
+    bad = ["daisy\x1b[2J", "ro\u202eses", "tulips"]  # clears the screen; turns the line around
+    photo = next(tiny_run["data"].rglob("*.jpg"))
+    (tmp_path / "c.json").write_text(json.dumps({str(i): c for i, c in enumerate(bad)}))
+    (tmp_path / "labels.txt").write_text("\n".join(bad[1:]))
+    for read, path in ((files.read_class_indices, "c.json"), (files.read_labels, "labels.txt")):
+        with pytest.raises(cli.UserError, match="control or text-direction"):
+            read(tmp_path / path)
+    state = torch.load(tiny_run["weights"], map_location="cpu")
+    state._metadata[weights.INFO_KEY]["classes"] = bad
+    torch.save(state, tmp_path / "w.pth")
+    result = run_main("predict.py", photo, "--weights", tmp_path / "w.pth", "--save-fig", tmp_path / "p.png")
+    assert result.returncode != 0 and "control or text-direction" in result.stderr, result
+    assert "\x1b" not in result.stdout + result.stderr and "\u202e" not in result.stdout + result.stderr
+    from helpers import deploy
+    meta = deploy.ModelInfo(classes=bad, img_size=32, trained_on=None).to_metadata()
+    with pytest.raises(cli.UserError, match="control or text-direction"):  # what an ONNX file's metadata holds
+        deploy.ModelInfo.from_metadata(meta, "m.onnx")
+    assert files.check_class_names(["\u06af\u0644\u200c\u0633\u0631\u062e"], "x")  # Persian needs the joiner
