@@ -345,7 +345,7 @@ def download_flowers(data_root, url, sha256):
     if url.startswith("file://"):  # A local archive is read where it is, and kept.
         archive, downloaded = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path)), False
     else:
-        archive = data_root / url.rsplit("/", 1)[-1]
+        archive = data_root / files.url_file_name(url)
         downloaded = not archive.is_file()  # An archive the user put there is theirs: it stays.
     try:
         if downloaded:

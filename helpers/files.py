@@ -16,7 +16,9 @@ import sys
 import tempfile
 import time
 import unicodedata
+import posixpath
 import urllib.error
+import urllib.parse
 from pathlib import Path
 
 from helpers import cli
@@ -457,6 +459,11 @@ def as_url(text):
     if Path(text).is_file():
         return Path(text).resolve().as_uri()
     raise cli.UserError(f"{text} is neither a URL (https://, http://, file://) nor an existing file")
+
+
+def url_file_name(url):
+    """The file name at the end of a URL's path, without its ?query or #fragment (as torch.hub names it)."""
+    return posixpath.basename(urllib.parse.urlparse(url).path)
 
 
 def download(url, dest, sha256=None, progress=True, timeout=60):

@@ -167,3 +167,12 @@ def test_a_learning_rate_that_trains_nothing_or_overflows_is_refused_in_one_line
         parse(train, argv)
     err = capsys.readouterr().err.strip()
     assert stop.value.code == 2 and err.count("\n") == 0 and err.startswith(f"error: argument {argv[0]}: must be in")
+
+
+def test_a_download_s_cache_name_drops_the_url_s_query(tmp_path, monkeypatch):
+    from helpers import files, weights
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(cli.UserError) as e:  # nothing listens on port 9: the offline advice
+        weights.imagenet_weights("resnet18", url="http://127.0.0.1:9/resnet18-f37072fd.pth?x=1", progress=False)
+    assert f"put it at {tmp_path / 'checkpoints' / 'resnet18-f37072fd.pth'}," in str(e.value), e.value
+    assert files.url_file_name("https://h/a/flower_photos.tgz?dl=1#top") == "flower_photos.tgz"  # split_data.py's
