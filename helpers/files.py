@@ -368,9 +368,10 @@ def check_class_names(names, where):
     return names
 
 
-def read_class_indices(path):
-    """The class names, in index order, from class_indices.json."""
-    need_file(path, "class-index file", "train.py writes it; pass --class-indices to point at it")
+def read_class_indices(path, given=False):
+    """The class names, in index order, from class_indices.json. given: the path is --class-indices's."""
+    need_file(path, "class-index file", "check the path given to --class-indices" if given else
+              "train.py writes it; pass --class-indices to point at it")
     try:
         mapping = json.loads(Path(path).read_text(encoding="utf-8"))
         classes = [mapping[str(i)] for i in range(len(mapping))]

@@ -32,8 +32,12 @@ def test_missing_image_file_and_folder(tmp_path):
 
 def test_missing_weights_and_class_file_say_what_to_do(tiny_run, tmp_path):
     img = next((tiny_run["data"] / "val" / "daisy").iterdir())
-    assert_one_line_error(run_main("predict.py", img, "--class-indices", tmp_path / "none.json", "--weights",
-                                     tiny_run["weights"]), "class-index file not found", "train.py writes it")
+    # --class-indices given: never advised again, in any script that reads it.
+    for argv in (["predict.py", img], ["batch_predict.py", img.parent], ["export_onnx.py", "--out", tmp_path / "m.onnx"],
+                 ["evaluate.py", img.parent.parent, "--output-dir", tmp_path]):
+        res = run_main(*argv, "--class-indices", tmp_path / "none.json", "--weights", tiny_run["weights"])
+        assert_one_line_error(res, "class-index file not found", "check the path given to --class-indices")
+        assert "pass --class-indices" not in res.stderr
     assert_one_line_error(run_main("predict.py", img, cwd=tmp_path), "trained weights not found: resNet34.pth",
                           "train.py writes them")
     assert_one_line_error(run_main("predict.py", img, "--class-indices", tiny_run["classes"],
