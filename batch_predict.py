@@ -45,6 +45,8 @@ def main(args):
     if not paths:
         raise cli.UserError(f"no images in {folder} (looked for {' '.join(imaging.IMG_EXTENSIONS)}"
                         f"{'' if args.recursive else '; --recursive looks in sub-folders'})")
+    if args.csv:  # its path now; what it may replace once the classes give its header
+        files.check_output(args.csv, "--csv file", overwrite=True, suffixes=(".csv",))
     p = inference.settle(args)
     classes = p.classes
     topk = min(args.topk, len(classes))

@@ -64,6 +64,8 @@ def main(args):
     # Settle everything first: the source, the outputs, the classes, the model.
     source = sources.parse_source(args.source)  # or a one-line error, OpenCV's absence among them
     inputs = [args.source] if source.kind == "file" else []
+    if args.csv:  # its path now; what it may replace once the classes give its header
+        files.check_output(args.csv, "--csv file", overwrite=True, suffixes=(".csv",), inputs=inputs)
     if args.save:
         files.check_report(args.save, "--save video", suffixes=tuple(video.SAVE_FOURCC), inputs=inputs)
     if args.collect and not args.serve:

@@ -123,13 +123,13 @@ def check_report(path, what, suffixes=None, inputs=(), head=None, images=()):
     kind that these scripts wrote, and nothing else (weights, class indices, the split record, a photo,
     the user's own CSV, a CSV of another kind). head: the header of the CSV about to be written; a CSV
     replaces only a CSV with this very header. images: the folders of images this run reads; no report
-    goes inside them, nor inside the image folders of a split (below the folder of SPLIT_RECORD)."""
+    goes inside them, nor inside the image folders beside a split record (SPLIT_FOLDERS)."""
     check_outside(path, images, what)
     parent = Path(os.path.realpath(path)).parent
-    for folder in parent.parents:
-        if (folder / SPLIT_RECORD).exists():
-            raise cli.UserError(f"the {what} {path} would be written among the images of the split in {folder} "
-                                "(they would be trained on); give a path outside it")
+    for folder in (parent, *parent.parents):
+        if folder.name in SPLIT_FOLDERS and (folder.parent / SPLIT_RECORD).exists():
+            raise cli.UserError(f"the {what} {path} would be written among the images of {folder} (they would be "
+                                "trained on); give a path outside it")
     path = check_output(path, what, overwrite=True, suffixes=suffixes, inputs=inputs)
     if path.exists() and not is_our_report(path, head):
         raise cli.UserError(f"{path} is there and is not a report of this kind that this script wrote (weights, "
@@ -139,6 +139,7 @@ def check_report(path, what, suffixes=None, inputs=(), head=None, images=()):
 
 
 SPLIT_RECORD = ".split.json"  # split_data.py's record, beside the train/ and val/ it wrote
+SPLIT_FOLDERS = ("flower_photos", "train", "val", "test")  # the folders of images beside it
 
 
 # The first columns of every CSV the scripts write (history.csv, predictions, video frames). atomic_csv

@@ -343,7 +343,7 @@ def test_read_only_destinations_are_one_line_errors(tiny_run, tmp_path):
     m = ["--model", "resnet18", "--img-size", "32", "--weights", tiny_run["weights"],
          "--class-indices", tiny_run["classes"], "--workers", "0"]
     res = run_main("batch_predict.py", tiny_run["data"] / "val" / "daisy", "--csv", "/sys/kernel/p.csv", *m)
-    assert_one_line_error(res, "cannot write the CSV file", "/sys/kernel")
+    assert_one_line_error(res, "cannot write the --csv file", "/sys/kernel")
     assert_one_line_error(run_main("train.py", *TINY_TRAIN, "--data-path", tiny_run["data"],
                                      "--save-path", "/sys/kernel/w.pth"), "cannot write")
 
