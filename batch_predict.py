@@ -45,12 +45,15 @@ def main(args):
     if not paths:
         raise cli.UserError(f"no images in {folder} (looked for {' '.join(imaging.IMG_EXTENSIONS)}"
                         f"{'' if args.recursive else '; --recursive looks in sub-folders'})")
-    if args.csv:
-        files.check_report(args.csv, "CSV file", suffixes=(".csv",))
+    if args.csv:  # its path now; what it may replace once the classes give its header
+        files.check_output(args.csv, "--csv file", overwrite=True, suffixes=(".csv",))
     p = inference.settle(args)
     classes = p.classes
-    predictor, runs_on = inference.load_predictor(p)
     topk = min(args.topk, len(classes))
+    if args.csv:
+        files.check_report(args.csv, "--csv file", suffixes=(".csv",), images=[folder],
+                           head=csv_header(topk, args.min_prob))
+    predictor, runs_on = inference.load_predictor(p)
 
     rows, reported, skipped = [], [], []  # reported: the class or 'unknown'
     for path in not_regular:

@@ -38,8 +38,8 @@ def main(args):
     outputs = {what: (Path(path), suffixes) for what, (path, suffixes) in outputs.items() if path}
     for what, (path, suffixes) in outputs.items():  # cheap reports: replaced, but never among the images
         named = f"--output-dir's {what}" if args.output_dir else f"{what} (beside the model, unless --output-dir)"
-        files.check_outside(path, [folder], what if what.startswith("--") else named)
-        files.check_report(path, what, suffixes=suffixes)
+        files.check_report(path, what if what.startswith("--") else named, suffixes=suffixes, images=[folder],
+                           head=reports.PREDICTIONS_FIELDS)
     files.check_distinct({what: path for what, (path, _) in outputs.items()})
     empty = [c for i, c in enumerate(classes) if i not in set(true)]
     predictor, runs_on = inference.load_predictor(p)

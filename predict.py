@@ -40,7 +40,7 @@ def main(args):
                                        "predicts a folder)")
     figure = args.save_fig or (None if plots.has_display() else "predict.png")
     if figure:
-        files.check_report(figure, "figure", suffixes=plots.FIGURE_SUFFIXES, inputs=args.images)
+        files.check_report(figure, "--save-fig figure", suffixes=plots.FIGURE_SUFFIXES, inputs=args.images)
     p = inference.settle(args)
     classes, torch_model = p.classes, None
     if args.cam:

@@ -32,7 +32,7 @@ from helpers import demo_data, files, imaging, plots, stop
 
 FLOWERS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
 FLOWERS_SHA256 = "4c54ace7911aaffe13a365c34f650e71dd5bf1be0a58b464e5a7183e3e595d9c"
-MANIFEST = ".split.json"  # Beside train/ and val/: the size and time of every file the split wrote.
+MANIFEST = files.SPLIT_RECORD  # Beside train/ and val/: the size and time of every file the split wrote.
 JUNK = {".DS_Store", "Thumbs.db", "desktop.ini"}  # File browsers make these; they are not the user's work.
 SIDES = ("train", "val", "test")
 NO_SOURCE = "put <class>/<images> there, or run with --download (flowers) or --demo (synthetic)"
@@ -310,9 +310,10 @@ def report(split, groups, moved, out_root):
     print(f"{counts[0]} images in {out_root / 'train'}{rest}, {len(split)} classes")
 
 
-def safe_extract(archive, dest):
+def safe_extract(archive, dest, downloaded=False):
     """Unpack a tar archive, refusing any member that would land outside dest (../, absolute paths,
-    links that point out, devices). Reading every member header also refuses a truncated archive."""
+    links that point out, devices). Reading every member header also refuses a truncated archive.
+    downloaded: the script fetched it (and deletes it); otherwise it is the user's own file, kept."""
     dest = Path(dest).resolve()
     try:
         with tarfile.open(archive) as tar:
@@ -329,8 +330,11 @@ def safe_extract(archive, dest):
     except getattr(tarfile, "FilterError", ()) as e:
         raise cli.UserError(f"{archive}: {cli.first_line(e)}; nothing was unpacked") from None
     except (tarfile.TarError, EOFError, OSError, ValueError) as e:
-        raise cli.UserError(f"{archive} is not a complete tar archive ({cli.first_line(e)}); "
-                            "delete it and download again") from None
+        if downloaded:
+            raise cli.UserError(f"the download {archive} is not a complete tar archive ({cli.first_line(e)}); "
+                                "run again to download it again") from None
+        raise cli.UserError(f"{archive} is not a tar archive, or not a complete one ({cli.first_line(e)}); give "
+                            "the flowers' .tgz to --url") from None
 
 
 def download_flowers(data_root, url, sha256):
@@ -341,7 +345,7 @@ def download_flowers(data_root, url, sha256):
     if url.startswith("file://"):  # A local archive is read where it is, and kept.
         archive, downloaded = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path)), False
     else:
-        archive = data_root / url.rsplit("/", 1)[-1]
+        archive = data_root / files.url_file_name(url)
         downloaded = not archive.is_file()  # An archive the user put there is theirs: it stays.
     try:
         if downloaded:
@@ -350,7 +354,7 @@ def download_flowers(data_root, url, sha256):
         # Unpacked into a temporary folder, then moved, so a failure never leaves a half-filled flower_photos.
         tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=data_root))
         try:
-            safe_extract(archive, tmp)
+            safe_extract(archive, tmp, downloaded)
             dirs = [e for e in tmp.iterdir() if e.is_dir() and not e.name.startswith(".")]
             os.replace(dirs[0] if len(dirs) == 1 else tmp, photos)  # Its one top folder, or its class folders.
         finally:

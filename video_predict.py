@@ -64,15 +64,19 @@ def main(args):
     # Settle everything first: the source, the outputs, the classes, the model.
     source = sources.parse_source(args.source)  # or a one-line error, OpenCV's absence among them
     inputs = [args.source] if source.kind == "file" else []
-    if args.csv:
-        files.check_report(args.csv, "CSV file", suffixes=(".csv",), inputs=inputs)
+    if args.csv:  # its path now; what it may replace once the classes give its header
+        files.check_output(args.csv, "--csv file", overwrite=True, suffixes=(".csv",), inputs=inputs)
     if args.save:
-        files.check_report(args.save, "video", suffixes=tuple(video.SAVE_FOURCC), inputs=inputs)
+        files.check_report(args.save, "--save video", suffixes=tuple(video.SAVE_FOURCC), inputs=inputs)
     if args.collect and not args.serve:
         raise cli.UserError("--collect saves frames from the page of --serve; add --serve PORT")
     # A live source is predicted one newest frame at a time (and TensorRT's engine built for that).
     p = inference.settle(args, batch_size=1 if source.live else None)
     classes = p.classes
+    topk = min(args.topk, len(classes))
+    if args.csv:
+        files.check_report(args.csv, "--csv file", suffixes=(".csv",), inputs=inputs,
+                           head=video.csv_header(topk, args.min_prob))
     # The page's port is taken now: a port in use or a foreign host is one line before the source opens.
     page = serve.Page(args.serve, classes, args.collect, source.name, p.model_file) if args.serve else None
     # A file is opened first, so that its errors come before the model loads; a live source once the model
@@ -81,7 +85,6 @@ def main(args):
     sources.check_reachable(source, args.timeout)  # a stream's host, before the model loads
     predictor, runs_on = inference.load_predictor(p, warm_up=source.live)
     capture = capture or sources.open_source(source, args.timeout)
-    topk = min(args.topk, len(classes))
     window = video.Window(f"video_predict.py: {source.name}", args.show)
     reader = video.Reader(source, capture, video.Plan(
         p.img_size, p.batch_size, args.every, args.max_frames, args.max_seconds, args.reconnect,

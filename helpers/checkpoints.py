@@ -55,6 +55,7 @@ def check_checkpoint_model(ckpt, path):
     if (name not in weights.model_lib.MODELS or not isinstance(classes, list) or not isinstance(state_dict, dict)
             or not all(isinstance(v, torch.Tensor) for v in state_dict.values())):
         raise cli.UserError(f"{path} is a damaged checkpoint (its model, its classes or its weights); it cannot be resumed")
+    files.check_class_names(classes, f"{path}'s classes")
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in weights.build_model(name, num_classes=len(classes)).state_dict().items()}
     if weights.non_finite(state_dict):
@@ -205,7 +206,8 @@ def check_run_files(s, classes, resumed):
     files.check_writable_dir(s.output_dir, "reports")
     written = {name: Path(s.output_dir) / name for name in reports.RUN_REPORTS}
     for name, path in written.items():
-        files.check_report(path, name)
+        head = reports.HISTORY_FIELDS if name == "history.csv" else reports.PREDICTIONS_FIELDS
+        files.check_report(path, name, head=head)
     if s.eval_only:
         return
     files.check_distinct({"--save-path": s.save_path, "--checkpoint": s.checkpoint, "--class-indices": s.class_indices,

@@ -16,7 +16,9 @@ import sys
 import tempfile
 import time
 import unicodedata
+import posixpath
 import urllib.error
+import urllib.parse
 from pathlib import Path
 
 from helpers import cli
@@ -116,16 +118,28 @@ def check_output(path, what, overwrite=False, flag="--overwrite", same_content=N
     return path
 
 
-def check_report(path, what, suffixes=None, inputs=()):
+def check_report(path, what, suffixes=None, inputs=(), head=None, images=()):
     """check_output for a cheap report (CSV, JSON, figure, video): it replaces an earlier report of its
     kind that these scripts wrote, and nothing else (weights, class indices, the split record, a photo,
-    the user's own CSV)."""
+    the user's own CSV, a CSV of another kind). head: the header of the CSV about to be written; a CSV
+    replaces only a CSV with this very header. images: the folders of images this run reads; no report
+    goes inside them, nor inside the image folders beside a split record (SPLIT_FOLDERS)."""
+    check_outside(path, images, what)
+    parent = Path(os.path.realpath(path)).parent
+    for folder in (parent, *parent.parents):
+        if folder.name in SPLIT_FOLDERS and (folder.parent / SPLIT_RECORD).exists():
+            raise cli.UserError(f"the {what} {path} would be written among the images of {folder} (they would be "
+                                "trained on); give a path outside it")
     path = check_output(path, what, overwrite=True, suffixes=suffixes, inputs=inputs)
-    if path.exists() and not is_our_report(path):
-        raise cli.UserError(f"{path} is there and is not a report that these scripts wrote (weights, class indices, "
-                            f"the split record, a file of yours?), so the {what} will not replace it; give another "
-                            "path, or move that file away first")
+    if path.exists() and not is_our_report(path, head):
+        raise cli.UserError(f"{path} is there and is not a report of this kind that this script wrote (weights, "
+                            "class indices, the split record, training's history.csv, a file of yours?), so the "
+                            f"{what} will not replace it; give another path, or move that file away first")
     return path
+
+
+SPLIT_RECORD = ".split.json"  # split_data.py's record, beside the train/ and val/ it wrote
+SPLIT_FOLDERS = ("flower_photos", "train", "val", "test")  # the folders of images beside it
 
 
 # The first columns of every CSV the scripts write (history.csv, predictions, video frames). atomic_csv
@@ -135,15 +149,15 @@ CSV_HEADS = (("epoch", "train_loss", "train_acc"), ("path", "true", "predicted")
 REPORT_MARK = "resnet flowers: report"  # evaluate.py's JSON holds {"report": REPORT_MARK}; videos end in it
 
 
-def is_our_report(path):
-    """Whether `path` is a report of its suffix's kind that these scripts wrote: a CSV with one of
-    CSV_HEADS, a JSON object marked {"report": REPORT_MARK}, a video ending in the mark (mark_video), a
+def is_our_report(path, head=None):
+    """Whether `path` is a report of its suffix's kind that these scripts wrote: a CSV headed `head`
+    exactly (one of CSV_HEADS), a JSON object marked {"report": REPORT_MARK}, a video ending in the mark (mark_video), a
     figure that names matplotlib (PNG's Software, PDF's Creator, SVG's metadata; plots.save_figure's JPEG)."""
     suffix, window = Path(path).suffix.lower(), 1 << 16
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
-            head = f.read(window)
+            first = f.read(window)
             f.seek(max(0, size - window))
             tail = f.read()
             if suffix == ".json" and size < (64 << 20):
@@ -152,11 +166,11 @@ def is_our_report(path):
     except (OSError, ValueError, AttributeError, RecursionError):  # unreadable, not JSON, not an object
         return False
     if suffix == ".csv":
-        header = next(csv.reader([head.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", "replace")]), [])
-        return tuple(header[:3]) in CSV_HEADS
+        header = next(csv.reader([first.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", "replace")]), [])
+        return head is not None and header == list(head)
     if suffix in (".mp4", ".avi"):
         return tail.rstrip(b"\0").endswith(REPORT_MARK.encode())
-    return suffix in (".png", ".jpg", ".jpeg", ".pdf", ".svg") and b"matplotlib" in (head + tail).lower()
+    return suffix in (".png", ".jpg", ".jpeg", ".pdf", ".svg") and b"matplotlib" in (first + tail).lower()
 
 
 def mark_video(path):
@@ -320,6 +334,12 @@ def check_class_names(names, where):
     bad = [c for c in names if not isinstance(c, str) or not c.strip() or any(ch in c for ch in "\n\r\t\x00")]
     if bad:
         raise cli.UserError(f"{where}: class names must be non-empty strings on one line, found {bad[0]!r}")
+    # Control and format characters (an ESC sequence, a bidi override) would act on the terminal when
+    # printed; only the joiners that Persian, Indic scripts and emoji need are kept.
+    hidden = [c for c in names if any(unicodedata.category(ch) in ("Cc", "Cf") and ch not in "\u200c\u200d" for ch in c)]
+    if hidden:
+        raise cli.UserError(f"{where}: the class name {hidden[0]!r} holds control or text-direction characters; "
+                            "rename it")
     long = [c for c in names if len(c) > MAX_CLASS_NAME]
     if long:
         raise cli.UserError(f"{where}: a class name of {len(long[0])} characters ({long[0][:20]!r}...), more than "
@@ -349,9 +369,10 @@ def check_class_names(names, where):
     return names
 
 
-def read_class_indices(path):
-    """The class names, in index order, from class_indices.json."""
-    need_file(path, "class-index file", "train.py writes it; pass --class-indices to point at it")
+def read_class_indices(path, given=False):
+    """The class names, in index order, from class_indices.json. given: the path is --class-indices's."""
+    need_file(path, "class-index file", "check the path given to --class-indices" if given else
+              "train.py writes it; pass --class-indices to point at it")
     try:
         mapping = json.loads(Path(path).read_text(encoding="utf-8"))
         classes = [mapping[str(i)] for i in range(len(mapping))]
@@ -440,6 +461,11 @@ def as_url(text):
     if Path(text).is_file():
         return Path(text).resolve().as_uri()
     raise cli.UserError(f"{text} is neither a URL (https://, http://, file://) nor an existing file")
+
+
+def url_file_name(url):
+    """The file name at the end of a URL's path, without its ?query or #fragment (as torch.hub names it)."""
+    return posixpath.basename(urllib.parse.urlparse(url).path)
 
 
 def download(url, dest, sha256=None, progress=True, timeout=60):

@@ -136,7 +136,7 @@ def settle(args, batch_size=None):
             raise cli.UserError(f"--model {args.model} contradicts {model_path}, which holds {architecture} weights; "
                                 "leave --model out")
         if args.class_indices:
-            check_same_classes(files.read_class_indices(args.class_indices), args.class_indices, info.classes,
+            check_same_classes(files.read_class_indices(args.class_indices, given=True), args.class_indices, info.classes,
                                model_path)
         classes = info.classes
         source = f"{model_path} ({'its metadata' if onnx_file else 'what it was trained with'})"
@@ -154,7 +154,7 @@ def classes_beside(class_indices, model_path, onnx_file):
     """(classes, source) for a model file that carries none: --class-indices, else the class file beside
     the model (not a ./class_indices.json that may be another run's), else ./class_indices.json."""
     if class_indices:
-        return files.read_class_indices(class_indices), class_indices
+        return files.read_class_indices(class_indices, given=True), class_indices
     if onnx_file:
         for labels in (Path(onnx_file).with_suffix(".labels.txt"), Path(onnx_file).with_name("labels.txt")):
             if labels.exists():

@@ -12,6 +12,7 @@ from helpers import cli, files, plots
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_balanced_acc", "val_macro_f1",
                   "val_acc_ema", "lr", "seconds", "images_per_s", "peak_mem_mb")
 # The cheap reports a run writes into --output-dir; the next run replaces them.
+PREDICTIONS_FIELDS = ("path", "true", "predicted", "prob", "correct")
 RUN_REPORTS = ("history.csv", "curves.png", "confusion_matrix.png", "val_predictions.csv", "val_errors.png")
 
 
@@ -148,7 +149,7 @@ def final_report(result, paths, classes, *, confusion_png, predictions_csv, erro
     plots.plot_confusion(result.confusion, classes, confusion_png, what=what, note=note)
     rows = list(zip(result.index.tolist(), result.true.tolist(), result.pred.tolist(), result.prob.tolist()))
     if predictions_csv:
-        with files.atomic_csv(predictions_csv, ["path", "true", "predicted", "prob", "correct"]) as w:
+        with files.atomic_csv(predictions_csv, PREDICTIONS_FIELDS) as w:
             w.writerows([paths[i], classes[t], classes[p], f"{prob:.6f}", int(t == p)] for i, t, p, prob in rows)
     errors = [(prob, paths[i], classes[t], classes[p]) for i, t, p, prob in rows if t != p]
     plots.plot_errors(sorted(errors, key=lambda e: -e[0]), errors_png, what=what, note=note)

@@ -250,7 +250,7 @@ def imagenet_url(model_name):
 
 
 def imagenet_cache_path(url):
-    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    return Path(torch.hub.get_dir()) / "checkpoints" / files.url_file_name(url)
 
 
 def hash_prefix(path):

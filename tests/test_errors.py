@@ -32,8 +32,12 @@ def test_missing_image_file_and_folder(tmp_path):
 
 def test_missing_weights_and_class_file_say_what_to_do(tiny_run, tmp_path):
     img = next((tiny_run["data"] / "val" / "daisy").iterdir())
-    assert_one_line_error(run_main("predict.py", img, "--class-indices", tmp_path / "none.json", "--weights",
-                                     tiny_run["weights"]), "class-index file not found", "train.py writes it")
+    # --class-indices given: never advised again, in any script that reads it.
+    for argv in (["predict.py", img], ["batch_predict.py", img.parent], ["export_onnx.py", "--out", tmp_path / "m.onnx"],
+                 ["evaluate.py", img.parent.parent, "--output-dir", tmp_path]):
+        res = run_main(*argv, "--class-indices", tmp_path / "none.json", "--weights", tiny_run["weights"])
+        assert_one_line_error(res, "class-index file not found", "check the path given to --class-indices")
+        assert "pass --class-indices" not in res.stderr
     assert_one_line_error(run_main("predict.py", img, cwd=tmp_path), "trained weights not found: resNet34.pth",
                           "train.py writes them")
     assert_one_line_error(run_main("predict.py", img, "--class-indices", tiny_run["classes"],
@@ -167,3 +171,12 @@ def test_a_learning_rate_that_trains_nothing_or_overflows_is_refused_in_one_line
         parse(train, argv)
     err = capsys.readouterr().err.strip()
     assert stop.value.code == 2 and err.count("\n") == 0 and err.startswith(f"error: argument {argv[0]}: must be in")
+
+
+def test_a_download_s_cache_name_drops_the_url_s_query(tmp_path, monkeypatch):
+    from helpers import files, weights
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(cli.UserError) as e:  # nothing listens on port 9: the offline advice
+        weights.imagenet_weights("resnet18", url="http://127.0.0.1:9/resnet18-f37072fd.pth?x=1", progress=False)
+    assert f"put it at {tmp_path / 'checkpoints' / 'resnet18-f37072fd.pth'}," in str(e.value), e.value
+    assert files.url_file_name("https://h/a/flower_photos.tgz?dl=1#top") == "flower_photos.tgz"  # split_data.py's

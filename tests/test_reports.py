@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import files, sources, video
+from helpers import files, reports, sources, video
 from conftest import TINY_TRAIN, make_class_folders, run_main
 
 cv2 = sources.cv2
@@ -29,9 +29,10 @@ def test_a_report_path_on_a_file_that_is_not_that_report_is_refused_in_every_scr
                ".split.json": (data / ".split.json").read_bytes(),
                "labels.csv": b"path,label\nmine.jpg,daisy\n", "photo.jpg": photo.read_bytes(),
                "curves.png": photo.read_bytes()}
-    for name, content in victims.items():
-        (tmp_path / name).write_bytes(content)
-    v = {name: tmp_path / name for name in victims}
+    v = {name: tmp_path / ("record" if name == ".split.json" else "") / name for name in victims}
+    for name, content in victims.items():  # a split record in a folder of its own, the others' reports above it
+        v[name].parent.mkdir(exist_ok=True)
+        v[name].write_bytes(content)
     for flag, name in (("--json", "class_indices.json"), ("--json", ".split.json"), ("--csv", "labels.csv")):
         refused(run_main(*evaluate, flag, v[name]), v[name], victims[name])
     refused(run_main("batch_predict.py", data / "val" / "daisy", *model, "--csv", v["labels.csv"]),
@@ -51,7 +52,36 @@ def test_a_report_path_on_a_file_that_is_not_that_report_is_refused_in_every_scr
     assert run_main(*evaluate, "--json", tmp_path / "e.json", "--csv", tmp_path / "e.csv").returncode == 0
     assert run_main("predict.py", photo, *model, "--save-fig", tmp_path / "p.jpg").returncode == 0
     for name in ("e.json", "e.csv", "p.jpg", "figs/val_confusion_matrix.png", "figs/val_errors.png"):
-        assert files.check_report(tmp_path / name, name) == tmp_path / name  # what the next run checks
+        head = reports.PREDICTIONS_FIELDS if name.endswith(".csv") else None
+        assert files.check_report(tmp_path / name, name, head=head) == tmp_path / name  # what the next run checks
+
+
+def test_a_report_replaces_only_its_own_kind_and_never_goes_among_the_images(tiny_run, tmp_path):
+    data, run = tiny_run["data"], tiny_run["weights"].parent
+    photo, model = next(data.rglob("*.jpg")), ["--weights", tiny_run["weights"]]
+    history = tmp_path / "history.csv"
+    shutil.copy(run / "history.csv", history)
+    theirs = tmp_path / "theirs.csv"
+    theirs.write_bytes(b"path,class,prob,note\nmine.jpg,daisy,1,ok\n")
+    for path in (history, theirs):  # a CSV of another kind: training's record, a file of the user's
+        before = path.read_bytes()
+        refused(run_main("evaluate.py", data / "val", *model, "--data-path", data, "--output-dir", tmp_path / "f",
+                         "--csv", path), path, before)
+        refused(run_main("batch_predict.py", data / "val" / "daisy", *model, "--csv", path), path, before)
+    # Among the images of a split (below .split.json), or of the folder read: one line naming the flag.
+    for argv, flag in ((["predict.py", photo, *model, "--save-fig", data / "train" / "daisy" / "fig.png"], "--save-fig"),
+                       (["predict.py", photo, *model, "--save-fig", data / "flower_photos" / "daisy" / "f.png"], "--save-fig"),
+                       (["batch_predict.py", tmp_path / "f", *model, "--csv", tmp_path / "f" / "p.csv"], "--csv"),
+                       (["evaluate.py", data / "val", *model, "--data-path", data, "--output-dir", tmp_path / "f",
+                         "--json", data / "val" / "e.json"], "--json")):
+        (tmp_path / "f").mkdir(exist_ok=True)
+        shutil.copy(photo, tmp_path / "f" / "a.jpg")
+        result = run_main(*argv)
+        assert result.returncode != 0 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+        assert flag in result.stderr and "give a path outside" in result.stderr, result.stderr
+    for path in (data / "train" / "daisy" / "fig.png", data / "flower_photos" / "daisy" / "f.png",
+                 data / "val" / "e.json", tmp_path / "f" / "p.csv"):
+        assert not path.exists()
 
 
 @pytest.mark.skipif(cv2 is None, reason="OpenCV is not installed (pip install -r requirements-video.txt)")
@@ -77,6 +107,10 @@ def test_video_reports_are_marked_and_a_video_of_the_users_is_refused(tiny_run, 
     (tmp_path / "mine.csv").write_text("frame,label\n")
     refused(run_main("video_predict.py", tmp_path / "ours.mp4", *model, "--csv", tmp_path / "mine.csv"),
             tmp_path / "mine.csv", b"frame,label\n")
+    shutil.copy(tiny_run["weights"].parent / "history.csv", tmp_path / "history.csv")  # training's record
+    before = (tmp_path / "history.csv").read_bytes()
+    refused(run_main("video_predict.py", tmp_path / "ours.mp4", *model, "--csv", tmp_path / "history.csv"),
+            tmp_path / "history.csv", before)
 
 
 # ---------------------------------------------------------------- what the model trained on
@@ -173,3 +207,29 @@ def test_macro_averages_are_over_the_model_s_classes_as_scikit_learn_s_labels():
     assert m["per_class"]["tulips"]["recall"] is None and m["per_class"]["tulips"]["support"] == 0
     table = reports.metrics_table(m)
     assert "macro avg" in table and "over the model's 4 classes" in table and "tulips, lilies" in table
+
+
+def test_class_names_with_control_or_direction_characters_are_refused_from_every_source(tiny_run, tmp_path):
+    import json
+
+    import torch
+
+    from helpers import cli, weights
+    bad = ["daisy\x1b[2J", "ro\u202eses", "tulips"]  # clears the screen; turns the line around
+    photo = next(tiny_run["data"].rglob("*.jpg"))
+    (tmp_path / "c.json").write_text(json.dumps({str(i): c for i, c in enumerate(bad)}))
+    (tmp_path / "labels.txt").write_text("\n".join(bad[1:]))
+    for read, path in ((files.read_class_indices, "c.json"), (files.read_labels, "labels.txt")):
+        with pytest.raises(cli.UserError, match="control or text-direction"):
+            read(tmp_path / path)
+    state = torch.load(tiny_run["weights"], map_location="cpu")
+    state._metadata[weights.INFO_KEY]["classes"] = bad
+    torch.save(state, tmp_path / "w.pth")
+    result = run_main("predict.py", photo, "--weights", tmp_path / "w.pth", "--save-fig", tmp_path / "p.png")
+    assert result.returncode != 0 and "control or text-direction" in result.stderr, result
+    assert "\x1b" not in result.stdout + result.stderr and "\u202e" not in result.stdout + result.stderr
+    from helpers import deploy
+    meta = deploy.ModelInfo(classes=bad, img_size=32, trained_on=None).to_metadata()
+    with pytest.raises(cli.UserError, match="control or text-direction"):  # what an ONNX file's metadata holds
+        deploy.ModelInfo.from_metadata(meta, "m.onnx")
+    assert files.check_class_names(["\u06af\u0644\u200c\u0633\u0631\u062e"], "x")  # Persian needs the joiner

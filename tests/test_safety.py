@@ -343,7 +343,7 @@ def test_read_only_destinations_are_one_line_errors(tiny_run, tmp_path):
     m = ["--model", "resnet18", "--img-size", "32", "--weights", tiny_run["weights"],
          "--class-indices", tiny_run["classes"], "--workers", "0"]
     res = run_main("batch_predict.py", tiny_run["data"] / "val" / "daisy", "--csv", "/sys/kernel/p.csv", *m)
-    assert_one_line_error(res, "cannot write the CSV file", "/sys/kernel")
+    assert_one_line_error(res, "cannot write the --csv file", "/sys/kernel")
     assert_one_line_error(run_main("train.py", *TINY_TRAIN, "--data-path", tiny_run["data"],
                                      "--save-path", "/sys/kernel/w.pth"), "cannot write")
 
@@ -405,9 +405,13 @@ def test_truncated_archive_and_url_as_a_plain_path(tmp_path):
     make_flowers_tgz(whole, tmp_path)
     cut = tmp_path / "cut.tgz"
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
-    res = run_main("split_data.py", "--data-path", data, "--download", "--url", cut, "--sha256", "none")
-    assert_one_line_error(res, "not a complete tar archive")
-    assert cut.exists() and sorted(p.name for p in data.iterdir()) == []  # the user's file kept, nothing half-made
+    weights = tmp_path / "weights.pth"  # the user's own files: never "delete it"
+    weights.write_bytes(b"PK\x03\x04 not a tar")
+    for given in (cut, weights):
+        res = run_main("split_data.py", "--data-path", data, "--download", "--url", given, "--sha256", "none")
+        assert_one_line_error(res, f"{given} is not a tar archive")
+        assert "delete" not in res.stderr and "download" not in res.stderr
+    assert weights.exists() and cut.exists() and sorted(p.name for p in data.iterdir()) == []  # the user's file kept, nothing half-made
     res = run_main("split_data.py", "--data-path", data, "--download", "--url", tmp_path / "nothing.tgz")
     assert_one_line_error(res, "neither a URL", "nor an existing file")
     split_data.main(parse(split_data, ["--data-path", data, "--download", "--url", whole, "--sha256", "none"]))
@@ -430,7 +434,7 @@ def test_a_truncated_download_is_not_kept(tmp_path):
     data = tmp_path / "data"
     try:
         url = f"http://127.0.0.1:{httpd.server_address[1]}/flower_photos.tgz"
-        with pytest.raises(cli.UserError, match="not a complete tar archive"):
+        with pytest.raises(cli.UserError, match="download .* not a complete tar archive.*run again"):
             split_data.main(parse(split_data, ["--data-path", data, "--download", "--url", url, "--sha256", "none"]))
     finally:
         httpd.shutdown()
