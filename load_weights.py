@@ -7,7 +7,7 @@ Both give the same backbone; --out saves the adapted weights for train.py --weig
 
     python load_weights.py --download --model resnet34 --num-classes 5 --out resnet34-pre.pth
 """
-from helpers import cli
+from helpers import cli, downloads
 if __name__ == "__main__":
     cli.one_line_ctrl_c()  # before torch loads: a Ctrl-C during its import ends in one line too
 from helpers import inference
@@ -64,7 +64,7 @@ def main(args):
     if args.url and not args.download:
         raise cli.UserError("--url only applies with --download")
     if args.download:
-        url = files.as_url(args.url) if args.url else weights.imagenet_url(args.model)
+        url = downloads.as_url(args.url) if args.url else weights.imagenet_url(args.model)
         source = weights.imagenet_cache_path(url)
         if source.exists() and not source.is_file():
             raise cli.UserError(f"{source} is in the way of the download: it is not a file")

@@ -9,7 +9,7 @@
 The source is only read. An earlier split is replaced only with --overwrite, and only its own files are
 removed; the new split is built in a temporary folder and moved into place once complete.
 """
-from helpers import cli
+from helpers import classes, cli, downloads
 if __name__ == "__main__":
     cli.one_line_ctrl_c()  # before torch loads: a Ctrl-C during its import ends in one line too
 import argparse
@@ -71,7 +71,7 @@ def class_images(source):
     classes = sorted(d.name for d in source.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise cli.UserError(f"{source} has no class folders; it must hold <class>/<images>")
-    files.check_class_names(classes, f"the class folders of {source}")  # train.py would refuse them later
+    classes.check_class_names(classes, f"the class folders of {source}")  # train.py would refuse them later
     if len(classes) < 2:  # train.py would refuse it after the split
         raise cli.UserError(f"{source} has one class folder ({classes[0]}): a classifier needs two classes or more; "
                             "add a folder of images for each other class")
@@ -345,12 +345,12 @@ def download_flowers(data_root, url, sha256):
     if url.startswith("file://"):  # A local archive is read where it is, and kept.
         archive, downloaded = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path)), False
     else:
-        archive = data_root / files.url_file_name(url)
+        archive = data_root / downloads.url_file_name(url)
         downloaded = not archive.is_file()  # An archive the user put there is theirs: it stays.
     try:
         if downloaded:
             print(f"downloading {url}")
-            files.download(url, archive, sha256=sha256)
+            downloads.download(url, archive, sha256=sha256)
         # Unpacked into a temporary folder, then moved, so a failure never leaves a half-filled flower_photos.
         tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=data_root))
         try:
@@ -394,7 +394,7 @@ def main(args):
         raise cli.UserError(f"{source} holds the SYNTHETIC demo flowers; delete that folder and run again to download "
                             "the real ones (make demo keeps its own in data_set/demo)")
     if args.download:
-        url = files.as_url(args.url)
+        url = downloads.as_url(args.url)
         sha = None if (args.sha256 or "").lower() == "none" else (
             args.sha256 or (FLOWERS_SHA256 if args.url == FLOWERS_URL else None))
     if args.demo:

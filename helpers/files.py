@@ -1,6 +1,5 @@
-"""Files: inputs and outputs checked before any work, atomic writes, locks on folders, the
-class-index and labels files, and downloads."""
-import codecs
+"""Files: inputs and outputs checked before any work, reports recognised, atomic writes, locks on
+folders, and copies of training images found."""
 import contextlib
 import csv
 import errno
@@ -15,17 +14,9 @@ import struct
 import sys
 import tempfile
 import time
-import unicodedata
-import posixpath
-import urllib.error
-import urllib.parse
 from pathlib import Path
 
 from helpers import cli
-
-# Where train.py writes the class names and the prediction scripts read them, as in the tutorial.
-CLASS_INDICES = "./class_indices.json"
-
 
 # ---------------------------------------------------------------- inputs
 
@@ -315,86 +306,7 @@ def atomic_csv(path, header):
         yield writer
 
 
-# ---------------------------------------------------------------- the class-index file
-
-def class_indices_bytes(classes):
-    """The tutorial's class_indices.json: {"0": "daisy", ...}, indent 4."""
-    return json.dumps({str(i): c for i, c in enumerate(classes)}, indent=4).encode()
-
-
-# A class name is a folder's name: 255 characters at most on every file system. Longer ones are refused
-# (a class file or ONNX metadata made by hand): every figure, line and frame that shows one draws each of
-# its characters, and matplotlib took seconds per 100,000, deaf to Ctrl-C and SIGTERM meanwhile.
-MAX_CLASS_NAME = 255
-
-
-def check_class_names(names, where):
-    """Class names must be non-empty UTF-8 text on one line (lines of labels.txt, keys of JSON), at most
-    MAX_CLASS_NAME characters, and no two may read the same (two Unicode forms, or spaces at their ends)."""
-    bad = [c for c in names if not isinstance(c, str) or not c.strip() or any(ch in c for ch in "\n\r\t\x00")]
-    if bad:
-        raise cli.UserError(f"{where}: class names must be non-empty strings on one line, found {bad[0]!r}")
-    # Control and format characters (an ESC sequence, a bidi override) would act on the terminal when
-    # printed; only the joiners that Persian, Indic scripts and emoji need are kept.
-    hidden = [c for c in names if any(unicodedata.category(ch) in ("Cc", "Cf") and ch not in "\u200c\u200d" for ch in c)]
-    if hidden:
-        raise cli.UserError(f"{where}: the class name {hidden[0]!r} holds control or text-direction characters; "
-                            "rename it")
-    long = [c for c in names if len(c) > MAX_CLASS_NAME]
-    if long:
-        raise cli.UserError(f"{where}: a class name of {len(long[0])} characters ({long[0][:20]!r}...), more than "
-                            f"the {MAX_CLASS_NAME} a folder's name may have")
-    locale = codecs.lookup(sys.getfilesystemencoding()).name
-    for c in names:
-        # Outside Python's UTF-8 mode, a non-UTF-8 locale reads a UTF-8 folder name as other characters.
-        with contextlib.suppress(UnicodeError):
-            if locale != "utf-8" and c.encode(locale, "surrogateescape").decode("utf-8") != c:
-                raise cli.UserError(f"{where}: the class name {os.fsencode(c).decode('utf-8')!r} is UTF-8, but this "
-                                    f"locale reads file names as {locale}; run with PYTHONUTF8=1 or in a UTF-8 locale")
-        try:
-            c.encode("utf-8")
-        except UnicodeEncodeError:
-            raise cli.UserError(f"{where}: the class name {os.fsencode(c)!r} is not valid UTF-8 text (a name from "
-                                "an old zip or a network share?); rename the folder") from None
-    seen = {}
-    for c in names:
-        key = unicodedata.normalize("NFC", c).strip()
-        if key in seen:
-            how = "are the same name, twice" if seen[key] == c else \
-                "differ only by spaces at their ends" if seen[key].strip() == c.strip() else \
-                "differ only in their Unicode form (NFC and NFD)"
-            raise cli.UserError(f"{where}: the class names {seen[key]!r} and {c!r} {how}: they look like one class; "
-                                "rename or merge the folders")
-        seen[key] = c
-    return names
-
-
-def read_class_indices(path, given=False):
-    """The class names, in index order, from class_indices.json. given: the path is --class-indices's."""
-    need_file(path, "class-index file", "check the path given to --class-indices" if given else
-              "train.py writes it; pass --class-indices to point at it")
-    try:
-        mapping = json.loads(Path(path).read_text(encoding="utf-8"))
-        classes = [mapping[str(i)] for i in range(len(mapping))]
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as e:
-        raise cli.UserError(f"{path} is not a class-index file like {{\"0\": \"daisy\", ...}}: {e}") from None
-    if not classes:
-        raise cli.UserError(f"{path} lists no classes")
-    return check_class_names(classes, str(path))
-
-
-def read_labels(path):
-    """Class names from the labels.txt written beside an ONNX file, one per line."""
-    try:
-        classes = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as e:
-        raise cli.UserError(f"cannot read labels file {path}: {e}") from None
-    if not classes:
-        raise cli.UserError(f"{path} lists no classes")
-    return check_class_names(classes, str(path))
-
-
-# ---------------------------------------------------------------- locks, copies and downloads
+# ---------------------------------------------------------------- locks and copies
 
 _HELD = set()  # The folders this process holds locked exclusively: no other run writes there.
 
@@ -452,43 +364,3 @@ def file_sha256(path, chunk=1 << 20):
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def as_url(text):
-    """A URL as given, or an existing file's path as a file:// URL."""
-    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text):
-        return text
-    if Path(text).is_file():
-        return Path(text).resolve().as_uri()
-    raise cli.UserError(f"{text} is neither a URL (https://, http://, file://) nor an existing file")
-
-
-def url_file_name(url):
-    """The file name at the end of a URL's path, without its ?query or #fragment (as torch.hub names it)."""
-    return posixpath.basename(urllib.parse.urlparse(url).path)
-
-
-def download(url, dest, sha256=None, progress=True, timeout=60):
-    """Fetch url to dest with torch.hub's downloader, which renames its temporary file only once it
-    is complete and matches `sha256` (a digest or its start)."""
-    import socket
-
-    from torch.hub import download_url_to_file  # Only downloads need torch.
-
-    dest = Path(dest)
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(timeout)  # torch.hub sets none, and a stalled server would hang forever.
-    try:
-        with made_dirs(dest.parent):
-            download_url_to_file(url, str(dest), hash_prefix=sha256.lower() if sha256 else None, progress=progress)
-    except RuntimeError as e:
-        if "hash" not in str(e):
-            raise
-        got = str(e).rsplit("got", 1)[-1].strip(' "()')
-        raise cli.UserError(f"checksum mismatch for {url}: expected SHA-256 {sha256}..., got {got}; "
-                        "the file was not kept (a broken download or a wrong --url)") from None
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        raise cli.UserError(f"could not download {url}: {getattr(e, 'reason', None) or e}") from None
-    finally:
-        socket.setdefaulttimeout(previous)
-    return dest

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 import model as model_lib
-from helpers import cli, files
+from helpers import classes, cli, downloads, files
 
 
 def default_save_path(model_name):
@@ -115,7 +115,7 @@ def trained_with(obj, path):
             or arch not in (None, *model_lib.MODELS) or not isinstance(trained_on, (str, type(None)))):
         raise cli.UserError(f"{path} holds a damaged record of what it was trained with (classes, image size, "
                             "architecture); use the weights file train.py wrote")
-    files.check_class_names(classes, f"{path}'s record of its classes")
+    classes.check_class_names(classes, f"{path}'s record of its classes")
     return TrainedWith(classes=classes, img_size=img_size, architecture=arch, trained_on=trained_on)
 
 
@@ -250,7 +250,7 @@ def imagenet_url(model_name):
 
 
 def imagenet_cache_path(url):
-    return Path(torch.hub.get_dir()) / "checkpoints" / files.url_file_name(url)
+    return Path(torch.hub.get_dir()) / "checkpoints" / downloads.url_file_name(url)
 
 
 def hash_prefix(path):
@@ -300,7 +300,7 @@ def imagenet_weights(model_name, url=None, progress=True):
     if dest.is_file():
         return check_hash_prefix(dest)
     try:
-        return files.download(url, dest, sha256=hash_prefix(dest), progress=progress)
+        return downloads.download(url, dest, sha256=hash_prefix(dest), progress=progress)
     except cli.UserError as e:
         raise cli.UserError(f"{e}. Offline? Fetch {url} on another machine and put it at {dest}, "
                         "or pass --weights PATH") from None

@@ -9,7 +9,7 @@ import threading
 import pytest
 import torch
 
-from helpers import cli, files, weights
+from helpers import cli, downloads, files, weights
 import load_weights
 import split_data
 from conftest import make_class_folders, parse
@@ -34,13 +34,13 @@ def sha256(path):
 def test_download_checks_sha256_and_leaves_no_partial_file(server, tmp_path):
     root, url = server
     (root / "f.bin").write_bytes(b"hello" * 1000)
-    good = files.download(f"{url}/f.bin", tmp_path / "out" / "f.bin", sha256=sha256(root / "f.bin"), progress=False)
+    good = downloads.download(f"{url}/f.bin", tmp_path / "out" / "f.bin", sha256=sha256(root / "f.bin"), progress=False)
     assert good.read_bytes() == b"hello" * 1000
     with pytest.raises(cli.UserError, match="checksum mismatch"):
-        files.download(f"{url}/f.bin", tmp_path / "bad" / "f.bin", sha256="0" * 64, progress=False)
+        downloads.download(f"{url}/f.bin", tmp_path / "bad" / "f.bin", sha256="0" * 64, progress=False)
     assert not (tmp_path / "bad").exists()  # nor the folder made for it
     with pytest.raises(cli.UserError, match="could not download"):
-        files.download(f"{url}/missing.bin", tmp_path / "m" / "x", progress=False)
+        downloads.download(f"{url}/missing.bin", tmp_path / "m" / "x", progress=False)
     assert not (tmp_path / "m").exists()
 
 

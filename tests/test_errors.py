@@ -10,7 +10,7 @@ import load_weights
 import model
 import predict
 import train
-from helpers import cli
+from helpers import cli, downloads
 from conftest import TINY_TRAIN, make_class_folders, parse, run_main, run_script
 
 
@@ -179,4 +179,4 @@ def test_a_download_s_cache_name_drops_the_url_s_query(tmp_path, monkeypatch):
     with pytest.raises(cli.UserError) as e:  # nothing listens on port 9: the offline advice
         weights.imagenet_weights("resnet18", url="http://127.0.0.1:9/resnet18-f37072fd.pth?x=1", progress=False)
     assert f"put it at {tmp_path / 'checkpoints' / 'resnet18-f37072fd.pth'}," in str(e.value), e.value
-    assert files.url_file_name("https://h/a/flower_photos.tgz?dl=1#top") == "flower_photos.tgz"  # split_data.py's
+    assert downloads.url_file_name("https://h/a/flower_photos.tgz?dl=1#top") == "flower_photos.tgz"  # split_data.py's
