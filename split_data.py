@@ -9,7 +9,7 @@
 The source is only read. An earlier split is replaced only with --overwrite, and only its own files are
 removed; the new split is built in a temporary folder and moved into place once complete.
 """
-from helpers import classes, cli, downloads
+from helpers import classnames, cli, downloads
 if __name__ == "__main__":
     cli.one_line_ctrl_c()  # before torch loads: a Ctrl-C during its import ends in one line too
 import argparse
@@ -71,7 +71,7 @@ def class_images(source):
     classes = sorted(d.name for d in source.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise cli.UserError(f"{source} has no class folders; it must hold <class>/<images>")
-    classes.check_class_names(classes, f"the class folders of {source}")  # train.py would refuse them later
+    classnames.check_class_names(classes, f"the class folders of {source}")  # train.py would refuse them later
     if len(classes) < 2:  # train.py would refuse it after the split
         raise cli.UserError(f"{source} has one class folder ({classes[0]}): a classifier needs two classes or more; "
                             "add a folder of images for each other class")

@@ -10,7 +10,7 @@ input and output, builds the data, the model and the optimiser, then runs the ep
 train_one_epoch(), evaluate() and the best-accuracy save. The machinery behind them (settings,
 checkpoints, data, schedules, reports) lives in helpers/.
 """
-from helpers import classes, cli
+from helpers import classnames, cli
 if __name__ == "__main__":
     cli.one_line_ctrl_c()  # before torch loads: a Ctrl-C during its import ends in one line too
 import contextlib
@@ -161,7 +161,7 @@ def main(args):
                   + (f", gradient accumulation: {s.accum_steps} batches" if s.accum_steps > 1 else ""))
             if not Path(s.class_indices).exists():  # removed again if the run fails before it saves anything
                 held.push(files.removed_on_failure(s.class_indices, unless=(s.checkpoint, s.save_path)))
-            files.atomic_write_bytes(s.class_indices, classes.class_indices_bytes(classes))  # the first write
+            files.atomic_write_bytes(s.class_indices, classnames.class_indices_bytes(classes))  # the first write
             memory.report(memory.check_training(s, env, model_without_ddp, world.local_size), s,
                           half=env.amp_dtype is not None)
 

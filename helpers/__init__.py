@@ -4,7 +4,7 @@ this package holds the machinery below them, one module for each kind of thing:
     cli          one-line errors (run_cli, UserError), the argument parser and checked argument types
     stop         the one way to stop: Ctrl-C, SIGTERM and SIGHUP, at once or at the end of a step
     files        input and output checks, the reports these scripts wrote, atomic writes, locks
-    classes      the class-index and labels files, and the checks every class name passes
+    classnames   the class-index and labels files, and the checks every class name passes
     downloads    a URL or a file fetched with torch.hub's downloader, its checksum checked
     imaging      decoding images safely (size limits, EXIF, draft scaling) and the train/eval transforms
     devices      the device, mixed precision, channels-last, peak memory (torch 2.0 to today)

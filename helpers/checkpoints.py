@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from helpers import classes, cli, data, files, memory, reports, settings, stop, training, weights
+from helpers import classnames, cli, data, files, memory, reports, settings, stop, training, weights
 
 KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "step", "sums", "seconds", "best_acc", "history",
         "classes", "settings")
@@ -55,7 +55,7 @@ def check_checkpoint_model(ckpt, path):
     if (name not in weights.model_lib.MODELS or not isinstance(classes, list) or not isinstance(state_dict, dict)
             or not all(isinstance(v, torch.Tensor) for v in state_dict.values())):
         raise cli.UserError(f"{path} is a damaged checkpoint (its model, its classes or its weights); it cannot be resumed")
-    classes.check_class_names(classes, f"{path}'s classes")
+    classnames.check_class_names(classes, f"{path}'s classes")
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in weights.build_model(name, num_classes=len(classes)).state_dict().items()}
     if weights.non_finite(state_dict):
@@ -224,4 +224,4 @@ def check_run_files(s, classes, resumed):
             raise cli.UserError(f"{path} is there from an earlier run; {resume}--overwrite replaces it, "
                                 f"{'--save-path' if beside else '--checkpoint'} writes elsewhere")
     files.check_output(s.class_indices, "class-index file", overwrite=s.overwrite,
-                       same_content=classes.class_indices_bytes(classes))
+                       same_content=classnames.class_indices_bytes(classes))

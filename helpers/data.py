@@ -14,7 +14,7 @@ import torch
 from torch.utils.data.distributed import DistributedSampler
 from torchvision.datasets import ImageFolder
 
-from helpers import classes, cli, files, imaging
+from helpers import classnames, cli, files, imaging
 
 
 class ClassFolder(ImageFolder):
@@ -89,7 +89,7 @@ def train_folder(root, transform, check_readable=True):
     check_readable: one image of each class can be decoded (not needed to evaluate only)."""
     train_set = ClassFolder(files.need_dir(root, "train folder", "run split_data.py first"), transform,
                             replace_unreadable=True)
-    classes.check_class_names(train_set.classes, str(root))
+    classnames.check_class_names(train_set.classes, str(root))
     if len(train_set.classes) < 2:  # one class: loss 0, accuracy 1, and every image that class
         raise cli.UserError(f"{root} has one class folder ({train_set.classes[0]}): a classifier needs two classes "
                             "or more; add a folder of images for each other class")

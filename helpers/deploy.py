@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from helpers import classes, cli, files, imaging, memory
+from helpers import classnames, cli, files, imaging, memory
 
 PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 TRT, CPU = PROVIDERS["tensorrt"], PROVIDERS["cpu"]
@@ -99,7 +99,7 @@ class ModelInfo:
         if len(classes) > META_MAX_CLASSES:
             raise cli.UserError(f"{path} holds damaged metadata: {len(classes)} classes, more than "
                                 f"{META_MAX_CLASSES:,}; export it again with export_onnx.py")
-        classes.check_class_names(classes, f"{path} holds damaged metadata")
+        classnames.check_class_names(classes, f"{path} holds damaged metadata")
         return info
 
 

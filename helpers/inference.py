@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from helpers import classes, cli, deploy, files, imaging, memory, stop
+from helpers import classnames, cli, deploy, files, imaging, memory, stop
 
 # model.MODELS by name, kept here so that the ONNX path need not import torch (a test keeps them equal).
 MODEL_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d")
@@ -136,7 +136,7 @@ def settle(args, batch_size=None):
             raise cli.UserError(f"--model {args.model} contradicts {model_path}, which holds {architecture} weights; "
                                 "leave --model out")
         if args.class_indices:
-            check_same_classes(classes.read_class_indices(args.class_indices, given=True), args.class_indices, info.classes,
+            check_same_classes(classnames.read_class_indices(args.class_indices, given=True), args.class_indices, info.classes,
                                model_path)
         classes = info.classes
         source = f"{model_path} ({'its metadata' if onnx_file else 'what it was trained with'})"
@@ -154,17 +154,17 @@ def classes_beside(class_indices, model_path, onnx_file):
     """(classes, source) for a model file that carries none: --class-indices, else the class file beside
     the model (not a ./class_indices.json that may be another run's), else ./class_indices.json."""
     if class_indices:
-        return classes.read_class_indices(class_indices, given=True), class_indices
+        return classnames.read_class_indices(class_indices, given=True), class_indices
     if onnx_file:
         for labels in (Path(onnx_file).with_suffix(".labels.txt"), Path(onnx_file).with_name("labels.txt")):
             if labels.exists():
                 files.need_file(labels, "labels file")
-                return classes.read_labels(labels), str(labels)
+                return classnames.read_labels(labels), str(labels)
     else:
         beside = Path(model_path).with_name("class_indices.json")
-        if beside.is_file() and beside.resolve() != Path(classes.CLASS_INDICES).resolve():
-            return classes.read_class_indices(beside), str(beside)
-    return classes.read_class_indices(classes.CLASS_INDICES), classes.CLASS_INDICES
+        if beside.is_file() and beside.resolve() != Path(classnames.CLASS_INDICES).resolve():
+            return classnames.read_class_indices(beside), str(beside)
+    return classnames.read_class_indices(classnames.CLASS_INDICES), classnames.CLASS_INDICES
 
 
 def check_same_classes(given, source, held, model_path):

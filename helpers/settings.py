@@ -7,7 +7,7 @@ import dataclasses
 import io
 from pathlib import Path
 
-from helpers import classes, cli, files
+from helpers import classnames, cli, files
 
 RUN = {"run": True}  # a field of how this run was started: not saved in a checkpoint, not resumed
 
@@ -26,7 +26,7 @@ class Settings:
     device: str = "auto"
     freeze_backbone: bool = False
     save_path: str = None  # None: ./resNet34.pth, after the model
-    class_indices: str = classes.CLASS_INDICES
+    class_indices: str = classnames.CLASS_INDICES
     seed: int = 0
     output_dir: str = None  # None: beside save_path
     checkpoint: str = None  # None: last.pth beside save_path

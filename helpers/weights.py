@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 import model as model_lib
-from helpers import classes, cli, downloads, files
+from helpers import classnames, cli, downloads, files
 
 
 def default_save_path(model_name):
@@ -115,7 +115,7 @@ def trained_with(obj, path):
             or arch not in (None, *model_lib.MODELS) or not isinstance(trained_on, (str, type(None)))):
         raise cli.UserError(f"{path} holds a damaged record of what it was trained with (classes, image size, "
                             "architecture); use the weights file train.py wrote")
-    classes.check_class_names(classes, f"{path}'s record of its classes")
+    classnames.check_class_names(classes, f"{path}'s record of its classes")
     return TrainedWith(classes=classes, img_size=img_size, architecture=arch, trained_on=trained_on)
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 import batch_predict
 import split_data
 import train
-from helpers import classes, cli
+from helpers import classnames, cli
 from conftest import ROOT, TINY_TRAIN, at_training_batch, interrupted_run, make_class_folders, parse, run_main
 from test_errors import assert_one_line_error
 
@@ -935,7 +935,7 @@ def test_the_third_round_s_edited_files_and_empty_results_are_one_line(tiny_run,
                               "damaged checkpoint", words)
         assert [p.name for p in run.iterdir()] == ["last.pth"]  # nothing written
     with pytest.raises(cli.UserError, match="'daisy' and 'daisy' are the same name, twice"):
-        classes.check_class_names(["daisy", "daisy"], "a record")
+        classnames.check_class_names(["daisy", "daisy"], "a record")
     with pytest.raises(cli.UserError, match="two Unicode forms, NFC and NFD"):
         inference.check_same_classes(["caf\u00e9"], "ci.json", ["cafe\u0301"], "w.pth")
     (tmp_path / "z.jpg").write_bytes(b"")

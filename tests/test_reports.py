@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import classes, files, reports, sources, video
+from helpers import classnames, files, reports, sources, video
 from conftest import TINY_TRAIN, make_class_folders, run_main
 
 cv2 = sources.cv2
@@ -219,7 +219,7 @@ def test_class_names_with_control_or_direction_characters_are_refused_from_every
     photo = next(tiny_run["data"].rglob("*.jpg"))
     (tmp_path / "c.json").write_text(json.dumps({str(i): c for i, c in enumerate(bad)}))
     (tmp_path / "labels.txt").write_text("\n".join(bad[1:]))
-    for read, path in ((classes.read_class_indices, "c.json"), (classes.read_labels, "labels.txt")):
+    for read, path in ((classnames.read_class_indices, "c.json"), (classnames.read_labels, "labels.txt")):
         with pytest.raises(cli.UserError, match="control or text-direction"):
             read(tmp_path / path)
     state = torch.load(tiny_run["weights"], map_location="cpu")
@@ -232,4 +232,4 @@ def test_class_names_with_control_or_direction_characters_are_refused_from_every
     meta = deploy.ModelInfo(classes=bad, img_size=32, trained_on=None).to_metadata()
     with pytest.raises(cli.UserError, match="control or text-direction"):  # what an ONNX file's metadata holds
         deploy.ModelInfo.from_metadata(meta, "m.onnx")
-    assert classes.check_class_names(["\u06af\u0644\u200c\u0633\u0631\u062e"], "x")  # Persian needs the joiner
+    assert classnames.check_class_names(["\u06af\u0644\u200c\u0633\u0631\u062e"], "x")  # Persian needs the joiner
